@@ -1,0 +1,167 @@
+"""The Optuna objective: spec + trial -> sampled settings -> training -> report/prune -> value.
+
+This is the only module where Optuna meets the training loop. Per epoch it stores the trial's
+history as user attributes (so the :class:`~hpo.pruning.DivergencePruner`, the analysis and
+optuna-dashboard all read the same numbers), reports validation accuracy for the wrapped
+pruner, and stops training when the pruner says so. A diverged trial ends PRUNED with
+``diverged = True`` and the reason, epoch and size of the jump.
+
+Example::
+
+    objective = Objective(spec, load_dataset(spec.data))
+    study.optimize(objective, n_trials=20)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import optuna
+import torch
+
+from hpo.data import Dataset
+from hpo.divergence import Verdict
+from hpo.model import LSTMClassifier
+from hpo.pruning import verdict_from_attrs
+from hpo.spec import CategoricalParam, FloatParam, IntParam, Spec, SpaceEntry
+from hpo.train import EpochStats, TrainConfig, TrainResult, evaluate, load_best, resolve_device, train
+
+Log = Callable[[str], None]
+
+
+def sample_params(trial: optuna.Trial, space: Mapping[str, SpaceEntry]) -> dict[str, Any]:
+    """Suggest each distribution in ``space``; constants pass through unsampled."""
+    values: dict[str, Any] = {}
+    for name, entry in space.items():
+        if isinstance(entry, FloatParam):
+            values[name] = trial.suggest_float(name, entry.low, entry.high, log=entry.log, step=entry.step)
+        elif isinstance(entry, IntParam):
+            values[name] = trial.suggest_int(name, entry.low, entry.high, log=entry.log, step=entry.step)
+        elif isinstance(entry, CategoricalParam):
+            values[name] = trial.suggest_categorical(name, list(entry.choices))
+        else:
+            values[name] = entry
+    return values
+
+
+def group_lrs(values: Mapping[str, Any]) -> dict[str, float]:
+    """Learning rate per layer group, from explicit rates or ULMFiT's ``lr_head / lr_div**depth``."""
+    head = float(values["lr_head"])
+    if "lr_div" in values:
+        div = float(values["lr_div"])
+        return {"embedding": head / div**2, "encoder": head / div, "head": head}
+    return {"embedding": float(values["lr_embedding"]), "encoder": float(values["lr_encoder"]), "head": head}
+
+
+def train_config(spec: Spec, values: Mapping[str, Any]) -> TrainConfig:
+    return TrainConfig(
+        lrs=group_lrs(values),
+        clip_norm=float(values["clip_norm"]),
+        cycle_len=int(values["cycle_len"]),
+        cycle_mult=spec.train.cycle_mult,
+        lr_min_ratio=spec.train.lr_min_ratio,
+        max_epochs=spec.train.max_epochs,
+        weight_decay=float(values["weight_decay"]),
+        optimizer=spec.train.optimizer,
+        batch_size=spec.data.batch_size,
+        bucket_batches=spec.data.bucket_batches,
+        precision=spec.train.precision,
+        seed=spec.train.seed,
+        step_explosion=spec.divergence.step_explosion,
+        step_warmup=spec.divergence.step_warmup,
+    )
+
+
+def build_model(spec: Spec, vocab_size: int, dropout: float) -> LSTMClassifier:
+    torch.manual_seed(spec.train.seed)  # every trial starts from the same weights: less noise
+    m = spec.model
+    return LSTMClassifier(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.bidirectional, dropout)
+
+
+class _History:
+    """Per-epoch lists, stored on the trial after every epoch under the names the analysis reads."""
+
+    def __init__(self) -> None:
+        self.lists: dict[str, list[Any]] = {
+            k: [] for k in ("train_loss", "val_loss", "val_accuracy", "grad_norm", "grad_norm_max",
+                            "clipped_fraction", "lr", "epoch_seconds")
+        }
+
+    def add(self, s: EpochStats) -> None:
+        row = {
+            "train_loss": s.train_loss, "val_loss": s.val_loss, "val_accuracy": s.val_accuracy,
+            "grad_norm": s.grad_norm_mean, "grad_norm_max": s.grad_norm_max,
+            "clipped_fraction": s.clipped_fraction, "lr": s.lr, "epoch_seconds": round(s.seconds, 3),
+        }
+        for key, value in row.items():
+            self.lists[key].append(value)
+
+    def store(self, trial: optuna.Trial) -> None:
+        for key, value in self.lists.items():
+            trial.set_user_attr(key, value)
+
+
+class Objective:
+    """Callable objective for ``study.optimize``; returns the best validation accuracy."""
+
+    def __init__(self, spec: Spec, data: Dataset, device: torch.device | None = None, log: Log = lambda m: None) -> None:
+        self.spec = spec
+        self.data = data
+        self.device = device or resolve_device(spec.train.device)
+        self.log = log
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = sample_params(trial, self.spec.space)
+        cfg = train_config(self.spec, values)
+        trial.set_user_attr("lr_groups", cfg.lrs)
+        history = _History()
+        pruned = False
+
+        def on_epoch(stats: EpochStats) -> bool:
+            nonlocal pruned
+            history.add(stats)
+            history.store(trial)  # before report: the pruner reads these
+            trial.report(stats.val_accuracy, stats.epoch)
+            self.log(
+                f"  trial {trial.number} epoch {stats.epoch}/{cfg.max_epochs}: train loss {stats.train_loss:.4f}"
+                f"  val loss {stats.val_loss:.4f}  val acc {stats.val_accuracy:.4f}"
+                f"  ({stats.seconds:.1f}s, {stats.tokens_per_second / 1000:.0f}k tok/s)"
+            )
+            pruned = trial.should_prune()
+            return pruned
+
+        model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]))
+        result = train(model, self.data, cfg, self.device, on_epoch)
+        verdict = self._verdict(result, history)
+        self._store_outcome(trial, model, result, verdict)
+        if verdict is not None:
+            raise optuna.TrialPruned(f"diverged: {verdict.describe()}")
+        if pruned:
+            raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {len(result.history)}")
+        return max(history.lists["val_accuracy"])
+
+    def _verdict(self, result: TrainResult, history: _History) -> Verdict | None:
+        if result.explosion is not None:
+            e = result.explosion
+            return Verdict(e.reason, e.epoch, e.ratio)
+        return verdict_from_attrs(history.lists, self.spec.divergence)
+
+    def _store_outcome(self, trial: optuna.Trial, model: LSTMClassifier, result: TrainResult, verdict: Verdict | None) -> None:
+        attrs: dict[str, Any] = {
+            "diverged": verdict is not None,
+            "divergence_reason": verdict.reason if verdict else None,
+            "diverged_epoch": verdict.epoch if verdict else None,
+            "jump_ratio": verdict.ratio if verdict else None,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history) + (1 if result.explosion else 0),
+            "steps_per_epoch": result.steps_per_epoch,
+        }
+        if result.explosion is not None:
+            attrs["diverged_step"] = result.explosion.step
+        if result.best_state is not None:
+            best = load_best(model, result)
+            attrs["test_accuracy"] = evaluate(best, self.data.test, self.device, self.spec.data.batch_size * 2, self.spec.train.precision)[1]
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if verdict is not None:
+            self.log(f"  trial {trial.number} diverged: {verdict.describe()}")
