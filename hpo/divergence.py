@@ -82,8 +82,10 @@ def check_divergence(
 class StepGuard:
     """Watches per-step train losses and says when one explodes, so an epoch can stop early.
 
-    A loss that is NaN/inf, or more than ``factor`` times the running mean of earlier steps
-    (after ``warmup_steps`` steps), is an explosion.
+    A loss that is NaN/inf, or (after ``warmup_steps`` steps) more than ``factor`` times the
+    smaller of the running mean of earlier steps and ``cap`` (the chance loss), is an explosion.
+    The cap matters when the very first steps already blow up: the running mean is then huge
+    itself, but no healthy classifier sits at several times the chance loss.
 
     Example::
 
@@ -93,8 +95,9 @@ class StepGuard:
             if hit: break
     """
 
-    def __init__(self, factor: float, warmup_steps: int, beta: float = 0.98) -> None:
+    def __init__(self, factor: float, warmup_steps: int, cap: float = CHANCE_LOSS, beta: float = 0.98) -> None:
         self.factor = factor
+        self.cap = cap
         self.warmup_steps = warmup_steps
         self.beta = beta
         self._ema = 0.0
@@ -107,8 +110,10 @@ class StepGuard:
     def update(self, loss: float) -> tuple[str, float | None] | None:
         if not math.isfinite(loss):
             return ("nan", None)
-        if self._steps >= self.warmup_steps and loss > self.factor * self.running_mean:
-            return ("jump", loss / self.running_mean)
+        if self._steps >= self.warmup_steps:
+            reference = min(self.running_mean, self.cap)
+            if loss > self.factor * reference:
+                return ("jump", loss / reference)
         self._ema = self.beta * self._ema + (1 - self.beta) * loss
         self._steps += 1
         return None

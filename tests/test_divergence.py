@@ -1,0 +1,111 @@
+import math
+
+import optuna
+import pytest
+
+from hpo.divergence import CHANCE_LOSS, StepGuard, check_divergence
+from hpo.pruning import DivergencePruner, verdict_from_attrs
+from hpo.spec import DivergenceSpec
+
+RULES = DivergenceSpec()
+HEALTHY_GRAD = [2.0] * 12
+
+
+def test_sgdr_restart_bumps_are_not_divergence():
+    # fast.ai IMDB notebook: +6.5% and +11% right after warm restarts, then recovery
+    val = [0.40, 0.33, 0.30, 0.30 * 1.065, 0.29, 0.28, 0.28 * 1.11, 0.27]
+    assert check_divergence(val, val, HEALTHY_GRAD, RULES) is None
+
+
+def test_the_reported_failure_is_a_jump_at_the_right_epoch():
+    val = [0.45, 0.38, 0.34, 0.315, 0.759, 0.75, 0.75]
+    v = check_divergence(val, val, HEALTHY_GRAD, RULES)
+    assert v.reason == "jump" and v.epoch == 5
+    assert v.ratio == pytest.approx(0.759 / 0.315)
+
+
+def test_jump_is_relative_to_the_best_so_far_not_the_previous_epoch():
+    val = [0.40, 0.30, 0.40, 0.44, 0.46]  # creeps up: 0.46 / 0.30 = 1.53
+    v = check_divergence(val, val, HEALTHY_GRAD, RULES)
+    assert v.reason == "jump" and v.epoch == 5
+
+
+def test_warmup_hides_jumps_but_never_nan():
+    rules = DivergenceSpec(warmup_epochs=2)
+    assert check_divergence([0.7, 1.2, 0.6], [0.7] * 3, HEALTHY_GRAD, rules) is None
+    v = check_divergence([math.nan], [0.7], HEALTHY_GRAD, rules)
+    assert v.reason == "nan" and v.epoch == 1
+    v = check_divergence([0.7, 0.6], [0.7, math.inf], HEALTHY_GRAD, rules)
+    assert v.reason == "nan" and v.epoch == 2
+
+
+def test_no_progress_needs_both_chance_loss_and_exploding_gradients():
+    stuck = [0.71, 0.70, 0.72]
+    v = check_divergence(stuck, stuck, [250.0, 3000.0, 900.0], RULES)
+    assert v.reason == "no_progress" and v.epoch == 2
+    # a slow but healthy learner near chance is the wrapped pruner's business, not divergence
+    assert check_divergence(stuck, stuck, HEALTHY_GRAD, RULES) is None
+    # exploding gradients but learning: not no_progress
+    assert check_divergence([0.6, 0.5], [0.6, 0.5], [500.0, 500.0], RULES) is None
+    assert CHANCE_LOSS == pytest.approx(0.6931, abs=1e-4)
+
+
+def test_step_guard_catches_explosions_after_warmup_only():
+    guard = StepGuard(factor=5.0, warmup_steps=5)
+    assert guard.update(10.0) is None  # inside warm-up: no running mean yet to compare with
+    guard = StepGuard(factor=5.0, warmup_steps=5)
+    for _ in range(10):
+        assert guard.update(0.5) is None
+    assert guard.update(2.0) is None  # 4x: noisy, not explosive
+    hit = guard.update(5.0)
+    assert hit[0] == "jump" and hit[1] > 5.0
+    assert guard.update(math.nan) == ("nan", None)
+
+
+def test_step_guard_catches_runs_that_blow_up_from_the_first_steps():
+    guard = StepGuard(factor=5.0, warmup_steps=3)
+    hits = [guard.update(x) for x in (0.69, 25.0, 40.0, 30.0)]
+    assert hits[:3] == [None, None, None]  # warm-up
+    assert hits[3][0] == "jump" and hits[3][1] == pytest.approx(30.0 / CHANCE_LOSS)
+
+
+def _study_with(pruner):
+    return optuna.create_study(direction="maximize", pruner=pruner)
+
+
+def _run(study, val_losses, accs):
+    """One trial, reporting like the objective does; returns the epoch it was pruned at."""
+    trial = study.ask()
+    for epoch, (loss, acc) in enumerate(zip(val_losses, accs), start=1):
+        trial.set_user_attr("val_loss", val_losses[:epoch])
+        trial.set_user_attr("train_loss", val_losses[:epoch])
+        trial.set_user_attr("grad_norm_max", [{"head": 1.0}] * epoch)
+        trial.report(acc, epoch)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, max(accs))
+    return None
+
+
+def test_pruner_prunes_divergence_and_defers_the_rest_to_the_wrapped_pruner():
+    median = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    study = _study_with(DivergencePruner(median, RULES))
+    good = [0.40, 0.33, 0.30, 0.29]
+    assert _run(study, good, [0.85, 0.88, 0.90, 0.91]) is None
+    assert _run(study, good, [0.86, 0.89, 0.90, 0.92]) is None
+    # stable but worse than the median from epoch 1: the wrapped MedianPruner prunes it
+    pruned_at = _run(study, [0.6, 0.55, 0.5, 0.5], [0.70, 0.72, 0.75, 0.76])
+    assert pruned_at == 1
+    frozen = study.trials[-1]
+    assert verdict_from_attrs(frozen.user_attrs, RULES) is None
+    # diverging while its accuracy looks fine to the median pruner
+    pruned_at = _run(study, [0.40, 0.32, 0.76, 0.75], [0.86, 0.89, 0.90, 0.90])
+    assert pruned_at == 3
+    assert verdict_from_attrs(study.trials[-1].user_attrs, RULES).reason == "jump"
+
+
+def test_pruner_without_a_wrapped_pruner_only_prunes_divergence():
+    study = _study_with(DivergencePruner(None, RULES))
+    assert _run(study, [0.6, 0.55, 0.5], [0.6, 0.62, 0.65]) is None
+    assert _run(study, [0.6, math.nan], [0.6, 0.5]) == 2

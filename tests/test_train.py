@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from hpo.data import load_dataset
+from hpo.model import LSTMClassifier
+from hpo.train import TrainConfig, make_optimizer, sgdr_factor, train
+
+
+def test_sgdr_schedule_values():
+    assert sgdr_factor(0.0, cycle_len=2) == pytest.approx(1.0)
+    assert sgdr_factor(1.0, cycle_len=2) == pytest.approx(0.5)  # half way down the cosine
+    assert sgdr_factor(1.999, cycle_len=2) < 1e-4
+    assert sgdr_factor(2.0, cycle_len=2) == pytest.approx(1.0)  # warm restart
+    assert sgdr_factor(0.5, cycle_len=1, min_ratio=0.1) == pytest.approx(0.55)
+    # cycle_mult=2: cycles of 1, 2, 4 epochs -> restarts at 1 and 3
+    assert sgdr_factor(1.0, 1, 2) == pytest.approx(1.0) and sgdr_factor(2.0, 1, 2) == pytest.approx(0.5)
+    assert sgdr_factor(3.0, 1, 2) == pytest.approx(1.0) and sgdr_factor(5.0, 1, 2) == pytest.approx(0.5)
+
+
+def test_one_optimizer_group_per_layer_group_with_its_own_rate():
+    model = LSTMClassifier(100, 8, 8)
+    cfg = TrainConfig(lrs={"embedding": 1e-4, "encoder": 1e-3, "head": 1e-2}, clip_norm=1, cycle_len=1, max_epochs=1, weight_decay=0.01)
+    opt = make_optimizer(model, cfg)
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == cfg.lrs
+    assert all(g["weight_decay"] == 0.01 for g in opt.param_groups)
+
+
+@pytest.fixture(scope="module")
+def small(data_cache_dir):
+    from hpo.spec import DataSpec
+
+    return load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=600, max_valid=300, max_len=120))
+
+
+def _cfg(**kw):
+    base = dict(lrs={"embedding": 3e-3, "encoder": 3e-3, "head": 3e-3}, clip_norm=5.0, cycle_len=3, max_epochs=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _model(small, **kw):
+    torch.manual_seed(0)
+    return LSTMClassifier(small.vocab_size, 32, 32, **kw)
+
+
+def test_training_learns_and_records_telemetry_per_group(small):
+    seen = []
+    result = train(_model(small), small, _cfg(), torch.device("cpu"), on_epoch=lambda s: seen.append(s) or False)
+    assert [s.epoch for s in seen] == [1, 2, 3] and result.history == seen
+    assert seen[-1].train_loss < seen[0].train_loss
+    for s in seen:
+        assert set(s.grad_norm_mean) == {"embedding", "encoder", "head"}
+        assert all(s.grad_norm_max[g] >= s.grad_norm_mean[g] > 0 for g in s.grad_norm_mean)
+        assert 0.0 <= s.clipped_fraction <= 1.0 and s.seconds > 0
+    # one cosine cycle over 3 epochs: each epoch starts lower than the one before
+    heads = [s.lr["head"] for s in seen]
+    assert heads[0] == pytest.approx(3e-3) and heads[0] > heads[1] > heads[2]
+    assert result.best_epoch == max(seen, key=lambda s: s.val_accuracy).epoch
+    assert result.best_state is not None
+
+
+def test_clipped_fraction_follows_the_clip_norm(small):
+    tight = train(_model(small), small, _cfg(clip_norm=1e-4, max_epochs=1))
+    loose = train(_model(small), small, _cfg(clip_norm=1e6, max_epochs=1))
+    assert tight.history[0].clipped_fraction == 1.0
+    assert loose.history[0].clipped_fraction == 0.0
+
+
+def test_callback_stops_training(small):
+    result = train(_model(small), small, _cfg(), on_epoch=lambda s: s.epoch == 2)
+    assert len(result.history) == 2 and result.stopped_by_callback
+
+
+def test_huge_learning_rate_explodes_inside_the_first_epoch(small):
+    lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
+    result = train(_model(small), small, _cfg(lrs=lrs, clip_norm=0.0, max_epochs=2, step_warmup=3))
+    assert result.explosion is not None and result.explosion.epoch == 1
+    assert result.explosion.reason in ("nan", "jump")
+    assert result.explosion.step < result.steps_per_epoch  # stopped before the epoch's end
+    assert result.history == []
+
+
+def test_bf16_autocast_trains_too(small):
+    result = train(_model(small), small, _cfg(precision="bf16", max_epochs=1))
+    assert math.isfinite(result.history[0].train_loss) and result.history[0].val_accuracy > 0
