@@ -1,0 +1,84 @@
+import time
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from hpo.cli import main
+from tests.conftest import SMALL
+
+
+@pytest.fixture
+def run(tmp_path, data_cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
+    small = [a for o in [*SMALL, f"data.cache_dir={data_cache_dir!r}"] for a in ("--set", o)]
+
+    def invoke(*args: str, small_data: bool = True):
+        extra = small if small_data and args and args[0] == "optimize" else []
+        return CliRunner().invoke(main, [*args, *extra])
+
+    return invoke
+
+
+def _one_line_error(result, *words):
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output + err
+    for w in words:
+        assert w in err
+
+
+def test_unknown_study_is_one_line_exit_2(run):
+    _one_line_error(run("optimize", "--study", "imbd", "--trials", "1"), "unknown study 'imbd'")
+
+
+def test_bad_override_is_one_line_exit_2(run, tmp_path):
+    result = run("optimize", "--study", "imdb", "--trials", "1", "--set", "space.lr_head.low=0")
+    _one_line_error(result, "space.lr_head")
+    assert not (tmp_path / "hpo.db").exists()  # failed before touching any storage
+
+
+def test_unreachable_storage_fails_fast_without_the_password(run):
+    t0 = time.monotonic()
+    result = run("optimize", "--study", "imdb", "--trials", "1", "--storage", "postgresql+psycopg://me:s3cret-pw@127.0.0.1:1/nodb")
+    assert time.monotonic() - t0 < 15
+    _one_line_error(result, "cannot open storage", "me:***@127.0.0.1:1/nodb")
+    assert "s3cret-pw" not in result.output + result.stderr
+
+
+def test_not_a_url_is_explained(run):
+    _one_line_error(run("optimize", "--study", "imdb", "--trials", "1", "--storage", "hpo.db"), "not a database URL")
+
+
+def test_two_trial_study_resumes_to_three(run, tmp_path):
+    first = run("optimize", "--study", "imdb", "--trials", "2")
+    assert first.exit_code == 0, first.output + first.stderr
+    assert "storage: sqlite:///hpo.db (default)" in first.output
+    assert "trial 1 epoch 2/2" in first.output and "2 finished trials (2 run now)" in first.output
+    second = run("optimize", "--study", "imdb", "--trials", "3")
+    assert second.exit_code == 0, second.output + second.stderr
+    assert "2 finished, running 1 more" in second.output and "(1 run now)" in second.output
+    study = optuna.load_study(study_name="imdb", storage="sqlite:///hpo.db")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    for t in study.trials:
+        assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        assert len(t.user_attrs["val_loss"]) == len(t.user_attrs["grad_norm"]) >= 1
+        assert t.user_attrs["diverged"] in (True, False)
+        assert 0.0 <= t.user_attrs["test_accuracy"] <= 1.0
+    third = run("optimize", "--study", "imdb", "--trials", "3")
+    assert third.exit_code == 0 and "nothing to run" in third.output
+
+
+def test_huge_learning_rates_end_as_diverged_within_two_epochs(run):
+    result = run("optimize", "--study", "imdb", "--trials", "2", "--set", "space.lr_head=5.0", "--set", "space.lr_encoder=5.0")
+    assert result.exit_code == 0, result.output + result.stderr
+    study = optuna.load_study(study_name="imdb", storage="sqlite:///hpo.db")
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["diverged"] is True
+        assert t.user_attrs["divergence_reason"] in ("jump", "nan", "no_progress")
+        assert t.user_attrs["diverged_epoch"] <= 2
+    assert "pruned-diverged 2" in result.output
