@@ -84,5 +84,88 @@ def _summary(outcome: Any, url: str) -> str:
     return "\n".join(lines)
 
 
+_STUDY = click.option("--study", "study", required=True, help="Name of a study in the storage.")
+_STORAGE = click.option("--storage", default=None, help="Database URL (default: $HPO_STORAGE, else sqlite:///hpo.db).")
+
+
+def _study_data(study: str, storage: str | None) -> Any:
+    from hpo.analysis.trials import load_study_data
+    from hpo.storage import open_storage
+
+    url, _ = resolve_storage_url(storage)
+    return load_study_data(study, open_storage(url))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
+@click.option("--target", type=click.Choice(["accuracy", "divergence"]), default="accuracy", show_default=True,
+              help="Rank parameters by their effect on best validation accuracy, or on whether a trial diverged.")
+@click.option("--evaluator", type=click.Choice(["ped-anova", "fanova", "mdi", "permutation"]), default=None,
+              help="Default: ped-anova for accuracy, permutation (random forest) for divergence. "
+                   "fanova is Optuna's default and takes ~30 s at 1,000 trials.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random forests.")
+def importance(study: str, storage: str | None, target: str, evaluator: str | None, seed: int) -> None:
+    """Which hyperparameters matter, on the log scale they were sampled on, pruned trials included."""
+    from hpo.analysis.importance import format_importance, param_importances
+
+    _echo(format_importance(param_importances(_study_data(study, storage), target, evaluator, seed)))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table", show_default=True,
+              help="csv holds the per-bin rows; json everything.")
+def report(study: str, storage: str | None, fmt: str) -> None:
+    """Stability report: divergence and accuracy by learning rate, states, best trial, epochs saved."""
+    from hpo.analysis.report import build_report, render
+
+    _echo(render(build_report(_study_data(study, storage)), fmt))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
+@click.option("--out", "out_dir", default=None, help="Folder for the figures (default: figures/STUDY).")
+def plot(study: str, storage: str | None, out_dir: str | None) -> None:
+    """PNG figures (losses, gradient norms, learning rates) and Optuna's plotly views as HTML."""
+    import optuna
+
+    from hpo.analysis.plots import write_study_figures
+    from hpo.storage import open_storage
+
+    from hpo.analysis.trials import load_study_data
+
+    url, _ = resolve_storage_url(storage)
+    opened = open_storage(url)
+    data = load_study_data(study, opened)
+    paths = write_study_figures(data, optuna.load_study(study_name=study, storage=opened), out_dir or f"figures/{study}")
+    for path in paths:
+        _echo(str(path))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; 0.0.0.0 exposes the dashboard (it has no login).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
+    """Start optuna-dashboard on the study's storage and artifact store (trial figures)."""
+    from hpo.analysis.dashboard import plan_dashboard, serve
+
+    url, origin = resolve_storage_url(storage)
+    plan = plan_dashboard(study, url, host, port)
+    _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {plan.artifact_dir}")
+    if plan.note:
+        _echo(f"note: {plan.note}")
+    _echo(f"dashboard: {plan.url}  (Ctrl-C stops it)")
+    sys.stdout.flush()
+    try:
+        serve(plan)
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

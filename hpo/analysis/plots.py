@@ -1,0 +1,312 @@
+"""Figures of a study (``hpo plot``) and of one trial (uploaded to the dashboard after each trial).
+
+Study figures, as PNG files (matplotlib):
+
+* ``val_loss.png``: validation loss per epoch, complete vs pruned vs diverged trials;
+* ``grad_norms.png``: per layer group, the mean pre-clip gradient norm per epoch of the best
+  trial and of diverged trials, with each diverged trial's divergence epoch marked;
+* ``lr_vs_accuracy.png``: each learning rate against best accuracy, diverged trials marked;
+* ``lr_schedule.png``: the SGDR schedule the best trial used, per group, through the rates it
+  recorded at the start of every epoch.
+
+and Optuna's plotly views as self-contained HTML: ``importance.html`` (this package's
+log-scale, pruned-included importances), ``parallel_coordinate.html``, ``slice.html`` and
+``contour.html`` (the learning rates).
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects without pyplot, so no global
+backend is switched and nothing needs a display.
+
+Example::
+
+    paths = write_study_figures(load_study_data("imdb", storage), optuna_study, "figures/")
+    png = trial_figure_png(trial.user_attrs, title="trial 7")      # bytes, ~30 kB
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import optuna
+from matplotlib.figure import Figure
+
+from hpo.analysis.trials import StudyData, TrialRecord
+
+logger = logging.getLogger(__name__)
+
+GROUPS = ("embedding", "encoder", "head")
+_COLORS = {"complete": "tab:blue", "pruned": "0.6", "diverged": "tab:red"}
+_MAX_LINES = 200  # per category: beyond that a plot shows a sample, and says so
+_DPI = 100
+
+
+def _kind(t: TrialRecord) -> str:
+    return "diverged" if t.diverged else ("pruned" if t.pruned else "complete")
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [float(v) if v is not None and math.isfinite(v) else math.nan for v in values]
+
+
+def _sample(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    if len(trials) <= _MAX_LINES:
+        return list(trials)
+    step = len(trials) / _MAX_LINES
+    return [trials[int(i * step)] for i in range(_MAX_LINES)]
+
+
+def _best(data: StudyData) -> TrialRecord | None:
+    complete = data.complete
+    return max(complete, key=lambda t: (t.accuracy, -t.number)) if complete else None
+
+
+# --- study figures ---------------------------------------------------------------------------
+
+
+def val_loss_figure(data: StudyData) -> Figure:
+    """Validation loss per epoch: complete, pruned (underperforming) and diverged trials."""
+    fig = Figure(figsize=(8, 5), dpi=_DPI)
+    ax = fig.add_subplot()
+    for kind in ("complete", "pruned", "diverged"):
+        members = [t for t in data.finished if _kind(t) == kind and t.user_attrs.get("val_loss")]
+        for i, t in enumerate(_sample(members)):
+            losses = _finite(t.user_attrs["val_loss"])
+            ax.plot(range(1, len(losses) + 1), losses, color=_COLORS[kind], alpha=0.5, lw=1,
+                    label=f"{kind} ({len(members)})" if i == 0 else None)
+            if kind == "diverged" and t.diverged_epoch and t.diverged_epoch <= len(losses):
+                ax.plot(t.diverged_epoch, losses[t.diverged_epoch - 1], "x", color="darkred", ms=6)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss (log scale)")
+    ax.set_title(f"study {data.name}: validation loss, x = divergence detected")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def grad_norm_figure(data: StudyData) -> Figure:
+    """Mean pre-clip gradient norm per epoch and group: the best trial vs the diverged ones."""
+    best = _best(data)
+    diverged = _sample([t for t in data.finished if t.diverged and t.user_attrs.get("grad_norm")])
+    groups = _groups(data.finished)
+    fig = Figure(figsize=(4 * len(groups), 4), dpi=_DPI)
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, group in zip(axes, groups):
+        for i, t in enumerate(diverged):
+            norms = _finite([row.get(group) for row in t.user_attrs["grad_norm"]])
+            ax.plot(range(1, len(norms) + 1), norms, color=_COLORS["diverged"], alpha=0.5, lw=1,
+                    label=f"diverged ({len(diverged)})" if i == 0 else None)
+            if t.diverged_epoch and t.diverged_epoch <= len(norms):
+                ax.plot(t.diverged_epoch, norms[t.diverged_epoch - 1], "x", color="darkred", ms=6)
+        if best is not None and best.user_attrs.get("grad_norm"):
+            norms = _finite([row.get(group) for row in best.user_attrs["grad_norm"]])
+            ax.plot(range(1, len(norms) + 1), norms, color="black", lw=2.5, label=f"best (trial {best.number})")
+        ax.set_yscale("log")
+        ax.set_title(group)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean pre-clip gradient norm")
+    axes[0].legend(loc="upper left")
+    fig.suptitle(f"study {data.name}: gradient norm per layer group, x = divergence detected")
+    fig.tight_layout()
+    return fig
+
+
+def lr_accuracy_figure(data: StudyData, thresholds: Mapping[str, float] | None = None) -> Figure:
+    """Each learning rate against best validation accuracy; ``thresholds`` draws a dashed line."""
+    params = sorted({name for t in data.finished for name in t.lrs})
+    fig = Figure(figsize=(4 * max(len(params), 1), 4), dpi=_DPI)
+    axes = fig.subplots(1, max(len(params), 1), squeeze=False, sharey=True)[0]
+    markers = {"complete": "o", "pruned": "s", "diverged": "x"}
+    for ax, param in zip(axes, params):
+        for kind in ("complete", "pruned", "diverged"):
+            pts = [(t.lrs[param], t.accuracy) for t in data.finished
+                   if _kind(t) == kind and param in t.lrs and t.accuracy is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.scatter(xs, ys, marker=markers[kind], color=_COLORS[kind], s=18, alpha=0.7, label=f"{kind} ({len(pts)})")
+        if thresholds and param in thresholds:
+            ax.axvline(thresholds[param], ls="--", color="darkred", lw=1, label=f"diverges above {thresholds[param]:.2g}")
+        ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("best validation accuracy (pruned: best reported)")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"study {data.name}: learning rate vs accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def lr_schedule_figure(data: StudyData, trial: TrialRecord | None = None) -> Figure:
+    """The best trial's learning rate per group over training (log scale).
+
+    Lines follow SGDR with the trial's ``cycle_len`` and the study's ``cycle_mult`` and
+    ``lr_min_ratio``; dots are the rates the trial recorded at the start of each epoch, so the
+    figure shows the schedule that was actually applied, not only the intended one.
+    """
+    trial = trial or _best(data) or data.finished[0]
+    fig = Figure(figsize=(8, 4.5), dpi=_DPI)
+    ax = fig.add_subplot()
+    recorded = trial.user_attrs.get("lr") or []
+    peaks = trial.user_attrs.get("lr_groups") or {}
+    cycle_len, cycle_mult, min_ratio, assumed = _schedule_settings(data, trial)
+    epochs = max(len(recorded), trial.epochs_run, 1)
+    steps = 200
+    for i, group in enumerate(_groups([trial]) or GROUPS):
+        color = f"C{i}"
+        if group in peaks and cycle_len:
+            from hpo.train import sgdr_factor  # torch: imported only when drawing a schedule
+
+            xs = [epochs * k / steps for k in range(steps)]
+            ax.plot([1 + x for x in xs], [peaks[group] * sgdr_factor(x, cycle_len, cycle_mult, min_ratio) for x in xs],
+                    color=color, lw=1.5, label=f"{group} (peak {peaks[group]:.2g})")
+        pts = [(e, row[group]) for e, row in enumerate(recorded, start=1) if group in row]
+        if pts:
+            ax.plot(*zip(*pts), "o", color=color, ms=5)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch (dots: rate recorded at the epoch's first step)")
+    ax.set_ylabel("learning rate")
+    note = f"; assumed {assumed}" if assumed else ""
+    ax.set_title(f"trial {trial.number}: SGDR, cycle_len {cycle_len}, cycle_mult {cycle_mult}{note}", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _schedule_settings(data: StudyData, trial: TrialRecord) -> tuple[int | None, int, float, str]:
+    from hpo.spec import TrainSpec
+
+    spec = data.user_attrs.get("spec") if isinstance(data.user_attrs.get("spec"), dict) else None
+    train = (spec or {}).get("train") or {}
+    cycle = trial.params.get("cycle_len", ((spec or {}).get("space") or {}).get("cycle_len"))
+    assumed = "" if spec else "default cycle_mult, lr_min_ratio"
+    return (
+        int(cycle) if isinstance(cycle, (int, float)) else None,
+        int(train.get("cycle_mult", TrainSpec.cycle_mult)),
+        float(train.get("lr_min_ratio", TrainSpec.lr_min_ratio)),
+        assumed,
+    )
+
+
+def _groups(trials: Sequence[TrialRecord]) -> list[str]:
+    seen: dict[str, None] = {}
+    for t in trials:
+        for row in t.user_attrs.get("grad_norm") or []:
+            seen.update(dict.fromkeys(row))
+    return [g for g in GROUPS if g in seen] + [g for g in seen if g not in GROUPS]
+
+
+class _Precomputed(optuna.importance.BaseImportanceEvaluator):
+    """Hands importances computed by :mod:`hpo.analysis.importance` to Optuna's plot."""
+
+    def __init__(self, importances: Mapping[str, float]) -> None:
+        self._importances = dict(importances)
+
+    def evaluate(self, study: optuna.Study, params: list[str] | None = None, *, target: Callable | None = None) -> dict[str, float]:
+        return self._importances
+
+
+def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Path) -> list[Path]:
+    """Write every study figure into ``out_dir``; returns the paths written."""
+    from hpo.analysis.importance import param_importances
+    from hpo.analysis.report import divergence_rule
+    from hpo.errors import HpoError
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rule = divergence_rule(data.finished)
+    thresholds = {rule.param: rule.threshold} if rule and rule.score >= 0.5 else {}
+    figures = {
+        "val_loss.png": val_loss_figure(data),
+        "grad_norms.png": grad_norm_figure(data),
+        "lr_vs_accuracy.png": lr_accuracy_figure(data, thresholds),
+        "lr_schedule.png": lr_schedule_figure(data),
+    }
+    paths = []
+    for name, fig in figures.items():
+        fig.savefig(out / name)
+        paths.append(out / name)
+    import optuna.visualization as vis
+
+    views: dict[str, Callable[[], Any]] = {
+        "parallel_coordinate.html": lambda: vis.plot_parallel_coordinate(study),
+        "slice.html": lambda: vis.plot_slice(study),
+    }
+    try:
+        imp = param_importances(data, "accuracy")
+        views["importance.html"] = lambda: vis.plot_param_importances(
+            study, evaluator=_Precomputed(imp.importances), target_name=f"best validation accuracy ({imp.evaluator}, pruned included)")
+    except HpoError as exc:
+        logger.warning("importance view skipped: %s", exc)
+    lrs = [p for p in ("lr_embedding", "lr_encoder", "lr_head") if any(p in t.params for t in data.complete)]
+    if len(lrs) >= 2:
+        views["contour.html"] = lambda: vis.plot_contour(study, params=lrs)
+    for name, make in sorted(views.items()):
+        make().write_html(out / name, include_plotlyjs=True, full_html=True)
+        paths.append(out / name)
+    return paths
+
+
+# --- the per-trial figure --------------------------------------------------------------------
+
+
+def trial_figure(attrs: Mapping[str, Any], title: str = "") -> Figure:
+    """Learning curves (losses, accuracy) and per-group gradient norms of one trial."""
+    fig = Figure(figsize=(10, 3.2), dpi=72)
+    ax_loss, ax_acc, ax_grad = fig.subplots(1, 3)
+    train, val = _finite(attrs.get("train_loss") or []), _finite(attrs.get("val_loss") or [])
+    ax_loss.plot(range(1, len(train) + 1), train, "o-", ms=3, label="train")
+    ax_loss.plot(range(1, len(val) + 1), val, "o-", ms=3, label="validation")
+    ax_loss.set_title("loss")
+    ax_loss.legend(fontsize=8)
+    acc = _finite(attrs.get("val_accuracy") or [])
+    ax_acc.plot(range(1, len(acc) + 1), acc, "o-", ms=3, color="tab:green")
+    ax_acc.set_title("validation accuracy")
+    rows = attrs.get("grad_norm") or []
+    rows_max = attrs.get("grad_norm_max") or []
+    for i, group in enumerate(dict.fromkeys(g for row in rows for g in row)):
+        ax_grad.plot(range(1, len(rows) + 1), _finite([r.get(group) for r in rows]), "o-", ms=3, color=f"C{i}", label=group)
+        ax_grad.plot(range(1, len(rows_max) + 1), _finite([r.get(group) for r in rows_max]), ":", color=f"C{i}")
+    if rows:
+        ax_grad.set_yscale("log")
+        ax_grad.legend(fontsize=8)
+    ax_grad.set_title("grad norm (mean; dotted: max)")
+    epoch = attrs.get("diverged_epoch") if attrs.get("diverged") else None
+    for ax in (ax_loss, ax_acc, ax_grad):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if epoch:
+            ax.axvline(epoch, color="tab:red", ls="--", lw=1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def trial_figure_png(attrs: Mapping[str, Any], title: str = "") -> bytes:
+    buf = io.BytesIO()
+    trial_figure(attrs, title).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def upload_trial_figure(trial: optuna.Trial, attrs: Mapping[str, Any]) -> str:
+    """Draw ``attrs`` (the trial's history and outcome) and upload it to the study's artifact store.
+
+    Returns the artifact id; optuna-dashboard shows the PNG on the trial's page.
+    """
+    from hpo.artifacts import artifact_store
+
+    outcome = "diverged" if attrs.get("diverged") else "finished"
+    if attrs.get("diverged"):
+        outcome += f" ({attrs.get('divergence_reason')} at epoch {attrs.get('diverged_epoch')}; dashed line)"
+    png = trial_figure_png(attrs, f"trial {trial.number}: {outcome}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"trial-{trial.number}-curves.png"
+        path.write_bytes(png)
+        return optuna.artifacts.upload_artifact(
+            artifact_store=artifact_store(trial.study), file_path=str(path), study_or_trial=trial, mimetype="image/png"
+        )
