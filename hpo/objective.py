@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Mapping
 
 import optuna
@@ -134,6 +135,7 @@ class Objective:
         result = train(model, self.data, cfg, self.device, on_epoch)
         verdict = self._verdict(result, history)
         self._store_outcome(trial, model, result, verdict)
+        self._upload_figure(trial, history, verdict)
         if verdict is not None:
             raise optuna.TrialPruned(f"diverged: {verdict.describe()}")
         if pruned:
@@ -145,6 +147,18 @@ class Objective:
             e = result.explosion
             return Verdict(e.reason, e.epoch, e.ratio)
         return verdict_from_attrs(history.lists, self.spec.divergence)
+
+    def _upload_figure(self, trial: optuna.Trial, history: _History, verdict: Verdict | None) -> None:
+        """Learning curves and gradient norms onto the trial's dashboard page; never fails the trial."""
+        try:
+            from hpo.analysis.plots import upload_trial_figure
+
+            outcome = {"diverged": verdict is not None, "divergence_reason": verdict.reason if verdict else None,
+                       "diverged_epoch": verdict.epoch if verdict else None}
+            upload_trial_figure(trial, {**history.lists, **outcome})
+        except Exception as exc:  # a full disk or a broken store must not cost the trial
+            logging.getLogger(__name__).warning("trial %d: figure not uploaded: %s", trial.number, exc)
+            self.log(f"  warning: trial {trial.number}: figure not uploaded: {exc}")
 
     def _store_outcome(self, trial: optuna.Trial, model: LSTMClassifier, result: TrainResult, verdict: Verdict | None) -> None:
         attrs: dict[str, Any] = {

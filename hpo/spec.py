@@ -85,7 +85,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    max_epochs: int = 6
+    max_epochs: int = 5
     optimizer: str = "adamw"
     cycle_mult: int = 1
     lr_min_ratio: float = 0.01  # SGDR floor, as a fraction of each group's peak rate

@@ -1,0 +1,126 @@
+"""Training throughput: hpo's data path and loop against a naive loop, in the same run.
+
+Each variant trains the same model (1-layer LSTM, embedding 100, hidden 128, max_len 400,
+batch 64, AdamW, clipping) on the same randomly drawn reviews, in a fresh subprocess so that peak
+memory is its own:
+
+* ``naive``: random batches padded to the batch maximum, ``clip_grad_norm_``, a ``loss.item()``
+  every step: what a first training script does;
+* ``hpo``: ``hpo.train.train`` on ``hpo.data``'s length-bucketed batches (fp32);
+* ``hpo-bf16``: the same under bf16 autocast (``train.precision = "bf16"``).
+
+It prints real (non-pad) tokens per second, the speed-up over ``naive``, the share of padding,
+and peak memory (RSS on CPU, allocated memory on CUDA).
+
+    python benchmarks/train_speed.py                 # 120 batches per variant (~3 min on 2 cores)
+    python benchmarks/train_speed.py --batches 0     # one full epoch per variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hpo.data import Dataset, _pad, load_dataset, padding_fraction
+from hpo.model import LSTMClassifier
+from hpo.spec import DataSpec
+from hpo.train import TrainConfig, configure_threads, resolve_device, train
+
+VARIANTS = ("naive", "hpo", "hpo-bf16")
+LR = 2e-3
+
+
+def _data(batches: int, batch_size: int) -> Dataset:
+    full = load_dataset(DataSpec(max_len=400))
+    n = len(full.train) if batches <= 0 else min(len(full.train), batches * batch_size)
+    chosen = random.Random(0).sample(range(len(full.train)), n)
+    return Dataset(full.train.subset(chosen), full.valid.subset(range(batch_size)), full.test, full.vocab, full.source, full.cache_key)
+
+
+def _model(vocab_size: int) -> LSTMClassifier:
+    torch.manual_seed(0)
+    return LSTMClassifier(vocab_size, 100, 128, dropout=0.2)
+
+
+def _naive(data: Dataset, device: torch.device, batch_size: int) -> dict:
+    model = _model(data.vocab_size).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    order = list(range(len(data.train)))
+    random.Random(1).shuffle(order)
+    batches = [_pad(data.train, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    t0 = time.perf_counter()
+    tokens = 0
+    for b in batches:
+        b = b.to(device)
+        loss = F.binary_cross_entropy_with_logits(model(b.tokens, b.lengths), b.labels)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        tokens += int(b.lengths.sum())
+        loss.item()
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_second": tokens / seconds, "seconds": seconds, "padding": padding_fraction(data.train, batches)}
+
+
+def _hpo(data: Dataset, device: torch.device, batch_size: int, precision: str) -> dict:
+    cfg = TrainConfig(
+        lrs={"embedding": LR, "encoder": LR, "head": LR}, clip_norm=5.0, cycle_len=1, max_epochs=1,
+        batch_size=batch_size, precision=precision,
+    )
+    result = train(_model(data.vocab_size), data, cfg, device)
+    stats = result.history[0]
+    from hpo.data import iter_batches
+
+    batches = list(iter_batches(data.train, batch_size, shuffle=True, seed=1))
+    return {"tokens_per_second": stats.tokens_per_second, "seconds": stats.seconds, "padding": padding_fraction(data.train, batches)}
+
+
+def _run_variant(variant: str, batches: int, batch_size: int) -> dict:
+    threads = configure_threads(0)
+    device = resolve_device()
+    data = _data(batches, batch_size)
+    out = _naive(data, device, batch_size) if variant == "naive" else _hpo(data, device, batch_size, "bf16" if variant == "hpo-bf16" else "fp32")
+    if device.type == "cuda":
+        out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.update(variant=variant, device=str(device), threads=threads, reviews=len(data.train))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=120, help="batches per variant (0: a full epoch)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._one:
+        print(json.dumps(_run_variant(args._one, args.batches, args.batch_size)))
+        return
+    load_dataset(DataSpec(max_len=400))  # build the cache once, outside the timings
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) if sys.platform == "linux" else platform.processor()
+    print(f"torch {torch.__version__}, {cpu}, {configure_threads(0)} threads, device {resolve_device()}")
+    rows = []
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--_one", variant, "--batches", str(args.batches), "--batch-size", str(args.batch_size)]
+        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]))
+    base = next((r["tokens_per_second"] for r in rows if r["variant"] == "naive"), rows[0]["tokens_per_second"])
+    print(f"{'variant':<10} {'reviews':>8} {'tokens/s':>10} {'vs naive':>9} {'padding':>8} {'seconds':>8} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['variant']:<10} {r['reviews']:>8} {r['tokens_per_second']:>10,.0f} {r['tokens_per_second'] / base:>8.2f}x "
+              f"{r['padding']:>7.1%} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
