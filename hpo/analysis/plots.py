@@ -155,13 +155,13 @@ def lr_schedule_figure(data: StudyData, trial: TrialRecord | None = None) -> Fig
     peaks = trial.user_attrs.get("lr_groups") or {}
     cycle_len, cycle_mult, min_ratio, assumed = _schedule_settings(data, trial)
     epochs = max(len(recorded), trial.epochs_run, 1)
-    steps = 200
+    per_epoch = 40  # points per epoch; epoch starts fall on the grid, where the dots are
     for i, group in enumerate(_groups([trial]) or GROUPS):
         color = f"C{i}"
         if group in peaks and cycle_len:
             from hpo.train import sgdr_factor  # torch: imported only when drawing a schedule
 
-            xs = [epochs * k / steps for k in range(steps)]
+            xs = [k / per_epoch for k in range(epochs * per_epoch)]
             ax.plot([1 + x for x in xs], [peaks[group] * sgdr_factor(x, cycle_len, cycle_mult, min_ratio) for x in xs],
                     color=color, lw=1.5, label=f"{group} (peak {peaks[group]:.2g})")
         pts = [(e, row[group]) for e, row in enumerate(recorded, start=1) if group in row]

@@ -1,0 +1,81 @@
+import io
+import logging
+
+import matplotlib.image
+import optuna
+import pytest
+
+from hpo.analysis import synthetic
+from hpo.analysis.plots import grad_norm_figure, lr_accuracy_figure, lr_schedule_figure, trial_figure_png, val_loss_figure
+from hpo.analysis.trials import load_study_data
+from tests.analysis_helpers import known_study
+
+
+@pytest.fixture(scope="module")
+def data():
+    storage = optuna.storages.InMemoryStorage()
+    known_study(storage, [5e-4, 2.5e-3, 7e-3, 9e-3, 2e-2], name="k")
+    return load_study_data("k", storage)
+
+
+def _marks(ax):
+    return [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.get_lines() if line.get_marker() == "x"]
+
+
+def test_gradient_jump_is_marked_at_the_divergence_epoch(data):
+    fig = grad_norm_figure(data)
+    assert [ax.get_title() for ax in fig.axes] == ["embedding", "encoder", "head"]
+    head = fig.axes[2]
+    diverged = [t for t in data.finished if t.diverged]
+    marks = sorted(_marks(head))
+    assert marks == sorted(((t.diverged_epoch,), (t.user_attrs["grad_norm"][t.diverged_epoch - 1]["head"],)) for t in diverged)
+    best_line = [line for line in head.get_lines() if line.get_label().startswith("best")]
+    assert best_line and best_line[0].get_label() == f"best (trial {max(data.complete, key=lambda t: t.accuracy).number})"
+
+
+def test_val_loss_and_lr_figures_separate_diverged_trials(data):
+    legend = [t.get_text() for t in val_loss_figure(data).axes[0].get_legend().get_texts()]
+    assert legend == ["complete (2)", "diverged (3)"]
+    fig = lr_accuracy_figure(data, {"lr_head": 6e-3})
+    head = next(ax for ax in fig.axes if ax.get_xlabel() == "lr_head")
+    assert head.get_xscale() == "log"
+    assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == 6e-3 for line in head.get_lines())
+
+
+def test_schedule_goes_through_the_recorded_rates(data):
+    fig = lr_schedule_figure(data)
+    ax = fig.axes[0]
+    best = max(data.complete, key=lambda t: t.accuracy)
+    dots = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert len(dots) == 3
+    curves = [line for line in ax.get_lines() if line.get_marker() in ("None", "", None)]
+    for curve, group in zip(curves, ("embedding", "encoder", "head")):
+        xs, ys = curve.get_xdata(), curve.get_ydata()
+        for epoch, row in enumerate(best.user_attrs["lr"], start=1):
+            i = min(range(len(xs)), key=lambda k: abs(xs[k] - epoch))
+            assert ys[i] == pytest.approx(row[group], rel=1e-6)
+
+
+def test_trial_figure_is_a_small_png():
+    study = optuna.create_study(direction="maximize")
+    synthetic.add_known_trials(study, [8e-3])
+    png = trial_figure_png(study.trials[0].user_attrs, "trial 0")
+    height, width, _ = matplotlib.image.imread(io.BytesIO(png)).shape
+    assert (width, height) == (720, 230) and len(png) < 100_000
+
+
+def test_a_failed_upload_does_not_fail_the_trial(tmp_path, caplog, monkeypatch):
+    from hpo.objective import Objective, _History
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("artifact_dir", str(blocker / "store"))  # cannot be created
+    trial = study.ask()
+    lines = []
+    obj = Objective.__new__(Objective)
+    obj.log = lines.append
+    with caplog.at_level(logging.WARNING):
+        obj._upload_figure(trial, _History(), None)
+    assert any("figure not uploaded" in line for line in lines)
+    assert "figure not uploaded" in caplog.text
