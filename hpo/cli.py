@@ -44,21 +44,32 @@ def _echo(message: str) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop starting trials after this many seconds.")
 @click.option("--seed", type=int, default=None, help="Sampler seed (overrides sampler.seed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. --set train.max_epochs=2 (repeatable).")
-def optimize(study: str, trials: int, storage: str | None, timeout: float | None, seed: int | None, overrides: tuple[str, ...]) -> None:
-    """Run trials until the study has TRIALS finished (complete or pruned) trials."""
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine (the cores are split between them).")
+@click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
+              help="Seconds without a heartbeat after which a worker's trial is failed and re-run elsewhere ($HPO_GRACE_PERIOD).")
+def optimize(study: str, trials: int, storage: str | None, timeout: float | None, seed: int | None, overrides: tuple[str, ...],
+             jobs: int, grace_period: int) -> None:
+    """Run trials until the study has TRIALS finished (complete or pruned) trials.
+
+    Several workers (--jobs, or this command on several machines with one --storage) share the
+    one budget.
+    """
     from hpo.spec import load_spec
-    from hpo.workers import run_worker
+    from hpo.workers import run_worker, run_workers
 
     spec = load_spec(study, overrides)
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {mask_url(url)} ({origin})")
     resume = f"hpo optimize --study {study} --trials {trials}" + "".join(f" --set {o}" for o in overrides)
     try:
-        outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo)
+        if jobs > 1:
+            outcome = run_workers(spec, url, trials, jobs, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period)
+        else:
+            outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period)
     except KeyboardInterrupt:
         click.echo(
-            f"\ninterrupted: the running trial was stopped and marked FAIL (failed trials do not count "
-            f"toward the budget). Finished trials are kept; resume with: {resume}",
+            f"\ninterrupted: the running trial was stopped, marked FAIL (failed trials do not count toward "
+            f"the budget) and queued to run again from its last checkpoint. Finished trials are kept; resume with: {resume}",
             err=True,
         )
         sys.exit(130)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 import optuna
 import torch
 
+from hpo.artifacts import artifact_store
+from hpo.checkpoints import TrialCheckpoints
 from hpo.data import Dataset
 from hpo.divergence import Verdict
 from hpo.model import LSTMClassifier
@@ -101,6 +103,11 @@ class _History:
         for key, value in self.lists.items():
             trial.set_user_attr(key, value)
 
+    def restore(self, attrs: Mapping[str, Any], epochs: int) -> None:
+        """Take over the first ``epochs`` epochs recorded by the trial this one resumes."""
+        for key, values in self.lists.items():
+            values.extend(list(attrs.get(key, []))[:epochs])
+
 
 class Objective:
     """Callable objective for ``study.optimize``; returns the best validation accuracy."""
@@ -110,12 +117,31 @@ class Objective:
         self.data = data
         self.device = device or resolve_device(spec.train.device)
         self.log = log
+        self._stores: dict[int, tuple[Any, str]] = {}  # per study: (artifact store, study uid)
+
+    def _checkpoints(self, trial: optuna.Trial) -> TrialCheckpoints:
+        """This trial's checkpoints; a retry inherits the ``checkpoint`` key of the trial it re-runs."""
+        study = trial.study
+        if id(study) not in self._stores:
+            self._stores[id(study)] = (artifact_store(study), study.user_attrs.get("uid", study.study_name))
+        store, uid = self._stores[id(study)]
+        key = trial.user_attrs.get("checkpoint")
+        if key is None:
+            key = f"{uid}-trial-{trial.number}"
+            trial.set_user_attr("checkpoint", key)
+        return TrialCheckpoints(store, key)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = sample_params(trial, self.spec.space)
         cfg = train_config(self.spec, values)
         trial.set_user_attr("lr_groups", cfg.lrs)
+        checkpoints = self._checkpoints(trial)
+        resume = checkpoints.load()
         history = _History()
+        if resume is not None:
+            history.restore(trial.user_attrs, resume.epoch)
+            trial.set_user_attr("resumed_at_epoch", resume.epoch + 1)
+            self.log(f"  trial {trial.number} resumes at epoch {resume.epoch + 1} from its checkpoint")
         pruned = False
 
         def on_epoch(stats: EpochStats) -> bool:
@@ -132,7 +158,8 @@ class Objective:
             return pruned
 
         model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]))
-        result = train(model, self.data, cfg, self.device, on_epoch)
+        result = train(model, self.data, cfg, self.device, on_epoch, resume=resume, on_checkpoint=checkpoints.save)
+        checkpoints.remove()  # finished one way or another: nothing left to resume
         verdict = self._verdict(result, history)
         self._store_outcome(trial, model, result, verdict)
         self._upload_figure(trial, history, verdict)
@@ -167,7 +194,7 @@ class Objective:
             "diverged_epoch": verdict.epoch if verdict else None,
             "jump_ratio": verdict.ratio if verdict else None,
             "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history) + (1 if result.explosion else 0),
+            "epochs_run": result.start_epoch - 1 + len(result.history) + (1 if result.explosion else 0),
             "steps_per_epoch": result.steps_per_epoch,
         }
         if result.explosion is not None:

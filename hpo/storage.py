@@ -5,28 +5,51 @@ directory. SQLite runs in WAL mode with a long busy timeout so several local wor
 one file; PostgreSQL (``postgresql+psycopg://``) and MySQL/MariaDB (``mysql+pymysql://``) are
 for several machines on one study.
 
+Opening a storage is strict and fast: a database that is unreachable or misspelt is one
+:class:`~hpo.errors.HpoError` line within about ``CONNECT_TIMEOUT_S`` seconds. Once open, the
+storage is patient: every database call that fails with a connection error (a restarting
+server, a dropped connection, SQLite's "database is locked") is retried with exponential
+backoff for up to ``retry_s`` seconds, so a database restart pauses the workers instead of
+killing them. With ``heartbeat_interval`` set, a running trial whose worker stopped sending
+heartbeats for ``grace_period`` seconds is failed by another worker and queued again.
+
 Example::
 
     url, origin = resolve_storage_url(None)       # ("sqlite:///hpo.db", "default")
-    storage = open_storage(url)                   # an optuna RDBStorage, or a clear HpoError
+    storage = open_storage(url)                   # a ResilientStorage, or a clear HpoError
+    storage = open_storage(url, grace_period=60)  # ...that also fails and retries dead workers' trials
     mask_url("postgresql://me:secret@db/hpo")     # 'postgresql://me:***@db/hpo'
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import re
-from typing import Any
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
 
+Log = Callable[[str], None]
+
 DEFAULT_URL = "sqlite:///hpo.db"
 ENV_VAR = "HPO_STORAGE"
 CONNECT_TIMEOUT_S = 10
+RETRY_S = 300.0  # how long a worker waits for its database to come back before giving up
+GRACE_PERIOD_S = 60  # silence after which a running trial's worker is taken for dead
+MAX_RETRY = 3  # re-runs of one trial whose workers keep dying (e.g. it runs out of memory)
 _DRIVER_HINT = {
     "postgresql": "pip install 'hpo[postgres]' (psycopg 3) and use postgresql+psycopg://",
     "mysql": "pip install 'hpo[mysql]' (PyMySQL) and use mysql+pymysql://",
@@ -81,8 +104,46 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-def open_storage(url: str, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
-    """An Optuna RDBStorage for ``url``; any failure becomes one HpoError line without the password."""
+def heartbeat_interval(grace_period: int) -> int:
+    """Seconds between heartbeats: several per grace period, so one late beat is not a death."""
+    return max(1, min(10, grace_period // 4))
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Queues a copy of a failed trial (same parameters, history so far) to be run again.
+
+    ``inherit_intermediate_values`` keeps the reported curve, so a retry that resumes from its
+    checkpoint continues the curve the pruner has already seen.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+
+
+def open_storage(
+    url: str,
+    *,
+    grace_period: int | None = None,
+    retry_s: float = RETRY_S,
+    log: Log = lambda m: None,
+) -> "ResilientStorage":
+    """A :class:`ResilientStorage` for ``url``; any failure becomes one HpoError line without the password.
+
+    ``grace_period`` (seconds) turns on heartbeats: trials of workers silent that long are
+    failed and queued again. ``log`` hears about database outages and recoveries.
+    """
+    hb: dict[str, Any] = {}
+    if grace_period is not None:
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*heartbeat_interval.*", category=optuna.exceptions.ExperimentalWarning)
+        hb = {
+            "heartbeat_interval": heartbeat_interval(grace_period),
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": retry_callback(),
+        }
     try:
         parsed = make_url(url)
         backend = parsed.get_backend_name()
@@ -92,7 +153,14 @@ def open_storage(url: str, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
             "(e.g. sqlite:///hpo.db, postgresql+psycopg://user@host/db, mysql+pymysql://user@host/db)"
         ) from None
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **storage_kwargs)
+        # Tables, schema version and alembic stamp are created by the first opener; ten workers
+        # starting at once would race on them, so creation happens under a database-wide lock.
+        with creation_lock(url):
+            if backend == "sqlite":
+                _enable_wal(url)
+            storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
+    except HpoError:
+        raise
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
         hint = _DRIVER_HINT.get(backend, "install the database driver")
         raise HpoError(f"no driver for storage {mask_url(url)}: {scrub(str(exc), url)}; {hint}") from None
@@ -101,13 +169,225 @@ def open_storage(url: str, **storage_kwargs: Any) -> optuna.storages.RDBStorage:
         raise HpoError(
             f"cannot open storage {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
         ) from None
-    if backend == "sqlite":
-        _enable_wal(storage)
     return storage
 
 
-def _enable_wal(storage: optuna.storages.RDBStorage) -> None:
+def _enable_wal(url: str) -> None:
     # WAL lets readers (the dashboard, other workers) proceed while one worker writes; the mode
-    # is stored in the database file, so setting it once is enough.
-    with storage.engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    # is stored in the database file. It is set before Optuna opens the file: SQLite ignores the
+    # switch while another connection of the process holds a transaction.
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs(url))
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    finally:
+        engine.dispose()
+    if str(mode).lower() not in ("wal", "memory"):  # e.g. a network file system without shared memory
+        raise HpoError(f"SQLite storage {url}: cannot switch to WAL mode (got {mode!r}); use a file on a local disk")
+
+
+# --- Creating things once, whoever comes first -----------------------------------------------
+
+_LOCK_KEY = zlib.crc32(b"hpo: create schema and studies")  # fits a PostgreSQL bigint and is stable
+
+
+@contextmanager
+def creation_lock(url: str) -> Iterator[None]:
+    """Hold a lock that every worker on this database shares, for creating tables and studies.
+
+    PostgreSQL: an advisory lock; MySQL/MariaDB: ``GET_LOCK``; a SQLite file: ``flock`` on a
+    file next to it. The lock lives on a connection of its own (or a file descriptor), so a
+    worker that dies while holding it releases it.
+
+    Example::
+
+        with creation_lock("postgresql+psycopg://hpo@db/hpo"):
+            ...  # create the study and record its spec; nobody else does it at the same time
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            yield  # private to this process
+            return
+        with _file_lock(Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")):
+            yield
+        return
+    if backend == "postgresql":
+        acquire, release = f"SELECT pg_advisory_lock({_LOCK_KEY})", f"SELECT pg_advisory_unlock({_LOCK_KEY})"
+    elif backend in ("mysql", "mariadb"):
+        acquire, release = f"SELECT GET_LOCK('hpo-{_LOCK_KEY}', 120)", f"SELECT RELEASE_LOCK('hpo-{_LOCK_KEY}')"
+    else:  # another SQLAlchemy backend: no portable lock, fall back to Optuna's own conflict handling
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **{
+        k: v for k, v in engine_kwargs(url).items() if k == "connect_args"
+    })
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(acquire)
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(release)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no flock; Optuna's own conflict handling remains
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- Riding out database outages ---------------------------------------------------------------
+
+_TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that say "the database is not there right now", not "your request is wrong".
+
+    Optuna wraps SQLAlchemy errors raised at commit in ``StorageInternalError``; the cause tells.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, _TRANSIENT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+# The RDBStorage methods that open a database session. Others call these, and only the outermost
+# call retries, so one outage costs one backoff, not a product of nested ones.
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
+    "get_trial", "_get_trials", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+class ResilientStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose calls survive a database restart: connection errors are retried.
+
+    Each call that fails with a connection error is tried again after 0.5, 1, 2, 4, 8, 8...
+    seconds (with jitter, so workers do not reconnect in lockstep) until ``retry_s`` have
+    passed; then the error is raised. The first failure of an outage and the recovery are
+    logged once. A write whose commit reached the database just before the connection broke is
+    recognised on retry: finishing a trial that is already finished in the same state is success.
+
+    Example::
+
+        storage = open_storage("postgresql+psycopg://hpo@db/hpo", log=print)
+        # the database restarts: "storage unreachable (...): retrying for up to 300 s" ...
+        #                        "storage reachable again after 11.2 s"
+    """
+
+    def __init__(self, url: str, *, retry_s: float = RETRY_S, log: Log = lambda m: None, **kwargs: Any) -> None:
+        self._retry_s = retry_s
+        self._log = log
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None
+        super().__init__(url, **kwargs)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        del state["_outage_lock"]
+        state["_log"] = _quiet  # a closure need not pickle; a copy in another process stays quiet
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._outage_lock = threading.Lock()
+        self._outage_since = None
+
+    def _call(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_nesting, "depth", 0)
+        if depth:
+            return method(self, *args, **kwargs)
+        _nesting.depth = 1
+        try:
+            return self._retrying(name, method, *args, **kwargs)
+        finally:
+            _nesting.depth = 0
+
+    def _retrying(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        delay = 0.5
+        attempt = 0
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if attempt and name == "set_trial_state_values" and self._already_set(*args, **kwargs):
+                    return True  # the first attempt committed, only its answer was lost
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() - start + delay > self._retry_s:
+                    raise
+                self._outage_started(exc)
+                time.sleep(delay * random.uniform(0.75, 1.25))
+                delay = min(delay * 2, 8.0)
+                attempt += 1
+                continue
+            if attempt:
+                self._outage_ended()
+            return result
+
+    def _already_set(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        return super().get_trial(trial_id).state == state
+
+    def _outage_started(self, exc: BaseException) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
+            self._outage_since = time.monotonic()
+        reason = scrub(str(getattr(exc, "orig", None) or exc.__cause__ or exc), self.url).strip().splitlines()
+        self._log(
+            f"storage unreachable ({reason[0] if reason else type(exc).__name__}): "
+            f"retrying for up to {self._retry_s:.0f} s"
+        )
+
+    def _outage_ended(self) -> None:
+        with self._outage_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            self._log(f"storage reachable again after {time.monotonic() - since:.1f} s")
+
+
+_nesting = threading.local()
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _make_retrying(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, method, *args, **kwargs)
+
+    return wrapper
+
+
+for _name in _RETRIED:
+    setattr(ResilientStorage, _name, _make_retrying(_name))

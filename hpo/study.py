@@ -1,7 +1,11 @@
 """A study as the spec describes it: sampler, pruner, creation or resumption, and its tally.
 
 Optuna stores trials but not the sampler or pruner, so every process that works on a study
-builds them from the spec here.
+builds them from the spec here. To make sure they all build the same ones, the resolved spec
+(after ``--set`` overrides) is stored in the study's user attribute ``spec`` when the study is
+created, and a worker whose spec differs is refused with the differing keys. Creating the
+study, recording its spec and its artifact directory happen under one database-wide lock, so
+ten workers starting in the same second create one study.
 
 Example::
 
@@ -11,17 +15,27 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import json
+import uuid
 import warnings
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.artifacts import artifact_dir
 from hpo.errors import HpoError
 from hpo.pruning import make_pruner
 from hpo.spec import SamplerSpec, Spec
+from hpo.storage import creation_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPEC_ATTR = "spec"
+UID_ATTR = "uid"  # tells apart studies that reuse a name after one was deleted (checkpoint keys)
+# Settings of one machine, not of the study: they may differ between workers.
+LOCAL_KEYS = ("description", "data.cache_dir", "train.device", "train.threads", "sampler.seed")
 
 
 def make_sampler(spec: SamplerSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -40,18 +54,70 @@ def make_sampler(spec: SamplerSpec, seed: int | None = None) -> optuna.samplers.
 
 
 def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
-    """Create the spec's study in ``storage``, or load it to continue where it stopped."""
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        direction="maximize",
-        sampler=make_sampler(spec.sampler, seed),
-        pruner=make_pruner(spec.pruner, spec.divergence, spec.train.max_epochs),
-        load_if_exists=True,
-    )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
+    """Create the spec's study in ``storage``, or join it if its stored spec is the same as ours."""
+    url = getattr(storage, "url", None)
+    with creation_lock(url) if url else contextlib.nullcontext():
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction="maximize",
+            sampler=make_sampler(spec.sampler, seed),
+            pruner=make_pruner(spec.pruner, spec.divergence, spec.train.max_epochs),
+            load_if_exists=True,
+        )
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
+        attrs = study.user_attrs
+        ours = _plain(spec.to_dict())
+        if SPEC_ATTR not in attrs:
+            # New, or made before specs were recorded: from now on this spec is the study's.
+            study.set_user_attr(SPEC_ATTR, ours)
+        else:
+            differing = spec_diff(attrs[SPEC_ATTR], ours)
+            if differing:
+                raise HpoError(_mismatch_message(spec.name, differing))
+        if UID_ATTR not in attrs:
+            study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
+        artifact_dir(study)  # recorded now, under the lock: every worker then agrees on it
     return study
+
+
+def spec_diff(stored: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (study's value, ours)}`` for every study-wide setting that differs."""
+    a, b = _flatten(stored), _flatten(_plain(ours))
+    missing = object()
+    return {
+        key: (a.get(key, missing), b.get(key, missing))
+        for key in sorted(set(a) | set(b))
+        if a.get(key, missing) != b.get(key, missing) and not any(key == k or key.startswith(k + ".") for k in LOCAL_KEYS)
+    }
+
+
+def _mismatch_message(name: str, differing: Mapping[str, tuple[Any, Any]]) -> str:
+    def show(value: Any) -> str:
+        return "(unset)" if not isinstance(value, (str, int, float, bool, list, dict, type(None))) else json.dumps(value)
+
+    items = "; ".join(f"{key}: study {show(theirs)}, yours {show(mine)}" for key, (theirs, mine) in differing.items())
+    return (
+        f"study {name!r} was created with a different spec ({items}): run with the study's settings "
+        f"(the same --set options), or start a new study with --set name=NEW_NAME"
+    )
+
+
+def _plain(data: Mapping[str, Any]) -> dict[str, Any]:
+    """As it comes back from the database: JSON types only (tuples become lists)."""
+    return json.loads(json.dumps(data))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
 
 
 def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:

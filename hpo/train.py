@@ -1,7 +1,9 @@
 """One training loop: per-group learning rates, global-norm clipping, SGDR, per-epoch telemetry.
 
 It knows nothing of Optuna. After every epoch it calls ``on_epoch(stats)``; a callback that
-returns True stops training (that is how the objective prunes). Inside an epoch a
+returns True stops training (that is how the objective prunes). With ``on_checkpoint`` it also
+hands over a :class:`Checkpoint` after every epoch but the last, and ``resume=checkpoint``
+continues from it exactly as if training had never stopped (a killed worker's trial resumes). Inside an epoch a
 :class:`~hpo.divergence.StepGuard` stops at once when the train loss turns NaN/inf or explodes.
 
 Per epoch it records train loss, validation loss and accuracy, and per layer group the gradient
@@ -74,6 +76,30 @@ class Explosion:
 
 
 @dataclass
+class Checkpoint:
+    """Everything :func:`train` needs to carry on after ``epoch`` as if it had never stopped.
+
+    The batch order and dropout masks are seeded per epoch, so weights, optimizer moments, the
+    best epoch so far and the step guard's running mean are all there is. The tensors handed to
+    ``on_checkpoint`` are the live ones: save them (``torch.save``) during the call.
+
+    Example::
+
+        saved = []
+        train(model, data, cfg, on_checkpoint=lambda c: saved.append(copy.deepcopy(c)))
+        result = train(fresh_model, data, cfg, resume=saved[1])   # continues at epoch 3
+    """
+
+    epoch: int  # the last finished epoch
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    best_epoch: int | None
+    best_accuracy: float
+    best_state: dict[str, torch.Tensor] | None
+    guard: dict[str, float]
+
+
+@dataclass
 class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int | None = None  # by validation accuracy
@@ -81,6 +107,7 @@ class TrainResult:
     stopped_by_callback: bool = False
     explosion: Explosion | None = None
     steps_per_epoch: int = 0
+    start_epoch: int = 1  # later than 1 when resumed from a checkpoint
 
 
 def sgdr_factor(epochs_done: float, cycle_len: int, cycle_mult: int = 1, min_ratio: float = 0.0) -> float:
@@ -151,6 +178,8 @@ def train(
     cfg: TrainConfig,
     device: torch.device | None = None,
     on_epoch: Callable[[EpochStats], bool] | None = None,
+    resume: Checkpoint | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
 ) -> TrainResult:
     device = device or resolve_device()
     model.to(device)
@@ -164,8 +193,14 @@ def train(
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     result = TrainResult(steps_per_epoch=steps_per_epoch)
     best_acc = -1.0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        vars(guard).update(resume.guard)
+        best_acc, result.best_epoch, result.best_state = resume.best_accuracy, resume.best_epoch, resume.best_state
+        result.start_epoch = resume.epoch + 1
 
-    for epoch in range(1, cfg.max_epochs + 1):
+    for epoch in range(result.start_epoch, cfg.max_epochs + 1):
         model.train()
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout masks: reproducible per epoch
@@ -229,6 +264,11 @@ def train(
         if on_epoch is not None and on_epoch(stats):
             result.stopped_by_callback = True
             break
+        if on_checkpoint is not None and epoch < cfg.max_epochs:
+            on_checkpoint(Checkpoint(
+                epoch, model.state_dict(), optimizer.state_dict(), result.best_epoch, best_acc,
+                result.best_state, dict(vars(guard)),
+            ))
     return result
 
 

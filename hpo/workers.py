@@ -1,28 +1,47 @@
-"""Run a worker on a study until the study as a whole has its budget of finished trials.
+"""Run workers on a study until the study as a whole has its budget of finished trials.
 
-``trials`` is the study's total, not this call's: a study with 60 finished trials (COMPLETE or
-PRUNED; FAILed ones do not count and are re-run) and a budget of 100 runs 40 more.
+``trials`` is the study's total, not this call's and not one worker's: a study with 60
+finished trials (COMPLETE or PRUNED; FAILed ones do not count and are re-run) and a budget of
+100 runs 40 more, shared by however many workers, on however many machines, join it.
+
+Before each trial a worker counts the study's finished and running trials. It stops once the
+finished ones reach the budget. When the running ones would make up the rest, it waits instead
+of starting another trial, checking for trials of dead workers (heartbeats older than the grace
+period): those are failed and queued again, and a waiting worker runs them. Two workers that
+count at the same moment may both start a trial, so a study can end with up to (workers - 1)
+trials more than its budget, never fewer.
+
+A worker interrupted by Ctrl-C or SIGTERM marks its running trial FAIL and queues a copy with the
+same parameters, which resumes from the trial's last checkpoint (see :mod:`hpo.checkpoints`).
 
 Example::
 
     outcome = run_worker(spec, "sqlite:///hpo.db", trials=20, log=print)
     outcome.tally.best.value
+    run_workers(spec, "sqlite:///hpo.db", trials=20, jobs=4, log=print)   # 4 processes
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.data import load_dataset
-from hpo.objective import Objective
+from hpo.errors import HpoError
 from hpo.spec import Spec
-from hpo.storage import open_storage
-from hpo.study import Tally, is_diverged, open_study, tally
-from hpo.train import configure_threads, resolve_device
+from hpo.storage import GRACE_PERIOD_S, open_storage, retry_callback
+from hpo.study import FINISHED, Tally, is_diverged, open_study, tally
 
 Log = Callable[[str], None]
 
@@ -59,6 +78,54 @@ class _Progress:
             study.stop()
 
 
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    budget: int,
+    timeout: float | None = None,
+    log: Log = lambda m: None,
+    poll_s: float = 1.0,
+) -> int:
+    """Run trials of ``objective`` until ``study`` has ``budget`` finished trials; returns how many ran here.
+
+    Works for any objective (the benchmarks use a cheap synthetic one). Heartbeats and the
+    re-run of dead workers' trials come from the study's storage (``open_storage(grace_period=)``).
+    """
+    progress = _Progress(budget, log)
+    current: list[int] = []
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def tracked(trial: optuna.Trial) -> float:
+        current[:] = [trial.number]
+        trial.set_user_attr("worker", worker_id)  # which machine and process ran it, for the dashboard
+        return objective(trial)
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    waiting = False
+    try:
+        with _sigterm_as_interrupt():
+            while True:
+                finished, running = _counts(study)
+                if finished >= budget or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                if finished + running >= budget:
+                    if not waiting:
+                        log(f"{finished}/{budget} finished, {running} running elsewhere: waiting for them to finish (or to die and be re-run)")
+                        waiting = True
+                    _fail_stale_trials(study)
+                    time.sleep(poll_s)
+                    continue
+                waiting = False
+                current.clear()
+                study.optimize(tracked, n_trials=1, callbacks=[progress], gc_after_trial=False)
+    except KeyboardInterrupt:
+        if current:
+            with _signals_ignored():  # a second Ctrl-C must not cut the hand-over short
+                _requeue(study, current[0])
+        raise
+    return progress.ran
+
+
 def run_worker(
     spec: Spec,
     storage_url: str,
@@ -67,9 +134,14 @@ def run_worker(
     seed: int | None = None,
     threads: int | None = None,
     log: Log = lambda m: None,
+    grace_period: int = GRACE_PERIOD_S,
 ) -> WorkerOutcome:
     """Optimize ``spec``'s study in this process until it has ``trials`` finished trials."""
-    storage = open_storage(storage_url)
+    from hpo.data import load_dataset
+    from hpo.objective import Objective
+    from hpo.train import configure_threads, resolve_device
+
+    storage = open_storage(storage_url, grace_period=grace_period, log=log)
     study = open_study(spec, storage, seed)
     done = tally(study).finished
     if done >= trials:
@@ -79,15 +151,132 @@ def run_worker(
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)
     log(
-        f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
+        f"study {spec.name!r}: {done} finished, running up to {trials - done} more on {device} ({n_threads} threads); "
         f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
     )
-    progress = _Progress(trials, log)
-    study.optimize(
-        Objective(spec, data, device, log),
-        n_trials=trials - done,
-        timeout=timeout,
-        callbacks=[progress],
-        gc_after_trial=False,
-    )
-    return WorkerOutcome(spec.name, tally(study), progress.ran)
+    ran = work(study, Objective(spec, data, device, log), trials, timeout=timeout, log=log)
+    return WorkerOutcome(spec.name, tally(study), ran)
+
+
+def run_workers(
+    spec: Spec,
+    storage_url: str,
+    trials: int,
+    jobs: int,
+    timeout: float | None = None,
+    seed: int | None = None,
+    log: Log = lambda m: None,
+    grace_period: int = GRACE_PERIOD_S,
+) -> WorkerOutcome:
+    """``jobs`` worker processes on one study, the cores split between them.
+
+    The study is created (and the spec checked) here, once; each process then joins it as any
+    other worker would. Processes are spawned, not forked (a forked PyTorch or database
+    connection is unsafe), and get the storage URL through a pipe, never on a command line.
+    Seeds differ per process: ``seed + i``, or fresh entropy without ``seed``.
+    """
+    from hpo.train import available_cores
+
+    study = open_study(spec, open_storage(storage_url, grace_period=grace_period, log=log), seed)
+    before = tally(study).finished
+    threads = max(1, (spec.train.threads or available_cores()) // jobs)
+    log(f"starting {jobs} worker processes with {threads} thread(s) each")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker_process,
+            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i),
+            name=f"hpo-worker-{i}",
+        )
+        for i in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        with _sigterm_as_interrupt():
+            for p in procs:
+                p.join()
+    except KeyboardInterrupt:
+        with _signals_ignored():
+            for p in procs:  # Ctrl-C in a terminal reached them already; a SIGTERM to us did not
+                if p.is_alive() and p.pid is not None:
+                    os.kill(p.pid, signal.SIGTERM)
+            for p in procs:
+                p.join()
+        raise
+    codes = [p.exitcode for p in procs]
+    if any(code == 2 for code in codes):
+        raise HpoError(f"a worker process stopped on an error (exit codes {codes}); see its message above")
+    if any(code for code in codes):
+        raise RuntimeError(f"worker processes failed (exit codes {codes}); see their output above")
+    final = tally(study)
+    return WorkerOutcome(spec.name, final, final.finished - before)
+
+
+def _worker_process(
+    spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int
+) -> None:
+    def log(message: str) -> None:
+        print(f"[worker {index}] {message}", flush=True)
+
+    import optuna as _optuna
+
+    _optuna.logging.set_verbosity(_optuna.logging.WARNING)
+    try:
+        run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period)
+    except HpoError as exc:
+        print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        log("interrupted: its running trial is queued to run again")
+        sys.exit(130)
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return len(trials) - running, running
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _requeue(study: optuna.Study, number: int) -> None:
+    """Queue a copy of this worker's interrupted trial (now FAIL), as for a dead worker's."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number == number:
+            retry_callback()(study, trial)
+            return
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``kill``) behaves like Ctrl-C: the running trial is handed over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

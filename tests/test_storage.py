@@ -1,0 +1,104 @@
+"""Storage URLs and engines: fast, clear failures at open; patience with outages once open."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+from click.testing import CliRunner
+
+from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine
+from hpo.cli import main
+from hpo.errors import HpoError
+from hpo.storage import is_transient, open_storage
+from sqlalchemy.engine import make_url
+
+
+def test_unreachable_database_is_one_clear_line_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPO_STORAGE", "postgresql+psycopg://me:topsecret@127.0.0.1:1/hpo")
+    start = time.monotonic()
+    result = CliRunner().invoke(main, ["optimize", "--study", "imdb", "--trials", "1"])
+    assert time.monotonic() - start < 12
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "storage: postgresql+psycopg://me:***@127.0.0.1:1/hpo ($HPO_STORAGE)"
+    assert len(lines) == 2 and lines[1].startswith("error: cannot open storage postgresql+psycopg://me:***@127.0.0.1:1/hpo")
+    assert "Connection refused" in lines[1]
+    assert "topsecret" not in result.output
+
+
+def test_misspelt_database_name_is_named() -> None:
+    _admin_engine("postgres")  # skips (or fails under CI) without a server
+    url = make_url(ADMIN_URLS["postgres"]).set(password="topsecret", database="hpo_no_such_db")
+    with pytest.raises(HpoError) as info:
+        open_storage(url.render_as_string(hide_password=False))
+    message = str(info.value)
+    assert 'database "hpo_no_such_db" does not exist' in message
+    assert "topsecret" not in message and "***" in message
+
+
+def test_missing_driver_says_which_extra_to_install() -> None:
+    with pytest.raises(HpoError, match=r"pip install 'hpo\[postgres\]'"):
+        open_storage("postgresql+pg8000://me:topsecret@127.0.0.1/hpo")
+
+
+def test_connection_errors_are_transient_and_mistakes_are_not() -> None:
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    assert is_transient(refused)
+    wrapped = optuna.exceptions.StorageInternalError("commit failed")
+    wrapped.__cause__ = refused
+    assert is_transient(wrapped)
+    assert not is_transient(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_transient(ValueError("bad value"))
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+@pytest.fixture
+def proxied_postgres() -> CuttableProxy:
+    admin = make_url(ADMIN_URLS["postgres"])
+    _admin_engine("postgres")
+    with CuttableProxy(admin.host or "127.0.0.1", admin.port or 5432) as proxy:
+        proxy.url = admin.set(host="127.0.0.1", port=proxy.port, database="test").render_as_string(hide_password=False)
+        yield proxy
+
+
+def test_storage_calls_wait_out_a_database_restart(proxied_postgres: CuttableProxy) -> None:
+    messages: list[str] = []
+    storage = open_storage(proxied_postgres.url, log=messages.append)
+    name = f"outage-{time.time_ns()}"
+    study = optuna.create_study(study_name=name, storage=storage)
+    try:
+        proxied_postgres.cut()
+        threading.Timer(3.0, proxied_postgres.restore).start()
+        start = time.monotonic()
+        study.set_user_attr("written", "during the outage")  # blocks until the database is back
+        assert time.monotonic() - start > 2.0
+        assert study.user_attrs["written"] == "during the outage"
+        assert messages[0].startswith("storage unreachable (") and "retrying for up to 300 s" in messages[0]
+        assert messages[-1].startswith("storage reachable again after ")
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_storage_gives_up_after_its_retry_budget(proxied_postgres: CuttableProxy) -> None:
+    storage = open_storage(proxied_postgres.url, retry_s=2.0)
+    name = f"giveup-{time.time_ns()}"
+    study = optuna.create_study(study_name=name, storage=storage)
+    try:
+        proxied_postgres.cut()
+        start = time.monotonic()
+        with pytest.raises(Exception) as info:
+            study.set_user_attr("never", 1)
+        assert is_transient(info.value)
+        assert time.monotonic() - start < 5
+    finally:
+        proxied_postgres.restore()
+        optuna.delete_study(study_name=name, storage=storage)
