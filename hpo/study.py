@@ -122,7 +122,8 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """An existing study by name, or an HpoError listing the studies that do exist."""
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    # get_all_studies, not get_all_study_summaries: summaries read every trial of every study.
+    names = [s.study_name for s in storage.get_all_studies()]
     if name not in names:
         raise HpoError(f"no study named {name!r} in this storage (studies: {', '.join(sorted(names)) or 'none'})")
     return optuna.load_study(study_name=name, storage=storage)
