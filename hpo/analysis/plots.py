@@ -200,14 +200,18 @@ def _groups(trials: Sequence[TrialRecord]) -> list[str]:
     return [g for g in GROUPS if g in seen] + [g for g in seen if g not in GROUPS]
 
 
-class _Precomputed(optuna.importance.BaseImportanceEvaluator):
-    """Hands importances computed by :mod:`hpo.analysis.importance` to Optuna's plot."""
+def _precomputed(importances: Mapping[str, float]) -> Any:
+    """An Optuna evaluator that hands importances computed by :mod:`hpo.analysis.importance` to its plot.
 
-    def __init__(self, importances: Mapping[str, float]) -> None:
-        self._importances = dict(importances)
+    Built on demand: ``optuna.importance`` imports scikit-learn (a second or more), which the
+    per-trial figure, drawn in every trial, does not need.
+    """
 
-    def evaluate(self, study: optuna.Study, params: list[str] | None = None, *, target: Callable | None = None) -> dict[str, float]:
-        return self._importances
+    class _Precomputed(optuna.importance.BaseImportanceEvaluator):
+        def evaluate(self, study: optuna.Study, params: list[str] | None = None, *, target: Callable | None = None) -> dict[str, float]:
+            return dict(importances)
+
+    return _Precomputed()
 
 
 def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Path) -> list[Path]:
@@ -239,7 +243,7 @@ def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Pat
     try:
         imp = param_importances(data, "accuracy")
         views["importance.html"] = lambda: vis.plot_param_importances(
-            study, evaluator=_Precomputed(imp.importances), target_name=f"best validation accuracy ({imp.evaluator}, pruned included)")
+            study, evaluator=_precomputed(imp.importances), target_name=f"best validation accuracy ({imp.evaluator}, pruned included)")
     except HpoError as exc:
         logger.warning("importance view skipped: %s", exc)
     lrs = [p for p in ("lr_embedding", "lr_encoder", "lr_head") if any(p in t.params for t in data.complete)]
