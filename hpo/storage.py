@@ -46,6 +46,7 @@ Log = Callable[[str], None]
 
 DEFAULT_URL = "sqlite:///hpo.db"
 ENV_VAR = "HPO_STORAGE"
+PASSWORD_FILE_VAR = "HPO_STORAGE_PASSWORD_FILE"
 CONNECT_TIMEOUT_S = 10
 RETRY_S = 300.0  # how long a worker waits for its database to come back before giving up
 GRACE_PERIOD_S = 60  # silence after which a running trial's worker is taken for dead
@@ -57,12 +58,35 @@ _DRIVER_HINT = {
 
 
 def resolve_storage_url(storage: str | None) -> tuple[str, str]:
-    """(url, where it came from): the option, the environment, or the default SQLite file."""
+    """(url, where it came from): the option, the environment, or the default SQLite file.
+
+    A URL without a password takes the one in ``$HPO_STORAGE_PASSWORD_FILE`` when that is set
+    (a Docker or Kubernetes secret), so the password is in neither the URL nor the environment.
+    """
     if storage:
-        return storage, "--storage"
-    if os.environ.get(ENV_VAR):
-        return os.environ[ENV_VAR], f"${ENV_VAR}"
-    return DEFAULT_URL, "default"
+        url, origin = storage, "--storage"
+    elif os.environ.get(ENV_VAR):
+        url, origin = os.environ[ENV_VAR], f"${ENV_VAR}"
+    else:
+        return DEFAULT_URL, "default"
+    return _with_password_file(url), origin
+
+
+def _with_password_file(url: str) -> str:
+    path = os.environ.get(PASSWORD_FILE_VAR)
+    if not path:
+        return url
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url  # open_storage explains what is wrong with it
+    if parsed.password or parsed.get_backend_name() == "sqlite":
+        return url
+    try:
+        secret = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise HpoError(f"${PASSWORD_FILE_VAR} = {path}: cannot read the storage password ({exc.strerror})") from None
+    return parsed.set(password=secret).render_as_string(hide_password=False)
 
 
 def _password(url: str) -> str | None:
@@ -96,7 +120,11 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         return {"connect_args": {"timeout": 60}}
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 3600}
+    # One worker needs two connections: its trial and its heartbeat thread. No pre-ping: it
+    # costs a round trip on every call (~10 ms per trial, benchmarks/storage_scaling.py), and a
+    # connection that died while idle fails on first use, before anything ran, so
+    # ResilientStorage retries the call on a fresh one.
+    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 2, "max_overflow": 2, "pool_recycle": 3600}
     if backend == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     elif backend in ("mysql", "mariadb"):

@@ -54,16 +54,20 @@ class WorkerOutcome:
 
 
 class _Progress:
-    """Prints one line per finished trial and stops the study once the budget is reached."""
+    """Prints one line per finished trial and stops the study once the budget is reached.
+
+    The tally it reads is kept in ``last``, so the worker's next count costs no second read.
+    """
 
     def __init__(self, budget: int, log: Log) -> None:
         self.budget = budget
         self.log = log
         self.ran = 0
+        self.last: Tally | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.ran += 1
-        t = tally(study)
+        t = self.last = tally(study)
         if trial.state == TrialState.COMPLETE:
             what = f"COMPLETE  val acc {trial.value:.4f}"
         elif is_diverged(trial):
@@ -105,7 +109,11 @@ def work(
     try:
         with _sigterm_as_interrupt():
             while True:
-                finished, running = _counts(study)
+                if progress.last is not None:  # counted just now, after the trial this worker ran
+                    finished, running = progress.last.finished, progress.last.running
+                    progress.last = None
+                else:
+                    finished, running = _counts(study)
                 if finished >= budget or (deadline is not None and time.monotonic() >= deadline):
                     break
                 if finished + running >= budget:

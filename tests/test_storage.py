@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine
 from hpo.cli import main
 from hpo.errors import HpoError
-from hpo.storage import is_transient, open_storage
+from hpo.storage import is_transient, mask_url, open_storage, resolve_storage_url
 from sqlalchemy.engine import make_url
 
 
@@ -102,3 +102,19 @@ def test_storage_gives_up_after_its_retry_budget(proxied_postgres: CuttableProxy
     finally:
         proxied_postgres.restore()
         optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_the_password_can_come_from_a_secret_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "postgres_password"
+    secret.write_text("s3cr3t/with@odd:chars\n")
+    monkeypatch.setenv("HPO_STORAGE", "postgresql+psycopg://hpo@db:5432/hpo")
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(secret))
+    url, origin = resolve_storage_url(None)
+    assert origin == "$HPO_STORAGE"
+    assert make_url(url).password == "s3cr3t/with@odd:chars"
+    assert mask_url(url) == "postgresql+psycopg://hpo:***@db:5432/hpo"
+    # A URL that brings its own password keeps it; a missing file is one clear line.
+    assert resolve_storage_url("postgresql+psycopg://hpo:other@db/hpo")[0] == "postgresql+psycopg://hpo:other@db/hpo"
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(HpoError, match=r"HPO_STORAGE_PASSWORD_FILE = .*missing: cannot read the storage password"):
+        resolve_storage_url(None)

@@ -1,0 +1,251 @@
+"""Several worker processes on one study: one budget, no lost trials, whatever happens to them.
+
+Workers are real ``hpo optimize`` processes (or ``--jobs`` children) on the real databases,
+training the real model on a small subset of the reviews.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from conftest import SMALL
+from db_servers import ADMIN_URLS, PG_PASSWORD, CuttableProxy, _admin_engine, fresh_database
+from hpo.storage import open_storage
+from hpo.study import FINISHED
+from hpo.workers import run_worker, work
+
+pytestmark = pytest.mark.slow
+
+# Same settings every trial, no pruning and no divergence verdicts: a trial's fate is decided
+# by the test (a kill, a signal), not by its luck.
+STEADY = [
+    "space.lr_embedding=0.001", "space.lr_encoder=0.001", "space.lr_head=0.001", "space.clip_norm=1.0",
+    "space.cycle_len=2", "space.dropout=0.1", "space.weight_decay=0.0001", "pruner.type=none",
+    "divergence.threshold=100.0", "train.max_epochs=4",
+]
+
+
+class Workers:
+    """Starts ``python -m hpo.cli optimize`` processes on one study and collects their output."""
+
+    def __init__(self, url: str, name: str, folder: Path, cache_dir: str, overrides: list[str], grace: int | None = None) -> None:
+        self.url, self.name, self.folder = url, name, folder
+        # One thread each: several workers share the cores, as `--jobs` arranges.
+        self.sets = [*SMALL, f"data.cache_dir={cache_dir!r}", f"name={name}", "train.threads=1", *overrides]
+        self.env = {**os.environ, "HPO_STORAGE": url, "HPO_ARTIFACTS": str(folder / "artifacts")}
+        if grace is not None:
+            self.env["HPO_GRACE_PERIOD"] = str(grace)
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, trials: int, *extra: str) -> subprocess.Popen[str]:
+        args = [sys.executable, "-m", "hpo.cli", "optimize", "--study", "imdb", "--trials", str(trials), *extra]
+        for item in self.sets:
+            args += ["--set", item]
+        log = open(self.folder / f"worker-{len(self.procs)}.log", "w")
+        proc = subprocess.Popen(args, env=self.env, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, timeout: float = 240) -> list[int]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait(timeout=max(1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise AssertionError(f"worker still running after {timeout} s:\n{self.output()}") from None
+        return codes
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def output(self) -> str:
+        return "\n".join((self.folder / f"worker-{i}.log").read_text() for i in range(len(self.procs)))
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=open_storage(self.url))
+
+    def wait_for_running_trial(self, epochs: int, timeout: float = 120) -> optuna.trial.FrozenTrial:
+        """The first running trial with at least ``epochs`` epochs recorded (so a checkpoint exists)."""
+        storage = open_storage(self.url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                study = optuna.load_study(study_name=self.name, storage=storage)
+            except KeyError:  # not created yet
+                time.sleep(0.3)
+                continue
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if len(trial.user_attrs.get("val_loss", [])) >= epochs:
+                    return trial
+            time.sleep(0.2)
+        raise AssertionError(f"no trial reached epoch {epochs} in {timeout} s:\n{self.output()}")
+
+
+def assert_budget_kept(study: optuna.Study, budget: int, workers: int) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    assert budget <= len(finished) <= budget + workers - 1, [t.state.name for t in trials]
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == []
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(numbers)))  # unique and gapless
+    return trials
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cache_dir) -> None:
+    with fresh_database(kind) as url:
+        workers = Workers(url, f"three-{kind}", tmp_path, data_cache_dir, ["train.max_epochs=1"])
+        try:
+            for _ in range(3):
+                workers.start(6)
+            time.sleep(1.0)
+            for proc in workers.procs:  # the storage URL (and its password) is not on any command line
+                cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+                assert "hpo.cli" in cmdline and make_url(url).host not in cmdline
+            codes = workers.wait()
+        finally:
+            workers.kill_all()
+        output = workers.output()
+        assert codes == [0, 0, 0], output
+        assert_budget_kept(workers.study(), budget=6, workers=3)
+        assert PG_PASSWORD not in output
+        assert "***" in output if kind == "postgres" else True
+
+
+def test_four_processes_share_one_sqlite_file(tmp_path, data_cache_dir) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    workers = Workers(url, "jobs", tmp_path, data_cache_dir, ["train.max_epochs=1"])
+    try:
+        workers.start(8, "--jobs", "4")
+        codes = workers.wait()
+    finally:
+        workers.kill_all()
+    output = workers.output()
+    assert codes == [0], output
+    assert output.count("starting 4 worker processes with") == 1
+    assert len({line.split("]")[0] for line in output.splitlines() if line.startswith("[worker ")}) == 4
+    assert "database is locked" not in output
+    trials = assert_budget_kept(workers.study(), budget=8, workers=4)
+    assert [t for t in trials if t.state == TrialState.FAIL] == []
+
+
+def _synthetic_worker(url: str, name: str, budget: int) -> None:
+    import optuna as _optuna
+
+    _optuna.logging.set_verbosity(_optuna.logging.WARNING)
+    study = _optuna.load_study(study_name=name, storage=open_storage(url, grace_period=30),
+                               sampler=_optuna.samplers.RandomSampler())
+
+    def objective(trial: _optuna.Trial) -> float:
+        x = trial.suggest_float("x", -5, 5)
+        for step in range(3):  # a few intermediate writes, as a training trial makes
+            trial.report(x * step, step)
+            trial.set_user_attr("val_loss", [x] * (step + 1))
+        return x * x
+
+    work(study, objective, budget, poll_s=0.05)
+
+
+def test_four_processes_hammering_one_sqlite_file_never_see_it_locked(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'stress.db'}"
+    optuna.create_study(study_name="stress", storage=open_storage(url))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_synthetic_worker, args=(url, "stress", 120)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    trials = assert_budget_kept(optuna.load_study(study_name="stress", storage=open_storage(url)), 120, 4)
+    assert [t for t in trials if t.state == TrialState.FAIL] == []
+
+
+def test_a_killed_workers_trial_is_failed_and_resumed_from_its_checkpoint(tmp_path, data_cache_dir) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    workers = Workers(url, "kill", tmp_path, data_cache_dir, STEADY, grace=3)
+    try:
+        workers.start(3)
+        workers.start(3)
+        victim = workers.wait_for_running_trial(epochs=2)
+        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        codes = workers.wait()
+    finally:
+        workers.kill_all()
+    output = workers.output()
+    assert sorted(codes) == [-signal.SIGKILL, 0], output
+    trials = assert_budget_kept(workers.study(), budget=3, workers=2)
+    assert trials[victim.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1, output
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == victim.params
+    assert retry.user_attrs["resumed_at_epoch"] >= 3  # the victim had finished 2 epochs at least
+    assert len(retry.user_attrs["val_loss"]) == 4  # its history: the victim's epochs, then its own
+    assert f"trial {retry.number} resumes at epoch {retry.user_attrs['resumed_at_epoch']} from its checkpoint" in output
+
+
+def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_cache_dir, small_spec) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    workers = Workers(url, "term", tmp_path, data_cache_dir, STEADY)
+    try:
+        proc = workers.start(1)
+        trial = workers.wait_for_running_trial(epochs=2)
+        proc.send_signal(signal.SIGTERM)
+        assert workers.wait(timeout=60) == [130]
+    finally:
+        workers.kill_all()
+    assert "interrupted: the running trial was stopped, marked FAIL" in workers.output()
+    study = workers.study()
+    assert [(t.number, t.state) for t in study.get_trials()] == [(0, TrialState.FAIL), (1, TrialState.WAITING)]
+
+    os.environ["HPO_ARTIFACTS"] = str(tmp_path / "artifacts")  # recorded in the study already; belt and braces
+    try:
+        outcome = run_worker(small_spec("name=term", *STEADY), url, trials=1)
+    finally:
+        del os.environ["HPO_ARTIFACTS"]
+    assert outcome.ran == 1
+    retry = workers.study().trials[1]
+    assert retry.state == TrialState.COMPLETE and retry.params == trial.params
+    assert retry.user_attrs["resumed_at_epoch"] >= 3
+
+
+def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
+    admin = make_url(ADMIN_URLS["postgres"])
+    _admin_engine("postgres")
+    with fresh_database("postgres") as direct, CuttableProxy(admin.host or "127.0.0.1", admin.port or 5432) as proxy:
+        url = make_url(direct).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        workers = Workers(url, "restart", tmp_path, data_cache_dir, ["train.max_epochs=2"])
+        try:
+            workers.start(4)
+            workers.start(4)
+            workers.wait_for_running_trial(epochs=1)
+            proxy.cut()  # what the workers see while PostgreSQL restarts
+            time.sleep(10)
+            proxy.restore()
+            codes = workers.wait()
+        finally:
+            workers.kill_all()
+        output = workers.output()
+        assert codes == [0, 0], output
+        assert "storage unreachable (" in output and "storage reachable again after " in output
+        trials = assert_budget_kept(workers.study(), budget=4, workers=2)
+        assert [t.number for t in trials if t.state == TrialState.FAIL] == [], output
