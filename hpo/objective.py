@@ -6,6 +6,10 @@ optuna-dashboard all read the same numbers), reports validation accuracy for the
 pruner, and stops training when the pruner says so. A diverged trial ends PRUNED with
 ``diverged = True`` and the reason, epoch and size of the jump.
 
+After every epoch but the last it also saves a checkpoint in the study's artifact store
+(:mod:`hpo.checkpoints`). A trial re-run after its worker died or was interrupted carries the
+same ``checkpoint`` key, resumes after the last saved epoch, and records ``resumed_at_epoch``.
+
 Example::
 
     objective = Objective(spec, load_dataset(spec.data))

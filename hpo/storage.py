@@ -294,6 +294,11 @@ def is_transient(exc: BaseException) -> bool:
         if seen is None:
             return False
         if isinstance(seen, _TRANSIENT):
+            orig = getattr(seen, "orig", None)
+            if type(orig).__module__ == "sqlite3":
+                # SQLite reports "no such table" and friends as OperationalError too; only a busy
+                # or locked file goes away by waiting.
+                return any(word in str(orig).lower() for word in ("locked", "busy"))
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -53,6 +53,10 @@ def test_connection_errors_are_transient_and_mistakes_are_not() -> None:
     assert is_transient(wrapped)
     assert not is_transient(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_transient(ValueError("bad value"))
+    import sqlite3
+
+    assert is_transient(sqlalchemy.exc.OperationalError("UPDATE", {}, sqlite3.OperationalError("database is locked")))
+    assert not is_transient(sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: trials")))
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
