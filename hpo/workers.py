@@ -159,7 +159,7 @@ def run_worker(
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)
     log(
-        f"study {spec.name!r}: {done} finished, running up to {trials - done} more on {device} ({n_threads} threads); "
+        f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
         f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
     )
     ran = work(study, Objective(spec, data, device, log), trials, timeout=timeout, log=log)
