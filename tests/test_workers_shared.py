@@ -118,7 +118,7 @@ def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cac
             time.sleep(1.0)
             for proc in workers.procs:  # the storage URL (and its password) is not on any command line
                 cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
-                assert "hpo.cli" in cmdline and make_url(url).host not in cmdline
+                assert "hpo.cli" in cmdline and make_url(url).database not in cmdline and PG_PASSWORD not in cmdline
             codes = workers.wait()
         finally:
             workers.kill_all()
