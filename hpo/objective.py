@@ -31,7 +31,7 @@ from hpo.divergence import Verdict
 from hpo.model import LSTMClassifier
 from hpo.pruning import verdict_from_attrs
 from hpo.spec import CategoricalParam, FloatParam, IntParam, Spec, SpaceEntry
-from hpo.train import EpochStats, TrainConfig, TrainResult, evaluate, load_best, resolve_device, train
+from hpo.train import EpochStats, TrainConfig, TrainResult, evaluate, load_best, resolve_device, resolve_precision, train
 
 Log = Callable[[str], None]
 
@@ -200,6 +200,7 @@ class Objective:
             "best_epoch": result.best_epoch,
             "epochs_run": result.start_epoch - 1 + len(result.history) + (1 if result.explosion else 0),
             "steps_per_epoch": result.steps_per_epoch,
+            "precision": resolve_precision(self.spec.train.precision, self.device),
         }
         if result.explosion is not None:
             attrs["diverged_step"] = result.explosion.step

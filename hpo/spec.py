@@ -89,7 +89,7 @@ class TrainSpec:
     optimizer: str = "adamw"
     cycle_mult: int = 1
     lr_min_ratio: float = 0.01  # SGDR floor, as a fraction of each group's peak rate
-    precision: str = "fp32"
+    precision: str = "auto"
     device: str = "auto"
     threads: int = 0  # 0: the cores this process may use
     seed: int = 0
@@ -155,7 +155,7 @@ _SECTIONS: dict[str, type] = {
 }
 _CHOICES = {
     ("train", "optimizer"): ("adamw", "sgd"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
     ("sampler", "type"): ("tpe", "random"),
     ("pruner", "type"): ("median", "percentile", "hyperband", "none"),
 }

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import time
@@ -47,7 +48,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     batch_size: int = 64
     bucket_batches: int = 50
-    precision: str = "fp32"  # or "bf16" autocast
+    precision: str = "fp32"  # "bf16" autocast, or "auto": bf16 where the hardware runs it natively
     seed: int = 0
     step_explosion: float = 5.0
     step_warmup: int = 20
@@ -142,8 +143,30 @@ def configure_threads(threads: int = 0) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=None)
+def _native_bf16(device_type: str) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # oneDNN says whether the CPU has bf16 instructions (AVX512-BF16, AMX); emulated bf16 is slow
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device runs bf16 natively, else ``fp32``; others unchanged.
+
+    On this project's 2-core AVX512-BF16 CPU, bf16 autocast trained 1.5x faster than fp32
+    (benchmarks/train_speed.py).
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if _native_bf16(device.type) else "fp32"
+
+
 def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    enabled = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def make_optimizer(model: LSTMClassifier, cfg: TrainConfig) -> torch.optim.Optimizer:
