@@ -28,9 +28,9 @@ class _Group(click.Group):
 @click.version_option(package_name="hpo")
 def main() -> None:
     """Find stable, accurate training settings for recurrent text classifiers."""
-    import optuna
+    from hpo.workers import quiet_optuna_logging
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's
+    quiet_optuna_logging()
 
 
 def _echo(message: str) -> None:
@@ -73,10 +73,10 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
             err=True,
         )
         sys.exit(130)
-    _echo(_summary(outcome, url))
+    _echo(_summary(outcome, url, origin))
 
 
-def _summary(outcome: Any, url: str) -> str:
+def _summary(outcome: Any, url: str, origin: str) -> str:
     t = outcome.tally
     lines = ["", f"study {outcome.study_name!r}: {t.finished} finished trials ({outcome.ran} run now)"]
     lines.append(
@@ -91,7 +91,10 @@ def _summary(outcome: Any, url: str) -> str:
     else:
         lines.append("  no trial completed yet")
     lines.append(f"  storage: {mask_url(url)}")
-    lines.append(f"  browse it: optuna-dashboard {mask_url(url)}")
+    # Only a storage given on the command line needs repeating; a password never is.
+    where = f" --storage {mask_url(url)}" if origin == "--storage" else ""
+    lines.append(f"  understand it: hpo report --study {outcome.study_name}{where}")
+    lines.append(f"  browse it:     hpo dashboard --study {outcome.study_name}{where}")
     return "\n".join(lines)
 
 

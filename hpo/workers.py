@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -227,9 +228,7 @@ def _worker_process(
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
 
-    import optuna as _optuna
-
-    _optuna.logging.set_verbosity(_optuna.logging.WARNING)
+    quiet_optuna_logging()
     try:
         run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period)
     except HpoError as exc:
@@ -238,6 +237,21 @@ def _worker_process(
     except KeyboardInterrupt:
         log("interrupted: its running trial is queued to run again")
         sys.exit(130)
+
+
+class _NoInterruptTraceback(logging.Filter):
+    """Drops Optuna's "trial failed" traceback for Ctrl-C/SIGTERM: the worker explains it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def quiet_optuna_logging() -> None:
+    """Warnings only (our progress lines replace Optuna's), and no traceback for an interrupt."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
+            handler.addFilter(_NoInterruptTraceback())
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:

@@ -82,3 +82,31 @@ def test_huge_learning_rates_end_as_diverged_within_two_epochs(run):
         assert t.user_attrs["divergence_reason"] in ("jump", "nan", "no_progress")
         assert t.user_attrs["diverged_epoch"] <= 2
     assert "pruned-diverged 2" in result.output
+
+
+def test_ctrl_c_stops_the_trial_and_says_how_to_resume(tmp_path, data_cache_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPO_ARTIFACTS": str(tmp_path / "artifacts")}
+    env.pop("HPO_STORAGE", None)
+    small = [a for o in [*SMALL, f"data.cache_dir={data_cache_dir!r}", "train.max_epochs=50"] for a in ("--set", o)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "optimize", "--study", "imdb", "--trials", "1", *small],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    for line in proc.stdout:  # interrupt in the middle of the trial, after its first epoch
+        if "trial 0 epoch 1/50" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "resume with: hpo optimize --study imdb --trials 1" in err
+    study = optuna.load_study(study_name="imdb", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL  # not counted toward the budget
+    assert optuna.trial.TrialState.WAITING in states  # queued again with the same parameters
+    assert study.trials[-1].params == study.trials[0].params
