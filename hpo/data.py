@@ -33,7 +33,6 @@ import re
 import tarfile
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -41,6 +40,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from hpo.errors import HpoError
+from hpo.filelock import file_lock
 from hpo.spec import DataSpec
 
 PAD, UNK = 0, 1
@@ -254,21 +254,6 @@ def _cache_key(spec: DataSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no flock on Windows; the atomic rename still protects
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _atomic_save(obj: object, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -318,7 +303,7 @@ def load_dataset(spec: DataSpec, log: Log = lambda msg: None) -> Dataset:
         raise HpoError(f"cannot create the data cache {folder}: {exc.strerror} (set data.cache_dir or HPO_CACHE_DIR)") from None
     path = folder / f"imdb-{key}.pt"
     if not path.exists():
-        with _file_lock(folder / f"imdb-{key}.lock"):
+        with file_lock(folder / f"imdb-{key}.lock"):
             if not path.exists():  # another worker may have built it while we waited
                 _atomic_save(_build(spec, log), path)
     blob = torch.load(path, weights_only=True)

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
+from hpo.filelock import file_lock
 
 Log = Callable[[str], None]
 
@@ -239,7 +240,7 @@ def creation_lock(url: str) -> Iterator[None]:
         if database in ("", ":memory:") or database.startswith("file:"):
             yield  # private to this process
             return
-        with _file_lock(Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")):
+        with file_lock(Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")):
             yield
         return
     if backend == "postgresql":
@@ -261,22 +262,6 @@ def creation_lock(url: str) -> Iterator[None]:
                 conn.exec_driver_sql(release)
     finally:
         engine.dispose()
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no flock; Optuna's own conflict handling remains
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --- Riding out database outages ---------------------------------------------------------------
