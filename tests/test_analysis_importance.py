@@ -92,3 +92,17 @@ def test_trials_pruned_before_any_report_count_at_the_lowest_accuracy():
     assert result.n_trials == 5
     assert any(f"counted at the study's lowest accuracy, {lowest:.4f}" in n for n in result.notes)
     assert not math.isnan(sum(result.importances.values()))
+
+
+def test_a_few_diverged_trials_among_many_stable_ones_still_point_at_lr_head():
+    # 20 trials, 3 diverged (high lr_head): an unweighted forest answers "stable" for all and
+    # ranks nothing; the balanced one must find lr_head.
+    lr_heads = synthetic.random_lr_heads(17, seed=5)
+    lr_heads = [min(x, 5e-3) for x in lr_heads] + [1.2e-2, 1.8e-2, 2.5e-2]
+    storage = optuna.storages.InMemoryStorage()
+    known_study(storage, lr_heads, name="few")
+    data = load_study_data("few", storage)
+    assert sum(t.diverged for t in data.finished) == 3
+    result = param_importances(data, "divergence")
+    assert next(iter(result.importances)) == "lr_head"
+    assert not any("no parameter explains" in n for n in result.notes)

@@ -95,10 +95,13 @@ def param_importances(
         raw = _permutation(trials, y, scaled, classify=target == "divergence", seed=seed)
     else:
         raw = _optuna_evaluator(trials, y, scaled, evaluator, target, seed)
+    importances = _normalise(raw)
+    if not any(importances.values()):
+        notes.append("no parameter explains the outcome in these trials (too few or too noisy to rank): run more trials")
     return Importance(
         target=target,
         evaluator=evaluator,
-        importances=_normalise(raw),
+        importances=importances,
         scales={name: scale for name, (_, scale) in scaled.items()},
         n_trials=len(trials),
         notes=notes,
@@ -244,10 +247,18 @@ def _permutation(
             columns.append([_to_scale(t.params[name], scale) for t in trials])
     x = np.asarray(columns, dtype=float).T
     target = np.asarray(y)
-    forest_cls = RandomForestClassifier if classify else RandomForestRegressor
     # Leaves of a few trials keep the forest from memorising noise it would then "explain".
-    forest = forest_cls(n_estimators=64, min_samples_leaf=3, random_state=seed, n_jobs=1).fit(x, target)
-    result = permutation_importance(forest, x, target, n_repeats=5, random_state=seed, n_jobs=1)
+    if classify:
+        # Diverged trials are usually the minority: weigh the classes equally and score with
+        # balanced accuracy, or a forest that always answers "stable" looks perfect and every
+        # importance comes out 0 (seen on a 20-trial study with 3 diverged trials).
+        forest = RandomForestClassifier(n_estimators=64, min_samples_leaf=3, class_weight="balanced", random_state=seed, n_jobs=1)
+        scoring = "balanced_accuracy"
+    else:
+        forest = RandomForestRegressor(n_estimators=64, min_samples_leaf=3, random_state=seed, n_jobs=1)
+        scoring = None
+    forest.fit(x, target)
+    result = permutation_importance(forest, x, target, scoring=scoring, n_repeats=5, random_state=seed, n_jobs=1)
     return dict(zip(scaled, result.importances_mean.tolist()))
 
 
