@@ -116,6 +116,7 @@ class PrunerSpec:
 @dataclass(frozen=True)
 class DivergenceSpec:
     threshold: float = 0.5  # relative rise of val loss above the trial's own best
+    train_rise: float = 0.1  # ...while train loss rose this much above its best (else: overfitting); 0: val alone
     warmup_epochs: int = 1
     step_explosion: float = 5.0  # a train step this many times its running mean stops the trial
     step_warmup: int = 20
@@ -382,6 +383,7 @@ def _check_values(spec: Spec) -> None:
         "divergence.step_warmup": spec.divergence.step_warmup,
         "divergence.no_progress_epochs": spec.divergence.no_progress_epochs,
         "divergence.chance_margin": spec.divergence.chance_margin,
+        "divergence.train_rise": spec.divergence.train_rise,
         "sampler.n_startup_trials": spec.sampler.n_startup_trials,
         "pruner.n_startup_trials": spec.pruner.n_startup_trials,
         "pruner.n_warmup_steps": spec.pruner.n_warmup_steps,
