@@ -1,0 +1,361 @@
+"""Search efficiency: best validation accuracy per training epoch spent, with and without pruning.
+
+Three methods search the default ``imdb`` spec (on a reduced but real setting: fewer, shorter
+reviews) with the real :class:`hpo.objective.Objective`, each under the same budget counted in
+training EPOCHS, not trials, because epochs are what a trial costs and what pruning saves:
+
+* ``hpo``: hpo's default, the spec's TPE sampler and its median pruner inside the DivergencePruner;
+* ``random``: RandomSampler, no pruner: every trial runs ``train.max_epochs``;
+* ``tpe``: the spec's TPE sampler, no pruner.
+
+"No pruner" also switches off the in-epoch step-explosion guard (``divergence.step_explosion``
+set huge), so that every trial of ``random`` and ``tpe`` runs every epoch; only a NaN/inf loss
+still stops a trial (nothing is learned past it). Their diverged trials are still detected,
+after the fact, and end PRUNED as in hpo.
+
+Each method runs once per seed (the sampler's seed; model initialisation is the spec's and the
+same for every trial) on an in-memory study, and starts trials until the epochs used (the sum of
+each finished trial's ``epochs_run``) reach the budget: the trial that crosses the budget is
+allowed to finish, so a run may overshoot by up to ``max_epochs - 1`` epochs. The checkpoints at
+25/50/75/100% of the budget count only trials that finished within them; ``final`` counts all.
+Best-so-far is the best COMPLETE trial's value (what ``hpo`` reports as the study's best): a
+diverged trial never counts, even when it had a good epoch before it jumped.
+
+It prints, per method (mean over seeds, then per seed): the best-so-far at those checkpoints,
+the epochs needed to reach ``random``'s final best OF THE SAME SEED, the final best, and the
+diverged and otherwise-pruned trials with the epochs pruning saved on them
+(``max_epochs - epochs_run``). It writes under ``--out``: ``search_efficiency.csv`` (one row per
+trial), ``search_efficiency.png`` (best-so-far curves) and ``search_efficiency.txt`` (the printed
+tables, with the command, machine and date on top).
+
+    HPO_CACHE_DIR=/tmp/hpo-cache python benchmarks/search_efficiency.py            # ~20 min on 2 cores
+    HPO_CACHE_DIR=/tmp/hpo-cache python benchmarks/search_efficiency.py --quick    # smoke run, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.data import Dataset, load_dataset
+from hpo.objective import Objective
+from hpo.pruning import make_pruner
+from hpo.spec import Spec, load_spec
+from hpo.study import make_sampler
+from hpo.train import configure_threads
+from hpo.workers import quiet_optuna_logging
+
+METHODS = ("hpo", "random", "tpe")
+REFERENCE = "random"  # "reached random's final best" is measured against this method
+# Reduced but real: 1,000 reviews cut to 150 tokens keep a 4-epoch trial at ~10 s on 2 cores
+# (training plus the objective's test evaluation, checkpoints and figure), so that 3 methods x
+# 3 seeds x 40 epochs fit in ~20 minutes. 40 epochs are 10 unpruned trials; with the spec's 10
+# random startup trials TPE would never run, and TPE's startup draws equal RandomSampler's of the
+# same seed, so "tpe" would replay "random" exactly: 5 startup trials (the spec's 10% of a
+# 100-trial study is 10; here half of a 10-trial run) leave TPE 5 trials of its own.
+FULL = ["data.max_train=1000", "data.max_valid=500", "data.max_len=150", "train.max_epochs=4",
+        "sampler.n_startup_trials=5"]
+FULL_BUDGET = 40
+QUICK = [
+    "data.max_train=200", "data.max_valid=100", "data.max_len=60", "model.embedding_dim=16",
+    "model.hidden_size=16", "train.max_epochs=3", "sampler.n_startup_trials=3", "pruner.n_startup_trials=2",
+]
+QUICK_BUDGET = 15
+NO_STEP_GUARD = ["divergence.step_explosion=1e30"]  # only NaN/inf still stops an unpruned trial
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    method: str
+    seed: int
+    trial: int
+    epochs_run: int
+    cumulative_epochs: int
+    value: float | None  # COMPLETE: the objective's value; otherwise the best val acc it reported
+    best_so_far: float | None
+    state: str
+    diverged: bool
+    reason: str
+    saved_epochs: int  # max_epochs - epochs_run for a pruned trial, else 0
+    last_val_loss: float | None
+    min_val_loss: float | None
+
+
+def method_spec(base_overrides: Sequence[str], method: str) -> Spec:
+    return load_spec("imdb", [*base_overrides, *(NO_STEP_GUARD if method != "hpo" else [])])
+
+
+def make_study(spec: Spec, method: str, seed: int) -> optuna.Study:
+    """The method's sampler and pruner on a fresh in-memory study."""
+    if method == "hpo":
+        sampler = make_sampler(spec.sampler, seed)
+        pruner: optuna.pruners.BasePruner = make_pruner(spec.pruner, spec.divergence, spec.train.max_epochs)
+    elif method == "random":
+        sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+    else:
+        sampler, pruner = make_sampler(spec.sampler, seed), optuna.pruners.NopPruner()
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+
+def epochs_used(study: optuna.Study) -> int:
+    return sum(int(t.user_attrs.get("epochs_run", 0)) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+
+
+def stop_at_budget(budget: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Called after each trial: the trial that crossed the budget has finished, so stop now."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if epochs_used(study) >= budget:
+            study.stop()
+
+    return callback
+
+
+def run_method(spec: Spec, data: Dataset, method: str, seed: int, budget: int, artifacts: str) -> list[TrialRow]:
+    study = make_study(spec, method, seed)
+    # The Objective saves per-epoch checkpoints and figures to the study's artifact store: keep
+    # them in a temporary folder, not in the working directory.
+    study.set_user_attr("artifact_dir", artifacts)
+    study.optimize(Objective(spec, data), callbacks=[stop_at_budget(budget)], catch=())
+    return trial_rows(study, method, seed, spec.train.max_epochs)
+
+
+def trial_rows(study: optuna.Study, method: str, seed: int, max_epochs: int) -> list[TrialRow]:
+    rows: list[TrialRow] = []
+    cumulative, best = 0, None
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        a = t.user_attrs
+        run = int(a.get("epochs_run", 0))
+        cumulative += run
+        accs = [x for x in a.get("val_accuracy", []) if x is not None]
+        value = t.value if t.state == TrialState.COMPLETE else (max(accs) if accs else None)
+        if t.state == TrialState.COMPLETE:
+            best = value if best is None else max(best, value)
+        pruned = t.state == TrialState.PRUNED
+        diverged = bool(a.get("diverged"))
+        if diverged:
+            reason = f"{a.get('divergence_reason')}@{a.get('diverged_epoch')}"
+        elif pruned:
+            reason = f"median@{t.last_step}"
+        else:
+            reason = ""
+        losses = [x for x in a.get("val_loss", []) if x is not None]
+        rows.append(TrialRow(
+            method, seed, t.number, run, cumulative, value, best, t.state.name, diverged, reason,
+            max_epochs - run if pruned else 0, losses[-1] if losses else None, min(losses) if losses else None,
+        ))
+    return rows
+
+
+def best_at(rows: Sequence[TrialRow], epochs: float) -> float | None:
+    """Best-so-far among the trials that finished within ``epochs``."""
+    within = [r.best_so_far for r in rows if r.cumulative_epochs <= epochs and r.best_so_far is not None]
+    return within[-1] if within else None
+
+
+def epochs_to_reach(rows: Sequence[TrialRow], target: float | None) -> int | None:
+    if target is None:
+        return None
+    return next((r.cumulative_epochs for r in rows if r.best_so_far is not None and r.best_so_far >= target), None)
+
+
+def fmt(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def mean(xs: Sequence[float | None]) -> float | None:
+    """Mean of the values present (a seed without a complete trial yet has none)."""
+    present = [x for x in xs if x is not None]
+    return statistics.fmean(present) if present else None
+
+
+def report(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int) -> list[str]:
+    out: list[str] = []
+    marks = [f * budget for f in FRACTIONS]
+    finals = {(m, s): (rows[-1].best_so_far if rows else None) for (m, s), rows in runs.items()}
+    head = (f"{'method':<7} {'seed':>5} {'trials':>6} {'epochs':>6} "
+            + " ".join(f"{f'@{m:g}ep':>8}" for m in marks)
+            + f" {'final':>7} {'ep->ref':>8} {'diverged':>8} {'saved':>6} {'pruned':>6} {'saved':>6}")
+    out += [f"best-so-far validation accuracy by epochs used (budget {budget}); "
+            f"ep->ref = epochs to reach {REFERENCE}'s final best of the same seed ('-' never)", head, "-" * len(head)]
+    for method in METHODS:
+        lines, per_seed = [], []
+        for seed in seeds:
+            rows = runs[(method, seed)]
+            div = [r for r in rows if r.diverged]
+            other = [r for r in rows if r.state == "PRUNED" and not r.diverged]
+            stats = {
+                "trials": len(rows), "epochs": rows[-1].cumulative_epochs if rows else 0,
+                "marks": [best_at(rows, m) for m in marks], "final": finals[(method, seed)],
+                "reach": epochs_to_reach(rows, finals[(REFERENCE, seed)]),
+                "div": len(div), "div_saved": sum(r.saved_epochs for r in div),
+                "pruned": len(other), "pruned_saved": sum(r.saved_epochs for r in other),
+            }
+            per_seed.append(stats)
+            lines.append(_row(method, str(seed), stats))
+        reached = [s["reach"] for s in per_seed if s["reach"] is not None]
+        avg = {
+            "trials": statistics.fmean(s["trials"] for s in per_seed),
+            "epochs": statistics.fmean(s["epochs"] for s in per_seed),
+            "marks": [mean([s["marks"][i] for s in per_seed]) for i in range(len(marks))],
+            "final": mean([s["final"] for s in per_seed]),
+            "reach": statistics.fmean(reached) if reached else None,
+            "reach_n": len(reached),
+            "div": statistics.fmean(s["div"] for s in per_seed),
+            "div_saved": statistics.fmean(s["div_saved"] for s in per_seed),
+            "pruned": statistics.fmean(s["pruned"] for s in per_seed),
+            "pruned_saved": statistics.fmean(s["pruned_saved"] for s in per_seed),
+        }
+        out.append(_row(method, "mean", avg))
+        out += lines
+    out.append("mean ep->ref: over the seeds that reached it (count in brackets); "
+               "saved = max_epochs - epochs_run summed over the diverged / median-pruned trials")
+    return out
+
+
+def _row(method: str, seed: str, s: dict) -> str:
+    num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    reach = num(s["reach"], ".0f" if isinstance(s["reach"], int) else ".1f")
+    if "reach_n" in s:
+        reach = f"{reach}({s['reach_n']})"
+    return (f"{method:<7} {seed:>5} {num(s['trials'], '.4g'):>6} {num(s['epochs'], '.4g'):>6} "
+            + " ".join(f"{fmt(v):>8}" for v in s["marks"])
+            + f" {fmt(s['final']):>7} {reach:>8} {num(s['div'], '.3g'):>8} {num(s['div_saved'], '.3g'):>6}"
+            f" {num(s['pruned'], '.3g'):>6} {num(s['pruned_saved'], '.3g'):>6}")
+
+
+def divergence_notes(runs: dict[tuple[str, int], list[TrialRow]], threshold: float) -> list[str]:
+    """Diverged trials, and for the unpruned methods whether the loss came back (a false alarm?)."""
+    out = ["", "diverged trials (unpruned methods ran every epoch: 'recovered' = last val loss back "
+               f"within {threshold:.0%} of its best, i.e. the verdict may have been a false positive):"]
+    for (method, seed), rows in runs.items():
+        for r in rows:
+            if not r.diverged:
+                continue
+            note = ""
+            if method != "hpo" and r.last_val_loss is not None and r.min_val_loss is not None:
+                back = r.last_val_loss <= r.min_val_loss * (1 + threshold)
+                note = f", last val loss {r.last_val_loss:.3f} vs best {r.min_val_loss:.3f}" + (" -> recovered" if back else "")
+            out.append(f"  {method} seed {seed} trial {r.trial}: {r.reason}, {r.epochs_run} epochs, "
+                       f"best val acc {fmt(r.value)}{note}")
+    return out
+
+
+def write_csv(path: Path, rows: Sequence[TrialRow]) -> None:
+    fields = ["method", "seed", "trial", "epochs_run", "cumulative_epochs", "value", "best_so_far",
+              "state", "diverged", "reason", "saved_epochs"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for r in rows:
+            w.writerow([getattr(r, k) if not isinstance(getattr(r, k), float) else f"{getattr(r, k):.4f}" for k in fields])
+
+
+def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"hpo": "tab:blue", "random": "tab:orange", "tpe": "tab:green"}
+    grid = list(range(0, budget + 1))
+    for method in METHODS:
+        for seed in seeds:
+            pts = [(r.cumulative_epochs, r.best_so_far) for r in runs[(method, seed)] if r.best_so_far is not None]
+            if pts:
+                ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color=colors[method], alpha=0.3, lw=1)
+        curve = [mean([best_at(runs[(method, s)], e) for s in seeds]) for e in grid]
+        xs = [e for e, v in zip(grid, curve) if v is not None]
+        ax.step(xs, [v for v in curve if v is not None], where="post", color=colors[method], lw=2.5,
+                label=f"{method} (mean of {len(seeds)} seeds)")
+    ax.axvline(budget, color="grey", ls=":", lw=1)
+    ax.set_xlabel("training epochs used")
+    ax.set_ylabel("best validation accuracy so far (complete trials)")
+    ax.set_title("Search efficiency: hpo (TPE + divergence/median pruning) vs random and TPE without pruning")
+    ax.title.set_fontsize(9)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({configure_threads(0)} torch threads), {cpu}, torch {torch.__version__}, optuna {optuna.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
+    parser.add_argument("--budget-epochs", type=int, default=None, help=f"epochs per run (default {FULL_BUDGET}; --quick {QUICK_BUDGET})")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV, PNG and text file")
+    parser.add_argument("--quick", action="store_true", help="tiny data and model: a smoke run in about a minute")
+    args = parser.parse_args()
+
+    quiet_optuna_logging()
+    threads = configure_threads(0)  # once, for every trial of every run
+    overrides = QUICK if args.quick else FULL
+    budget = args.budget_epochs or (QUICK_BUDGET if args.quick else FULL_BUDGET)
+    seeds = list(range(args.seeds))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "search_efficiency-quick" if args.quick else "search_efficiency"
+
+    specs = {m: method_spec(overrides, m) for m in METHODS}
+    data = load_dataset(specs["hpo"].data)  # once: every method's spec has the same data settings
+    header = [
+        f"# {shlex.join(['python', *sys.argv])}",
+        f"# {machine()}",
+        f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"# spec imdb + {' '.join(overrides)}; budget {budget} epochs; seeds {seeds}; "
+        f"data {len(data.train)} train / {len(data.valid)} valid, vocab {data.vocab_size}",
+    ]
+    print("\n".join(header), flush=True)
+
+    runs: dict[tuple[str, int], list[TrialRow]] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hpo-search-eff-") as artifacts:
+        for seed in seeds:
+            for method in METHODS:
+                start = time.perf_counter()
+                rows = run_method(specs[method], data, method, seed, budget, artifacts)
+                runs[(method, seed)] = rows
+                print(f"{method} seed {seed}: {len(rows)} trials, {rows[-1].cumulative_epochs} epochs, "
+                      f"best {fmt(rows[-1].best_so_far)} ({time.perf_counter() - start:.0f}s)", flush=True)
+    wall = time.perf_counter() - t0
+
+    lines = ["", *report(runs, seeds, budget), *divergence_notes(runs, specs["hpo"].divergence.threshold),
+             "", f"wall time {wall / 60:.1f} min ({threads} threads)"]
+    print("\n".join(lines))
+    all_rows = [r for s in seeds for m in METHODS for r in runs[(m, s)]]
+    write_csv(out_dir / f"{stem}.csv", all_rows)
+    write_plot(out_dir / f"{stem}.png", runs, seeds, budget)
+    (out_dir / f"{stem}.txt").write_text("\n".join([*header, *lines]) + "\n")
+    print(f"wrote {out_dir / stem}.csv, .png, .txt")
+
+
+if __name__ == "__main__":
+    main()
