@@ -7,8 +7,10 @@ Three failure modes, each with its own ``reason``:
     Optuna's ThresholdPruner skips NaN during warm-up, we do not).
 ``jump``
     after ``warmup_epochs``, the validation loss rises more than ``threshold`` (relative) above the
-    run's own best so far, and the train loss rose too (more than ``train_rise`` above its own
-    best; ``train_rise = 0`` drops this condition). The default 0.5 tolerates the 6.5% and 11%
+    run's own best so far, and the train loss rose too, by more than ``train_rise`` times the
+    chance loss above its own best (0.1: 0.07; ``train_rise = 0`` drops this condition). An
+    absolute rise, because an overfit model's train loss doubles from 0.03 to 0.06 at a warm
+    restart without anything diverging. The default 0.5 tolerates the 6.5% and 11%
     bumps that SGDR warm restarts cause and catches the 0.315 -> 0.759 (2.4x) jump that this
     project exists for, where train and validation loss jumped together. A validation loss that climbs while the train loss keeps
     falling is overfitting, not divergence: the best epoch is kept and the wrapped pruner judges
@@ -72,7 +74,7 @@ def check_divergence(
         if (
             e >= rules.warmup_epochs
             and val > best * (1 + rules.threshold)
-            and (rules.train_rise <= 0 or train > best_train * (1 + rules.train_rise))
+            and (rules.train_rise <= 0 or train > best_train + rules.train_rise * CHANCE_LOSS)
         ):
             return Verdict("jump", epoch, val / best)
         best, best_train = min(best, val), min(best_train, train)

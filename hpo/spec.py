@@ -116,7 +116,7 @@ class PrunerSpec:
 @dataclass(frozen=True)
 class DivergenceSpec:
     threshold: float = 0.5  # relative rise of val loss above the trial's own best
-    train_rise: float = 0.1  # ...while train loss rose this much above its best (else: overfitting); 0: val alone
+    train_rise: float = 0.1  # ...while train loss rose this much * ln 2 above its best (else: overfitting); 0: val alone
     warmup_epochs: int = 1
     step_explosion: float = 5.0  # a train step this many times its running mean stops the trial
     step_warmup: int = 20

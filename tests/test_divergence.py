@@ -58,6 +58,9 @@ def test_overfitting_is_not_divergence():
     # the same validation curve with a train loss that rose with it is a jump
     v = check_divergence(val, [0.446, 0.255, 0.178, 0.2, 0.3], HEALTHY_GRAD, RULES)
     assert v.reason == "jump" and v.epoch == 5
+    # seen in a real study: an overfit model's warm restart (train 0.03 -> 0.06, val 1.56x its best)
+    v = check_divergence([0.232, 0.264, 0.335, 0.361], [0.381, 0.114, 0.03, 0.062], HEALTHY_GRAD, RULES)
+    assert v is None
     # train_rise = 0 drops the train condition: validation alone decides
     assert check_divergence(val, train, HEALTHY_GRAD, DivergenceSpec(train_rise=0.0)).epoch == 5
 
