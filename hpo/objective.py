@@ -123,12 +123,15 @@ class Objective:
         self.log = log
         self._stores: dict[int, tuple[Any, str]] = {}  # per study: (artifact store, study uid)
 
-    def _checkpoints(self, trial: optuna.Trial) -> TrialCheckpoints:
-        """This trial's checkpoints; a retry inherits the ``checkpoint`` key of the trial it re-runs."""
-        study = trial.study
+    def _store(self, study: optuna.Study) -> tuple[Any, str]:
+        """(artifact store, study uid), read from the study once per worker, not once per trial."""
         if id(study) not in self._stores:
             self._stores[id(study)] = (artifact_store(study), study.user_attrs.get("uid", study.study_name))
-        store, uid = self._stores[id(study)]
+        return self._stores[id(study)]
+
+    def _checkpoints(self, trial: optuna.Trial) -> TrialCheckpoints:
+        """This trial's checkpoints; a retry inherits the ``checkpoint`` key of the trial it re-runs."""
+        store, uid = self._store(trial.study)
         key = trial.user_attrs.get("checkpoint")
         if key is None:
             key = f"{uid}-trial-{trial.number}"
@@ -186,7 +189,7 @@ class Objective:
 
             outcome = {"diverged": verdict is not None, "divergence_reason": verdict.reason if verdict else None,
                        "diverged_epoch": verdict.epoch if verdict else None}
-            upload_trial_figure(trial, {**history.lists, **outcome})
+            upload_trial_figure(trial, {**history.lists, **outcome}, store=self._store(trial.study)[0])
         except Exception as exc:  # a full disk or a broken store must not cost the trial
             logging.getLogger(__name__).warning("trial %d: figure not uploaded: %s", trial.number, exc)
             self.log(f"  warning: trial {trial.number}: figure not uploaded: {exc}")

@@ -297,10 +297,12 @@ def trial_figure_png(attrs: Mapping[str, Any], title: str = "") -> bytes:
     return buf.getvalue()
 
 
-def upload_trial_figure(trial: optuna.Trial, attrs: Mapping[str, Any]) -> str:
-    """Draw ``attrs`` (the trial's history and outcome) and upload it to the study's artifact store.
+def upload_trial_figure(trial: optuna.Trial, attrs: Mapping[str, Any], store: Any = None) -> str:
+    """Draw ``attrs`` (the trial's history and outcome) and upload it to ``store``.
 
-    Returns the artifact id; optuna-dashboard shows the PNG on the trial's page.
+    ``store`` defaults to the study's artifact store (one storage read to find it; a worker
+    passes the one it already holds). Returns the artifact id; optuna-dashboard shows the PNG on
+    the trial's page.
     """
     from hpo.artifacts import artifact_store
 
@@ -312,5 +314,5 @@ def upload_trial_figure(trial: optuna.Trial, attrs: Mapping[str, Any]) -> str:
         path = Path(tmp) / f"trial-{trial.number}-curves.png"
         path.write_bytes(png)
         return optuna.artifacts.upload_artifact(
-            artifact_store=artifact_store(trial.study), file_path=str(path), study_or_trial=trial, mimetype="image/png"
+            artifact_store=store or artifact_store(trial.study), file_path=str(path), study_or_trial=trial, mimetype="image/png"
         )
