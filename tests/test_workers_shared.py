@@ -16,11 +16,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from conftest import SMALL
 from db_servers import ADMIN_URLS, PG_PASSWORD, CuttableProxy, _admin_engine, fresh_database
+from hpo.checkpoints import TrialCheckpoints
 from hpo.storage import open_storage
 from hpo.study import FINISHED
 from hpo.workers import run_worker, work
@@ -81,7 +83,22 @@ class Workers:
         return optuna.load_study(study_name=self.name, storage=open_storage(self.url))
 
     def wait_for_running_trial(self, epochs: int, timeout: float = 120) -> optuna.trial.FrozenTrial:
-        """The first running trial with at least ``epochs`` epochs recorded (so a checkpoint exists)."""
+        """The first running trial with at least ``epochs`` epochs recorded and checkpointed.
+
+        The checkpoint of an epoch is written just after the epoch is reported, so the recorded
+        epochs alone would race that write; this also waits until the checkpoint reads back.
+        """
+        trial = self._wait_for_recorded_epochs(epochs, timeout)
+        checkpoints = TrialCheckpoints(FileSystemArtifactStore(str(self.folder / "artifacts")), trial.user_attrs["checkpoint"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            saved = checkpoints.load()
+            if saved is not None and saved.epoch >= epochs:
+                return trial
+            time.sleep(0.05)
+        raise AssertionError(f"trial {trial.number} never checkpointed epoch {epochs}:\n{self.output()}")
+
+    def _wait_for_recorded_epochs(self, epochs: int, timeout: float) -> optuna.trial.FrozenTrial:
         storage = open_storage(self.url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -197,7 +214,7 @@ def test_a_killed_workers_trial_is_failed_and_resumed_from_its_checkpoint(tmp_pa
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE
     assert retry.params == victim.params
-    assert retry.user_attrs["resumed_at_epoch"] >= 3  # the victim had finished 2 epochs at least
+    assert retry.user_attrs["resumed_at_epoch"] >= 3  # the victim had checkpointed 2 epochs at least
     assert len(retry.user_attrs["val_loss"]) == 4  # its history: the victim's epochs, then its own
     assert f"trial {retry.number} resumes at epoch {retry.user_attrs['resumed_at_epoch']} from its checkpoint" in output
 
