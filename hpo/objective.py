@@ -161,7 +161,10 @@ class Objective:
                 f"  val loss {stats.val_loss:.4f}  val acc {stats.val_accuracy:.4f}"
                 f"  ({stats.seconds:.1f}s, {stats.tokens_per_second / 1000:.0f}k tok/s)"
             )
-            pruned = trial.should_prune()
+            # After the last epoch there is nothing left to save: a trial that ran every epoch is
+            # COMPLETE, so its value counts and it joins the wrapped pruner's reference pool. Its
+            # divergence is still judged below, on the whole history.
+            pruned = stats.epoch < cfg.max_epochs and trial.should_prune()
             return pruned
 
         model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]))

@@ -1,0 +1,47 @@
+"""The objective on a real (small) study: what ends COMPLETE, what ends PRUNED, and what is recorded."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.data import load_dataset
+from hpo.objective import Objective
+
+STABLE = [
+    "space.lr_embedding=0.002", "space.lr_encoder=0.002", "space.lr_head=0.002", "space.clip_norm=1.0",
+    "space.cycle_len=1", "space.dropout=0.1", "space.weight_decay=0.0001", "train.max_epochs=3",
+]
+
+
+class _PruneFromEpoch(BasePruner):
+    """Says "prune" for every report from ``epoch`` on: a wrapped pruner at its most aggressive."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return trial.last_step is not None and trial.last_step >= self.epoch
+
+
+def _run_one(small_spec, tmp_path, pruner: BasePruner) -> FrozenTrial:
+    spec = small_spec(*STABLE)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.set_user_attr("artifact_dir", str(tmp_path))
+    study.optimize(Objective(spec, load_dataset(spec.data)), n_trials=1)
+    return study.trials[0]
+
+
+def test_a_trial_that_ran_every_epoch_completes_even_below_the_median(small_spec, tmp_path) -> None:
+    trial = _run_one(small_spec, tmp_path, _PruneFromEpoch(3))  # would prune only after the last epoch
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["epochs_run"] == 3
+    assert trial.value == max(trial.user_attrs["val_accuracy"])
+
+
+def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -> None:
+    trial = _run_one(small_spec, tmp_path, _PruneFromEpoch(2))
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["epochs_run"] == 2 and len(trial.user_attrs["val_loss"]) == 2
+    assert trial.user_attrs["diverged"] is False
