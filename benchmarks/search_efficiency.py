@@ -35,8 +35,13 @@ tables, with the command, machine and date on top).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
+import dataclasses
 import datetime
+import json
+import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -53,24 +58,25 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.data import Dataset, load_dataset
+from hpo.divergence import check_divergence
 from hpo.objective import Objective
 from hpo.pruning import make_pruner
-from hpo.spec import Spec, load_spec
+from hpo.spec import DivergenceSpec, Spec, load_spec
 from hpo.study import make_sampler
 from hpo.train import configure_threads
 from hpo.workers import quiet_optuna_logging
 
 METHODS = ("hpo", "random", "tpe")
 REFERENCE = "random"  # "reached random's final best" is measured against this method
-# Reduced but real: 1,000 reviews cut to 150 tokens keep a 4-epoch trial at ~10 s on 2 cores
-# (training plus the objective's test evaluation, checkpoints and figure), so that 3 methods x
-# 3 seeds x 40 epochs fit in ~20 minutes. 40 epochs are 10 unpruned trials; with the spec's 10
-# random startup trials TPE would never run, and TPE's startup draws equal RandomSampler's of the
-# same seed, so "tpe" would replay "random" exactly: 5 startup trials (the spec's 10% of a
-# 100-trial study is 10; here half of a 10-trial run) leave TPE 5 trials of its own.
-FULL = ["data.max_train=1000", "data.max_valid=500", "data.max_len=150", "train.max_epochs=4",
+# Reduced but real: 3,000 training and 1,000 validation reviews cut to 200 tokens, the default
+# model, at most 4 epochs per trial: ~8 s per epoch in a 1-thread process, so 3 methods x 3 seeds
+# x 60 epochs run in about 40 minutes as two such processes on 2 cores. 60 epochs are 15 unpruned
+# trials; with the spec's 10 random startup trials TPE would barely run, and TPE's startup draws
+# equal RandomSampler's of the same seed, so "tpe" would replay "random": 5 startup trials (the
+# spec's 10% of a 100-trial study is 10; here a third of a 15-trial run) leave TPE 10 of its own.
+FULL = ["data.max_train=3000", "data.max_valid=1000", "data.max_len=200", "train.max_epochs=4",
         "sampler.n_startup_trials=5"]
-FULL_BUDGET = 40
+FULL_BUDGET = 60
 QUICK = [
     "data.max_train=200", "data.max_valid=100", "data.max_len=60", "model.embedding_dim=16",
     "model.hidden_size=16", "train.max_epochs=3", "sampler.n_startup_trials=3", "pruner.n_startup_trials=2",
@@ -78,6 +84,8 @@ QUICK = [
 QUICK_BUDGET = 15
 NO_STEP_GUARD = ["divergence.step_explosion=1e30"]  # only NaN/inf still stops an unpruned trial
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+VARIANTS: dict[str, list[str]] = {}  # --variant NAME:overrides -> hpo with those overrides
+RERUNS = 8  # diverged hpo trials re-run to the end without pruning, to count false positives
 
 
 @dataclass(frozen=True)
@@ -95,15 +103,22 @@ class TrialRow:
     saved_epochs: int  # max_epochs - epochs_run for a pruned trial, else 0
     last_val_loss: float | None
     min_val_loss: float | None
+    params: str = "{}"  # JSON, so a trial can be re-run
+    val_accuracy: tuple[float, ...] = ()
+    val_loss: tuple[float, ...] = ()
+    train_loss: tuple[float, ...] = ()
+    grad_norm_max: tuple[float, ...] = ()
 
 
 def method_spec(base_overrides: Sequence[str], method: str) -> Spec:
-    return load_spec("imdb", [*base_overrides, *(NO_STEP_GUARD if method != "hpo" else [])])
+    if method in VARIANTS:
+        return load_spec("imdb", [*base_overrides, *VARIANTS[method]])
+    return load_spec("imdb", [*base_overrides, *(NO_STEP_GUARD if method not in ("hpo",) else [])])
 
 
 def make_study(spec: Spec, method: str, seed: int) -> optuna.Study:
     """The method's sampler and pruner on a fresh in-memory study."""
-    if method == "hpo":
+    if method == "hpo" or method in VARIANTS:
         sampler = make_sampler(spec.sampler, seed)
         pruner: optuna.pruners.BasePruner = make_pruner(spec.pruner, spec.divergence, spec.train.max_epochs)
     elif method == "random":
@@ -136,6 +151,139 @@ def run_method(spec: Spec, data: Dataset, method: str, seed: int, budget: int, a
     return trial_rows(study, method, seed, spec.train.max_epochs)
 
 
+# Each (method, seed) run is a job in a pool of 1-thread processes: two such processes on 2 cores
+# train 1.4x faster than one 2-thread process (a trial's ops are too small to use 2 threads well).
+_DATA: dict[tuple, Dataset] = {}
+
+
+def _init_worker(threads: int, variants: dict[str, list[str]]) -> None:
+    quiet_optuna_logging()
+    VARIANTS.update(variants)  # spawned: the parent's --variant settings do not come along
+    configure_threads(threads)
+
+
+def _data(spec: Spec) -> Dataset:
+    key = dataclasses.astuple(spec.data)
+    if key not in _DATA:
+        _DATA[key] = load_dataset(spec.data)  # from the disk cache: about a second
+    return _DATA[key]
+
+
+def _run_job(overrides: Sequence[str], method: str, seed: int, budget: int, artifacts: str) -> list[TrialRow]:
+    spec = method_spec(overrides, method)
+    return run_method(spec, _data(spec), method, seed, budget, artifacts)
+
+
+def _rerun_job(overrides: Sequence[str], row: TrialRow, artifacts: str) -> TrialRow:
+    """A diverged hpo trial again, same parameters, no pruning and no step guard, to the end."""
+    spec = method_spec(overrides, "random")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.set_user_attr("artifact_dir", artifacts)
+    study.enqueue_trial(json.loads(row.params))
+    study.optimize(Objective(spec, _data(spec)), n_trials=1, catch=())
+    return dataclasses.replace(trial_rows(study, "rerun", row.seed, spec.train.max_epochs)[0], trial=row.trial)
+
+
+def rerun_diverged(pool: concurrent.futures.Executor, overrides: Sequence[str], rows: Sequence[TrialRow],
+                   artifacts: str) -> list[tuple[TrialRow, TrialRow]]:
+    """(hpo's diverged trial, its unpruned re-run) for up to RERUNS of hpo's diverged trials."""
+    diverged = [r for r in rows if r.method == "hpo" and r.diverged][:RERUNS]
+    futures = [pool.submit(_rerun_job, overrides, r, artifacts) for r in diverged]
+    return [(r, f.result()) for r, f in zip(diverged, futures)]
+
+
+def false_positive_notes(pairs: Sequence[tuple[TrialRow, TrialRow]], threshold: float,
+                         best: dict[int, float | None]) -> list[str]:
+    """Did a diverged trial, run to the end, come back? Then pruning it was a false positive."""
+    out = ["", f"false positives: hpo's diverged trials re-run to the end with the same parameters, no pruning "
+               f"('recovered' = last val loss within {threshold:.0%} of its best again)"]
+    if not pairs:
+        return [*out, "  (hpo pruned no trial as diverged)"]
+    recovered = 0
+    for pruned, rerun in pairs:
+        back = (rerun.last_val_loss is not None and rerun.min_val_loss is not None
+                and rerun.last_val_loss <= rerun.min_val_loss * (1 + threshold))
+        recovered += back
+        accs = [a for a in rerun.val_accuracy if a is not None]
+        out.append(f"  seed {pruned.seed} trial {pruned.trial}: pruned {pruned.reason} after {pruned.epochs_run} epochs; "
+                   f"re-run val loss {' '.join(f'{x:.3f}' for x in rerun.val_loss)}, best val acc "
+                   f"{fmt(max(accs) if accs else None)} (seed's best {fmt(best.get(pruned.seed))})"
+                   + (" -> RECOVERED (false positive)" if back else " -> stayed diverged"))
+    out.append(f"  {recovered} of {len(pairs)} re-run diverged trials recovered")
+    return out
+
+
+def replay_pruner(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], max_epochs: int,
+                  warmups: Sequence[int] = (1, 2, 3), startups: Sequence[int] = (3, 5)) -> list[str]:
+    """Optuna's MedianPruner replayed on the unpruned random runs' full curves.
+
+    RandomSampler's draws do not depend on the study's history, so replaying a pruner on its trial
+    sequence is exactly "random search with that pruner": which trials it would cut, the epochs that
+    saves, and whether it would have cut the trial that turned out best (a costly false prune).
+    """
+    out = ["", "median pruner replayed on the unpruned random runs (exact: random draws ignore history):",
+           f"  {'warmup':>6} {'startup':>7} {'pruned':>7} {'saved':>6} {'best cut':>8}  (sums over {len(seeds)} seeds)"]
+    for warmup in warmups:
+        for startup in startups:
+            pruned = saved = best_cut = 0
+            for seed in seeds:
+                rows = [r for r in runs[(REFERENCE, seed)] if r.val_accuracy]
+                complete: list[TrialRow] = []
+                best_trial = max((r for r in rows if r.state == "COMPLETE"), key=lambda r: r.value, default=None)
+                for r in rows:
+                    cut = _median_cut(r, complete, warmup, startup)
+                    if cut is None:
+                        if r.state == "COMPLETE":
+                            complete.append(r)
+                        continue
+                    pruned += 1
+                    saved += max_epochs - cut
+                    best_cut += r is best_trial
+            out.append(f"  {warmup:>6} {startup:>7} {pruned:>7} {saved:>6} {best_cut:>8}")
+    return out
+
+
+def _median_cut(row: TrialRow, complete: Sequence[TrialRow], warmup: int, startup: int) -> int | None:
+    """The epoch at which MedianPruner(startup, warmup) stops this trial, or None."""
+    if len(complete) < startup or not complete:
+        return None
+    best = float("-inf")
+    for e, acc in enumerate(row.val_accuracy):
+        epoch = e + 1  # the objective reports epochs 1-based
+        best = max(best, acc)
+        if epoch < warmup or epoch == len(row.val_accuracy):
+            continue
+        seen = [c.val_accuracy[e] for c in complete if len(c.val_accuracy) > e]
+        if seen and best < statistics.median(seen):
+            return epoch
+    return None
+
+
+def replay_divergence(runs: dict[tuple[str, int], list[TrialRow]], base: DivergenceSpec,
+                      thresholds: Sequence[float] = (0.25, 0.5, 1.0)) -> list[str]:
+    """The divergence rule at other thresholds, on the unpruned runs' full curves.
+
+    A flagged trial whose last val loss is back within the threshold of its best would have been
+    a false positive; one flagged and never back, a true divergence pruned early.
+    """
+    out = ["", "divergence rule replayed on the unpruned random and tpe runs' full curves:",
+           f"  {'threshold':>9} {'flagged':>7} {'recovered':>9} {'saved':>6}"]
+    rows = [r for (m, _), rs in runs.items() if m != "hpo" for r in rs if r.val_loss]
+    for t in thresholds:
+        rules = dataclasses.replace(base, threshold=t)
+        flagged = recovered = saved = 0
+        for r in rows:
+            v = check_divergence(r.val_loss, r.train_loss, r.grad_norm_max, rules)
+            if v is None:
+                continue
+            flagged += 1
+            saved += len(r.val_loss) - v.epoch
+            finite = [x for x in r.val_loss if math.isfinite(x)]
+            recovered += bool(finite) and math.isfinite(r.val_loss[-1]) and r.val_loss[-1] <= min(finite) * (1 + t)
+        out.append(f"  {t:>9g} {flagged:>7} {recovered:>9} {saved:>6}")
+    return out
+
+
 def trial_rows(study: optuna.Study, method: str, seed: int, max_epochs: int) -> list[TrialRow]:
     rows: list[TrialRow] = []
     cumulative, best = 0, None
@@ -159,6 +307,8 @@ def trial_rows(study: optuna.Study, method: str, seed: int, max_epochs: int) -> 
         rows.append(TrialRow(
             method, seed, t.number, run, cumulative, value, best, t.state.name, diverged, reason,
             max_epochs - run if pruned else 0, losses[-1] if losses else None, min(losses) if losses else None,
+            json.dumps(t.params), tuple(a.get("val_accuracy", [])), tuple(a.get("val_loss", [])),
+            tuple(a.get("train_loss", [])), tuple(max(g.values(), default=0.0) for g in a.get("grad_norm_max", [])),
         ))
     return rows
 
@@ -185,7 +335,8 @@ def mean(xs: Sequence[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def report(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int) -> list[str]:
+def report(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int,
+           methods: Sequence[str] = METHODS) -> list[str]:
     out: list[str] = []
     marks = [f * budget for f in FRACTIONS]
     finals = {(m, s): (rows[-1].best_so_far if rows else None) for (m, s), rows in runs.items()}
@@ -194,7 +345,7 @@ def report(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], bu
             + f" {'final':>7} {'ep->ref':>8} {'diverged':>8} {'saved':>6} {'pruned':>6} {'saved':>6}")
     out += [f"best-so-far validation accuracy by epochs used (budget {budget}); "
             f"ep->ref = epochs to reach {REFERENCE}'s final best of the same seed ('-' never)", head, "-" * len(head)]
-    for method in METHODS:
+    for method in methods:
         lines, per_seed = [], []
         for seed in seeds:
             rows = runs[(method, seed)]
@@ -259,24 +410,34 @@ def divergence_notes(runs: dict[tuple[str, int], list[TrialRow]], threshold: flo
 
 def write_csv(path: Path, rows: Sequence[TrialRow]) -> None:
     fields = ["method", "seed", "trial", "epochs_run", "cumulative_epochs", "value", "best_so_far",
-              "state", "diverged", "reason", "saved_epochs"]
+              "state", "diverged", "reason", "saved_epochs", "params", "val_accuracy", "val_loss"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
         for r in rows:
-            w.writerow([getattr(r, k) if not isinstance(getattr(r, k), float) else f"{getattr(r, k):.4f}" for k in fields])
+            w.writerow([_cell(getattr(r, k)) for k in fields])
 
 
-def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int) -> None:
+def _cell(x: object) -> object:
+    if isinstance(x, float):
+        return f"{x:.4f}"
+    if isinstance(x, tuple):
+        return json.dumps([round(v, 4) for v in x])
+    return x
+
+
+def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int,
+               methods: Sequence[str] = METHODS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = {"hpo": "tab:blue", "random": "tab:orange", "tpe": "tab:green"}
+    palette = iter(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    colors = {"hpo": "tab:blue", "random": "tab:orange", "tpe": "tab:green", **{m: next(palette) for m in VARIANTS}}
     grid = list(range(0, budget + 1))
-    for method in METHODS:
+    for method in methods:
         for seed in seeds:
             pts = [(r.cumulative_epochs, r.best_so_far) for r in runs[(method, seed)] if r.best_so_far is not None]
             if pts:
@@ -297,26 +458,36 @@ def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: S
     plt.close(fig)
 
 
-def machine() -> str:
+def machine(procs: int, threads: int) -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({configure_threads(0)} torch threads), {cpu}, torch {torch.__version__}, optuna {optuna.__version__}"
+    return (f"{os.cpu_count()} cores ({procs} processes x {threads} torch threads), {cpu}, "
+            f"torch {torch.__version__}, optuna {optuna.__version__}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
     parser.add_argument("--budget-epochs", type=int, default=None, help=f"epochs per run (default {FULL_BUDGET}; --quick {QUICK_BUDGET})")
+    parser.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs in parallel, each with cores/procs torch threads (default: 2)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="also run hpo with these spec overrides under NAME, e.g. warm2:pruner.n_warmup_steps=2")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV, PNG and text file")
     parser.add_argument("--quick", action="store_true", help="tiny data and model: a smoke run in about a minute")
     args = parser.parse_args()
 
     quiet_optuna_logging()
-    threads = configure_threads(0)  # once, for every trial of every run
+    for v in args.variant:
+        name, _, sets = v.partition(":")
+        VARIANTS[name] = sets.split(",")
+    methods = (*METHODS, *VARIANTS)
+    procs = max(1, args.procs)
+    threads = max(1, (os.cpu_count() or 1) // procs)
     overrides = QUICK if args.quick else FULL
     budget = args.budget_epochs or (QUICK_BUDGET if args.quick else FULL_BUDGET)
     seeds = list(range(args.seeds))
@@ -324,35 +495,42 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "search_efficiency-quick" if args.quick else "search_efficiency"
 
-    specs = {m: method_spec(overrides, m) for m in METHODS}
-    data = load_dataset(specs["hpo"].data)  # once: every method's spec has the same data settings
+    spec = method_spec(overrides, "hpo")
+    data = load_dataset(spec.data)  # builds the disk cache once, before the workers read it
     header = [
         f"# {shlex.join(['python', *sys.argv])}",
-        f"# {machine()}",
+        f"# {machine(procs, threads)}",
         f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"# spec imdb + {' '.join(overrides)}; budget {budget} epochs; seeds {seeds}; "
         f"data {len(data.train)} train / {len(data.valid)} valid, vocab {data.vocab_size}",
+        *(f"# variant {name}: hpo + {' '.join(sets)}" for name, sets in VARIANTS.items()),
     ]
     print("\n".join(header), flush=True)
 
     runs: dict[tuple[str, int], list[TrialRow]] = {}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="hpo-search-eff-") as artifacts:
-        for seed in seeds:
-            for method in METHODS:
-                start = time.perf_counter()
-                rows = run_method(specs[method], data, method, seed, budget, artifacts)
-                runs[(method, seed)] = rows
-                print(f"{method} seed {seed}: {len(rows)} trials, {rows[-1].cumulative_epochs} epochs, "
-                      f"best {fmt(rows[-1].best_so_far)} ({time.perf_counter() - start:.0f}s)", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="hpo-search-eff-") as artifacts, \
+            concurrent.futures.ProcessPoolExecutor(procs, ctx, initializer=_init_worker, initargs=(threads, VARIANTS)) as pool:
+        jobs = {pool.submit(_run_job, overrides, m, seed, budget, artifacts): (m, seed) for seed in seeds for m in methods}
+        for future in concurrent.futures.as_completed(jobs):
+            method, seed = jobs[future]
+            rows = runs[(method, seed)] = future.result()
+            print(f"{method} seed {seed}: {len(rows)} trials, {rows[-1].cumulative_epochs} epochs, "
+                  f"best {fmt(rows[-1].best_so_far)} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+        pairs = rerun_diverged(pool, overrides, [r for s in seeds for r in runs[("hpo", s)]], artifacts)
     wall = time.perf_counter() - t0
 
-    lines = ["", *report(runs, seeds, budget), *divergence_notes(runs, specs["hpo"].divergence.threshold),
-             "", f"wall time {wall / 60:.1f} min ({threads} threads)"]
+    threshold = spec.divergence.threshold
+    best = {s: runs[(REFERENCE, s)][-1].best_so_far for s in seeds}
+    lines = ["", *report(runs, seeds, budget, methods), *divergence_notes(runs, threshold),
+             *false_positive_notes(pairs, threshold, best),
+             *replay_pruner(runs, seeds, spec.train.max_epochs), *replay_divergence(runs, spec.divergence),
+             "", f"wall time {wall / 60:.1f} min ({procs} processes x {threads} torch threads)"]
     print("\n".join(lines))
-    all_rows = [r for s in seeds for m in METHODS for r in runs[(m, s)]]
+    all_rows = [r for s in seeds for m in methods for r in runs[(m, s)]] + [rerun for _, rerun in pairs]
     write_csv(out_dir / f"{stem}.csv", all_rows)
-    write_plot(out_dir / f"{stem}.png", runs, seeds, budget)
+    write_plot(out_dir / f"{stem}.png", runs, seeds, budget, methods)
     (out_dir / f"{stem}.txt").write_text("\n".join([*header, *lines]) + "\n")
     print(f"wrote {out_dir / stem}.csv, .png, .txt")
 
