@@ -51,6 +51,19 @@ def sample_params(trial: optuna.Trial, space: Mapping[str, SpaceEntry]) -> dict[
     return values
 
 
+def _may_be_best(trial: optuna.Trial, value: float) -> bool:
+    """Whether this trial, about to complete with ``value``, is at least the study's best so far.
+
+    Only such a trial can end up as the reported best, so only it is evaluated on the test split:
+    on the whole split that costs about one validation pass, which pruned, diverged and beaten
+    trials would spend for nothing. Two workers finishing at once may both evaluate; none misses.
+    """
+    try:
+        return value >= trial.study.best_value
+    except ValueError:  # no complete trial yet
+        return True
+
+
 def group_lrs(values: Mapping[str, Any]) -> dict[str, float]:
     """Learning rate per layer group, from explicit rates or ULMFiT's ``lr_head / lr_div**depth``."""
     head = float(values["lr_head"])
@@ -171,13 +184,14 @@ class Objective:
         result = train(model, self.data, cfg, self.device, on_epoch, resume=resume, on_checkpoint=checkpoints.save)
         checkpoints.remove()  # finished one way or another: nothing left to resume
         verdict = self._verdict(result, history)
-        self._store_outcome(trial, model, result, verdict)
+        value = max(history.lists["val_accuracy"], default=0.0)
+        self._store_outcome(trial, model, result, verdict, test=verdict is None and not pruned and _may_be_best(trial, value))
         self._upload_figure(trial, history, verdict)
         if verdict is not None:
             raise optuna.TrialPruned(f"diverged: {verdict.describe()}")
         if pruned:
             raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {len(result.history)}")
-        return max(history.lists["val_accuracy"])
+        return value
 
     def _verdict(self, result: TrainResult, history: _History) -> Verdict | None:
         if result.explosion is not None:
@@ -197,7 +211,8 @@ class Objective:
             logging.getLogger(__name__).warning("trial %d: figure not uploaded: %s", trial.number, exc)
             self.log(f"  warning: trial {trial.number}: figure not uploaded: {exc}")
 
-    def _store_outcome(self, trial: optuna.Trial, model: LSTMClassifier, result: TrainResult, verdict: Verdict | None) -> None:
+    def _store_outcome(self, trial: optuna.Trial, model: LSTMClassifier, result: TrainResult, verdict: Verdict | None,
+                       test: bool) -> None:
         attrs: dict[str, Any] = {
             "diverged": verdict is not None,
             "divergence_reason": verdict.reason if verdict else None,
@@ -210,7 +225,7 @@ class Objective:
         }
         if result.explosion is not None:
             attrs["diverged_step"] = result.explosion.step
-        if result.best_state is not None:
+        if test and result.best_state is not None:
             best = load_best(model, result)
             attrs["test_accuracy"] = evaluate(best, self.data.test, self.device, self.spec.data.batch_size * 2, self.spec.train.precision)[1]
         for key, value in attrs.items():

@@ -38,6 +38,7 @@ def test_a_trial_that_ran_every_epoch_completes_even_below_the_median(small_spec
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["epochs_run"] == 3
     assert trial.value == max(trial.user_attrs["val_accuracy"])
+    assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0  # the study's best so far: evaluated on test
 
 
 def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -> None:
@@ -45,3 +46,4 @@ def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["epochs_run"] == 2 and len(trial.user_attrs["val_loss"]) == 2
     assert trial.user_attrs["diverged"] is False
+    assert "test_accuracy" not in trial.user_attrs  # it can never be the reported best
