@@ -284,6 +284,30 @@ def replay_divergence(runs: dict[tuple[str, int], list[TrialRow]], base: Diverge
     return out
 
 
+def lr_range_notes(runs: dict[tuple[str, int], list[TrialRow]], knobs: Sequence[str] = ("lr_head", "lr_encoder", "lr_embedding"),
+                   edges: Sequence[float] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)) -> list[str]:
+    """Where the random runs' trials landed per learning-rate band, and how they did.
+
+    RandomSampler spreads trials over the search space as drawn, so this shows whether the default
+    ranges straddle the divergence boundary without spending most trials far beyond it (or far
+    below the useful band).
+    """
+    rows = [r for (m, _), rs in runs.items() if m == REFERENCE for r in rs]
+    best = {s: rs[-1].best_so_far for (m, s), rs in runs.items() if m == REFERENCE}
+    out = ["", f"learning-rate bands of the {len(rows)} {REFERENCE} trials (the space as drawn): trials, diverged, "
+               "median best val acc, trials within 0.02 of their seed's best"]
+    for knob in knobs:
+        out.append(f"  {knob}:")
+        for lo, hi in zip(edges, edges[1:]):
+            band = [r for r in rows if lo <= json.loads(r.params).get(knob, -1.0) < hi * (1 + 1e-9)]
+            accs = [max(r.val_accuracy) for r in band if r.val_accuracy]
+            near = sum(1 for r in band if r.val_accuracy and r.state == "COMPLETE"
+                       and best[r.seed] is not None and max(r.val_accuracy) >= best[r.seed] - 0.02)
+            out.append(f"    [{lo:g}, {hi:g}): {len(band):>3} trials, {sum(r.diverged for r in band):>2} diverged, "
+                       f"median acc {fmt(statistics.median(accs) if accs else None)}, {near:>2} near the best")
+    return out
+
+
 def trial_rows(study: optuna.Study, method: str, seed: int, max_epochs: int) -> list[TrialRow]:
     rows: list[TrialRow] = []
     cumulative, best = 0, None
@@ -410,7 +434,7 @@ def divergence_notes(runs: dict[tuple[str, int], list[TrialRow]], threshold: flo
 
 def write_csv(path: Path, rows: Sequence[TrialRow]) -> None:
     fields = ["method", "seed", "trial", "epochs_run", "cumulative_epochs", "value", "best_so_far",
-              "state", "diverged", "reason", "saved_epochs", "params", "val_accuracy", "val_loss"]
+              "state", "diverged", "reason", "saved_epochs", "params", "val_accuracy", "val_loss", "train_loss"]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
@@ -526,6 +550,7 @@ def main() -> None:
     lines = ["", *report(runs, seeds, budget, methods), *divergence_notes(runs, threshold),
              *false_positive_notes(pairs, threshold, best),
              *replay_pruner(runs, seeds, spec.train.max_epochs), *replay_divergence(runs, spec.divergence),
+             *lr_range_notes(runs),
              "", f"wall time {wall / 60:.1f} min ({procs} processes x {threads} torch threads)"]
     print("\n".join(lines))
     all_rows = [r for s in seeds for m in methods for r in runs[(m, s)]] + [rerun for _, rerun in pairs]
