@@ -21,14 +21,30 @@ allowed to finish, so a run may overshoot by up to ``max_epochs - 1`` epochs. Th
 Best-so-far is the best COMPLETE trial's value (what ``hpo`` reports as the study's best): a
 diverged trial never counts, even when it had a good epoch before it jumped.
 
+Runs are jobs in a pool of ``--procs`` processes (default 2, one torch thread each: on 2 cores
+that trains 1.4x faster than one 2-thread process); the results do not depend on it.
+
 It prints, per method (mean over seeds, then per seed): the best-so-far at those checkpoints,
 the epochs needed to reach ``random``'s final best OF THE SAME SEED, the final best, and the
 diverged and otherwise-pruned trials with the epochs pruning saved on them
-(``max_epochs - epochs_run``). It writes under ``--out``: ``search_efficiency.csv`` (one row per
-trial), ``search_efficiency.png`` (best-so-far curves) and ``search_efficiency.txt`` (the printed
-tables, with the command, machine and date on top).
+(``max_epochs - epochs_run``). Then, to tune the defaults:
 
-    HPO_CACHE_DIR=/tmp/hpo-cache python benchmarks/search_efficiency.py            # ~20 min on 2 cores
+* false positives: up to 8 of hpo's diverged trials are re-run to the end with the same
+  parameters and no pruning; one whose validation loss comes back within the threshold of its
+  best was pruned wrongly;
+* the median pruner replayed, for several warm-ups and start-up counts, on the unpruned random
+  runs (exact, since random draws ignore the study's history): trials cut, epochs saved, and
+  whether it would have cut the run's best trial;
+* the divergence rule replayed at other thresholds on the unpruned runs' full curves;
+* the random trials per learning-rate band: does the range straddle the divergence boundary
+  without spending most trials far from the useful band?
+
+``--variant NAME:KEY=VALUE,...`` adds a method: hpo with those spec overrides. It writes under
+``--out``: ``search_efficiency.csv`` (one row per trial, with its parameters and curves),
+``search_efficiency.png`` (best-so-far curves) and ``search_efficiency.txt`` (the printed
+report, with the command, machine and date on top).
+
+    HPO_CACHE_DIR=/tmp/hpo-cache python benchmarks/search_efficiency.py            # ~45 min on 2 cores
     HPO_CACHE_DIR=/tmp/hpo-cache python benchmarks/search_efficiency.py --quick    # smoke run, ~1 min
 """
 
