@@ -229,49 +229,92 @@ def false_positive_notes(pairs: Sequence[tuple[TrialRow, TrialRow]], threshold: 
     return out
 
 
-def replay_pruner(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], max_epochs: int,
-                  warmups: Sequence[int] = (1, 2, 3), startups: Sequence[int] = (3, 5)) -> list[str]:
-    """Optuna's MedianPruner replayed on the unpruned random runs' full curves.
+def replay_pruner(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], max_epochs: int) -> list[str]:
+    """Wrapped pruners replayed on the unpruned random runs' full curves.
 
     RandomSampler's draws do not depend on the study's history, so replaying a pruner on its trial
     sequence is exactly "random search with that pruner": which trials it would cut, the epochs that
-    saves, and whether it would have cut the trial that turned out best (a costly false prune).
+    saves, whether it would have cut the run's best trial (then it never finds that value), and the
+    epochs it needs to reach the run's final best. Median: Optuna's MedianPruner(startup, warmup).
+    SHA: Optuna's SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta).
     """
-    out = ["", "median pruner replayed on the unpruned random runs (exact: random draws ignore history):",
-           f"  {'warmup':>6} {'startup':>7} {'pruned':>7} {'saved':>6} {'best cut':>8}  (sums over {len(seeds)} seeds)"]
-    for warmup in warmups:
-        for startup in startups:
-            pruned = saved = best_cut = 0
-            for seed in seeds:
-                rows = [r for r in runs[(REFERENCE, seed)] if r.val_accuracy]
-                complete: list[TrialRow] = []
-                best_trial = max((r for r in rows if r.state == "COMPLETE"), key=lambda r: r.value, default=None)
-                for r in rows:
-                    cut = _median_cut(r, complete, warmup, startup)
-                    if cut is None:
-                        if r.state == "COMPLETE":
-                            complete.append(r)
-                        continue
-                    pruned += 1
-                    saved += max_epochs - cut
-                    best_cut += r is best_trial
-            out.append(f"  {warmup:>6} {startup:>7} {pruned:>7} {saved:>6} {best_cut:>8}")
+    configs: list[tuple[str, Callable[[TrialRow, list[TrialRow], list[tuple[TrialRow, int | None]]], int | None]]] = []
+    for warmup in (1, 2):
+        for startup in (1, 2, 3, 5):
+            configs.append((f"median warmup {warmup} startup {startup}",
+                            lambda r, done, seen, w=warmup, n=startup: _median_cut(r, done, w, n)))
+    for eta in (2, 3):
+        configs.append((f"SHA eta {eta}", lambda r, done, seen, eta=eta: _sha_cut(r, seen, eta)))
+    own = [epochs_to_reach(runs[(REFERENCE, s)], runs[(REFERENCE, s)][-1].best_so_far) for s in seeds]
+    out = ["", "wrapped pruners replayed on the unpruned random runs (exact: random draws ignore the study's history); "
+               f"random alone reached its final best after {_mean_text(own)} epochs",
+           f"  {'pruner':<28} {'cut':>4} {'saved':>6} {'best cut':>8} {'epochs to its best':>19}  (sums / means over {len(seeds)} seeds)"]
+    for name, cut_at in configs:
+        cut = saved = best_cut = 0
+        reach: list[int | None] = []
+        for seed in seeds:
+            rows = [r for r in runs[(REFERENCE, seed)] if r.val_accuracy]
+            target = runs[(REFERENCE, seed)][-1].best_so_far
+            done: list[TrialRow] = []
+            seen: list[tuple[TrialRow, int | None]] = []  # (trial, the epoch it was cut at)
+            used, reached = 0, None
+            for r in rows:
+                epoch = cut_at(r, done, seen)
+                seen.append((r, epoch))
+                if epoch is None:
+                    used += r.epochs_run
+                    if r.state == "COMPLETE":
+                        done.append(r)
+                        if reached is None and target is not None and r.value is not None and r.value >= target:
+                            reached = used
+                    continue
+                cut += 1
+                used += epoch
+                saved += max_epochs - epoch
+                best_cut += r.value == target and r.state == "COMPLETE"
+            reach.append(reached)
+        out.append(f"  {name:<28} {cut:>4} {saved:>6} {best_cut:>8} {_mean_text(reach):>19}")
     return out
 
 
+def _mean_text(xs: Sequence[int | None]) -> str:
+    got = [x for x in xs if x is not None]
+    return f"{statistics.fmean(got):.1f} ({len(got)}/{len(xs)})" if got else f"- (0/{len(xs)})"
+
+
 def _median_cut(row: TrialRow, complete: Sequence[TrialRow], warmup: int, startup: int) -> int | None:
-    """The epoch at which MedianPruner(startup, warmup) stops this trial, or None."""
-    if len(complete) < startup or not complete:
+    """The epoch at which MedianPruner(startup, warmup) stops this trial, or None.
+
+    Like the objective, it never prunes after the last epoch (nothing left to save).
+    """
+    if len(complete) < max(startup, 1):
         return None
     best = float("-inf")
     for e, acc in enumerate(row.val_accuracy):
         epoch = e + 1  # the objective reports epochs 1-based
         best = max(best, acc)
-        if epoch < warmup or epoch == len(row.val_accuracy):
+        if epoch < warmup or epoch >= len(row.val_accuracy):
             continue
         seen = [c.val_accuracy[e] for c in complete if len(c.val_accuracy) > e]
         if seen and best < statistics.median(seen):
             return epoch
+    return None
+
+
+def _sha_cut(row: TrialRow, earlier: Sequence[tuple[TrialRow, int | None]], eta: int) -> int | None:
+    """The epoch at which SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta) stops it.
+
+    At rung k (epoch eta**k) a trial goes on only if its value there is within the top 1/eta of
+    every earlier trial that reached that rung, itself included (so the first few: only if best).
+    """
+    rung = 1
+    while rung < len(row.val_accuracy):
+        value = row.val_accuracy[rung - 1]
+        competing = sorted([r.val_accuracy[rung - 1] for r, cut in earlier
+                            if len(r.val_accuracy) >= rung and (cut is None or cut >= rung)] + [value], reverse=True)
+        if value < competing[max(len(competing) // eta - 1, 0)]:
+            return rung
+        rung *= eta
     return None
 
 
@@ -509,6 +552,24 @@ def machine(procs: int, threads: int) -> str:
             f"torch {torch.__version__}, optuna {optuna.__version__}")
 
 
+def read_csv(path: Path) -> dict[tuple[str, int], list[TrialRow]]:
+    """The runs of a CSV written by this script (for --replay: the analyses again, no training)."""
+    runs: dict[tuple[str, int], list[TrialRow]] = {}
+    num = lambda x: None if x in ("", "None") else float(x)  # noqa: E731
+    curve = lambda x: tuple(json.loads(x)) if x else ()  # noqa: E731
+    with path.open() as f:
+        for c in csv.DictReader(f):
+            losses = curve(c.get("val_loss", ""))
+            row = TrialRow(
+                c["method"], int(c["seed"]), int(c["trial"]), int(c["epochs_run"]), int(c["cumulative_epochs"]),
+                num(c["value"]), num(c["best_so_far"]), c["state"], c["diverged"] == "True", c["reason"],
+                int(c["saved_epochs"]), losses[-1] if losses else None, min(losses) if losses else None,
+                c.get("params", "{}"), curve(c.get("val_accuracy", "")), losses, curve(c.get("train_loss", "")),
+            )
+            runs.setdefault((row.method, row.seed), []).append(row)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
@@ -519,7 +580,15 @@ def main() -> None:
                         help="also run hpo with these spec overrides under NAME, e.g. warm2:pruner.n_warmup_steps=2")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV, PNG and text file")
     parser.add_argument("--quick", action="store_true", help="tiny data and model: a smoke run in about a minute")
+    parser.add_argument("--replay", metavar="CSV", help="no training: the replays and bands again, from a CSV this script wrote")
     args = parser.parse_args()
+    if args.replay:
+        runs = read_csv(Path(args.replay))
+        seeds = sorted({s for m, s in runs if m == REFERENCE})
+        spec = method_spec(QUICK if args.quick else FULL, "hpo")
+        print("\n".join([*replay_pruner(runs, seeds, spec.train.max_epochs), *replay_divergence(runs, spec.divergence),
+                         *lr_range_notes(runs)]))
+        return
 
     quiet_optuna_logging()
     for v in args.variant:
