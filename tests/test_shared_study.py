@@ -23,7 +23,7 @@ def test_the_creating_workers_spec_is_stored_and_others_must_match(small_spec, t
     spec = small_spec("name=shared")
     study = open_study(spec, storage)
     assert study.user_attrs[SPEC_ATTR]["train"]["max_epochs"] == 2
-    assert study.user_attrs[SPEC_ATTR]["space"]["lr_head"]["high"] == pytest.approx(3e-2)
+    assert study.user_attrs[SPEC_ATTR]["space"]["lr_head"]["high"] == pytest.approx(3e-1)
 
     # Per-machine settings may differ: threads, device, data cache, sampler seed.
     same = small_spec("name=shared", "train.threads=1", "train.device=cpu", "sampler.seed=7", "data.cache_dir='/elsewhere'")
@@ -36,7 +36,7 @@ def test_the_creating_workers_spec_is_stored_and_others_must_match(small_spec, t
     assert message.startswith("study 'shared' was created with a different spec (")
     assert "train.max_epochs: study 2, yours 3" in message
     assert "space.lr_head: study (unset), yours 0.003" in message
-    assert "space.lr_head.high: study 0.03, yours (unset)" in message
+    assert "space.lr_head.high: study 0.3, yours (unset)" in message
     assert "--set name=NEW_NAME" in message
     assert "threads" not in message and "cache_dir" not in message
 

@@ -7,7 +7,7 @@ from hpo.spec import FloatParam, IntParam, apply_overrides, load_spec, spec_from
 def test_default_spec_loads_with_a_distribution_per_knob():
     spec = load_spec("imdb")
     assert spec.name == "imdb"
-    assert spec.space["lr_head"] == FloatParam(1e-4, 3e-2, log=True)
+    assert spec.space["lr_head"] == FloatParam(3e-4, 3e-1, log=True)
     assert isinstance(spec.space["cycle_len"], IntParam)
     assert spec.divergence.threshold == 0.5
 
