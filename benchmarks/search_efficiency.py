@@ -612,10 +612,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.replay:
         runs = read_csv(Path(args.replay))
+        runs.pop(("rerun", 0), None)
         seeds = sorted({s for m, s in runs if m == REFERENCE})
+        methods = [m for m in dict.fromkeys(m for m, _ in runs) if m != "rerun"]
         spec = method_spec(QUICK if args.quick else FULL, "hpo")
-        print("\n".join([*replay_pruner(runs, seeds, spec.train.max_epochs), *replay_divergence(runs, spec.divergence),
-                         *lr_range_notes(runs)]))
+        budget = args.budget_epochs or (QUICK_BUDGET if args.quick else FULL_BUDGET)
+        print("\n".join([*report(runs, seeds, budget, methods), *replay_pruner(runs, seeds, spec.train.max_epochs),
+                         *replay_divergence(runs, spec.divergence), *lr_range_notes(runs)]))
         return
 
     quiet_optuna_logging()
