@@ -74,7 +74,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.data import Dataset, load_dataset
-from hpo.divergence import check_divergence
+from hpo.divergence import CHANCE_LOSS, check_divergence
 from hpo.objective import Objective
 from hpo.pruning import make_pruner
 from hpo.spec import DivergenceSpec, Spec, load_spec
@@ -208,24 +208,47 @@ def rerun_diverged(pool: concurrent.futures.Executor, overrides: Sequence[str], 
     return [(r, f.result()) for r, f in zip(diverged, futures)]
 
 
-def false_positive_notes(pairs: Sequence[tuple[TrialRow, TrialRow]], threshold: float,
+def recovered(reason: str, val_loss: Sequence[float], rules: DivergenceSpec) -> bool:
+    """Whether a curve flagged for ``reason``, run to the end, shows the verdict was wrong.
+
+    ``jump`` / ``nan``: the last validation loss is finite and back within the threshold of the
+    best. ``no_progress``: the trial did start learning after all (its best validation loss got
+    below chance by the margin); a flat curve at chance is dead, not recovered.
+    """
+    finite = [x for x in val_loss if x is not None and math.isfinite(x)]
+    if not finite:
+        return False
+    if reason.startswith("no_progress"):
+        return min(finite) < CHANCE_LOSS * (1 - rules.chance_margin)
+    last = val_loss[-1]
+    return last is not None and math.isfinite(last) and last <= min(finite) * (1 + rules.threshold)
+
+
+def pair_reruns(runs: dict[tuple[str, int], list[TrialRow]]) -> list[tuple[TrialRow, TrialRow]]:
+    """(hpo's diverged trial, its unpruned re-run), matched by seed and trial number."""
+    reruns = {(r.seed, r.trial): r for (m, _), rs in runs.items() if m == "rerun" for r in rs}
+    return [(r, reruns[(r.seed, r.trial)]) for (m, _), rs in runs.items() if m == "hpo"
+            for r in rs if r.diverged and (r.seed, r.trial) in reruns]
+
+
+def false_positive_notes(pairs: Sequence[tuple[TrialRow, TrialRow]], rules: DivergenceSpec,
                          best: dict[int, float | None]) -> list[str]:
     """Did a diverged trial, run to the end, come back? Then pruning it was a false positive."""
-    out = ["", f"false positives: hpo's diverged trials re-run to the end with the same parameters, no pruning "
-               f"('recovered' = last val loss within {threshold:.0%} of its best again)"]
+    out = ["", "false positives: hpo's diverged trials re-run to the end with the same parameters, no pruning "
+               f"('recovered': jump/nan: last val loss within {rules.threshold:.0%} of its best; "
+               "no_progress: it got below chance after all)"]
     if not pairs:
         return [*out, "  (hpo pruned no trial as diverged)"]
-    recovered = 0
+    count = 0
     for pruned, rerun in pairs:
-        back = (rerun.last_val_loss is not None and rerun.min_val_loss is not None
-                and rerun.last_val_loss <= rerun.min_val_loss * (1 + threshold))
-        recovered += back
+        back = recovered(pruned.reason, rerun.val_loss, rules)
+        count += back
         accs = [a for a in rerun.val_accuracy if a is not None]
         out.append(f"  seed {pruned.seed} trial {pruned.trial}: pruned {pruned.reason} after {pruned.epochs_run} epochs; "
                    f"re-run val loss {' '.join(f'{x:.3f}' for x in rerun.val_loss)}, best val acc "
                    f"{fmt(max(accs) if accs else None)} (seed's best {fmt(best.get(pruned.seed))})"
-                   + (" -> RECOVERED (false positive)" if back else " -> stayed diverged"))
-    out.append(f"  {recovered} of {len(pairs)} re-run diverged trials recovered")
+                   + (" -> RECOVERED (false positive)" if back else " -> stayed diverged (true positive)"))
+    out.append(f"  {count} of {len(pairs)} re-run diverged trials recovered")
     return out
 
 
@@ -325,26 +348,26 @@ def replay_divergence(runs: dict[tuple[str, int], list[TrialRow]], base: Diverge
     A flagged trial whose last val loss is back within the threshold of its best would have been
     a false positive; one flagged and never back, a true divergence pruned early.
     """
-    out = ["", "divergence rule replayed on the unpruned random and tpe runs' full curves:",
+    out = ["", "the jump rule replayed at other thresholds on the unpruned random and tpe runs' full curves "
+               "(no_progress needs gradient norms, which the CSV does not keep):",
            f"  {'threshold':>9} {'flagged':>7} {'recovered':>9} {'saved':>6}"]
     rows = [r for (m, _), rs in runs.items() if m != "hpo" for r in rs if r.val_loss]
     for t in thresholds:
         rules = dataclasses.replace(base, threshold=t)
-        flagged = recovered = saved = 0
+        flagged = back = saved = 0
         for r in rows:
-            v = check_divergence(r.val_loss, r.train_loss, r.grad_norm_max, rules)
+            v = check_divergence(r.val_loss, r.train_loss, [], rules)
             if v is None:
                 continue
             flagged += 1
             saved += len(r.val_loss) - v.epoch
-            finite = [x for x in r.val_loss if math.isfinite(x)]
-            recovered += bool(finite) and math.isfinite(r.val_loss[-1]) and r.val_loss[-1] <= min(finite) * (1 + t)
-        out.append(f"  {t:>9g} {flagged:>7} {recovered:>9} {saved:>6}")
+            back += recovered(v.reason, r.val_loss, rules)
+        out.append(f"  {t:>9g} {flagged:>7} {back:>9} {saved:>6}")
     return out
 
 
 def lr_range_notes(runs: dict[tuple[str, int], list[TrialRow]], knobs: Sequence[str] = ("lr_head", "lr_encoder", "lr_embedding"),
-                   edges: Sequence[float] = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)) -> list[str]:
+                   edges: Sequence[float] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)) -> list[str]:
     """Where the random runs' trials landed per learning-rate band, and how they did.
 
     RandomSampler spreads trials over the search space as drawn, so this shows whether the default
@@ -502,18 +525,19 @@ def _row(method: str, seed: str, s: dict) -> str:
             f" {num(s['pruned'], '.3g'):>6} {num(s['pruned_saved'], '.3g'):>6}")
 
 
-def divergence_notes(runs: dict[tuple[str, int], list[TrialRow]], threshold: float) -> list[str]:
-    """Diverged trials, and for the unpruned methods whether the loss came back (a false alarm?)."""
-    out = ["", "diverged trials (unpruned methods ran every epoch: 'recovered' = last val loss back "
-               f"within {threshold:.0%} of its best, i.e. the verdict may have been a false positive):"]
+def divergence_notes(runs: dict[tuple[str, int], list[TrialRow]], rules: DivergenceSpec) -> list[str]:
+    """Diverged trials, and for the unpruned methods whether the curve came back (a false alarm?)."""
+    out = ["", "diverged trials (random and tpe ran every epoch; 'recovered' as for the false positives below):"]
     for (method, seed), rows in runs.items():
+        if method == "rerun":
+            continue
         for r in rows:
             if not r.diverged:
                 continue
             note = ""
-            if method != "hpo" and r.last_val_loss is not None and r.min_val_loss is not None:
-                back = r.last_val_loss <= r.min_val_loss * (1 + threshold)
-                note = f", last val loss {r.last_val_loss:.3f} vs best {r.min_val_loss:.3f}" + (" -> recovered" if back else "")
+            if method not in ("hpo", *VARIANTS) and r.val_loss:
+                note = (f", val loss {r.val_loss[0]:.3f} first, {r.min_val_loss:.3f} best, {r.last_val_loss:.3f} last"
+                        + (" -> recovered" if recovered(r.reason, r.val_loss, rules) else ""))
             out.append(f"  {method} seed {seed} trial {r.trial}: {r.reason}, {r.epochs_run} epochs, "
                        f"best val acc {fmt(r.value)}{note}")
     return out
@@ -612,12 +636,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.replay:
         runs = read_csv(Path(args.replay))
-        runs.pop(("rerun", 0), None)
         seeds = sorted({s for m, s in runs if m == REFERENCE})
         methods = [m for m in dict.fromkeys(m for m, _ in runs) if m != "rerun"]
+        VARIANTS.update({m: [] for m in methods if m not in METHODS})
         spec = method_spec(QUICK if args.quick else FULL, "hpo")
         budget = args.budget_epochs or (QUICK_BUDGET if args.quick else FULL_BUDGET)
-        print("\n".join([*report(runs, seeds, budget, methods), *replay_pruner(runs, seeds, spec.train.max_epochs),
+        best = {s: runs[(REFERENCE, s)][-1].best_so_far for s in seeds}
+        print("\n".join([*report(runs, seeds, budget, methods), *divergence_notes(runs, spec.divergence),
+                         *false_positive_notes(pair_reruns(runs), spec.divergence, best),
+                         *replay_pruner(runs, seeds, spec.train.max_epochs),
                          *replay_divergence(runs, spec.divergence), *lr_range_notes(runs)]))
         return
 
@@ -661,10 +688,9 @@ def main() -> None:
         pairs = rerun_diverged(pool, overrides, [r for s in seeds for r in runs[("hpo", s)]], artifacts)
     wall = time.perf_counter() - t0
 
-    threshold = spec.divergence.threshold
     best = {s: runs[(REFERENCE, s)][-1].best_so_far for s in seeds}
-    lines = ["", *report(runs, seeds, budget, methods), *divergence_notes(runs, threshold),
-             *false_positive_notes(pairs, threshold, best),
+    lines = ["", *report(runs, seeds, budget, methods), *divergence_notes(runs, spec.divergence),
+             *false_positive_notes(pairs, spec.divergence, best),
              *replay_pruner(runs, seeds, spec.train.max_epochs), *replay_divergence(runs, spec.divergence),
              *lr_range_notes(runs),
              "", f"wall time {wall / 60:.1f} min ({procs} processes x {threads} torch threads)"]
