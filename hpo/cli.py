@@ -44,7 +44,7 @@ def _echo(message: str) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop starting trials after this many seconds.")
 @click.option("--seed", type=int, default=None, help="Sampler seed (overrides sampler.seed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. --set train.max_epochs=2 (repeatable).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine (the cores are split between them).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine (the cores are split between them; on CPU one per core is fastest).")
 @click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
               help="Seconds without a heartbeat after which a worker's trial is failed and re-run elsewhere ($HPO_GRACE_PERIOD).")
 def optimize(study: str, trials: int, storage: str | None, timeout: float | None, seed: int | None, overrides: tuple[str, ...],
