@@ -119,7 +119,7 @@ class DivergenceSpec:
     train_rise: float = 0.1  # ...while train loss rose this much * ln 2 above its best (else: overfitting); 0: val alone
     warmup_epochs: int = 1
     step_explosion: float = 5.0  # a train step this many times its running mean stops the trial
-    step_warmup: int = 20
+    step_warmup: int = 20  # steps before the step guard judges; never fewer than one epoch
     no_progress_epochs: int = 2
     chance_margin: float = 0.02
     grad_norm_limit: float = 100.0

@@ -210,10 +210,13 @@ def train(
     groups = model.layer_groups()
     group_names = list(groups)
     all_params = [p for ps in groups.values() for p in ps]
-    guard = StepGuard(cfg.step_explosion, cfg.step_warmup)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    # The guard judges explosions only after the first epoch (NaN/inf at once): a high head rate
+    # can spike the loss to 3x chance in the first steps and still recover (search_efficiency:
+    # lr_head 0.26, stopped at epoch 1, reached 0.816 when re-run without the guard).
+    guard = StepGuard(cfg.step_explosion, max(cfg.step_warmup, steps_per_epoch))
     # On CUDA reading a loss forces a sync; sample the guard every few steps there instead.
     guard_every = 1 if device.type == "cpu" else 16
-    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     result = TrainResult(steps_per_epoch=steps_per_epoch)
     best_acc = -1.0
     if resume is not None:

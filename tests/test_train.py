@@ -73,13 +73,15 @@ def test_callback_stops_training(small):
     assert len(result.history) == 2 and result.stopped_by_callback
 
 
-def test_huge_learning_rate_explodes_inside_the_first_epoch(small):
+def test_huge_learning_rate_is_stopped_at_the_first_step_after_the_first_epoch(small):
+    # The first epoch's spikes are tolerated (a high head rate can recover from them); an
+    # explosion that lasts is stopped at the first step the guard judges, not at an epoch's end.
     lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
-    result = train(_model(small), small, _cfg(lrs=lrs, clip_norm=0.0, max_epochs=2, step_warmup=3))
-    assert result.explosion is not None and result.explosion.epoch == 1
-    assert result.explosion.reason in ("nan", "jump")
-    assert result.explosion.step < result.steps_per_epoch  # stopped before the epoch's end
-    assert result.history == []
+    result = train(_model(small), small, _cfg(lrs=lrs, clip_norm=0.0, max_epochs=3, step_warmup=3))
+    assert result.explosion is not None and result.explosion.reason in ("nan", "jump")
+    if result.explosion.reason == "jump":
+        assert (result.explosion.epoch, result.explosion.step) == (2, 0)
+        assert len(result.history) == 1 and result.history[0].train_loss > 5 * math.log(2)
 
 
 def test_bf16_autocast_trains_too(small):
