@@ -214,9 +214,10 @@ def train(
     # The guard judges explosions only after the first epoch (NaN/inf at once): a high head rate
     # can spike the loss to 3x chance in the first steps and still recover (search_efficiency:
     # lr_head 0.26, stopped at epoch 1, reached 0.816 when re-run without the guard).
-    guard = StepGuard(cfg.step_explosion, max(cfg.step_warmup, steps_per_epoch))
-    # On CUDA reading a loss forces a sync; sample the guard every few steps there instead.
+    # On CUDA reading a loss forces a sync; sample the guard every few steps there instead (its
+    # warm-up counts the samples it sees).
     guard_every = 1 if device.type == "cpu" else 16
+    guard = StepGuard(cfg.step_explosion, max(cfg.step_warmup, math.ceil(steps_per_epoch / guard_every)))
     result = TrainResult(steps_per_epoch=steps_per_epoch)
     best_acc = -1.0
     if resume is not None:
