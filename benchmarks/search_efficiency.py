@@ -35,7 +35,7 @@ diverged and otherwise-pruned trials with the epochs pruning saved on them
 * the median pruner replayed, for several warm-ups and start-up counts, on the unpruned random
   runs (exact, since random draws ignore the study's history): trials cut, epochs saved, and
   whether it would have cut the run's best trial;
-* the divergence rule replayed at other thresholds on the unpruned runs' full curves;
+* the jump rule replayed at other thresholds on the unpruned runs' full curves;
 * the random trials per learning-rate band: does the range straddle the divergence boundary
   without spending most trials far from the useful band?
 
@@ -117,19 +117,25 @@ class TrialRow:
     diverged: bool
     reason: str
     saved_epochs: int  # max_epochs - epochs_run for a pruned trial, else 0
-    last_val_loss: float | None
-    min_val_loss: float | None
     params: str = "{}"  # JSON, so a trial can be re-run
     val_accuracy: tuple[float, ...] = ()
     val_loss: tuple[float, ...] = ()
     train_loss: tuple[float, ...] = ()
     grad_norm_max: tuple[float, ...] = ()
 
+    @property
+    def last_val_loss(self) -> float | None:
+        return self.val_loss[-1] if self.val_loss else None
+
+    @property
+    def min_val_loss(self) -> float | None:
+        return min(self.val_loss) if self.val_loss else None
+
 
 def method_spec(base_overrides: Sequence[str], method: str) -> Spec:
     if method in VARIANTS:
         return load_spec("imdb", [*base_overrides, *VARIANTS[method]])
-    return load_spec("imdb", [*base_overrides, *(NO_STEP_GUARD if method not in ("hpo",) else [])])
+    return load_spec("imdb", [*base_overrides, *(NO_STEP_GUARD if method != "hpo" else [])])
 
 
 def make_study(spec: Spec, method: str, seed: int) -> optuna.Study:
@@ -412,8 +418,7 @@ def trial_rows(study: optuna.Study, method: str, seed: int, max_epochs: int) -> 
         losses = [x for x in a.get("val_loss", []) if x is not None]
         rows.append(TrialRow(
             method, seed, t.number, run, cumulative, value, best, t.state.name, diverged, reason,
-            max_epochs - run if pruned else 0, losses[-1] if losses else None, min(losses) if losses else None,
-            json.dumps(t.params), tuple(a.get("val_accuracy", [])), tuple(a.get("val_loss", [])),
+            max_epochs - run if pruned else 0, json.dumps(t.params), tuple(a.get("val_accuracy", [])), tuple(losses),
             tuple(a.get("train_loss", [])), tuple(max(g.values(), default=0.0) for g in a.get("grad_norm_max", [])),
         ))
     return rows
@@ -615,8 +620,7 @@ def read_csv(path: Path) -> dict[tuple[str, int], list[TrialRow]]:
             row = TrialRow(
                 c["method"], int(c["seed"]), int(c["trial"]), int(c["epochs_run"]), int(c["cumulative_epochs"]),
                 num(c["value"]), num(c["best_so_far"]), c["state"], c["diverged"] == "True", c["reason"],
-                int(c["saved_epochs"]), losses[-1] if losses else None, min(losses) if losses else None,
-                c.get("params", "{}"), curve(c.get("val_accuracy", "")), losses, curve(c.get("train_loss", "")),
+                int(c["saved_epochs"]), c.get("params", "{}"), curve(c.get("val_accuracy", "")), losses, curve(c.get("train_loss", "")),
             )
             runs.setdefault((row.method, row.seed), []).append(row)
     return runs
