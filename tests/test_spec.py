@@ -1,7 +1,26 @@
+import importlib.resources
+import warnings
+
 import pytest
 
 from hpo.errors import HpoError
-from hpo.spec import FloatParam, IntParam, apply_overrides, load_spec, spec_from_dict
+from hpo.spec import (
+    DataSpec,
+    DivergenceSpec,
+    FloatParam,
+    IntParam,
+    ModelSpec,
+    PrunerSpec,
+    Spec,
+    TrainSpec,
+    apply_overrides,
+    builtin_studies,
+    group_lrs,
+    load_spec,
+    spec_from_dict,
+)
+
+IMDB_TOML = importlib.resources.files("hpo.studies").joinpath("imdb.toml")
 
 
 def test_default_spec_loads_with_a_distribution_per_knob():
@@ -28,7 +47,7 @@ def test_overrides_are_toml_typed_and_dotted():
 
 def test_spec_path_works_as_well_as_a_name(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text((load_spec.__globals__["STUDIES_DIR"] / "imdb.toml").read_text().replace('name = "imdb"', 'name = "mine"'))
+    path.write_text(IMDB_TOML.read_text().replace('name = "imdb"', 'name = "mine"'))
     assert load_spec(str(path)).name == "mine"
 
 
@@ -49,6 +68,9 @@ def test_spec_path_works_as_well_as_a_name(tmp_path):
         ("space.lr_head.type=normal", ["space.lr_head.type"]),
         ("space.lr_div=2.6", ["lr_div excludes"]),
         ("data.valid_fraction=0.95", ["valid_fraction"]),
+        ("space.lr_head=abc", ["space.lr_head = 'abc' is not a number"]),
+        ("pruner.n_warmup_steps=1", ["renamed", "pruner.warmup_epochs"]),
+        ("pruner.type=sha", ["pruner.type", "successive_halving"]),
     ],
 )
 def test_invalid_specs_fail_with_one_line_naming_the_key(override, words):
@@ -84,3 +106,55 @@ def test_ulmfit_parametrisation_replaces_the_lower_rates():
 def test_to_dict_round_trips():
     spec = load_spec("imdb", ["space.dropout=0.2", "sampler.seed=3"])
     assert spec_from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "build, key",
+    [
+        (lambda: DataSpec(max_len=0), "data.max_len"),
+        (lambda: DataSpec(valid_fraction=0.7, test_fraction=0.4), "valid_fraction"),
+        (lambda: ModelSpec(hidden_size=-1), "model.hidden_size"),
+        (lambda: TrainSpec(precision="fp16"), "train.precision"),
+        (lambda: TrainSpec(lr_min_ratio=1.0), "train.lr_min_ratio"),
+        (lambda: PrunerSpec(percentile=100.0), "pruner.percentile"),
+        (lambda: DivergenceSpec(threshold=0.0), "divergence.threshold"),
+        (lambda: Spec(name="x", space={"lr_head": 0.01}), "space.clip_norm is missing"),
+    ],
+)
+def test_sections_built_directly_validate_themselves(build, key):
+    with pytest.raises(HpoError, match=key.replace(".", r"\.")):
+        build()
+
+
+def test_per_layer_groups_get_their_own_rates_or_ulmfit_division():
+    raw = apply_overrides(load_spec("imdb").to_dict(), ["model.num_layers=3", "model.group_per_layer=true"])
+    with pytest.raises(HpoError, match="unknown key 'space.lr_encoder' .*lr_encoder1, lr_encoder2, lr_encoder3"):
+        spec_from_dict(raw)
+    del raw["space"]["lr_encoder"]
+    with pytest.raises(HpoError, match="give space.lr_encoder1, space.lr_encoder2, space.lr_encoder3, or space.lr_div"):
+        spec_from_dict(raw)
+    del raw["space"]["lr_embedding"]
+    raw["space"]["lr_div"] = 2.6
+    spec = spec_from_dict(raw)
+    assert spec.model.groups == ("embedding", "encoder1", "encoder2", "encoder3", "head")
+    lrs = group_lrs({"lr_head": 1e-2, "lr_div": 10.0}, spec.model.groups)
+    assert lrs == pytest.approx({"head": 1e-2, "encoder3": 1e-3, "encoder2": 1e-4, "encoder1": 1e-5, "embedding": 1e-6})
+
+
+def test_builtin_studies_are_listed_and_a_local_spec_wins(tmp_path, monkeypatch):
+    assert "imdb" in builtin_studies() and builtin_studies()["imdb"].startswith("LSTM on IMDB")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("imdb").description == builtin_studies()["imdb"]  # from anywhere
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "imdb.toml").write_text(IMDB_TOML.read_text().replace("max_epochs = 5", "max_epochs = 7"))
+    assert load_spec("imdb").train.max_epochs == 7
+
+
+def test_building_a_sampler_or_opening_a_storage_leaves_warning_filters_alone(tmp_path):
+    from hpo.storage.resilient import open_storage
+    from hpo.study import make_sampler
+
+    before = list(warnings.filters)
+    make_sampler(load_spec("imdb").sampler, seed=0)
+    open_storage(f"sqlite:///{tmp_path / 'x.db'}", grace_period=10)
+    assert warnings.filters == before

