@@ -40,7 +40,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from hpo.errors import HpoError
-from hpo.filelock import file_lock
+from hpo.storage.locks import file_lock
 from hpo.spec import DataSpec
 
 PAD, UNK = 0, 1

@@ -21,16 +21,19 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from hpo.storage import mask_url
+from hpo.storage.urls import mask_url
 
 ADMIN_URLS = {
     "postgres": os.environ.get("HPO_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
     "mysql": os.environ.get("HPO_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
-# A role with a password, so tests can check that it never shows (the server trusts local
-# connections, so the password is carried but not needed).
+# A role with a password on each server, so tests can check that it never shows (PostgreSQL
+# trusts local connections, so there the password is carried but not needed; MariaDB checks it).
 PG_ROLE = "hpo_test_pw"
 PG_PASSWORD = f"pw-{secrets.token_hex(6)}"
+MYSQL_USER = "hpo_test_pw"
+MYSQL_PASSWORD = f"pw-{secrets.token_hex(6)}"
+PASSWORDS = {"postgres": PG_PASSWORD, "mysql": MYSQL_PASSWORD}
 
 
 def _admin_engine(kind: str) -> sqlalchemy.Engine:
@@ -63,7 +66,11 @@ def fresh_database(kind: str) -> Iterator[str]:
             url = admin.set(username=PG_ROLE, password=PG_PASSWORD, database=name)
         else:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
-            url = admin.set(database=name)
+            for host in ("localhost", "127.0.0.1", "%%"):  # %% : the driver's own escaping of %
+                conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'{host}' IDENTIFIED BY '{MYSQL_PASSWORD}'")
+                conn.exec_driver_sql(f"ALTER USER '{MYSQL_USER}'@'{host}' IDENTIFIED BY '{MYSQL_PASSWORD}'")
+                conn.exec_driver_sql(f"GRANT ALL ON {name}.* TO '{MYSQL_USER}'@'{host}'")
+            url = admin.set(username=MYSQL_USER, password=MYSQL_PASSWORD, database=name)
     try:
         yield url.render_as_string(hide_password=False)
     finally:

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine
 from hpo.cli import main
 from hpo.errors import HpoError
-from hpo.storage import is_transient, mask_url, open_storage, resolve_storage_url
+from hpo.storage.resilient import is_transient, open_storage
+from hpo.storage.urls import mask_url, resolve_storage_url
 from sqlalchemy.engine import make_url
 
 
@@ -122,3 +123,21 @@ def test_the_password_can_come_from_a_secret_file(tmp_path, monkeypatch: pytest.
     monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
     with pytest.raises(HpoError, match=r"HPO_STORAGE_PASSWORD_FILE = .*missing: cannot read the storage password"):
         resolve_storage_url(None)
+
+
+def test_a_mysql_creation_lock_that_cannot_be_had_is_an_error_not_a_silent_go_ahead() -> None:
+    from hpo.storage.locks import _lock_key, creation_lock
+
+    engine = _admin_engine("mysql")
+    url = ADMIN_URLS["mysql"]
+    name = "create schema and studies"
+    with engine.connect() as holder:
+        assert holder.exec_driver_sql(f"SELECT GET_LOCK('hpo-{_lock_key(name)}', 5)").scalar() == 1
+        start = time.monotonic()
+        with pytest.raises(HpoError, match="another worker has held the lock 'create schema and studies' for over 1 s"):
+            with creation_lock(url, timeout_s=1):
+                pytest.fail("went ahead without the lock")
+        assert time.monotonic() - start < 10
+        holder.exec_driver_sql(f"SELECT RELEASE_LOCK('hpo-{_lock_key(name)}')")
+    with creation_lock(url, timeout_s=1):  # free again: taken at once
+        pass

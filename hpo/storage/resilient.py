@@ -1,38 +1,32 @@
-"""Where studies live: storage URLs, engine options, and passwords kept out of every message.
+"""Opening a study's database, strictly, and riding out its outages once open.
 
-``--storage`` wins, then ``$HPO_STORAGE``, then a SQLite file ``hpo.db`` in the working
-directory. SQLite runs in WAL mode with a long busy timeout so several local workers can share
-one file; PostgreSQL (``postgresql+psycopg://``) and MySQL/MariaDB (``mysql+pymysql://``) are
-for several machines on one study.
+SQLite runs in WAL mode with a long busy timeout so several local workers can share one file;
+PostgreSQL (``postgresql+psycopg://``) and MySQL/MariaDB (``mysql+pymysql://``) are for several
+machines on one study.
 
 Opening a storage is strict and fast: a database that is unreachable or misspelt is one
 :class:`~hpo.errors.HpoError` line within about ``CONNECT_TIMEOUT_S`` seconds. Once open, the
 storage is patient: every database call that fails with a connection error (a restarting
 server, a dropped connection, SQLite's "database is locked") is retried with exponential
 backoff for up to ``retry_s`` seconds, so a database restart pauses the workers instead of
-killing them. With ``heartbeat_interval`` set, a running trial whose worker stopped sending
-heartbeats for ``grace_period`` seconds is failed by another worker and queued again.
+killing them. With ``grace_period`` set, a running trial whose worker stopped sending
+heartbeats for that long is failed by another worker and queued again.
 
 Example::
 
-    url, origin = resolve_storage_url(None)       # ("sqlite:///hpo.db", "default")
-    storage = open_storage(url)                   # a ResilientStorage, or a clear HpoError
-    storage = open_storage(url, grace_period=60)  # ...that also fails and retries dead workers' trials
-    mask_url("postgresql://me:secret@db/hpo")     # 'postgresql://me:***@db/hpo'
+    storage = open_storage("sqlite:///hpo.db")                  # a ResilientStorage, or a clear HpoError
+    storage = open_storage(url, grace_period=60)                  # ...that also re-runs dead workers' trials
+    open_storage("sqlite:///elsewhere.db", create=False)          # HpoError: no such database (nothing created)
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import random
-import re
 import threading
 import time
-import zlib
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Callable, Iterator
+import warnings
+from typing import Any, Callable
 
 import optuna
 import sqlalchemy
@@ -41,14 +35,11 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
-from hpo.filelock import file_lock
+from hpo.storage.locks import CONNECT_TIMEOUT_S, creation_lock
+from hpo.storage.urls import display_url, mask_url, scrub, sqlite_path
 
 Log = Callable[[str], None]
 
-DEFAULT_URL = "sqlite:///hpo.db"
-ENV_VAR = "HPO_STORAGE"
-PASSWORD_FILE_VAR = "HPO_STORAGE_PASSWORD_FILE"
-CONNECT_TIMEOUT_S = 10
 RETRY_S = 300.0  # how long a worker waits for its database to come back before giving up
 GRACE_PERIOD_S = 60  # silence after which a running trial's worker is taken for dead
 MAX_RETRY = 3  # re-runs of one trial whose workers keep dying (e.g. it runs out of memory)
@@ -56,65 +47,6 @@ _DRIVER_HINT = {
     "postgresql": "pip install 'hpo[postgres]' (psycopg 3) and use postgresql+psycopg://",
     "mysql": "pip install 'hpo[mysql]' (PyMySQL) and use mysql+pymysql://",
 }
-
-
-def resolve_storage_url(storage: str | None) -> tuple[str, str]:
-    """(url, where it came from): the option, the environment, or the default SQLite file.
-
-    A URL without a password takes the one in ``$HPO_STORAGE_PASSWORD_FILE`` when that is set
-    (a Docker or Kubernetes secret), so the password is in neither the URL nor the environment.
-    """
-    if storage:
-        url, origin = storage, "--storage"
-    elif os.environ.get(ENV_VAR):
-        url, origin = os.environ[ENV_VAR], f"${ENV_VAR}"
-    else:
-        return DEFAULT_URL, "default"
-    return _with_password_file(url), origin
-
-
-def _with_password_file(url: str) -> str:
-    path = os.environ.get(PASSWORD_FILE_VAR)
-    if not path:
-        return url
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        return url  # open_storage explains what is wrong with it
-    if parsed.password or parsed.get_backend_name() == "sqlite":
-        return url
-    try:
-        secret = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise HpoError(f"${PASSWORD_FILE_VAR} = {path}: cannot read the storage password ({exc.strerror})") from None
-    return parsed.set(password=secret).render_as_string(hide_password=False)
-
-
-def _password(url: str) -> str | None:
-    try:
-        return make_url(url).password
-    except Exception:
-        m = re.match(r"^[^:/]+://[^:/@]*:([^@]*)@", url)
-        return m.group(1) if m else None
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``: the only form that is ever printed."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` with the URL's password (raw or URL-encoded) masked, for error messages."""
-    secret = _password(url)
-    if secret:
-        from urllib.parse import quote_plus
-
-        for form in {secret, quote_plus(secret)}:
-            text = text.replace(form, "***")
-    return text
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -144,8 +76,6 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     ``inherit_intermediate_values`` keeps the reported curve, so a retry that resumes from its
     checkpoint continues the curve the pruner has already seen.
     """
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
@@ -157,37 +87,48 @@ def open_storage(
     grace_period: int | None = None,
     retry_s: float = RETRY_S,
     log: Log = lambda m: None,
+    create: bool = True,
 ) -> "ResilientStorage":
     """A :class:`ResilientStorage` for ``url``; any failure becomes one HpoError line without the password.
 
     ``grace_period`` (seconds) turns on heartbeats: trials of workers silent that long are
-    failed and queued again. ``log`` hears about database outages and recoveries.
+    failed and queued again. ``log`` hears about database outages and recoveries. With
+    ``create=False`` (the read-only commands) nothing is created: no SQLite file, no lock file,
+    no tables; a SQLite file that does not exist is an HpoError naming its absolute path.
     """
     hb: dict[str, Any] = {}
     if grace_period is not None:
-        import warnings
-
-        warnings.filterwarnings("ignore", message=".*heartbeat_interval.*", category=optuna.exceptions.ExperimentalWarning)
         hb = {
             "heartbeat_interval": heartbeat_interval(grace_period),
             "grace_period": grace_period,
             "heartbeat_stale_trial_callback": retry_callback(),
         }
     try:
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
+        backend = make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError:
         raise HpoError(
             f"storage URL {mask_url(url)!r} is not a database URL "
             "(e.g. sqlite:///hpo.db, postgresql+psycopg://user@host/db, mysql+pymysql://user@host/db)"
         ) from None
+    path = sqlite_path(url)
+    if not create and path is not None and not path.is_file():
+        raise HpoError(
+            f"no study database at {display_url(url)}: pass --storage URL or set $HPO_STORAGE "
+            "to the database the study was run with (nothing was created)"
+        )
     try:
-        # Tables, schema version and alembic stamp are created by the first opener; ten workers
-        # starting at once would race on them, so creation happens under a database-wide lock.
-        with creation_lock(url):
-            if backend == "sqlite":
-                _enable_wal(url)
-            storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna 4 but stable in practice: say it once, here.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if not create:
+                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log,
+                                        skip_table_creation=True, **hb)
+            # Tables, schema version and alembic stamp are created by the first opener; ten workers
+            # starting at once would race on them, so creation happens under a database-wide lock.
+            with creation_lock(url):
+                if backend == "sqlite":
+                    _enable_wal(url)
+                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
     except HpoError:
         raise
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
@@ -198,7 +139,6 @@ def open_storage(
         raise HpoError(
             f"cannot open storage {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
         ) from None
-    return storage
 
 
 def _enable_wal(url: str) -> None:
@@ -213,55 +153,6 @@ def _enable_wal(url: str) -> None:
         engine.dispose()
     if str(mode).lower() not in ("wal", "memory"):  # e.g. a network file system without shared memory
         raise HpoError(f"SQLite storage {url}: cannot switch to WAL mode (got {mode!r}); use a file on a local disk")
-
-
-# --- Creating things once, whoever comes first -----------------------------------------------
-
-_LOCK_KEY = zlib.crc32(b"hpo: create schema and studies")  # fits a PostgreSQL bigint and is stable
-
-
-@contextmanager
-def creation_lock(url: str) -> Iterator[None]:
-    """Hold a lock that every worker on this database shares, for creating tables and studies.
-
-    PostgreSQL: an advisory lock; MySQL/MariaDB: ``GET_LOCK``; a SQLite file: ``flock`` on a
-    file next to it. The lock lives on a connection of its own (or a file descriptor), so a
-    worker that dies while holding it releases it.
-
-    Example::
-
-        with creation_lock("postgresql+psycopg://hpo@db/hpo"):
-            ...  # create the study and record its spec; nobody else does it at the same time
-    """
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            yield  # private to this process
-            return
-        with file_lock(Path(database).expanduser().resolve().with_name(Path(database).name + ".lock")):
-            yield
-        return
-    if backend == "postgresql":
-        acquire, release = f"SELECT pg_advisory_lock({_LOCK_KEY})", f"SELECT pg_advisory_unlock({_LOCK_KEY})"
-    elif backend in ("mysql", "mariadb"):
-        acquire, release = f"SELECT GET_LOCK('hpo-{_LOCK_KEY}', 120)", f"SELECT RELEASE_LOCK('hpo-{_LOCK_KEY}')"
-    else:  # another SQLAlchemy backend: no portable lock, fall back to Optuna's own conflict handling
-        yield
-        return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **{
-        k: v for k, v in engine_kwargs(url).items() if k == "connect_args"
-    })
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(acquire)
-            try:
-                yield
-            finally:
-                conn.exec_driver_sql(release)
-    finally:
-        engine.dispose()
 
 
 # --- Riding out database outages ---------------------------------------------------------------
