@@ -1,7 +1,7 @@
 """Per-trial training checkpoints in the study's artifact store, so a retried trial resumes.
 
 After every epoch a trial writes its :class:`~hpo.train.Checkpoint` (weights, optimizer
-moments, best epoch so far) to the study's artifact store (see :mod:`hpo.artifacts`: a shared
+moments, best epoch so far) to the study's artifact store (see :mod:`hpo.storage.artifacts`: a shared
 directory, or any Optuna ``ArtifactStore`` such as ``Boto3ArtifactStore``). The artifact id is
 derived from the study and the trial, not registered in the database, so checkpointing costs no
 storage round trip. A trial whose worker died is re-run by another worker with the same

@@ -1,49 +1,82 @@
-"""DivergencePruner: prune trials that diverge, and defer everything else to a wrapped pruner.
+"""Pruners: the study's wrapped pruner, and the divergence rules as a pruner for your own objectives.
 
-Optuna's pruners see one series per trial, the reported objective (here validation accuracy).
-Divergence is about losses and gradients, so this pruner reads the per-epoch lists that the
-objective stores as user attributes before it reports: ``val_loss``, ``train_loss`` and
-``grad_norm_max`` (the largest pre-clip norm of any layer group). Because it reads them from the
-trial, it works the same on every storage and in every worker.
+In an ``hpo`` study divergence is decided where training happens (the objective's
+:class:`~hpo.divergence.DivergenceMonitor`), so the study's pruner is the wrapped one alone
+(median by default): it judges underperforming trials from the reported validation accuracy.
+:func:`make_pruner` builds it from the spec; a step is an epoch, reported 1-based, and
+``warmup_epochs`` epochs pass before it may prune.
 
-Build pruners from a spec with :func:`make_pruner`.
+:class:`DivergencePruner` is the adapter for people who use the divergence rules in their own
+Optuna objectives: the objective appends each epoch's losses with :func:`record_epoch` (the
+trial record's ``epochs`` attribute), reports as usual, and the pruner prunes a diverged trial
+or else asks the pruner it wraps.
+
+Example::
+
+    study = optuna.create_study(direction="maximize",
+                                pruner=DivergencePruner(optuna.pruners.MedianPruner(), DivergenceSpec()))
+
+    def objective(trial):
+        for epoch in range(1, 11):
+            train_loss, val_loss, accuracy = ...      # one epoch of your training
+            record_epoch(trial, epoch, train_loss, val_loss, accuracy)
+            trial.report(accuracy, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return accuracy
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Mapping
 
 import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-from hpo.divergence import Verdict, check_divergence
-from hpo.spec import DivergenceSpec, PrunerSpec
+from hpo import record
+from hpo.divergence import check_divergence
+from hpo.record import EpochRecord, Verdict
+from hpo.spec.schema import DivergenceSpec, PrunerSpec
 
 
-def verdict_from_attrs(attrs: dict[str, Any], rules: DivergenceSpec) -> Verdict | None:
-    """The divergence verdict for a trial's stored per-epoch history."""
-    grad_max = [max(epoch.values(), default=0.0) for epoch in attrs.get("grad_norm_max", [])]
-    return check_divergence(attrs.get("val_loss", []), attrs.get("train_loss", []), grad_max, rules)
+def record_epoch(
+    trial: optuna.Trial,
+    epoch: int,
+    train_loss: float,
+    val_loss: float,
+    val_accuracy: float = math.nan,
+    grad_norm_max: Mapping[str, float] | None = None,
+) -> None:
+    """Append one epoch to ``trial``'s record, where :class:`DivergencePruner` reads it.
+
+    ``grad_norm_max`` (the largest pre-clip gradient norm per layer group) feeds the
+    ``no_progress`` rule; without it that rule never fires.
+    """
+    rows = record.epoch_rows(trial.user_attrs)
+    norms = dict(grad_norm_max or {})
+    rows.append(EpochRecord(epoch, float(train_loss), float(val_loss), float(val_accuracy), norms, norms, 0.0, {}, 0.0))
+    trial.set_user_attr(record.EPOCHS, [r.to_attr() for r in rows])
+
+
+def verdict_of(trial: FrozenTrial, rules: DivergenceSpec) -> Verdict | None:
+    """The divergence verdict for a trial's recorded epochs."""
+    rows = record.epoch_rows(trial.user_attrs)
+    return check_divergence([r.val_loss for r in rows], [r.train_loss for r in rows],
+                            [r.max_grad_norm for r in rows], rules)
 
 
 class DivergencePruner(BasePruner):
-    """Prune a trial whose losses diverged; otherwise ask the wrapped pruner.
+    """Prune a trial whose recorded losses diverged; otherwise ask the wrapped pruner.
 
     A trial is diverged (see :mod:`hpo.divergence`) when its validation loss rises more than
-    ``rules.threshold`` above its own best after ``rules.warmup_epochs``, when any loss is
-    NaN/inf (even during warm-up), or when it never beat chance while its gradients exploded.
-    Underperforming but stable trials are the wrapped pruner's business (Median, Hyperband...).
+    ``rules.threshold`` above its own best after ``rules.warmup_epochs`` while its train loss
+    rose too, when any loss is NaN/inf, or when it never beat chance while its gradients
+    exploded. Underperforming but stable trials are the wrapped pruner's business.
 
-    Example::
-
-        pruner = DivergencePruner(optuna.pruners.MedianPruner(n_startup_trials=5),
-                                  DivergenceSpec(threshold=0.5, warmup_epochs=1))
-        study = optuna.create_study(direction="maximize", pruner=pruner)
-        # in the objective, per epoch:
-        #   trial.set_user_attr("val_loss", val_losses)   # and train_loss, grad_norm_max
-        #   trial.report(val_accuracy, epoch)
-        #   if trial.should_prune(): raise optuna.TrialPruned()
+    It reads the epochs that :func:`record_epoch` appended, so it works on every storage and in
+    every worker. (Inside ``hpo`` the objective's monitor decides instead, during training.)
     """
 
     def __init__(self, wrapped: BasePruner | None = None, rules: DivergenceSpec | None = None) -> None:
@@ -51,23 +84,25 @@ class DivergencePruner(BasePruner):
         self.rules = rules or DivergenceSpec()
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if verdict_from_attrs(trial.user_attrs, self.rules) is not None:
+        if verdict_of(trial, self.rules) is not None:
             return True
         return self.wrapped is not None and self.wrapped.prune(study, trial)
 
 
-def make_pruner(pruner: PrunerSpec, divergence: DivergenceSpec, max_epochs: int) -> DivergencePruner:
-    """The spec's wrapped pruner inside a :class:`DivergencePruner`."""
-    wrapped: BasePruner | None
-    if pruner.type == "median":
-        wrapped = optuna.pruners.MedianPruner(pruner.n_startup_trials, pruner.n_warmup_steps)
-    elif pruner.type == "percentile":
-        wrapped = optuna.pruners.PercentilePruner(pruner.percentile, pruner.n_startup_trials, pruner.n_warmup_steps)
-    elif pruner.type == "hyperband":
-        wrapped = optuna.pruners.HyperbandPruner(
-            min_resource=max(1, pruner.n_warmup_steps), max_resource=max_epochs,
-            reduction_factor=pruner.reduction_factor,
-        )
-    else:
-        wrapped = None
-    return DivergencePruner(wrapped, divergence)
+def make_pruner(spec: PrunerSpec, max_epochs: int) -> BasePruner:
+    """The spec's wrapped pruner, with epochs as 1-based steps.
+
+    Optuna's pruners may act at step ``s`` once ``s >= n_warmup_steps`` (or ``min_resource``),
+    so ``warmup_epochs`` = k lets them first act after epoch k + 1.
+    """
+    first = spec.warmup_epochs + 1
+    if spec.type == "median":
+        return optuna.pruners.MedianPruner(spec.n_startup_trials, first)
+    if spec.type == "percentile":
+        return optuna.pruners.PercentilePruner(spec.percentile, spec.n_startup_trials, first)
+    if spec.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=spec.reduction_factor)
+    if spec.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(max_epochs, first),
+                                              reduction_factor=spec.reduction_factor)
+    return optuna.pruners.NopPruner()

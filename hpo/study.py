@@ -7,6 +7,9 @@ created, and a worker whose spec differs is refused with the differing keys. Cre
 study, recording its spec and its artifact directory happen under one database-wide lock, so
 ten workers starting in the same second create one study.
 
+The study also records the trial-record schema it is written with (:mod:`hpo.record`): a worker
+refuses to add trials to a study of another schema, with one line that says what to do.
+
 Example::
 
     study = open_study(spec, open_storage("sqlite:///hpo.db"), seed=0)
@@ -19,17 +22,19 @@ import contextlib
 import json
 import uuid
 import warnings
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from hpo.artifacts import artifact_dir
+from hpo import record
 from hpo.errors import HpoError
 from hpo.pruning import make_pruner
+from hpo.record import Tally
 from hpo.spec import SamplerSpec, Spec
-from hpo.storage import creation_lock
+from hpo.storage.artifacts import artifact_dir
+from hpo.storage.locks import creation_lock
+from hpo.storage.urls import display_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_ATTR = "spec"
@@ -43,14 +48,15 @@ def make_sampler(spec: SamplerSpec, seed: int | None = None) -> optuna.samplers.
     seed = spec.seed if seed is None else seed
     if spec.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # multivariate and constant_liar are stable in practice but flagged experimental in Optuna 4.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.samplers.TPESampler(
-        n_startup_trials=spec.n_startup_trials,
-        multivariate=spec.multivariate,
-        constant_liar=spec.constant_liar,
-        seed=seed,
-    )
+    with warnings.catch_warnings():
+        # multivariate and constant_liar are stable in practice but flagged experimental in Optuna 4.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            n_startup_trials=spec.n_startup_trials,
+            multivariate=spec.multivariate,
+            constant_liar=spec.constant_liar,
+            seed=seed,
+        )
 
 
 def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
@@ -62,12 +68,15 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | Non
             storage=storage,
             direction="maximize",
             sampler=make_sampler(spec.sampler, seed),
-            pruner=make_pruner(spec.pruner, spec.divergence, spec.train.max_epochs),
+            pruner=make_pruner(spec.pruner, spec.train.max_epochs),
             load_if_exists=True,
         )
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
             raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
         attrs = study.user_attrs
+        record.check_schema(spec.name, attrs, writing=True)
+        if record.SCHEMA_ATTR not in attrs:
+            study.set_user_attr(record.SCHEMA_ATTR, record.SCHEMA_VERSION)
         ours = _plain(spec.to_dict())
         if SPEC_ATTR not in attrs:
             # New, or made before specs were recorded: from now on this spec is the study's.
@@ -121,41 +130,23 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """An existing study by name, or an HpoError listing the studies that do exist."""
-    # get_all_studies, not get_all_study_summaries: summaries read every trial of every study.
-    names = [s.study_name for s in storage.get_all_studies()]
+    """An existing study by name, or an HpoError naming the storage and the studies it does hold."""
+    url = getattr(storage, "url", "")
+    where = f"storage {display_url(url)}" if url else "this storage"
+    try:
+        # get_all_studies, not get_all_study_summaries: summaries read every trial of every study.
+        names = [s.study_name for s in storage.get_all_studies()]
+    except Exception:  # a database without Optuna's tables
+        names = []
     if name not in names:
-        raise HpoError(f"no study named {name!r} in this storage (studies: {', '.join(sorted(names)) or 'none'})")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def is_diverged(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("diverged"))
-
-
-@dataclass(frozen=True)
-class Tally:
-    complete: int
-    diverged: int
-    pruned_other: int
-    failed: int
-    running: int
-    best: FrozenTrial | None
-
-    @property
-    def finished(self) -> int:
-        return self.complete + self.diverged + self.pruned_other
+        raise HpoError(
+            f"no study named {name!r} in {where} (studies: {', '.join(sorted(names)) or 'none'}); "
+            "pass --storage URL or set $HPO_STORAGE to the study's database"
+        )
+    study = optuna.load_study(study_name=name, storage=storage)
+    record.check_schema(name, study.user_attrs, writing=False)
+    return study
 
 
 def tally(study: optuna.Study) -> Tally:
-    trials = study.get_trials(deepcopy=False)
-    count = lambda pred: sum(1 for t in trials if pred(t))  # noqa: E731
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    return Tally(
-        complete=len(complete),
-        diverged=count(is_diverged),
-        pruned_other=count(lambda t: t.state == TrialState.PRUNED and not is_diverged(t)),
-        failed=count(lambda t: t.state == TrialState.FAIL),
-        running=count(lambda t: t.state == TrialState.RUNNING),
-        best=max(complete, key=lambda t: t.value) if complete else None,
-    )
+    return Tally.of(study.get_trials(deepcopy=False))

@@ -1,10 +1,13 @@
 """One training loop: per-group learning rates, global-norm clipping, SGDR, per-epoch telemetry.
 
-It knows nothing of Optuna. After every epoch it calls ``on_epoch(stats)``; a callback that
-returns True stops training (that is how the objective prunes). With ``on_checkpoint`` it also
-hands over a :class:`Checkpoint` after every epoch but the last, and ``resume=checkpoint``
-continues from it exactly as if training had never stopped (a killed worker's trial resumes). Inside an epoch a
-:class:`~hpo.divergence.StepGuard` stops at once when the train loss turns NaN/inf or explodes.
+It knows nothing of Optuna. After every epoch it calls ``on_epoch(record, verdict)`` with the
+epoch's :class:`~hpo.record.EpochRecord`; a callback that returns True stops training (that is
+how the objective prunes). With a :class:`~hpo.divergence.DivergenceMonitor` it also stops on
+the monitor's verdict: inside an epoch when the train loss turns NaN/inf or explodes, after an
+epoch when the epoch rules say the run diverged; the verdict is in the result. With
+``on_checkpoint`` it hands over a :class:`Checkpoint` after every epoch but the last, and
+``resume=checkpoint`` continues from it exactly as if training had never stopped (a killed
+worker's trial resumes).
 
 Per epoch it records train loss, validation loss and accuracy, and per layer group the gradient
 norm before clipping (mean and max over steps) and the fraction of steps that were clipped, so a
@@ -15,7 +18,7 @@ Example::
 
     cfg = TrainConfig(lrs={"embedding": 1e-3, "encoder": 1e-3, "head": 3e-3}, clip_norm=1.0,
                       cycle_len=2, max_epochs=4)
-    result = train(model, dataset, cfg, on_epoch=lambda s: print(s.epoch, s.val_accuracy) or False)
+    result = train(model, dataset, cfg, on_epoch=lambda row, verdict: print(row.epoch, row.val_accuracy) or False)
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from hpo.data import Dataset, Split, iter_batches
-from hpo.divergence import StepGuard
+from hpo.divergence import DivergenceMonitor
 from hpo.model import LSTMClassifier
+from hpo.record import EpochRecord, Verdict
+
+EpochCallback = Callable[[EpochRecord, "Verdict | None"], bool]
 
 
 @dataclass(frozen=True)
@@ -50,30 +56,6 @@ class TrainConfig:
     bucket_batches: int = 50
     precision: str = "fp32"  # "bf16" autocast, or "auto": bf16 where the hardware runs it natively
     seed: int = 0
-    step_explosion: float = 5.0
-    step_warmup: int = 20
-
-
-@dataclass
-class EpochStats:
-    epoch: int  # 1-based
-    train_loss: float
-    val_loss: float
-    val_accuracy: float
-    grad_norm_mean: dict[str, float]  # per layer group, before clipping
-    grad_norm_max: dict[str, float]
-    clipped_fraction: float
-    lr: dict[str, float]  # per group, at the epoch's first step
-    seconds: float
-    tokens_per_second: float
-
-
-@dataclass
-class Explosion:
-    reason: str  # "nan" | "jump"
-    epoch: int
-    step: int
-    ratio: float | None
 
 
 @dataclass
@@ -81,7 +63,7 @@ class Checkpoint:
     """Everything :func:`train` needs to carry on after ``epoch`` as if it had never stopped.
 
     The batch order and dropout masks are seeded per epoch, so weights, optimizer moments, the
-    best epoch so far and the step guard's running mean are all there is. The tensors handed to
+    best epoch so far and the divergence monitor's state are all there is. The tensors handed to
     ``on_checkpoint`` are the live ones: save them (``torch.save``) during the call.
 
     Example::
@@ -97,18 +79,24 @@ class Checkpoint:
     best_epoch: int | None
     best_accuracy: float
     best_state: dict[str, torch.Tensor] | None
-    guard: dict[str, float]
+    monitor: dict | None
 
 
 @dataclass
 class TrainResult:
-    history: list[EpochStats] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None  # by validation accuracy
     best_state: dict[str, torch.Tensor] | None = None
     stopped_by_callback: bool = False
-    explosion: Explosion | None = None
+    verdict: Verdict | None = None  # the monitor's, when the run diverged
     steps_per_epoch: int = 0
     start_epoch: int = 1  # later than 1 when resumed from a checkpoint
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained in all, resumed ones included; a partial epoch cut short counts."""
+        partial = self.verdict is not None and self.verdict.step is not None
+        return self.start_epoch - 1 + len(self.history) + int(partial)
 
 
 def sgdr_factor(epochs_done: float, cycle_len: int, cycle_mult: int = 1, min_ratio: float = 0.0) -> float:
@@ -169,6 +157,12 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def loss_sampling(device: torch.device) -> int:
+    """How often the divergence monitor reads a step's loss: every step on CPU (free), every 16th
+    on CUDA, where reading a loss forces the host to wait for the device."""
+    return 1 if device.type == "cpu" else 16
+
+
 def make_optimizer(model: LSTMClassifier, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [
         {"params": params, "lr": cfg.lrs[name], "name": name}
@@ -195,14 +189,22 @@ def evaluate(model: LSTMClassifier, split: Split, device: torch.device, batch_si
     return loss_sum.item() / n, correct.item() / n
 
 
+def _group_norms(groups: Mapping[str, list[torch.nn.Parameter]]) -> torch.Tensor:
+    """Pre-clip gradient norm per layer group, as one tensor (no host sync)."""
+    return torch.stack([
+        torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]) for params in groups.values()
+    ])
+
+
 def train(
     model: LSTMClassifier,
     data: Dataset,
     cfg: TrainConfig,
     device: torch.device | None = None,
-    on_epoch: Callable[[EpochStats], bool] | None = None,
+    on_epoch: EpochCallback | None = None,
     resume: Checkpoint | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    monitor: DivergenceMonitor | None = None,
 ) -> TrainResult:
     device = device or resolve_device()
     model.to(device)
@@ -211,19 +213,13 @@ def train(
     group_names = list(groups)
     all_params = [p for ps in groups.values() for p in ps]
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    # The guard judges explosions only after the first epoch (NaN/inf at once): a high head rate
-    # can spike the loss to 3x chance in the first steps and still recover (search_efficiency:
-    # lr_head 0.26, stopped at epoch 1, reached 0.816 when re-run without the guard).
-    # On CUDA reading a loss forces a sync; sample the guard every few steps there instead (its
-    # warm-up counts the samples it sees).
-    guard_every = 1 if device.type == "cpu" else 16
-    guard = StepGuard(cfg.step_explosion, max(cfg.step_warmup, math.ceil(steps_per_epoch / guard_every)))
     result = TrainResult(steps_per_epoch=steps_per_epoch)
     best_acc = -1.0
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
-        vars(guard).update(resume.guard)
+        if monitor is not None and resume.monitor is not None:
+            monitor.load_state_dict(resume.monitor)
         best_acc, result.best_epoch, result.best_state = resume.best_accuracy, resume.best_epoch, resume.best_state
         result.start_epoch = resume.epoch + 1
 
@@ -249,17 +245,13 @@ def train(
             with _autocast(device, cfg.precision):
                 logits = model(batch.tokens, batch.lengths).float()
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-            if step % guard_every == 0:
-                hit = guard.update(loss.item())
-                if hit:
-                    result.explosion = Explosion(hit[0], epoch, step, hit[1])
+            if monitor is not None and monitor.wants(step):
+                result.verdict = monitor.on_step(epoch, step, loss.item())
+                if result.verdict is not None:
                     return result
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            norms = torch.stack([
-                torch.nn.utils.get_total_norm([p.grad for p in groups[n] if p.grad is not None])
-                for n in group_names
-            ])
+            norms = _group_norms(groups)
             total = torch.linalg.vector_norm(norms)
             if cfg.clip_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(all_params, cfg.clip_norm, total)
@@ -271,7 +263,7 @@ def train(
         steps = max(steps_per_epoch, 1)
         val_loss, val_acc = evaluate(model, data.valid, device, cfg.batch_size * 2, cfg.precision)
         seconds = time.perf_counter() - t0
-        stats = EpochStats(
+        row = EpochRecord(
             epoch=epoch,
             train_loss=loss_sum.item() / steps,
             val_loss=val_loss,
@@ -283,18 +275,23 @@ def train(
             seconds=seconds,
             tokens_per_second=tokens / seconds,
         )
-        result.history.append(stats)
+        result.history.append(row)
         if val_acc > best_acc:
             best_acc = val_acc
             result.best_epoch = epoch
             result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if on_epoch is not None and on_epoch(stats):
+        verdict = monitor.on_epoch(epoch, row.train_loss, val_loss, row.max_grad_norm) if monitor else None
+        stop = on_epoch(row, verdict) if on_epoch is not None else False
+        if verdict is not None:
+            result.verdict = verdict
+            break
+        if stop:
             result.stopped_by_callback = True
             break
         if on_checkpoint is not None and epoch < cfg.max_epochs:
             on_checkpoint(Checkpoint(
                 epoch, model.state_dict(), optimizer.state_dict(), result.best_epoch, best_acc,
-                result.best_state, dict(vars(guard)),
+                result.best_state, monitor.state_dict() if monitor else None,
             ))
     return result
 

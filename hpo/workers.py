@@ -34,15 +34,17 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.callbacks import Budget, CheckpointCleanup, FigureUpload, Progress
 from hpo.errors import HpoError
+from hpo.record import WORKER, Tally
 from hpo.spec import Spec
-from hpo.storage import GRACE_PERIOD_S, open_storage, retry_callback
-from hpo.study import FINISHED, Tally, is_diverged, open_study, tally
+from hpo.storage.resilient import GRACE_PERIOD_S, open_storage, retry_callback
+from hpo.study import FINISHED, open_study, tally
 
 Log = Callable[[str], None]
 
@@ -54,55 +56,30 @@ class WorkerOutcome:
     ran: int  # trials this worker ran
 
 
-class _Progress:
-    """Prints one line per finished trial and stops the study once the budget is reached.
-
-    The tally it reads is kept in ``last``, so the worker's next count costs no second read.
-    """
-
-    def __init__(self, budget: int, log: Log) -> None:
-        self.budget = budget
-        self.log = log
-        self.ran = 0
-        self.last: Tally | None = None
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.ran += 1
-        t = self.last = tally(study)
-        if trial.state == TrialState.COMPLETE:
-            what = f"COMPLETE  val acc {trial.value:.4f}"
-        elif is_diverged(trial):
-            what = f"PRUNED    diverged ({trial.user_attrs.get('divergence_reason')} at epoch {trial.user_attrs.get('diverged_epoch')})"
-        elif trial.state == TrialState.PRUNED:
-            what = f"PRUNED    underperforming at epoch {trial.last_step}"
-        else:
-            what = trial.state.name
-        best = f"best {t.best.value:.4f} (trial {t.best.number})" if t.best else "no complete trial yet"
-        self.log(f"trial {trial.number} {what} | {t.finished}/{self.budget} finished, {best}")
-        if t.finished >= self.budget:
-            study.stop()
-
-
 def work(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
-    budget: int,
+    budget: int | Budget,
     timeout: float | None = None,
     log: Log = lambda m: None,
     poll_s: float = 1.0,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    progress: Progress | None = None,
 ) -> int:
     """Run trials of ``objective`` until ``study`` has ``budget`` finished trials; returns how many ran here.
 
-    Works for any objective (the benchmarks use a cheap synthetic one). Heartbeats and the
-    re-run of dead workers' trials come from the study's storage (``open_storage(grace_period=)``).
+    Works for any objective (the benchmarks use a cheap synthetic one). ``callbacks`` run after
+    each trial, before the budget check and the progress line. Heartbeats and the re-run of dead
+    workers' trials come from the study's storage (``open_storage(grace_period=)``).
     """
-    progress = _Progress(budget, log)
+    budget = budget if isinstance(budget, Budget) else Budget(budget)
+    progress = progress or Progress(budget, max_epochs=0, log=log)
     current: list[int] = []
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     def tracked(trial: optuna.Trial) -> float:
         current[:] = [trial.number]
-        trial.set_user_attr("worker", worker_id)  # which machine and process ran it, for the dashboard
+        trial.set_user_attr(WORKER, worker_id)  # which machine and process ran it, for the dashboard
         return objective(trial)
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -110,23 +87,23 @@ def work(
     try:
         with _sigterm_as_interrupt():
             while True:
-                if progress.last is not None:  # counted just now, after the trial this worker ran
-                    finished, running = progress.last.finished, progress.last.running
-                    progress.last = None
+                if budget.last is not None:  # counted just now, after the trial this worker ran
+                    finished, running = budget.last.finished, budget.last.running
+                    budget.last = None
                 else:
                     finished, running = _counts(study)
-                if finished >= budget or (deadline is not None and time.monotonic() >= deadline):
+                if finished >= budget.budget or (deadline is not None and time.monotonic() >= deadline):
                     break
-                if finished + running >= budget:
+                if finished + running >= budget.budget:
                     if not waiting:
-                        log(f"{finished}/{budget} finished, {running} running elsewhere: waiting for them to finish (or to die and be re-run)")
+                        log(f"{finished}/{budget.budget} finished, {running} running elsewhere: waiting for them to finish (or to die and be re-run)")
                         waiting = True
                     _fail_stale_trials(study)
                     time.sleep(poll_s)
                     continue
                 waiting = False
                 current.clear()
-                study.optimize(tracked, n_trials=1, callbacks=[progress], gc_after_trial=False)
+                study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
     except KeyboardInterrupt:
         if current:
             with _signals_ignored():  # a second Ctrl-C must not cut the hand-over short
@@ -148,6 +125,7 @@ def run_worker(
     """Optimize ``spec``'s study in this process until it has ``trials`` finished trials."""
     from hpo.data import load_dataset
     from hpo.objective import Objective
+    from hpo.storage.artifacts import artifact_store
     from hpo.train import configure_threads, resolve_device
 
     storage = open_storage(storage_url, grace_period=grace_period, log=log)
@@ -163,7 +141,12 @@ def run_worker(
         f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
         f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
     )
-    ran = work(study, Objective(spec, data, device, log), trials, timeout=timeout, log=log)
+    budget = Budget(trials)
+    progress = Progress(budget, spec.train.max_epochs, log)
+    store = artifact_store(study)
+    objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store)
+    callbacks = [CheckpointCleanup(objective)]
+    ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
     return WorkerOutcome(spec.name, tally(study), ran)
 
 

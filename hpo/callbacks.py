@@ -1,0 +1,169 @@
+"""What a worker does around its trials, as Optuna callbacks: progress, figures, clean-up, the budget.
+
+The objective only samples, trains and records. Everything a worker does because a trial ran is
+here, registered by :func:`hpo.workers.run_worker`: as ``study.optimize(callbacks=...)`` (called
+after each trial, in order), and, for what happens while a trial runs, as the objective's
+:class:`~hpo.objective.TrialListener` s:
+
+* :class:`FigureUpload`: the trial's figure onto its dashboard page as it ends (never fails it);
+* :class:`CheckpointCleanup`: a finished trial's checkpoints are deleted (a FAILed one keeps
+  them: its re-run resumes from them);
+* :class:`Budget`: stops the study once it has its budget of finished trials;
+* :class:`Progress`: one line per epoch and per trial, with estimates of the time left.
+
+Example::
+
+    budget = Budget(100)
+    progress = Progress(budget, max_epochs=5, log=print)
+    objective = Objective(spec, data, listeners=[progress, FigureUpload(store, log=print)])
+    study.optimize(objective, n_trials=1, callbacks=[CheckpointCleanup(objective), budget, progress])
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo import record
+from hpo.checkpoints import TrialCheckpoints
+from hpo.objective import TrialListener
+from hpo.record import EpochRecord, Tally, TrialRecord, Verdict
+
+Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
+
+def format_duration(seconds: float) -> str:
+    """``95`` -> ``1m35s``, ``7300`` -> ``2h02m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def rates_text(lrs: dict[str, float]) -> str:
+    """``lr_embedding 1e-3, lr_head 2.9e-1``: a trial's group rates, as a person writes them."""
+    return ", ".join(f"{name} {value:.2g}" for name, value in lrs.items())
+
+
+class FigureUpload(TrialListener):
+    """Draws each trial's figure as it ends and uploads it as an artifact of the trial.
+
+    A full disk or a broken store costs a warning, never the trial.
+    """
+
+    def __init__(self, store: Any, log: Log = lambda m: None) -> None:
+        self.store = store
+        self.log = log
+
+    def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
+        try:
+            from hpo.analysis.plots import upload_trial_figure
+
+            upload_trial_figure(ending, trial, self.store)
+        except Exception as exc:
+            logger.warning("trial %d: figure not uploaded: %s", trial.number, exc)
+            self.log(f"  warning: trial {trial.number}: figure not uploaded: {exc}")
+
+
+class CheckpointCleanup:
+    """Deletes a COMPLETE or PRUNED trial's checkpoints; a FAILed trial keeps them for its re-run."""
+
+    def __init__(self, objective: Any) -> None:
+        self.objective = objective
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        key = trial.user_attrs.get(record.CHECKPOINT)
+        if key is None or trial.state.name not in record.FINISHED:
+            return
+        store = self.objective.store
+        if store is not None:
+            TrialCheckpoints(store, key).remove()
+
+
+class Budget:
+    """Stops ``study.optimize`` once the study has ``budget`` finished trials (all workers together).
+
+    The tally it reads is kept in ``last`` for the worker's next decision and for :class:`Progress`.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.last: Tally | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.last = Tally.of(study.get_trials(deepcopy=False))
+        if self.last.finished >= self.budget:
+            study.stop()
+
+
+class Progress(TrialListener):
+    """One line per epoch and per finished trial, with the time left for the trial and the study.
+
+    Estimates are measured, not assumed: seconds per epoch from this worker's epochs, epochs per
+    trial from the study's finished trials (so pruning shortens the estimate only as much as it
+    has really shortened trials), divided among the trials running at once.
+    """
+
+    def __init__(self, budget: Budget, max_epochs: int, log: Log = lambda m: None) -> None:
+        self.budget = budget
+        self.max_epochs = max_epochs
+        self.log = log
+        self.ran = 0
+        self.epoch_seconds: list[float] = []
+
+    # --- inside a trial (the objective's TrialEvents) ---
+
+    def trial_started(self, trial: optuna.Trial, rerun_of: int | None, resumed_at: int | None) -> None:
+        if rerun_of is not None and rerun_of != trial.number:
+            where = f"resumes at epoch {resumed_at} from its checkpoint" if resumed_at else \
+                "starts from the first epoch (no checkpoint was saved)"
+            self.log(f"trial {trial.number}: re-run of interrupted trial {rerun_of}, same parameters; {where}")
+
+    def epoch_finished(self, trial: optuna.Trial, row: EpochRecord, max_epochs: int, verdict: Verdict | None) -> None:
+        self.epoch_seconds.append(row.seconds)
+        left = "" if verdict is not None or row.epoch >= max_epochs else \
+            f" | trial left ~{format_duration((max_epochs - row.epoch) * self._seconds_per_epoch())}"
+        self.log(
+            f"  trial {trial.number} epoch {row.epoch}/{max_epochs}: train loss {row.train_loss:.4f}"
+            f"  val loss {row.val_loss:.4f}  val acc {row.val_accuracy:.4f}"
+            f"  ({row.seconds:.1f}s, {row.tokens_per_second / 1000:.0f}k tok/s){left}"
+        )
+
+    # --- after a trial (an Optuna callback) ---
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.ran += 1
+        t = self.budget.last or Tally.of(study.get_trials(deepcopy=False))
+        r = TrialRecord.from_trial(trial)
+        if r.state == record.COMPLETE:
+            what = f"COMPLETE  val acc {trial.value:.4f}"
+        elif r.diverged and r.verdict is not None:
+            what = f"PRUNED    diverged: {r.verdict.describe()}; {rates_text(r.lrs)}"
+        elif r.pruned:
+            what = f"PRUNED    underperforming at epoch {trial.last_step} (best val acc {r.accuracy or 0:.4f}); {rates_text(r.lrs)}"
+        else:
+            what = r.state
+        best = f"best {t.best.accuracy:.4f} (trial {t.best.number})" if t.best else "no complete trial yet"
+        self.log(f"trial {trial.number} {what} | {t.finished}/{self.budget.budget} finished, {best}{self._study_left(study, t)}")
+
+    def _seconds_per_epoch(self) -> float:
+        return statistics.fmean(self.epoch_seconds[-20:]) if self.epoch_seconds else 0.0
+
+    def _study_left(self, study: optuna.Study, t: Tally) -> str:
+        remaining = self.budget.budget - t.finished
+        if remaining <= 0 or not self.epoch_seconds:
+            return ""
+        finished = [TrialRecord.from_trial(x) for x in study.get_trials(deepcopy=False, states=(
+            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))]
+        per_trial = statistics.fmean(r.epochs_run for r in finished) if finished else float(self.max_epochs)
+        parallel = max(1, t.running)
+        seconds = remaining * per_trial * self._seconds_per_epoch() / parallel
+        return (f" | study left ~{format_duration(seconds)} ({remaining} trials x {per_trial:.1f} epochs"
+                f" x {self._seconds_per_epoch():.0f}s / {parallel} running)")
