@@ -30,7 +30,8 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpo.analysis import synthetic  # noqa: E402
-from hpo.storage import mask_url, open_storage  # noqa: E402
+from hpo.storage.resilient import open_storage  # noqa: E402
+from hpo.storage.urls import mask_url  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_S = 10.0

@@ -47,7 +47,7 @@ def _worker(mode: str, url: str, name: str, budget: int, start_at: float, out) -
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.RandomSampler()
     if mode == "hpo":
-        from hpo.storage import open_storage
+        from hpo.storage.resilient import open_storage
         from hpo.workers import work
 
         study = optuna.load_study(study_name=name, storage=open_storage(url, grace_period=60), sampler=sampler)
@@ -69,7 +69,7 @@ def run(mode: str, url: str, budget: int, workers: int) -> tuple[float, int]:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.storage import open_storage
+    from hpo.storage.resilient import open_storage
 
     name = f"bench-{mode}-{workers}-{uuid.uuid4().hex[:8]}"
     storage = open_storage(url)
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     args = parser.parse_args()
 
-    from hpo.storage import mask_url
+    from hpo.storage.urls import mask_url
 
     print(f"storage {mask_url(args.storage)}, {args.trials} trials per run, {os.cpu_count()} CPUs, "
           f"synthetic objective ({EPOCHS} epochs of bookkeeping), RandomSampler")

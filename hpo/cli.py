@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from hpo.errors import HpoError
-from hpo.storage import mask_url, resolve_storage_url
+from hpo.storage.urls import display_url, mask_url, resolve_storage_url
 
 
 class _Group(click.Group):
@@ -83,9 +83,9 @@ def _summary(outcome: Any, url: str, origin: str) -> str:
         f"  complete {t.complete}, pruned-diverged {t.diverged}, pruned-other {t.pruned_other}, failed {t.failed}"
     )
     if t.best is not None:
-        test = t.best.user_attrs.get("test_accuracy")
+        test = t.best.test_accuracy
         test_txt = f", test accuracy {test:.4f}" if test is not None else ""
-        lines.append(f"  best: trial {t.best.number}, val accuracy {t.best.value:.4f}{test_txt}, epoch {t.best.user_attrs.get('best_epoch')}")
+        lines.append(f"  best: trial {t.best.number}, val accuracy {t.best.accuracy:.4f}{test_txt}, epoch {t.best.best_epoch}")
         for key, value in sorted(t.best.params.items()):
             lines.append(f"    {key} = {value:.4g}" if isinstance(value, float) else f"    {key} = {value}")
     else:
@@ -102,12 +102,18 @@ _STUDY = click.option("--study", "study", required=True, help="Name of a study i
 _STORAGE = click.option("--storage", default=None, help="Database URL (default: $HPO_STORAGE, else sqlite:///hpo.db).")
 
 
-def _study_data(study: str, storage: str | None) -> Any:
-    from hpo.analysis.trials import load_study_data
-    from hpo.storage import open_storage
+def _read_storage(storage: str | None) -> Any:
+    """The storage of a read-only command: opened without creating anything."""
+    from hpo.storage.resilient import open_storage
 
     url, _ = resolve_storage_url(storage)
-    return load_study_data(study, open_storage(url))
+    return open_storage(url, create=False)
+
+
+def _study_data(study: str, storage: str | None) -> Any:
+    from hpo.analysis.trials import load_study_data
+
+    return load_study_data(study, _read_storage(storage))
 
 
 @main.command()
@@ -147,12 +153,9 @@ def plot(study: str, storage: str | None, out_dir: str | None) -> None:
     import optuna
 
     from hpo.analysis.plots import write_study_figures
-    from hpo.storage import open_storage
-
     from hpo.analysis.trials import load_study_data
 
-    url, _ = resolve_storage_url(storage)
-    opened = open_storage(url)
+    opened = _read_storage(storage)
     data = load_study_data(study, opened)
     paths = write_study_figures(data, optuna.load_study(study_name=study, storage=opened), out_dir or f"figures/{study}")
     for path in paths:

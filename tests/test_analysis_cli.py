@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from hpo.analysis import synthetic
 from hpo.analysis.dashboard import plan_dashboard
 from hpo.cli import main
+from hpo.record import TrialRecord
 from tests.analysis_helpers import known_study, server_url
 
 COMMANDS = {
@@ -52,9 +53,20 @@ def test_unusable_studies_get_one_line(sqlite_url, command, case):
     _one_line_error(result, *words)
 
 
+@pytest.mark.parametrize("command", [*COMMANDS, "dashboard"])
+def test_read_only_commands_create_nothing_and_name_the_storage(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    args = COMMANDS.get(command, [command])
+    _one_line_error(_run(*args, "--study", "imdb"), f"no study database at sqlite:///{tmp_path / 'hpo.db'}",
+                    "--storage", "$HPO_STORAGE")
+    assert list(tmp_path.iterdir()) == []  # no hpo.db, no hpo.db.lock
+
+
 def test_dashboard_refuses_missing_studies_and_explains_empty_ones(sqlite_url):
-    _one_line_error(_run("dashboard", "--study", "typo", "--storage", sqlite_url), "no study named 'typo'")
     storage = optuna.storages.RDBStorage(sqlite_url)
+    _one_line_error(_run("dashboard", "--study", "typo", "--storage", sqlite_url),
+                    f"no study named 'typo' in storage {sqlite_url}", "--storage")
     known_study(storage, [], name="s", failed=1)
     plan = plan_dashboard("s", sqlite_url, port=8123)
     assert plan.host == "127.0.0.1" and plan.url.startswith("http://127.0.0.1:8123/dashboard/studies/")
@@ -74,7 +86,7 @@ def test_report_and_importance_read_any_storage(sqlite_url, backend):
         result = _run("report", "--study", study.study_name, "--storage", url, "--format", "json")
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
-        n_div = sum(1 for t in study.trials if t.user_attrs.get("diverged"))
+        n_div = sum(1 for t in study.trials if TrialRecord.from_trial(t).diverged)
         assert report["states"]["diverged"] == n_div and report["states"]["failed"] == 1
         head = next(t for t in report["rate_tables"] if t["param"] == "lr_head")
         assert sum(b["trials"] for b in head["bins"]) == 30

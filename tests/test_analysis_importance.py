@@ -33,7 +33,7 @@ def test_lr_head_ranks_first(known_data, target, evaluator):
 
 def test_pruned_trials_count_and_the_table_says_how(known_data):
     pruned = [t for t in known_data.finished if t.pruned]
-    assert pruned and all(t.accuracy == max(t.user_attrs["val_accuracy"]) for t in pruned)
+    assert pruned and all(t.accuracy == max(t.series("val_accuracy")) for t in pruned)
     result = param_importances(known_data, "accuracy")
     assert result.n_trials == len(known_data.finished) == 80
     text = format_importance(result)

@@ -8,6 +8,7 @@ import pytest
 from hpo.analysis import synthetic
 from hpo.analysis.plots import grad_norm_figure, lr_accuracy_figure, lr_schedule_figure, trial_figure_png, val_loss_figure
 from hpo.analysis.trials import load_study_data
+from hpo.record import TrialRecord
 from tests.analysis_helpers import known_study
 
 
@@ -28,7 +29,7 @@ def test_gradient_jump_is_marked_at_the_divergence_epoch(data):
     head = fig.axes[2]
     diverged = [t for t in data.finished if t.diverged]
     marks = sorted(_marks(head))
-    assert marks == sorted(((t.diverged_epoch,), (t.user_attrs["grad_norm"][t.diverged_epoch - 1]["head"],)) for t in diverged)
+    assert marks == sorted(((t.diverged_epoch,), (t.epochs[t.diverged_epoch - 1].grad_norm_mean["head"],)) for t in diverged)
     best_line = [line for line in head.get_lines() if line.get_label().startswith("best")]
     assert best_line and best_line[0].get_label() == f"best (trial {max(data.complete, key=lambda t: t.accuracy).number})"
 
@@ -51,7 +52,7 @@ def test_schedule_goes_through_the_recorded_rates(data):
     curves = [line for line in ax.get_lines() if line.get_marker() in ("None", "", None)]
     for curve, group in zip(curves, ("embedding", "encoder", "head")):
         xs, ys = curve.get_xdata(), curve.get_ydata()
-        for epoch, row in enumerate(best.user_attrs["lr"], start=1):
+        for epoch, row in enumerate((e.lr for e in best.epochs), start=1):
             i = min(range(len(xs)), key=lambda k: abs(xs[k] - epoch))
             assert ys[i] == pytest.approx(row[group], rel=1e-6)
 
@@ -59,23 +60,28 @@ def test_schedule_goes_through_the_recorded_rates(data):
 def test_trial_figure_is_a_small_png():
     study = optuna.create_study(direction="maximize")
     synthetic.add_known_trials(study, [8e-3])
-    png = trial_figure_png(study.trials[0].user_attrs, "trial 0")
+    png = trial_figure_png(TrialRecord.from_trial(study.trials[0]))
     height, width, _ = matplotlib.image.imread(io.BytesIO(png)).shape
     assert (width, height) == (720, 230) and len(png) < 100_000
 
 
-def test_a_failed_upload_does_not_fail_the_trial(tmp_path, caplog, monkeypatch):
-    from hpo.objective import Objective, _History
+def test_a_failed_upload_does_not_fail_the_trial(tmp_path, caplog, small_spec):
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from hpo.callbacks import FigureUpload
+    from hpo.data import load_dataset
+    from hpo.objective import Objective
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    study = optuna.create_study(direction="maximize")
-    study.set_user_attr("artifact_dir", str(blocker / "store"))  # cannot be created
-    trial = study.ask()
+    broken = FileSystemArtifactStore(str(blocker))  # every write fails: it is a file, not a folder
+    spec = small_spec("train.max_epochs=1", "data.max_train=200", "data.max_valid=100")
     lines = []
-    obj = Objective.__new__(Objective)
-    obj.log = lines.append
+    objective = Objective(spec, load_dataset(spec.data), listeners=[FigureUpload(broken, lines.append)],
+                          store=FileSystemArtifactStore(str(tmp_path)))
+    study = optuna.create_study(direction="maximize")
     with caplog.at_level(logging.WARNING):
-        obj._upload_figure(trial, _History(), None)
-    assert any("figure not uploaded" in line for line in lines)
+        study.optimize(objective, n_trials=1, catch=())
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert any(line.startswith("  warning: trial 0: figure not uploaded:") for line in lines), lines
     assert "figure not uploaded" in caplog.text

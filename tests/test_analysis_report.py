@@ -8,6 +8,7 @@ from hpo.analysis import synthetic
 from hpo.analysis.report import bin_edges, build_report, divergence_rule, render
 from hpo.analysis.trials import load_study_data
 from hpo.errors import HpoError
+from hpo.record import TrialRecord
 from tests.analysis_helpers import known_study
 
 # lr_head alone decides each trial: 1.5e-4 pruned at epoch 2; 7e-3, 9e-3 diverge at epoch 3;
@@ -74,7 +75,7 @@ def test_states_best_trial_and_epochs_are_exact(known):
     best = study.trials[LR_HEADS.index(2.5e-3)]
     assert report.best.number == best.number
     assert report.best.val_accuracy == pytest.approx(synthetic.known_accuracy(2.5e-3))
-    assert report.best.test_accuracy == best.user_attrs["test_accuracy"]
+    assert report.best.test_accuracy == TrialRecord.from_trial(best).test_accuracy is not None
     assert report.best.params == best.params
     assert report.max_epochs == 6 and report.max_epochs_source == "longest trial"
     assert report.epochs_run == 7 * 6 + (3 + 3 + 2 + 2) + 2

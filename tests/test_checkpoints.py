@@ -11,7 +11,8 @@ from optuna.artifacts import FileSystemArtifactStore
 
 from hpo.checkpoints import TrialCheckpoints
 from hpo.data import load_dataset
-from hpo.objective import build_model, train_config
+from hpo.objective import build_model
+from hpo.spec import train_config
 from hpo.train import train
 
 VALUES = {"lr_embedding": 3e-3, "lr_encoder": 3e-3, "lr_head": 3e-3, "clip_norm": 1.0, "cycle_len": 2,

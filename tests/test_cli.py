@@ -5,6 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpo.cli import main
+from hpo.record import TrialRecord
 from tests.conftest import SMALL
 
 
@@ -63,27 +64,28 @@ def test_two_trial_study_resumes_to_three(run, tmp_path):
     study = optuna.load_study(study_name="imdb", storage="sqlite:///hpo.db")
     assert [t.number for t in study.trials] == [0, 1, 2]
     for t in study.trials:
-        assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        assert len(t.user_attrs["val_loss"]) == len(t.user_attrs["grad_norm"]) >= 1
-        assert t.user_attrs["diverged"] in (True, False)
+        r = TrialRecord.from_trial(t)
+        assert r.finished and len(r.epochs) == r.epochs_run >= 1
+        assert set(r.epochs[0].grad_norm_mean) == {"embedding", "encoder", "head"}
         # Only a trial that was the best when it finished is evaluated on the test split.
-        assert ("test_accuracy" in t.user_attrs) <= (t.state == optuna.trial.TrialState.COMPLETE)
-    assert 0.0 <= study.best_trial.user_attrs["test_accuracy"] <= 1.0
+        assert (r.test_accuracy is not None) <= (r.state == "COMPLETE")
+    assert 0.0 <= TrialRecord.from_trial(study.best_trial).test_accuracy <= 1.0
     third = run("optimize", "--study", "imdb", "--trials", "3")
     assert third.exit_code == 0 and "nothing to run" in third.output
 
 
-def test_huge_learning_rates_end_as_diverged_within_two_epochs(run):
-    result = run("optimize", "--study", "imdb", "--trials", "2", "--set", "space.lr_head=5.0", "--set", "space.lr_encoder=5.0")
+def test_huge_learning_rates_end_as_diverged_within_two_of_five_epochs(run):
+    result = run("optimize", "--study", "imdb", "--trials", "2", "--set", "space.lr_head=5.0",
+                 "--set", "space.lr_encoder=5.0", "--set", "train.max_epochs=5")
     assert result.exit_code == 0, result.output + result.stderr
     study = optuna.load_study(study_name="imdb", storage="sqlite:///hpo.db")
     assert len(study.trials) == 2
     for t in study.trials:
-        assert t.state == optuna.trial.TrialState.PRUNED
-        assert t.user_attrs["diverged"] is True
-        assert t.user_attrs["divergence_reason"] in ("jump", "nan", "no_progress")
-        assert t.user_attrs["diverged_epoch"] <= 2
+        r = TrialRecord.from_trial(t)
+        assert r.diverged and r.verdict.reason in ("jump", "nan", "no_progress")
+        assert r.verdict.epoch <= 2 and r.epochs_run <= 2  # of 5: stopped early, not at the end
     assert "pruned-diverged 2" in result.output
+    assert "lr_head 5" in result.output  # the rates of a diverged trial are on its line
 
 
 def test_ctrl_c_stops_the_trial_and_says_how_to_resume(tmp_path, data_cache_dir):

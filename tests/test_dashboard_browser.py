@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.storage import open_storage
+from hpo.storage.resilient import open_storage
 from hpo.workers import run_worker
 
 CHROMIUM = "/usr/bin/chromium"

@@ -3,8 +3,8 @@ import math
 import optuna
 import pytest
 
-from hpo.divergence import CHANCE_LOSS, StepGuard, check_divergence
-from hpo.pruning import DivergencePruner, verdict_from_attrs
+from hpo.divergence import CHANCE_LOSS, DivergenceMonitor, StepGuard, check_divergence
+from hpo.pruning import DivergencePruner, record_epoch, verdict_of
 from hpo.spec import DivergenceSpec
 
 RULES = DivergenceSpec()
@@ -102,9 +102,7 @@ def _run(study, val_losses, accs):
     """One trial, reporting like the objective does; returns the epoch it was pruned at."""
     trial = study.ask()
     for epoch, (loss, acc) in enumerate(zip(val_losses, accs), start=1):
-        trial.set_user_attr("val_loss", val_losses[:epoch])
-        trial.set_user_attr("train_loss", val_losses[:epoch])
-        trial.set_user_attr("grad_norm_max", [{"head": 1.0}] * epoch)
+        record_epoch(trial, epoch, train_loss=loss, val_loss=loss, val_accuracy=acc, grad_norm_max={"head": 1.0})
         trial.report(acc, epoch)
         if trial.should_prune():
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -123,14 +121,42 @@ def test_pruner_prunes_divergence_and_defers_the_rest_to_the_wrapped_pruner():
     pruned_at = _run(study, [0.6, 0.55, 0.5, 0.5], [0.70, 0.72, 0.75, 0.76])
     assert pruned_at == 1
     frozen = study.trials[-1]
-    assert verdict_from_attrs(frozen.user_attrs, RULES) is None
+    assert verdict_of(frozen, RULES) is None
     # diverging while its accuracy looks fine to the median pruner
     pruned_at = _run(study, [0.40, 0.32, 0.76, 0.75], [0.86, 0.89, 0.90, 0.90])
     assert pruned_at == 3
-    assert verdict_from_attrs(study.trials[-1].user_attrs, RULES).reason == "jump"
+    assert verdict_of(study.trials[-1], RULES).reason == "jump"
 
 
 def test_pruner_without_a_wrapped_pruner_only_prunes_divergence():
     study = _study_with(DivergencePruner(None, RULES))
     assert _run(study, [0.6, 0.55, 0.5], [0.6, 0.62, 0.65]) is None
     assert _run(study, [0.6, math.nan], [0.6, 0.5]) == 2
+
+
+def test_the_monitor_gives_one_verdict_from_steps_or_epochs():
+    monitor = DivergenceMonitor(RULES, steps_per_epoch=4)
+    # the first epoch's spikes are tolerated by the step guard (warm-up is one epoch at least)...
+    assert all(monitor.on_step(1, s, 30.0) is None for s in range(4))
+    # ...NaN never is, and the verdict says where
+    assert monitor.on_step(1, 2, math.nan) == monitor.on_step(1, 2, math.inf) is not None
+    verdict = monitor.on_step(1, 3, math.nan)
+    assert (verdict.reason, verdict.epoch, verdict.step) == ("nan", 1, 3)
+    # the epoch rules: the reported failure, judged epoch by epoch, fires at the jump
+    monitor = DivergenceMonitor(RULES, steps_per_epoch=4)
+    losses = [0.45, 0.38, 0.34, 0.315, 0.759]
+    verdicts = [monitor.on_epoch(e, loss, loss, 2.0) for e, loss in enumerate(losses, start=1)]
+    assert verdicts[:4] == [None] * 4
+    assert (verdicts[4].reason, verdicts[4].epoch, verdicts[4].step) == ("jump", 5, None)
+
+
+def test_a_monitor_restored_from_its_state_judges_like_the_uninterrupted_one():
+    losses = [0.45, 0.38, 0.34, 0.315, 0.759]
+    first = DivergenceMonitor(RULES, steps_per_epoch=4)
+    for e, loss in enumerate(losses[:4], start=1):
+        first.on_epoch(e, loss, loss, 2.0)
+    second = DivergenceMonitor(RULES, steps_per_epoch=4)
+    second.load_state_dict(first.state_dict())
+    assert second.on_epoch(5, 0.759, 0.759, 2.0).reason == "jump"
+    # without the history the jump has nothing to be measured against
+    assert DivergenceMonitor(RULES, steps_per_epoch=4).on_epoch(1, 0.759, 0.759, 2.0) is None

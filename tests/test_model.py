@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from hpo.model import LAYER_GROUPS, LSTMClassifier
+from hpo.model import LAYER_GROUPS, LSTMClassifier, reverse_within_length
 
 
 def test_layer_groups_partition_the_parameters():
@@ -9,7 +10,7 @@ def test_layer_groups_partition_the_parameters():
     assert tuple(groups) == LAYER_GROUPS
     ids = [id(p) for ps in groups.values() for p in ps]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    assert groups["embedding"][0] is model.embedding.weight
+    assert groups["embedding"][0] is model.encoder.embedding.weight
     assert model.head.in_features == 3 * 16 * 2
 
 
@@ -23,3 +24,23 @@ def test_pooling_ignores_padding():
     assert torch.allclose(alone, in_batch[:1], atol=1e-6)
     # without the mask the padded positions would change the max/mean pooling
     assert not torch.allclose(model(torch.tensor([[5, 7, 9, 11, 0, 0, 0]]), torch.tensor([7])), alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_prediction_does_not_depend_on_the_other_reviews_in_its_batch(num_layers, bidirectional):
+    torch.manual_seed(0)
+    model = LSTMClassifier(50, 8, 12, num_layers=num_layers, bidirectional=bidirectional).eval()
+    review = torch.tensor([[5, 7, 9, 11]])
+    alone = model(review, torch.tensor([4]))
+    # the same review beside a longer one: right-padded with three PAD tokens
+    batch = torch.tensor([[5, 7, 9, 11, 0, 0, 0], [3, 4, 5, 6, 7, 8, 9]])
+    in_batch = model(batch, torch.tensor([4, 7]))
+    assert torch.allclose(alone, in_batch[:1], atol=1e-6), (alone, in_batch[:1])
+
+
+def test_reverse_within_length_keeps_the_padding_in_place():
+    x = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8]]).unsqueeze(-1)
+    out = reverse_within_length(x, torch.tensor([3, 5])).squeeze(-1)
+    assert out.tolist() == [[3, 2, 1, 0, 0], [8, 7, 6, 5, 4]]
+    assert torch.equal(reverse_within_length(out.unsqueeze(-1), torch.tensor([3, 5])), x)

@@ -8,6 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.data import load_dataset
 from hpo.objective import Objective
+from hpo.record import TrialRecord
 
 STABLE = [
     "space.lr_embedding=0.002", "space.lr_encoder=0.002", "space.lr_head=0.002", "space.clip_norm=1.0",
@@ -36,14 +37,16 @@ def _run_one(small_spec, tmp_path, pruner: BasePruner) -> FrozenTrial:
 def test_a_trial_that_ran_every_epoch_completes_even_below_the_median(small_spec, tmp_path) -> None:
     trial = _run_one(small_spec, tmp_path, _PruneFromEpoch(3))  # would prune only after the last epoch
     assert trial.state == TrialState.COMPLETE
-    assert trial.user_attrs["epochs_run"] == 3
-    assert trial.value == max(trial.user_attrs["val_accuracy"])
-    assert 0.0 <= trial.user_attrs["test_accuracy"] <= 1.0  # the study's best so far: evaluated on test
+    r = TrialRecord.from_trial(trial)
+    assert r.epochs_run == 3 and [e.epoch for e in r.epochs] == [1, 2, 3]
+    assert trial.value == max(r.series("val_accuracy"))
+    assert 0.0 <= r.test_accuracy <= 1.0  # the study's best so far: evaluated on test
 
 
 def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -> None:
     trial = _run_one(small_spec, tmp_path, _PruneFromEpoch(2))
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["epochs_run"] == 2 and len(trial.user_attrs["val_loss"]) == 2
-    assert trial.user_attrs["diverged"] is False
-    assert "test_accuracy" not in trial.user_attrs  # it can never be the reported best
+    r = TrialRecord.from_trial(trial)
+    assert r.epochs_run == 2 and len(r.epochs) == 2 and r.outcome.pruned_epoch == 2
+    assert not r.diverged
+    assert r.test_accuracy is None  # it can never be the reported best

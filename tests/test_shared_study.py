@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 
 import optuna
 import pytest
@@ -14,7 +13,7 @@ from db_servers import fresh_database
 from hpo.cli import main
 from hpo.errors import HpoError
 from hpo.spec import Spec
-from hpo.storage import open_storage
+from hpo.storage.resilient import open_storage
 from hpo.study import SPEC_ATTR, open_study
 
 
@@ -56,11 +55,12 @@ def test_a_worker_with_another_spec_is_refused_in_one_line(small_spec, tmp_path,
     assert "Traceback" not in result.output
 
 
-def _join_all(urls: dict[str, str], spec: Spec, start_at: float, results: "multiprocessing.Queue[tuple]") -> None:
-    """In one worker process, join the study on every database at the same instant, one thread each."""
+def _join_all(urls: dict[str, str], spec: Spec, barrier: "multiprocessing.synchronize.Barrier",
+              results: "multiprocessing.Queue[tuple]") -> None:
+    """In one worker process, join the study on every database at once, one thread each."""
+    barrier.wait(timeout=120)  # every process has imported optuna and hpo: they start together
 
     def join(kind: str, url: str) -> None:
-        time.sleep(max(0.0, start_at - time.time()))
         try:
             study = open_study(spec, open_storage(url))
             results.put((kind, "ok", study._study_id))
@@ -81,8 +81,8 @@ def test_ten_workers_starting_at_once_on_empty_databases_make_one_study(small_sp
     with fresh_database("postgres") as pg, fresh_database("mysql") as my:
         urls = {"sqlite": f"sqlite:///{tmp_path / 'race.db'}", "postgres": pg, "mysql": my}
         results = ctx.Queue()
-        start_at = time.time() + 5.0  # after every process has imported optuna
-        procs = [ctx.Process(target=_join_all, args=(urls, spec, start_at, results)) for _ in range(10)]
+        barrier = ctx.Barrier(10)
+        procs = [ctx.Process(target=_join_all, args=(urls, spec, barrier, results)) for _ in range(10)]
         for p in procs:
             p.start()
         outcomes = [results.get(timeout=120) for _ in range(10 * len(urls))]

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from hpo.data import load_dataset
+from hpo.divergence import DivergenceMonitor
 from hpo.model import LSTMClassifier
+from hpo.spec import DivergenceSpec
 from hpo.train import TrainConfig, make_optimizer, sgdr_factor, train
 
 
@@ -47,7 +49,7 @@ def _model(small, **kw):
 
 def test_training_learns_and_records_telemetry_per_group(small):
     seen = []
-    result = train(_model(small), small, _cfg(), torch.device("cpu"), on_epoch=lambda s: seen.append(s) or False)
+    result = train(_model(small), small, _cfg(), torch.device("cpu"), on_epoch=lambda s, v: seen.append(s) or False)
     assert [s.epoch for s in seen] == [1, 2, 3] and result.history == seen
     assert seen[-1].train_loss < seen[0].train_loss
     for s in seen:
@@ -69,7 +71,7 @@ def test_clipped_fraction_follows_the_clip_norm(small):
 
 
 def test_callback_stops_training(small):
-    result = train(_model(small), small, _cfg(), on_epoch=lambda s: s.epoch == 2)
+    result = train(_model(small), small, _cfg(), on_epoch=lambda s, v: s.epoch == 2)
     assert len(result.history) == 2 and result.stopped_by_callback
 
 
@@ -77,11 +79,14 @@ def test_huge_learning_rate_is_stopped_at_the_first_step_after_the_first_epoch(s
     # The first epoch's spikes are tolerated (a high head rate can recover from them); an
     # explosion that lasts is stopped at the first step the guard judges, not at an epoch's end.
     lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
-    result = train(_model(small), small, _cfg(lrs=lrs, clip_norm=0.0, max_epochs=3, step_warmup=3))
-    assert result.explosion is not None and result.explosion.reason in ("nan", "jump")
-    if result.explosion.reason == "jump":
-        assert (result.explosion.epoch, result.explosion.step) == (2, 0)
+    steps = math.ceil(len(small.train) / 64)
+    monitor = DivergenceMonitor(DivergenceSpec(step_warmup=3), steps)
+    result = train(_model(small), small, _cfg(lrs=lrs, clip_norm=0.0, max_epochs=3), monitor=monitor)
+    assert result.verdict is not None and result.verdict.reason in ("nan", "jump")
+    if result.verdict.reason == "jump":
+        assert (result.verdict.epoch, result.verdict.step) == (2, 0)
         assert len(result.history) == 1 and result.history[0].train_loss > 5 * math.log(2)
+        assert result.epochs_run == 2  # the partial epoch counts
 
 
 def test_bf16_autocast_trains_too(small):

@@ -21,7 +21,7 @@ import optuna
 
 from hpo.analysis.trials import no_finished_message
 from hpo.errors import HpoError
-from hpo.storage import open_storage
+from hpo.storage.resilient import open_storage
 from hpo.study import load_existing
 
 
@@ -44,9 +44,9 @@ class DashboardPlan:
 
 def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> DashboardPlan:
     """Open the storage and find the study; an HpoError when either is wrong."""
-    from hpo.artifacts import artifact_dir
+    from hpo.storage.artifacts import artifact_dir
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, create=False)
     study = load_existing(study_name, storage)
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     note = None

@@ -19,7 +19,7 @@ backend is switched and nothing needs a display.
 Example::
 
     paths = write_study_figures(load_study_data("imdb", storage), optuna_study, "figures/")
-    png = trial_figure_png(trial.user_attrs, title="trial 7")      # bytes, ~30 kB
+    png = trial_figure_png(TrialRecord.from_trial(frozen_trial))     # bytes, ~30 kB
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any, Callable, Mapping, Sequence
 import optuna
 from matplotlib.figure import Figure
 
+from hpo import record
 from hpo.analysis.trials import StudyData, TrialRecord
+from hpo.record import LAYER_GROUPS, best_trial
 
 logger = logging.getLogger(__name__)
-
-GROUPS = ("embedding", "encoder", "head")
 _COLORS = {"complete": "tab:blue", "pruned": "0.6", "diverged": "tab:red"}
 _MAX_LINES = 200  # per category: beyond that a plot shows a sample, and says so
 _DPI = 100
@@ -60,8 +60,7 @@ def _sample(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
 
 
 def _best(data: StudyData) -> TrialRecord | None:
-    complete = data.complete
-    return max(complete, key=lambda t: (t.accuracy, -t.number)) if complete else None
+    return best_trial(data.finished)
 
 
 # --- study figures ---------------------------------------------------------------------------
@@ -72,9 +71,9 @@ def val_loss_figure(data: StudyData) -> Figure:
     fig = Figure(figsize=(8, 5), dpi=_DPI)
     ax = fig.add_subplot()
     for kind in ("complete", "pruned", "diverged"):
-        members = [t for t in data.finished if _kind(t) == kind and t.user_attrs.get("val_loss")]
+        members = [t for t in data.finished if _kind(t) == kind and t.epochs]
         for i, t in enumerate(_sample(members)):
-            losses = _finite(t.user_attrs["val_loss"])
+            losses = _finite(t.series("val_loss"))
             ax.plot(range(1, len(losses) + 1), losses, color=_COLORS[kind], alpha=0.5, lw=1,
                     label=f"{kind} ({len(members)})" if i == 0 else None)
             if kind == "diverged" and t.diverged_epoch and t.diverged_epoch <= len(losses):
@@ -91,19 +90,19 @@ def val_loss_figure(data: StudyData) -> Figure:
 def grad_norm_figure(data: StudyData) -> Figure:
     """Mean pre-clip gradient norm per epoch and group: the best trial vs the diverged ones."""
     best = _best(data)
-    diverged = _sample([t for t in data.finished if t.diverged and t.user_attrs.get("grad_norm")])
+    diverged = _sample([t for t in data.finished if t.diverged and t.epochs])
     groups = _groups(data.finished)
     fig = Figure(figsize=(4 * len(groups), 4), dpi=_DPI)
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, group in zip(axes, groups):
         for i, t in enumerate(diverged):
-            norms = _finite([row.get(group) for row in t.user_attrs["grad_norm"]])
+            norms = _finite(t.group_series("grad_norm_mean", group))
             ax.plot(range(1, len(norms) + 1), norms, color=_COLORS["diverged"], alpha=0.5, lw=1,
                     label=f"diverged ({len(diverged)})" if i == 0 else None)
             if t.diverged_epoch and t.diverged_epoch <= len(norms):
                 ax.plot(t.diverged_epoch, norms[t.diverged_epoch - 1], "x", color="darkred", ms=6)
-        if best is not None and best.user_attrs.get("grad_norm"):
-            norms = _finite([row.get(group) for row in best.user_attrs["grad_norm"]])
+        if best is not None and best.epochs:
+            norms = _finite(best.group_series("grad_norm_mean", group))
             ax.plot(range(1, len(norms) + 1), norms, color="black", lw=2.5, label=f"best (trial {best.number})")
         ax.set_yscale("log")
         ax.set_title(group)
@@ -151,12 +150,12 @@ def lr_schedule_figure(data: StudyData, trial: TrialRecord | None = None) -> Fig
     trial = trial or _best(data) or data.finished[0]
     fig = Figure(figsize=(8, 4.5), dpi=_DPI)
     ax = fig.add_subplot()
-    recorded = trial.user_attrs.get("lr") or []
-    peaks = trial.user_attrs.get("lr_groups") or {}
+    recorded = [e.lr for e in trial.epochs]
+    peaks = {name.removeprefix("lr_"): rate for name, rate in trial.lrs.items()}
     cycle_len, cycle_mult, min_ratio, assumed = _schedule_settings(data, trial)
     epochs = max(len(recorded), trial.epochs_run, 1)
     per_epoch = 40  # points per epoch; epoch starts fall on the grid, where the dots are
-    for i, group in enumerate(_groups([trial]) or GROUPS):
+    for i, group in enumerate(_groups([trial]) or LAYER_GROUPS):
         color = f"C{i}"
         if group in peaks and cycle_len:
             from hpo.train import sgdr_factor  # torch: imported only when drawing a schedule
@@ -180,7 +179,7 @@ def lr_schedule_figure(data: StudyData, trial: TrialRecord | None = None) -> Fig
 def _schedule_settings(data: StudyData, trial: TrialRecord) -> tuple[int | None, int, float, str]:
     from hpo.spec import TrainSpec
 
-    spec = data.user_attrs.get("spec") if isinstance(data.user_attrs.get("spec"), dict) else None
+    spec = data.spec
     train = (spec or {}).get("train") or {}
     cycle = trial.params.get("cycle_len", ((spec or {}).get("space") or {}).get("cycle_len"))
     assumed = "" if spec else "default cycle_mult, lr_min_ratio"
@@ -195,9 +194,8 @@ def _schedule_settings(data: StudyData, trial: TrialRecord) -> tuple[int | None,
 def _groups(trials: Sequence[TrialRecord]) -> list[str]:
     seen: dict[str, None] = {}
     for t in trials:
-        for row in t.user_attrs.get("grad_norm") or []:
-            seen.update(dict.fromkeys(row))
-    return [g for g in GROUPS if g in seen] + [g for g in seen if g not in GROUPS]
+        seen.update(dict.fromkeys(t.groups))
+    return list(seen)
 
 
 def _precomputed(importances: Mapping[str, float]) -> Any:
@@ -258,61 +256,61 @@ def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Pat
 # --- the per-trial figure --------------------------------------------------------------------
 
 
-def trial_figure(attrs: Mapping[str, Any], title: str = "") -> Figure:
+def trial_title(trial: TrialRecord) -> str:
+    """``trial 7: diverged (jump at epoch 3; dashed line)`` for a figure's title."""
+    outcome = "diverged" if trial.diverged else ("pruned" if trial.pruned else "finished")
+    verdict = trial.verdict
+    if verdict is not None:
+        outcome += f" ({verdict.reason} at epoch {verdict.epoch}; dashed line)"
+    return f"trial {trial.number}: {outcome}"
+
+
+def trial_figure(trial: TrialRecord, title: str = "") -> Figure:
     """Learning curves (losses, accuracy) and per-group gradient norms of one trial."""
     fig = Figure(figsize=(10, 3.2), dpi=72)
     ax_loss, ax_acc, ax_grad = fig.subplots(1, 3)
-    train, val = _finite(attrs.get("train_loss") or []), _finite(attrs.get("val_loss") or [])
-    ax_loss.plot(range(1, len(train) + 1), train, "o-", ms=3, label="train")
-    ax_loss.plot(range(1, len(val) + 1), val, "o-", ms=3, label="validation")
+    epochs = list(range(1, len(trial.epochs) + 1))
+    ax_loss.plot(epochs, _finite(trial.series("train_loss")), "o-", ms=3, label="train")
+    ax_loss.plot(epochs, _finite(trial.series("val_loss")), "o-", ms=3, label="validation")
     ax_loss.set_title("loss")
     ax_loss.legend(fontsize=8)
-    acc = _finite(attrs.get("val_accuracy") or [])
-    ax_acc.plot(range(1, len(acc) + 1), acc, "o-", ms=3, color="tab:green")
+    ax_acc.plot(epochs, _finite(trial.series("val_accuracy")), "o-", ms=3, color="tab:green")
     ax_acc.set_title("validation accuracy")
-    rows = attrs.get("grad_norm") or []
-    rows_max = attrs.get("grad_norm_max") or []
-    for i, group in enumerate(dict.fromkeys(g for row in rows for g in row)):
-        ax_grad.plot(range(1, len(rows) + 1), _finite([r.get(group) for r in rows]), "o-", ms=3, color=f"C{i}", label=group)
-        ax_grad.plot(range(1, len(rows_max) + 1), _finite([r.get(group) for r in rows_max]), ":", color=f"C{i}")
-    if rows:
+    for i, group in enumerate(trial.groups if trial.epochs else ()):
+        ax_grad.plot(epochs, _finite(trial.group_series("grad_norm_mean", group)), "o-", ms=3, color=f"C{i}", label=group)
+        ax_grad.plot(epochs, _finite(trial.group_series("grad_norm_max", group)), ":", color=f"C{i}")
+    if trial.epochs:
         ax_grad.set_yscale("log")
         ax_grad.legend(fontsize=8)
     ax_grad.set_title("grad norm (mean; dotted: max)")
-    epoch = attrs.get("diverged_epoch") if attrs.get("diverged") else None
+    epoch = trial.diverged_epoch
     for ax in (ax_loss, ax_acc, ax_grad):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if epoch:
             ax.axvline(epoch, color="tab:red", ls="--", lw=1)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    fig.suptitle(title or trial_title(trial), fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def trial_figure_png(attrs: Mapping[str, Any], title: str = "") -> bytes:
+def trial_figure_png(trial: TrialRecord, title: str = "") -> bytes:
     buf = io.BytesIO()
-    trial_figure(attrs, title).savefig(buf, format="png")
+    trial_figure(trial, title).savefig(buf, format="png")
     return buf.getvalue()
 
 
-def upload_trial_figure(trial: optuna.Trial, attrs: Mapping[str, Any], store: Any = None) -> str:
-    """Draw ``attrs`` (the trial's history and outcome) and upload it to ``store``.
+def upload_trial_figure(trial: TrialRecord, running: optuna.Trial, store: Any) -> str:
+    """Draw ``trial`` and upload it to ``store`` as an artifact of ``running``, its live trial.
 
-    ``store`` defaults to the study's artifact store (one storage read to find it; a worker
-    passes the one it already holds). Returns the artifact id; optuna-dashboard shows the PNG on
-    the trial's page.
+    A finished trial cannot take artifacts any more (Optuna records them on the trial), so this
+    runs as the trial ends. Returns the artifact id; optuna-dashboard shows the PNG on the
+    trial's page.
     """
-    from hpo.artifacts import artifact_store
-
-    outcome = "diverged" if attrs.get("diverged") else "finished"
-    if attrs.get("diverged"):
-        outcome += f" ({attrs.get('divergence_reason')} at epoch {attrs.get('diverged_epoch')}; dashed line)"
-    png = trial_figure_png(attrs, f"trial {trial.number}: {outcome}")
+    png = trial_figure_png(trial)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial-{trial.number}-curves.png"
         path.write_bytes(png)
         return optuna.artifacts.upload_artifact(
-            artifact_store=store or artifact_store(trial.study), file_path=str(path), study_or_trial=trial, mimetype="image/png"
+            artifact_store=store, file_path=str(path), study_or_trial=running, mimetype="image/png"
         )

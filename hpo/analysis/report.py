@@ -24,8 +24,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from hpo import record
 from hpo.analysis.trials import StudyData, TrialRecord
 from hpo.errors import HpoError
+from hpo.record import Tally, best_trial
 
 FORMATS = ("table", "markdown", "csv", "json")
 _GRID = (1.0, 3.0)  # bin edges within each decade
@@ -88,16 +90,9 @@ def build_report(data: StudyData) -> Report:
     tables = [RateTable(p, rate_bins(trials, p)) for p in _rate_params(trials)]
     report = Report(
         study=data.name,
-        states={
-            "complete": len(data.complete),
-            "diverged": len(diverged),
-            "pruned_other": len(pruned) - len(diverged),
-            "failed": data.states.get("FAIL", 0),
-            "running": data.states.get("RUNNING", 0),
-            "waiting": data.states.get("WAITING", 0),
-        },
+        states=(data.tally or Tally.of(data.finished)).to_dict(),
         rate_tables=tables,
-        best=_best(data.complete),
+        best=_best(data.finished),
         max_epochs=data.max_epochs,
         max_epochs_source=data.max_epochs_source,
         epochs_run=sum(t.epochs_run for t in trials),
@@ -161,11 +156,11 @@ def _rate_params(trials: Sequence[TrialRecord]) -> list[str]:
     return [n for n in names if len({t.lrs[n] for t in trials if n in t.lrs}) > 1]
 
 
-def _best(complete: Sequence[TrialRecord]) -> BestTrial | None:
-    if not complete:
+def _best(trials: Sequence[TrialRecord]) -> BestTrial | None:
+    best = best_trial(trials)
+    if best is None:
         return None
-    best = max(complete, key=lambda t: (t.accuracy, -t.number))
-    return BestTrial(best.number, dict(best.params), float(best.accuracy), best.test_accuracy, best.user_attrs.get("best_epoch"))
+    return BestTrial(best.number, dict(best.params), float(best.accuracy), best.test_accuracy, best.best_epoch)
 
 
 # --- the plain-language reading ---------------------------------------------------------------
@@ -238,7 +233,7 @@ def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
             f"{rule.param} above {_g(rule.threshold)} diverged in {rule.above_diverged} of {rule.above} trials, "
             f"at or below it in {rule.below_diverged} of {rule.below}."
         )
-    complete = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: -(t.accuracy or 0))
+    complete = sorted((t for t in trials if t.state == record.COMPLETE), key=lambda t: -(t.accuracy or 0))
     if complete and focus:
         top = [t for t in complete[: max(3, len(complete) // 10)] if focus in t.lrs]
         if top:

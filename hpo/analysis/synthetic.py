@@ -3,9 +3,9 @@
 In a known study ``lr_head`` alone decides what happens to a trial: above
 :data:`DIVERGE_ABOVE` it diverges (epoch 2 above 1e-2, else epoch 3), below
 :data:`PRUNE_BELOW` the median pruner stops it at epoch 2, otherwise it completes; its accuracy
-peaks at ``lr_head = 2.5e-3`` and depends on nothing else. Every trial carries the same user
-attributes as a real one (per-epoch losses, gradient norms, learning rates...), so every
-analysis stage can read it.
+peaks at ``lr_head = 2.5e-3`` and depends on nothing else. Every trial carries the same trial
+record as a real one (:mod:`hpo.record`: epoch rows with losses, gradient norms and learning
+rates, and an outcome), so every analysis stage can read it.
 
 Example::
 
@@ -23,10 +23,13 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hpo import record
+from hpo.record import LAYER_GROUPS as GROUPS
+from hpo.record import EpochRecord, Outcome, Verdict
+
 DIVERGE_ABOVE = 6e-3
 PRUNE_BELOW = 2e-4
 BEST_LR = 2.5e-3
-GROUPS = ("embedding", "encoder", "head")
 DISTRIBUTIONS = {
     "lr_embedding": FloatDistribution(1e-4, 3e-2, log=True),
     "lr_encoder": FloatDistribution(1e-4, 3e-2, log=True),
@@ -89,24 +92,27 @@ def _trial(lr_head: float, rng: random.Random, max_epochs: int) -> optuna.trial.
         grad[-1] = {**grad[-1], "head": 40.0}  # the head's gradients blow up as the loss jumps
     lr_groups = {"embedding": params["lr_embedding"], "encoder": params["lr_encoder"], "head": lr_head}
     cycle = params["cycle_len"]
+    rows = [
+        EpochRecord(
+            epoch=e + 1, train_loss=val_loss[e] - 0.05, val_loss=val_loss[e], val_accuracy=acc[e],
+            grad_norm_mean=grad[e], grad_norm_max={g: 2 * v for g, v in grad[e].items()}, clipped_fraction=0.1,
+            lr={g: r * _sgdr(e % cycle, cycle) for g, r in lr_groups.items()}, seconds=1.0,
+        )
+        for e in range(epochs)
+    ]
+    outcome = Outcome(
+        verdict=Verdict("jump", div_epoch, 2.4) if div_epoch else None,
+        best_epoch=max(range(epochs), key=lambda i: acc[i]) + 1,
+        epochs_run=epochs,
+        steps_per_epoch=10,
+        precision="fp32",
+        test_accuracy=round(max(acc) - 0.005, 6),
+        pruned_epoch=epochs if state == TrialState.PRUNED and not div_epoch else None,
+    )
     attrs = {
-        "diverged": div_epoch is not None,
-        "divergence_reason": "jump" if div_epoch else None,
-        "diverged_epoch": div_epoch,
-        "jump_ratio": 2.4 if div_epoch else None,
-        "best_epoch": max(range(epochs), key=lambda i: acc[i]) + 1,
-        "epochs_run": epochs,
-        "steps_per_epoch": 10,
-        "test_accuracy": round(max(acc) - 0.005, 6),
-        "lr_groups": lr_groups,
-        "train_loss": [v - 0.05 for v in val_loss],
-        "val_loss": val_loss,
-        "val_accuracy": acc,
-        "grad_norm": grad,
-        "grad_norm_max": [{g: 2 * v for g, v in row.items()} for row in grad],
-        "clipped_fraction": [0.1] * epochs,
-        "lr": [{g: r * _sgdr((e - 1) % cycle, cycle) for g, r in lr_groups.items()} for e in range(1, epochs + 1)],
-        "epoch_seconds": [1.0] * epochs,
+        record.LR_GROUPS: lr_groups,
+        record.EPOCHS: [r.to_attr() for r in rows],
+        record.OUTCOME: outcome.to_attr(),
     }
     return optuna.trial.create_trial(
         state=state,
