@@ -73,10 +73,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.analysis.replay import Curve, Policy, replay
+from hpo.analysis.replay import recovered as replay_recovered
 from hpo.data import Dataset, load_dataset
-from hpo.divergence import CHANCE_LOSS, check_divergence
+from hpo.divergence import check_divergence
 from hpo.objective import Objective
 from hpo.pruning import make_pruner
+from hpo.record import TrialRecord, Verdict
 from hpo.spec import DivergenceSpec, Spec, load_spec
 from hpo.study import make_sampler
 from hpo.train import configure_threads
@@ -142,7 +145,7 @@ def make_study(spec: Spec, method: str, seed: int) -> optuna.Study:
     """The method's sampler and pruner on a fresh in-memory study."""
     if method == "hpo" or method in VARIANTS:
         sampler = make_sampler(spec.sampler, seed)
-        pruner: optuna.pruners.BasePruner = make_pruner(spec.pruner, spec.divergence, spec.train.max_epochs)
+        pruner: optuna.pruners.BasePruner = make_pruner(spec.pruner, spec.train.max_epochs)
     elif method == "random":
         sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
     else:
@@ -215,19 +218,9 @@ def rerun_diverged(pool: concurrent.futures.Executor, overrides: Sequence[str], 
 
 
 def recovered(reason: str, val_loss: Sequence[float], rules: DivergenceSpec) -> bool:
-    """Whether a curve flagged for ``reason``, run to the end, shows the verdict was wrong.
-
-    ``jump`` / ``nan``: the last validation loss is finite and back within the threshold of the
-    best. ``no_progress``: the trial did start learning after all (its best validation loss got
-    below chance by the margin); a flat curve at chance is dead, not recovered.
-    """
-    finite = [x for x in val_loss if x is not None and math.isfinite(x)]
-    if not finite:
-        return False
-    if reason.startswith("no_progress"):
-        return min(finite) < CHANCE_LOSS * (1 - rules.chance_margin)
-    last = val_loss[-1]
-    return last is not None and math.isfinite(last) and last <= min(finite) * (1 + rules.threshold)
+    """Whether a curve flagged for ``reason`` (``jump@3``), run to the end, shows the verdict was wrong
+    (``hpo replay``'s rule: back within the threshold of its best; for no_progress, below chance)."""
+    return replay_recovered(val_loss, 0, Verdict(reason.split("@")[0], 0), rules) is True
 
 
 def pair_reruns(runs: dict[tuple[str, int], list[TrialRow]]) -> list[tuple[TrialRow, TrialRow]]:
@@ -258,93 +251,60 @@ def false_positive_notes(pairs: Sequence[tuple[TrialRow, TrialRow]], rules: Dive
     return out
 
 
+def _curves(rows: Sequence[TrialRow], max_epochs: int) -> list[Curve]:
+    """A run's trials as :mod:`hpo.analysis.replay` curves (the CSV keeps the max grad norm per epoch)."""
+    return [
+        Curve(number=r.trial, state=r.state, value=r.value, val_accuracy=r.val_accuracy, val_loss=r.val_loss,
+              train_loss=r.train_loss, max_grad_norm=r.grad_norm_max or (0.0,) * len(r.val_accuracy),
+              whole=len(r.val_accuracy) >= max_epochs)
+        for r in rows if r.val_accuracy
+    ]
+
+
+REPLAYED = [*(f"median:n_startup_trials={n},warmup_epochs={w}" for w in (0, 1) for n in (1, 2, 3, 5)),
+            "successive_halving:reduction_factor=2", "successive_halving:reduction_factor=3"]
+
+
 def replay_pruner(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], max_epochs: int) -> list[str]:
-    """Wrapped pruners replayed on the unpruned random runs' full curves.
+    """Optuna's pruners replayed (``hpo replay``'s engine) on the unpruned random runs' full curves.
 
     RandomSampler's draws do not depend on the study's history, so replaying a pruner on its trial
     sequence is exactly "random search with that pruner": which trials it would cut, the epochs that
     saves, whether it would have cut the run's best trial (then it never finds that value), and the
-    epochs it needs to reach the run's final best. Median: Optuna's MedianPruner(startup, warmup).
-    SHA: Optuna's SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta).
+    epochs it needs to reach the run's final best. The divergence rules are left out here: the
+    unpruned runs' divergences are replayed separately, threshold by threshold.
     """
-    configs: list[tuple[str, Callable[[TrialRow, list[TrialRow], list[tuple[TrialRow, int | None]]], int | None]]] = []
-    for warmup in (1, 2):
-        for startup in (1, 2, 3, 5):
-            configs.append((f"median warmup {warmup} startup {startup}",
-                            lambda r, done, seen, w=warmup, n=startup: _median_cut(r, done, w, n)))
-    for eta in (2, 3):
-        configs.append((f"SHA eta {eta}", lambda r, done, seen, eta=eta: _sha_cut(r, seen, eta)))
     own = [epochs_to_reach(runs[(REFERENCE, s)], runs[(REFERENCE, s)][-1].best_so_far) for s in seeds]
-    out = ["", "wrapped pruners replayed on the unpruned random runs (exact: random draws ignore the study's history); "
-               f"random alone reached its final best after {_mean_text(own)} epochs",
-           f"  {'pruner':<28} {'cut':>4} {'saved':>6} {'best cut':>8} {'epochs to its best':>19}  (sums / means over {len(seeds)} seeds)"]
-    for name, cut_at in configs:
+    out = ["", "Optuna's pruners replayed (hpo.analysis.replay) on the unpruned random runs (exact: random draws "
+               f"ignore the study's history); random alone reached its final best after {_mean_text(own)} epochs",
+           f"  {'pruner':<42} {'cut':>4} {'saved':>6} {'best cut':>8} {'epochs to its best':>19}  (sums / means over {len(seeds)} seeds)"]
+    rules = DivergenceSpec()
+    for text in REPLAYED:
+        policy = dataclasses.replace(Policy.parse(text), divergence=False)
         cut = saved = best_cut = 0
         reach: list[int | None] = []
         for seed in seeds:
-            rows = [r for r in runs[(REFERENCE, seed)] if r.val_accuracy]
-            target = runs[(REFERENCE, seed)][-1].best_so_far
-            done: list[TrialRow] = []
-            seen: list[tuple[TrialRow, int | None]] = []  # (trial, the epoch it was cut at)
+            rows = runs[(REFERENCE, seed)]
+            target = rows[-1].best_so_far
+            curves = _curves(rows, max_epochs)
+            result = replay(curves, policy, max_epochs, rules)
+            cut += result.cut
+            saved += sum(max_epochs - t.epochs_run for t in result.trials if t.cut)
+            best_cut += sum(1 for t, c in zip(result.trials, curves)
+                            if t.cut and c.state == "COMPLETE" and c.value == target)
             used, reached = 0, None
-            for r in rows:
-                epoch = cut_at(r, done, seen)
-                seen.append((r, epoch))
-                if epoch is None:
-                    used += r.epochs_run
-                    if r.state == "COMPLETE":
-                        done.append(r)
-                        if reached is None and target is not None and r.value is not None and r.value >= target:
-                            reached = used
-                    continue
-                cut += 1
-                used += epoch
-                saved += max_epochs - epoch
-                best_cut += r.value == target and r.state == "COMPLETE"
+            for t, c in zip(result.trials, curves):
+                used += t.epochs_run
+                if reached is None and not t.cut and c.state == "COMPLETE" and target is not None and c.value >= target:
+                    reached = used
             reach.append(reached)
-        out.append(f"  {name:<28} {cut:>4} {saved:>6} {best_cut:>8} {_mean_text(reach):>19}")
+        out.append(f"  {policy.pruner.type + text[len(policy.pruner.type):]:<42} {cut:>4} {saved:>6} {best_cut:>8} {_mean_text(reach):>19}")
     return out
 
 
 def _mean_text(xs: Sequence[int | None]) -> str:
     got = [x for x in xs if x is not None]
     return f"{statistics.fmean(got):.1f} ({len(got)}/{len(xs)})" if got else f"- (0/{len(xs)})"
-
-
-def _median_cut(row: TrialRow, complete: Sequence[TrialRow], warmup: int, startup: int) -> int | None:
-    """The epoch at which MedianPruner(startup, warmup) stops this trial, or None.
-
-    Like the objective, it never prunes after the last epoch (nothing left to save).
-    """
-    if len(complete) < max(startup, 1):
-        return None
-    best = float("-inf")
-    for e, acc in enumerate(row.val_accuracy):
-        epoch = e + 1  # the objective reports epochs 1-based
-        best = max(best, acc)
-        if epoch < warmup or epoch >= len(row.val_accuracy):
-            continue
-        seen = [c.val_accuracy[e] for c in complete if len(c.val_accuracy) > e]
-        if seen and best < statistics.median(seen):
-            return epoch
-    return None
-
-
-def _sha_cut(row: TrialRow, earlier: Sequence[tuple[TrialRow, int | None]], eta: int) -> int | None:
-    """The epoch at which SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta) stops it.
-
-    At rung k (epoch eta**k) a trial goes on only if its value there is within the top 1/eta of
-    every earlier trial that reached that rung, itself included (so the first few: only if best).
-    """
-    rung = 1
-    while rung < len(row.val_accuracy):
-        value = row.val_accuracy[rung - 1]
-        competing = sorted([r.val_accuracy[rung - 1] for r, cut in earlier
-                            if len(r.val_accuracy) >= rung and (cut is None or cut >= rung)] + [value], reverse=True)
-        if value < competing[max(len(competing) // eta - 1, 0)]:
-            return rung
-        rung *= eta
-    return None
 
 
 def replay_divergence(runs: dict[tuple[str, int], list[TrialRow]], base: DivergenceSpec,
@@ -400,26 +360,21 @@ def trial_rows(study: optuna.Study, method: str, seed: int, max_epochs: int) -> 
     rows: list[TrialRow] = []
     cumulative, best = 0, None
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        a = t.user_attrs
-        run = int(a.get("epochs_run", 0))
-        cumulative += run
-        accs = [x for x in a.get("val_accuracy", []) if x is not None]
-        value = t.value if t.state == TrialState.COMPLETE else (max(accs) if accs else None)
-        if t.state == TrialState.COMPLETE:
-            best = value if best is None else max(best, value)
-        pruned = t.state == TrialState.PRUNED
-        diverged = bool(a.get("diverged"))
-        if diverged:
-            reason = f"{a.get('divergence_reason')}@{a.get('diverged_epoch')}"
-        elif pruned:
+        r = TrialRecord.from_trial(t)
+        cumulative += r.epochs_run
+        if r.state == "COMPLETE":
+            best = r.accuracy if best is None else max(best, r.accuracy)
+        if r.diverged and r.verdict is not None:
+            reason = f"{r.verdict.reason}@{r.verdict.epoch}"
+        elif r.pruned:
             reason = f"median@{t.last_step}"
         else:
             reason = ""
-        losses = [x for x in a.get("val_loss", []) if x is not None]
         rows.append(TrialRow(
-            method, seed, t.number, run, cumulative, value, best, t.state.name, diverged, reason,
-            max_epochs - run if pruned else 0, json.dumps(t.params), tuple(a.get("val_accuracy", [])), tuple(losses),
-            tuple(a.get("train_loss", [])), tuple(max(g.values(), default=0.0) for g in a.get("grad_norm_max", [])),
+            method, seed, t.number, r.epochs_run, cumulative, r.accuracy, best, r.state, r.diverged, reason,
+            max_epochs - r.epochs_run if r.pruned else 0, json.dumps(t.params), tuple(r.series("val_accuracy")),
+            tuple(x for x in r.series("val_loss") if x is not None), tuple(r.series("train_loss")),
+            tuple(e.max_grad_norm for e in r.epochs),
         ))
     return rows
 
@@ -633,7 +588,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs in parallel, each with cores/procs torch threads (default: 2)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
-                        help="also run hpo with these spec overrides under NAME, e.g. warm2:pruner.n_warmup_steps=2")
+                        help="also run hpo with these spec overrides under NAME, e.g. warm1:pruner.warmup_epochs=1")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV, PNG and text file")
     parser.add_argument("--quick", action="store_true", help="tiny data and model: a smoke run in about a minute")
     parser.add_argument("--replay", metavar="CSV", help="no training: the replays and bands again, from a CSV this script wrote")
