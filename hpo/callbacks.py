@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from typing import Any, Callable
 
 import optuna
@@ -87,6 +88,29 @@ class CheckpointCleanup:
             TrialCheckpoints(store, key).remove()
 
 
+def sweep_checkpoints(study: optuna.Study, store: Any) -> int:
+    """Deletes checkpoints that no trial can resume from any more; returns how many files went.
+
+    A checkpoint key is live while a RUNNING or WAITING trial holds it (a re-run inherits its
+    trial's key). Run it when the study is done: while workers still run, a dead worker's trial
+    is failed a moment before its re-run is queued, and its checkpoints must survive that moment.
+    """
+    live = {t.user_attrs.get(record.CHECKPOINT) for t in study.get_trials(deepcopy=False)
+            if t.state.name in (record.RUNNING, record.WAITING)}
+    from hpo.storage.artifacts import checkpoint_prefix
+
+    removed = 0
+    for artifact_id in getattr(store, "ids", lambda prefix: [])(checkpoint_prefix(study)):
+        key = artifact_id[len("checkpoint-"):].rsplit("-", 1)[0]
+        if key not in live:
+            try:
+                store.remove(artifact_id)
+                removed += 1
+            except Exception:  # gone already
+                pass
+    return removed
+
+
 class Budget:
     """Stops ``study.optimize`` once the study has ``budget`` finished trials (all workers together).
 
@@ -106,9 +130,11 @@ class Budget:
 class Progress(TrialListener):
     """One line per epoch and per finished trial, with the time left for the trial and the study.
 
-    Estimates are measured, not assumed: seconds per epoch from this worker's epochs, epochs per
-    trial from the study's finished trials (so pruning shortens the estimate only as much as it
-    has really shortened trials), divided among the trials running at once.
+    Estimates are measured, not assumed: the trial's from this worker's epoch times; the study's
+    from this worker's wall time per epoch of a whole trial (evaluation, figures and database
+    included), times the epochs a finished trial of this study has taken on average (so pruning
+    shortens the estimate only as much as it has really shortened trials), divided among the
+    trials running at once.
     """
 
     def __init__(self, budget: Budget, max_epochs: int, log: Log = lambda m: None) -> None:
@@ -117,10 +143,13 @@ class Progress(TrialListener):
         self.log = log
         self.ran = 0
         self.epoch_seconds: list[float] = []
+        self.trial_seconds_per_epoch: list[float] = []
+        self._started: dict[int, float] = {}
 
     # --- inside a trial (the objective's TrialEvents) ---
 
     def trial_started(self, trial: optuna.Trial, rerun_of: int | None, resumed_at: int | None) -> None:
+        self._started[trial.number] = time.monotonic()
         if rerun_of is not None and rerun_of != trial.number:
             where = f"resumes at epoch {resumed_at} from its checkpoint" if resumed_at else \
                 "starts from the first epoch (no checkpoint was saved)"
@@ -142,6 +171,10 @@ class Progress(TrialListener):
         self.ran += 1
         t = self.budget.last or Tally.of(study.get_trials(deepcopy=False))
         r = TrialRecord.from_trial(trial)
+        started = self._started.pop(trial.number, None)
+        if started is not None and r.epochs_run:
+            resumed = int(trial.user_attrs.get(record.RESUMED_AT) or 1) - 1
+            self.trial_seconds_per_epoch.append((time.monotonic() - started) / max(1, r.epochs_run - resumed))
         if r.state == record.COMPLETE:
             what = f"COMPLETE  val acc {trial.value:.4f}"
         elif r.diverged and r.verdict is not None:
@@ -158,12 +191,13 @@ class Progress(TrialListener):
 
     def _study_left(self, study: optuna.Study, t: Tally) -> str:
         remaining = self.budget.budget - t.finished
-        if remaining <= 0 or not self.epoch_seconds:
+        if remaining <= 0 or not self.trial_seconds_per_epoch:
             return ""
         finished = [TrialRecord.from_trial(x) for x in study.get_trials(deepcopy=False, states=(
             optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))]
         per_trial = statistics.fmean(r.epochs_run for r in finished) if finished else float(self.max_epochs)
-        parallel = max(1, t.running)
-        seconds = remaining * per_trial * self._seconds_per_epoch() / parallel
+        parallel = t.running + 1  # the trials running elsewhere, and the next one here
+        per_epoch = statistics.fmean(self.trial_seconds_per_epoch[-20:])
+        seconds = remaining * per_trial * per_epoch / parallel
         return (f" | study left ~{format_duration(seconds)} ({remaining} trials x {per_trial:.1f} epochs"
-                f" x {self._seconds_per_epoch():.0f}s / {parallel} running)")
+                f" x {per_epoch:.1f}s / {parallel} workers)")

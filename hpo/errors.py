@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class HpoError(Exception):
     """A mistake in the user's input, explained in one line."""
+
+
+class WorkerError(HpoError):
+    """A worker process died (killed, out of memory): said in one line, the study kept as it is."""

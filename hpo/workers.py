@@ -40,7 +40,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.callbacks import Budget, CheckpointCleanup, FigureUpload, Progress
-from hpo.errors import HpoError
+from hpo.errors import HpoError, WorkerError
 from hpo.record import WORKER, Tally
 from hpo.spec import Spec
 from hpo.storage.resilient import GRACE_PERIOD_S, open_storage, retry_callback
@@ -54,6 +54,40 @@ class WorkerOutcome:
     study_name: str
     tally: Tally
     ran: int  # trials this worker ran
+    artifacts: str = ""  # what the study's artifacts take, where
+
+
+def auto_jobs(spec: Spec) -> tuple[int, str]:
+    """Worker processes for ``--jobs auto``, and why: one per core on CPU as memory allows, 1 on CUDA.
+
+    On 2 cores, two 1-thread processes ran 1.31x the trials per hour of one 2-thread process
+    (benchmarks/jobs_throughput.py): a trial's operations are too small to keep two threads busy.
+    A worker peaks at about 1.1 GiB on the full data; 1.5 GiB each leaves room.
+    """
+    from hpo.train import available_cores, resolve_device
+
+    if resolve_device(spec.train.device).type == "cuda":
+        return 1, "one process drives the GPU"
+    cores = available_cores()
+    try:
+        free_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        free_gib = float("inf")
+    jobs = max(1, min(cores, int(free_gib // 1.5)))
+    why = f"one per core on {cores} cores" if jobs == cores else f"{free_gib:.1f} GiB free memory, ~1.5 GiB per worker"
+    return jobs, why
+
+
+def _finish(study: optuna.Study, budget: int, ran: int) -> WorkerOutcome:
+    """The outcome, after deleting checkpoints nothing can resume once the study is done."""
+    from hpo.callbacks import sweep_checkpoints
+    from hpo.storage.artifacts import artifact_store, usage
+
+    final = tally(study)
+    store = artifact_store(study)
+    if final.finished >= budget and final.running == final.waiting == 0:
+        sweep_checkpoints(study, store)
+    return WorkerOutcome(study.study_name, final, ran, f"{usage(study, store).describe()} in {store!r}")
 
 
 def work(
@@ -147,7 +181,7 @@ def run_worker(
     objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store)
     callbacks = [CheckpointCleanup(objective)]
     ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
-    return WorkerOutcome(spec.name, tally(study), ran)
+    return _finish(study, trials, ran)
 
 
 def run_workers(
@@ -159,8 +193,9 @@ def run_workers(
     seed: int | None = None,
     log: Log = lambda m: None,
     grace_period: int = GRACE_PERIOD_S,
+    why: str = "",
 ) -> WorkerOutcome:
-    """``jobs`` worker processes on one study, the cores split between them.
+    """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
     The study is created (and the spec checked) here, once; each process then joins it as any
     other worker would. Processes are spawned, not forked (a forked PyTorch or database
@@ -172,7 +207,7 @@ def run_workers(
     study = open_study(spec, open_storage(storage_url, grace_period=grace_period, log=log), seed)
     before = tally(study).finished
     threads = max(1, (spec.train.threads or available_cores()) // jobs)
-    log(f"starting {jobs} worker processes with {threads} thread(s) each")
+    log(f"starting {jobs} worker processes with {threads} thread(s) each{why}")
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
@@ -199,10 +234,16 @@ def run_workers(
     codes = [p.exitcode for p in procs]
     if any(code == 2 for code in codes):
         raise HpoError(f"a worker process stopped on an error (exit codes {codes}); see its message above")
-    if any(code for code in codes):
-        raise RuntimeError(f"worker processes failed (exit codes {codes}); see their output above")
-    final = tally(study)
-    return WorkerOutcome(spec.name, final, final.finished - before)
+    killed = [f"worker {i} by {signal.Signals(-c).name}" for i, c in enumerate(codes) if c is not None and c < 0]
+    if killed or any(codes):
+        t = tally(study)
+        why = "; ".join(killed) or f"exit codes {codes}"
+        raise WorkerError(
+            f"worker processes died ({why}{'; out of memory?' if 'SIGKILL' in why else ''}); the study has "
+            f"{t.finished}/{trials} finished trials and a dead worker's trial is re-run by the next worker; "
+            "run the same command again to continue"
+        )
+    return _finish(study, trials, tally(study).finished - before)
 
 
 def _worker_process(
@@ -222,19 +263,29 @@ def _worker_process(
         sys.exit(130)
 
 
-class _NoInterruptTraceback(logging.Filter):
-    """Drops Optuna's "trial failed" traceback for Ctrl-C/SIGTERM: the worker explains it in one line."""
+class _NotRepeated(logging.Filter):
+    """Drops Optuna's log lines that repeat ours: a trial's end, and an interrupt's traceback.
+
+    The worker prints one line per finished trial and explains Ctrl-C/SIGTERM itself; Optuna's
+    "Trial 2 failed with value None." after an interrupt would only confuse. Real errors (an
+    exception in a trial) still come through, with their traceback.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        if "KeyboardInterrupt" in message and "failed with parameters" in message:
+            return False
+        return not (message.startswith("Trial ") and " failed with value " in message)
 
 
 def quiet_optuna_logging() -> None:
-    """Warnings only (our progress lines replace Optuna's), and no traceback for an interrupt."""
+    """Warnings only (our progress lines replace Optuna's), without the lines that repeat ours."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for handler in logging.getLogger("optuna").handlers:
-        if not any(isinstance(f, _NoInterruptTraceback) for f in handler.filters):
-            handler.addFilter(_NoInterruptTraceback())
+        if not any(isinstance(f, _NotRepeated) for f in handler.filters):
+            handler.addFilter(_NotRepeated())
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:

@@ -31,16 +31,25 @@ def test_gradient_jump_is_marked_at_the_divergence_epoch(data):
     marks = sorted(_marks(head))
     assert marks == sorted(((t.diverged_epoch,), (t.epochs[t.diverged_epoch - 1].grad_norm_mean["head"],)) for t in diverged)
     best_line = [line for line in head.get_lines() if line.get_label().startswith("best")]
-    assert best_line and best_line[0].get_label() == f"best (trial {max(data.complete, key=lambda t: t.accuracy).number})"
+    best = max(data.complete, key=lambda t: t.accuracy)
+    assert best_line and best_line[0].get_label().startswith(f"best (trial {best.number}: lr_embedding ")
 
 
 def test_val_loss_and_lr_figures_separate_diverged_trials(data):
     legend = [t.get_text() for t in val_loss_figure(data).axes[0].get_legend().get_texts()]
-    assert legend == ["complete (2)", "diverged (3)"]
+    diverged = sorted((t for t in data.finished if t.diverged), key=lambda t: t.number)
+    assert legend[0] == "complete (2 trials)"
+    assert legend[1:] == [f"diverged: trial {t.number} (lr_embedding {t.lrs['lr_embedding']:.2g}, "
+                          f"lr_encoder {t.lrs['lr_encoder']:.2g}, lr_head {t.lrs['lr_head']:.2g})" for t in diverged]
     fig = lr_accuracy_figure(data, {"lr_head": 6e-3})
     head = next(ax for ax in fig.axes if ax.get_xlabel() == "lr_head")
     assert head.get_xscale() == "log"
     assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == 6e-3 for line in head.get_lines())
+    # the boundary is in that axis's legend, and each diverged trial has a marker where it ended
+    assert "diverges above 0.006" in [t.get_text() for t in head.get_legend().get_texts()]
+    ends = [c for c in head.collections if c.get_offsets().shape[0] == len(diverged)
+            and c.get_paths() and c.get_offsets()[:, 1].max() <= 0.5 + 1e-9]
+    assert ends, "no 'where it ended' markers at the diverged trials' last accuracy (0.5)"
 
 
 def test_schedule_goes_through_the_recorded_rates(data):

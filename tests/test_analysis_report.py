@@ -152,3 +152,21 @@ def test_lr_div_studies_bin_the_derived_rates():
     assert [t.param for t in report.rate_tables] == ["lr_embedding", "lr_encoder", "lr_head"]
     # embedding: 1e-3 / 2**2 = 2.5e-4 and 2e-3 / 5**2 = 8e-5
     assert [(b.low, b.high, b.trials) for b in report.rate_tables[0].bins] == [(3e-5, 1e-4, 1), (1e-4, 3e-4, 1)]
+
+
+def test_small_samples_are_hedged_and_a_single_best_is_not_a_range():
+    storage = optuna.storages.InMemoryStorage()
+    known_study(storage, [2.5e-3], name="one")
+    reading = build_report(load_study_data("one", storage)).reading
+    assert "With 1 trial, read what follows as a first look" in reading
+    assert "The best trial, 0, reached 0.9200 validation" in reading
+    assert "to 2.5e-3" not in reading and "best 1 trials" not in reading
+
+
+def test_an_all_diverged_study_says_so_and_lists_the_fixed_rates():
+    storage = optuna.storages.InMemoryStorage()
+    known_study(storage, [2e-2, 2e-2, 2e-2], name="boom")
+    reading = build_report(load_study_data("boom", storage)).reading
+    assert "All 3 finished trials diverged: no setting tried here trained stably" in reading
+    assert "Fixed in every trial: lr_head 2e-2." in reading
+    assert "No single learning rate separates" not in reading

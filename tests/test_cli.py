@@ -18,6 +18,8 @@ def run(tmp_path, data_cache_dir, monkeypatch):
 
     def invoke(*args: str, small_data: bool = True):
         extra = small if small_data and args and args[0] == "optimize" else []
+        if args and args[0] == "optimize" and "--jobs" not in args:
+            extra = [*extra, "--jobs", "1"]  # in this process, where the runner sees the output
         return CliRunner().invoke(main, [*args, *extra])
 
     return invoke
@@ -56,7 +58,7 @@ def test_not_a_url_is_explained(run):
 def test_two_trial_study_resumes_to_three(run, tmp_path):
     first = run("optimize", "--study", "imdb", "--trials", "2")
     assert first.exit_code == 0, first.output + first.stderr
-    assert "storage: sqlite:///hpo.db (default)" in first.output
+    assert f"storage: sqlite:///{tmp_path / 'hpo.db'} (default)" in first.output  # where it is, from anywhere
     assert "trial 1 epoch 2/2" in first.output and "2 finished trials (2 run now)" in first.output
     second = run("optimize", "--study", "imdb", "--trials", "3")
     assert second.exit_code == 0, second.output + second.stderr
@@ -72,6 +74,9 @@ def test_two_trial_study_resumes_to_three(run, tmp_path):
     assert 0.0 <= TrialRecord.from_trial(study.best_trial).test_accuracy <= 1.0
     third = run("optimize", "--study", "imdb", "--trials", "3")
     assert third.exit_code == 0 and "nothing to run" in third.output
+    # finished trials keep no checkpoints; the summary says what the figures take
+    assert list((tmp_path / "artifacts").glob("checkpoint-*")) == []
+    assert "  artifacts: " in second.output and "no checkpoints left" in second.output
 
 
 def test_huge_learning_rates_end_as_diverged_within_two_of_five_epochs(run):
@@ -108,9 +113,35 @@ def test_ctrl_c_stops_the_trial_and_says_how_to_resume(tmp_path, data_cache_dir)
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    assert "Traceback" not in err and "resume with: hpo optimize --study imdb --trials 1" in err
+    assert "Traceback" not in err
+    assert f"resume with: hpo optimize --study imdb --trials 1 --storage sqlite:///{tmp_path / 'hpo.db'} --set" in err
+    assert "failed with value" not in out + err  # Optuna's own line would repeat ours
     study = optuna.load_study(study_name="imdb", storage=f"sqlite:///{tmp_path / 'hpo.db'}")
-    states = [t.state for t in study.trials]
-    assert states[0] == optuna.trial.TrialState.FAIL  # not counted toward the budget
-    assert optuna.trial.TrialState.WAITING in states  # queued again with the same parameters
-    assert study.trials[-1].params == study.trials[0].params
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    # its checkpoints stay for the re-run
+    assert list((tmp_path / "artifacts").glob("checkpoint-*"))
+    # --jobs auto: every worker's running trial is stopped, not counted, and queued again as it was
+    assert failed and len(waiting) == len(failed)
+    assert sorted(map(str, (t.params for t in failed))) == sorted(map(str, (t.params for t in waiting)))
+
+
+def test_studies_are_listed_and_optimize_help_names_them(run):
+    listed = run("studies")
+    assert listed.exit_code == 0 and listed.output.startswith("imdb ")
+    help_text = run("optimize", "--help", small_data=False)
+    assert "Built-in studies" in help_text.output and "imdb" in help_text.output.split("Built-in studies")[1]
+    assert "--jobs N|auto" in help_text.output and "one per core" in help_text.output
+
+
+def test_resume_hint_keeps_the_storage_and_never_the_password():
+    from hpo.cli import resume_command
+
+    url = "postgresql+psycopg://hpo:s3cret@db/hpo"
+    given = resume_command("imdb", 100, ("train.max_epochs=3",), url, "--storage", "2")
+    assert given == ("hpo optimize --study imdb --trials 100 --storage 'postgresql+psycopg://hpo:***@db/hpo' "
+                     "--jobs 2 --set train.max_epochs=3 (put the password back for ***, or keep it out of the "
+                     "command line with $HPO_STORAGE_PASSWORD_FILE)")
+    from_env = resume_command("imdb", 100, (), url, "$HPO_STORAGE", "auto")
+    assert from_env == "hpo optimize --study imdb --trials 100 (with $HPO_STORAGE set as now)"
+    assert "s3cret" not in given + from_env

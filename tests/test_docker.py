@@ -63,7 +63,7 @@ def test_dockerfile_builds_a_cpu_worker_by_default_and_cuda_on_request() -> None
     args = dict(a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a)
     readme_torch = re.search(r"pip install torch==([\d.]+)", (ROOT / "README.rst").read_text()).group(1)
     assert args["TORCH_VERSION"] == readme_torch
-    assert args["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"  # PyPI's default is the CUDA build
     runs = [a for k, a in steps if k == "RUN"]
     assert any('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in r for r in runs)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]

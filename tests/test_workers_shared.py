@@ -53,6 +53,8 @@ class Workers:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, trials: int, *extra: str) -> subprocess.Popen[str]:
+        if "--jobs" not in extra:
+            extra = (*extra, "--jobs", "1")  # one process per command: the tests kill and signal them
         args = [sys.executable, "-m", "hpo.cli", "optimize", "--study", "imdb", "--trials", str(trials), *extra]
         for item in self.sets:
             args += ["--set", item]
@@ -288,3 +290,21 @@ def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
         assert "storage unreachable (" in output and "storage reachable again after " in output
         trials = assert_budget_kept(workers.study(), budget=4, workers=2)
         assert [t.number for t in trials if t.state == TrialState.FAIL] == [], output
+
+
+def test_a_killed_jobs_child_is_one_line_and_the_study_goes_on(tmp_path, data_cache_dir) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    workers = Workers(url, "child", tmp_path, data_cache_dir, STEADY, grace=3)
+    try:
+        parent = workers.start(3, "--jobs", "2")
+        victim = workers.wait_for_running_trial(epochs=1)
+        os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        codes = workers.wait()
+    finally:
+        workers.kill_all()
+    output = workers.output()
+    assert codes == [2], output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: worker processes died (worker ") and "by SIGKILL; out of memory?" in last, output
+    assert "Traceback" not in output
+    assert_budget_kept(workers.study(), budget=3, workers=2)  # the other child finished the study

@@ -48,6 +48,17 @@ def _kind(t: TrialRecord) -> str:
     return "diverged" if t.diverged else ("pruned" if t.pruned else "complete")
 
 
+_NAMED = 4  # up to this many trials of a kind get a legend entry each, with their rates
+
+
+def _label(kind: str, t: TrialRecord, members: Sequence[TrialRecord], i: int) -> str | None:
+    """A legend entry: each of a few trials by number and rates, or one entry for many."""
+    if len(members) <= _NAMED and kind != "complete":
+        rates = ", ".join(f"{k} {v:.2g}" for k, v in sorted(t.lrs.items()))
+        return f"{kind}: trial {t.number} ({rates})"
+    return f"{kind} ({len(members)} trials)" if i == 0 else None
+
+
 def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) if v is not None and math.isfinite(v) else math.nan for v in values]
 
@@ -75,7 +86,7 @@ def val_loss_figure(data: StudyData) -> Figure:
         for i, t in enumerate(_sample(members)):
             losses = _finite(t.series("val_loss"))
             ax.plot(range(1, len(losses) + 1), losses, color=_COLORS[kind], alpha=0.5, lw=1,
-                    label=f"{kind} ({len(members)})" if i == 0 else None)
+                    label=_label(kind, t, members, i))
             if kind == "diverged" and t.diverged_epoch and t.diverged_epoch <= len(losses):
                 ax.plot(t.diverged_epoch, losses[t.diverged_epoch - 1], "x", color="darkred", ms=6)
     ax.set_yscale("log")
@@ -98,12 +109,13 @@ def grad_norm_figure(data: StudyData) -> Figure:
         for i, t in enumerate(diverged):
             norms = _finite(t.group_series("grad_norm_mean", group))
             ax.plot(range(1, len(norms) + 1), norms, color=_COLORS["diverged"], alpha=0.5, lw=1,
-                    label=f"diverged ({len(diverged)})" if i == 0 else None)
+                    label=_label("diverged", t, diverged, i))
             if t.diverged_epoch and t.diverged_epoch <= len(norms):
                 ax.plot(t.diverged_epoch, norms[t.diverged_epoch - 1], "x", color="darkred", ms=6)
         if best is not None and best.epochs:
             norms = _finite(best.group_series("grad_norm_mean", group))
-            ax.plot(range(1, len(norms) + 1), norms, color="black", lw=2.5, label=f"best (trial {best.number})")
+            rates = ", ".join(f"{k} {v:.2g}" for k, v in sorted(best.lrs.items()))
+            ax.plot(range(1, len(norms) + 1), norms, color="black", lw=2.5, label=f"best (trial {best.number}: {rates})")
         ax.set_yscale("log")
         ax.set_title(group)
         ax.set_xlabel("epoch")
@@ -116,25 +128,35 @@ def grad_norm_figure(data: StudyData) -> Figure:
 
 
 def lr_accuracy_figure(data: StudyData, thresholds: Mapping[str, float] | None = None) -> Figure:
-    """Each learning rate against best validation accuracy; ``thresholds`` draws a dashed line."""
+    """Each learning rate against best validation accuracy; ``thresholds`` draws a dashed line.
+
+    A diverged trial is drawn at its best epoch (x) with a line down to where it ended (its last
+    epoch's accuracy, a triangle): its best came before the jump, and the end is what it left.
+    """
     params = sorted({name for t in data.finished for name in t.lrs})
-    fig = Figure(figsize=(4 * max(len(params), 1), 4), dpi=_DPI)
+    fig = Figure(figsize=(4 * max(len(params), 1), 4.4), dpi=_DPI)
     axes = fig.subplots(1, max(len(params), 1), squeeze=False, sharey=True)[0]
     markers = {"complete": "o", "pruned": "s", "diverged": "x"}
     for ax, param in zip(axes, params):
         for kind in ("complete", "pruned", "diverged"):
-            pts = [(t.lrs[param], t.accuracy) for t in data.finished
-                   if _kind(t) == kind and param in t.lrs and t.accuracy is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.scatter(xs, ys, marker=markers[kind], color=_COLORS[kind], s=18, alpha=0.7, label=f"{kind} ({len(pts)})")
+            members = [t for t in data.finished if _kind(t) == kind and param in t.lrs and t.accuracy is not None]
+            if not members:
+                continue
+            xs, ys = [t.lrs[param] for t in members], [t.accuracy for t in members]
+            label = f"{kind} ({len(members)})" + (": best epoch (x), end (v)" if kind == "diverged" else "")
+            ax.scatter(xs, ys, marker=markers[kind], color=_COLORS[kind], s=18, alpha=0.7, label=label)
+            if kind == "diverged":
+                ends = [_finite(t.series("val_accuracy"))[-1] if t.epochs else math.nan for t in members]
+                ax.vlines(xs, ends, ys, color=_COLORS[kind], lw=0.8, alpha=0.5)
+                ax.scatter(xs, ends, marker="v", color=_COLORS[kind], s=14, alpha=0.7)
         if thresholds and param in thresholds:
             ax.axvline(thresholds[param], ls="--", color="darkred", lw=1, label=f"diverges above {thresholds[param]:.2g}")
         ax.set_xscale("log")
         ax.set_xlabel(param)
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower left", fontsize=7)
     axes[0].set_ylabel("best validation accuracy (pruned: best reported)")
-    axes[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(f"study {data.name}: learning rate vs accuracy")
     fig.tight_layout()
     return fig
@@ -234,9 +256,11 @@ def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Pat
         paths.append(out / name)
     import optuna.visualization as vis
 
+    # Only parameters that vary: a fixed one would only make Optuna warn once per view.
+    varying = sorted({n for t in data.complete for n in t.params if len({x.params.get(n) for x in data.complete}) > 1})
     views: dict[str, Callable[[], Any]] = {
-        "parallel_coordinate.html": lambda: vis.plot_parallel_coordinate(study),
-        "slice.html": lambda: vis.plot_slice(study),
+        "parallel_coordinate.html": lambda: vis.plot_parallel_coordinate(study, params=varying or None),
+        "slice.html": lambda: vis.plot_slice(study, params=varying or None),
     }
     try:
         imp = param_importances(data, "accuracy")
@@ -244,11 +268,13 @@ def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Pat
             study, evaluator=_precomputed(imp.importances), target_name=f"best validation accuracy ({imp.evaluator}, pruned included)")
     except HpoError as exc:
         logger.warning("importance view skipped: %s", exc)
-    lrs = [p for p in ("lr_embedding", "lr_encoder", "lr_head") if any(p in t.params for t in data.complete)]
+    lrs = [p for p in varying if p.startswith("lr_")]
     if len(lrs) >= 2:
         views["contour.html"] = lambda: vis.plot_contour(study, params=lrs)
     for name, make in sorted(views.items()):
-        make().write_html(out / name, include_plotlyjs=True, full_html=True)
+        # "directory": plotly.min.js (4.8 MB) is written once beside the pages, which load it from
+        # there: self-contained offline, without a copy inlined in every page.
+        make().write_html(out / name, include_plotlyjs="directory", full_html=True)
         paths.append(out / name)
     return paths
 

@@ -215,36 +215,65 @@ def _nice_between(low: float, high: float) -> list[float]:
     return out
 
 
+FEW = 10  # below this many trials on a side, a reading says it is a small sample
+
+
+def _constant_rates(trials: Sequence[TrialRecord]) -> dict[str, float]:
+    """Learning rates that every trial shared: fixed in the spec, so they explain nothing here."""
+    names = sorted({name for t in trials for name in t.lrs})
+    out = {}
+    for name in names:
+        values = {t.lrs[name] for t in trials if name in t.lrs}
+        if len(values) == 1:
+            out[name] = values.pop()
+    return out
+
+
 def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
     s = report.states
     n = len(trials)
     parts = [
-        f"Of {n} finished trials, {s['complete']} completed, {s['diverged']} diverged "
-        f"({_pct(s['diverged'], n)}) and {s['pruned_other']} were pruned as underperforming."
+        f"Of {n} finished trial{'s' if n != 1 else ''}, {s['complete']} completed, {s['diverged']} diverged "
+        f"({_pct(s['diverged'], n)}) and {s['pruned_other']} {'was' if s['pruned_other'] == 1 else 'were'} pruned as underperforming."
     ]
+    if n < FEW:
+        parts.append(f"With {n} trial{'s' if n != 1 else ''}, read what follows as a first look, not a finding.")
+    constants = _constant_rates(trials)
+    if constants:
+        fixed = ", ".join(f"{name} {_g(value)}" for name, value in constants.items())
+        parts.append(f"Fixed in every trial: {fixed}.")
     rule = divergence_rule(trials)
-    focus = rule.param if rule else ("lr_head" if any("lr_head" in t.lrs for t in trials) else None)
+    focus = rule.param if rule else next((p for p in ("lr_head", *sorted({k for t in trials for k in t.lrs}))
+                                          if p in _rate_params(trials)), None)
     if s["diverged"] == 0:
         parts.append("No trial diverged.")
+    elif s["diverged"] == n:
+        parts.append(f"All {n} finished trials diverged: no setting tried here trained stably"
+                     + (" (every learning rate was fixed; lower them)." if not _rate_params(trials) else "."))
     elif rule is None or rule.score < 0.5:
         parts.append("No single learning rate separates the diverged trials from the stable ones.")
     else:
+        few = min(rule.above, rule.below) < FEW // 2
         parts.append(
             f"{rule.param} above {_g(rule.threshold)} diverged in {rule.above_diverged} of {rule.above} trials, "
-            f"at or below it in {rule.below_diverged} of {rule.below}."
+            f"at or below it in {rule.below_diverged} of {rule.below}"
+            + (" (too few trials on one side to call it a boundary yet)." if few else ".")
         )
     complete = sorted((t for t in trials if t.state == record.COMPLETE), key=lambda t: -(t.accuracy or 0))
-    if complete and focus:
-        top = [t for t in complete[: max(3, len(complete) // 10)] if focus in t.lrs]
-        if top:
+    best = report.best
+    if complete and best is not None:
+        test = f", {best.test_accuracy:.4f} test" if best.test_accuracy is not None else ""
+        top = [t for t in complete[: max(3, len(complete) // 10)] if focus and focus in t.lrs]
+        if focus and len(top) >= 2 and focus not in constants:
             lo, hi = min(t.lrs[focus] for t in top), max(t.lrs[focus] for t in top)
-            best = report.best
-            assert best is not None
-            test = f", {best.test_accuracy:.4f} test" if best.test_accuracy is not None else ""
             parts.append(
                 f"The best {len(top)} trials used {focus} {_g(lo)} to {_g(hi)} "
                 f"(best: trial {best.number}, {best.val_accuracy:.4f} validation{test} accuracy)."
             )
+        else:
+            rates = ", ".join(f"{k} {_g(v)}" for k, v in sorted(complete[0].lrs.items()) if k not in constants)
+            parts.append(f"The best trial, {best.number}, reached {best.val_accuracy:.4f} validation{test} accuracy"
+                         + (f" with {rates}." if rates else "."))
     elif not complete:
         parts.append("No trial completed, so there is no best trial yet.")
     total = report.epochs_run + report.epochs_saved

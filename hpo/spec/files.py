@@ -47,9 +47,13 @@ _BUILTIN_PACKAGE = "hpo.studies"
 
 def _builtin_files() -> dict[str, Any]:
     try:
-        folder = importlib.resources.files(_BUILTIN_PACKAGE)
-    except ModuleNotFoundError:  # a broken install: only local specs then
-        return {}
+        folder: Any = importlib.resources.files(_BUILTIN_PACKAGE)
+    except ModuleNotFoundError:
+        # Imported from a source checkout that is not installed (hpo/ found on sys.path first):
+        # the specs are in the repository's studies/ folder.
+        folder = Path(__file__).resolve().parents[2] / "studies"
+        if not folder.is_dir():
+            return {}
     return {f.name[: -len(".toml")]: f for f in folder.iterdir() if f.name.endswith(".toml")}
 
 
