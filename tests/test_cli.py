@@ -107,8 +107,11 @@ def test_ctrl_c_stops_the_trial_and_says_how_to_resume(tmp_path, data_cache_dir)
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
     )
-    for line in proc.stdout:  # interrupt in the middle of the trial, after its first epoch
+    for line in proc.stdout:  # interrupt in the middle of the trial, after its first epoch's checkpoint
         if "trial 0 epoch 1/50" in line:
+            deadline = time.monotonic() + 60
+            while not list((tmp_path / "artifacts").glob("checkpoint-*")) and time.monotonic() < deadline:
+                time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
             break
     out, err = proc.communicate(timeout=120)
