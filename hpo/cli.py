@@ -127,6 +127,39 @@ def resume_command(study: str, trials: int, overrides: tuple[str, ...], url: str
     return shlex.join(parts) + note
 
 
+@main.command(cls=_ListsStudies)
+@click.option("--study", "study", required=True, help="A built-in study (listed below), ./studies/NAME.toml, or a path to a .toml file.")
+@click.option("--storage", default=None, help="Database URL (default: $HPO_STORAGE, else sqlite:///hpo.db).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. --set pretrain.epochs=2 (repeatable).")
+def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> None:
+    """Pretrain the study's encoder as a language model (hpo optimize does it first when it is missing).
+
+    The encoder is stored in the study's artifact store, keyed by the data, the encoder's
+    configuration and the [pretrain] settings; run again, it is loaded, not retrained.
+    """
+    from hpo.data import load_dataset
+    from hpo.pretrain import ensure_encoder
+    from hpo.spec import load_spec
+    from hpo.storage.artifacts import artifact_store
+    from hpo.storage.resilient import open_storage
+    from hpo.study import open_study
+    from hpo.train import configure_threads
+
+    spec = load_spec(study, overrides)
+    if not spec.pretrain.epochs:
+        raise HpoError(f"study {spec.name!r} does not pretrain (pretrain.epochs = 0): --set pretrain.epochs=N")
+    url, origin = resolve_storage_url(storage)
+    _echo(f"storage: {display_url(url)} ({origin})")
+    opened = open_study(spec, open_storage(url))
+    configure_threads(spec.train.threads)
+    data = load_dataset(spec.data, _echo)
+    encoder = ensure_encoder(spec, artifact_store(opened), url, _echo, data=data)
+    assert encoder is not None
+    ppl = ", ".join(f"{x:.1f}" for x in encoder.perplexities)
+    _echo(f"encoder {encoder.key}: held-out perplexity by epoch {ppl}; {encoder.seconds / 60:.1f} min, "
+          f"{encoder.tokens_per_second / 1000:.1f}k tokens/s ({encoder.precision})")
+
+
 @main.command()
 def studies() -> None:
     """List the built-in study specs (hpo optimize --study NAME)."""

@@ -225,6 +225,24 @@ def numericalize(token_lists: Sequence[Sequence[str]], labels: Sequence[int], vo
     return Split(tokens, offsets, torch.tensor(list(labels), dtype=torch.long))
 
 
+def lm_extra_reviews(spec: DataSpec, vocab: Sequence[str]) -> list[torch.Tensor]:
+    """aclImdb's ``unsup/`` reviews, numericalized with ``vocab``: extra text for language-model
+    pretraining only (they have no labels). Empty unless ``data.path`` is an aclImdb folder with them."""
+    if not spec.path:
+        return []
+    path = Path(spec.path).expanduser()
+    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    folder = root / "train" / "unsup"
+    if not folder.is_dir():
+        return []
+    stoi = {t: i for i, t in enumerate(vocab)}
+    return [
+        torch.tensor([stoi.get(t, UNK) for t in tokenize(p.read_text(encoding="utf-8"))[: spec.max_len]] or [UNK],
+                     dtype=torch.int32)
+        for p in sorted(folder.glob("*.txt"))
+    ]
+
+
 # --- the cached dataset --------------------------------------------------------------------------
 
 

@@ -72,6 +72,18 @@ class Encoder(nn.Module):
             x = self.dropout(out) if i < len(self.layers) - 1 else out
         return x  # (B, T, output_size)
 
+    def stream(self, tokens: torch.Tensor, states: list | None = None) -> tuple[torch.Tensor, list]:
+        """Forward direction only, carrying each layer's (h, c) from the previous window: the
+        language model's truncated backpropagation through a long stream of text."""
+        x = self.dropout(self.embedding(tokens))
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, state = layer[0](x, None if states is None else states[i])
+            new_states.append(state)
+            if i < len(self.layers) - 1:
+                x = self.dropout(x)
+        return x, new_states
+
     def group_params(self, per_layer: bool) -> dict[str, list[nn.Parameter]]:
         """The encoder's share of the layer groups: ``embedding`` and ``encoder`` (or ``encoder1``...)."""
         groups = {"embedding": list(self.embedding.parameters())}

@@ -35,6 +35,7 @@ from hpo.checkpoints import TrialCheckpoints
 from hpo.data import Dataset
 from hpo.divergence import DivergenceMonitor
 from hpo.model import LSTMClassifier
+from hpo.pretrain import PretrainedEncoder
 from hpo.record import EpochRecord, Outcome, TrialRecord, Verdict
 from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceEntry, Spec, train_config
 from hpo.storage.artifacts import artifact_store
@@ -73,11 +74,19 @@ def sample_params(trial: optuna.Trial, space: Mapping[str, SpaceEntry]) -> dict[
     return values
 
 
-def build_model(spec: Spec, vocab_size: int, dropout: float) -> LSTMClassifier:
-    torch.manual_seed(spec.train.seed)  # every trial starts from the same weights: less noise
+def build_model(spec: Spec, vocab_size: int, dropout: float, encoder: PretrainedEncoder | None = None,
+                seed: int | None = None) -> LSTMClassifier:
+    """The classifier; from the pretrained encoder's weights when there is one (the head is new).
+
+    Every trial of a seed starts from the same weights: less noise between trials.
+    """
+    torch.manual_seed(spec.train.seed if seed is None else seed)
     m = spec.model
-    return LSTMClassifier(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.bidirectional, dropout,
-                          m.group_per_layer)
+    model = LSTMClassifier(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.bidirectional, dropout,
+                           m.group_per_layer)
+    if encoder is not None:
+        model.encoder.load_state_dict(encoder.state)
+    return model
 
 
 def _rerun_of(trial: optuna.Trial) -> int | None:
@@ -106,9 +115,11 @@ class Objective:
     """Callable objective for ``study.optimize``; returns the best validation accuracy."""
 
     def __init__(self, spec: Spec, data: Dataset, device: torch.device | None = None,
-                 listeners: Sequence[TrialListener] = (), store: Any = None) -> None:
+                 listeners: Sequence[TrialListener] = (), store: Any = None,
+                 encoder: PretrainedEncoder | None = None) -> None:
         self.spec = spec
         self.data = data
+        self.encoder = encoder  # fine-tune from it; None: train from scratch
         self.device = device or resolve_device(spec.train.device)
         self.listeners = list(listeners)
         self.store = store  # the study's artifact store; read from the study on first use when None
@@ -128,6 +139,8 @@ class Objective:
         cfg = train_config(self.spec, values)
         rerun_of = _rerun_of(trial)
         trial.set_user_attr(record.LR_GROUPS, cfg.lrs)
+        if self.encoder is not None:
+            trial.set_user_attr(record.PRETRAINED, self.encoder.describe())
         checkpoints = self.checkpoints(trial, trial.study)
         resume = checkpoints.load()
         rows: list[EpochRecord] = []
@@ -154,7 +167,7 @@ class Objective:
 
         steps = -(-len(self.data.train) // cfg.batch_size)
         monitor = DivergenceMonitor(self.spec.divergence, steps, loss_sampling(self.device))
-        model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]))
+        model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]), self.encoder, cfg.seed)
         result = train(model, self.data, cfg, self.device, on_epoch, resume=resume,
                        on_checkpoint=checkpoints.save, monitor=monitor)
         value = max((r.val_accuracy for r in rows), default=0.0)

@@ -43,11 +43,18 @@ UID_ATTR = "uid"  # tells apart studies that reuse a name after one was deleted 
 LOCAL_KEYS = ("description", "data.cache_dir", "train.device", "train.threads", "sampler.seed")
 
 
-def make_sampler(spec: SamplerSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; ``seed`` (from the command line) wins over ``sampler.seed``."""
+def make_sampler(spec: SamplerSpec, seed: int | None = None, grid: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; ``seed`` (from the command line) wins over ``sampler.seed``.
+
+    ``grid``: knob -> choices, for ``sampler.type = "grid"`` (every combination once, in any order).
+    """
     seed = spec.seed if seed is None else seed
     if spec.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if spec.type == "grid":
+        if not grid:
+            raise HpoError("spec: sampler.type = 'grid' needs at least one knob with categorical choices")
+        return optuna.samplers.GridSampler({name: list(values) for name, values in grid.items()}, seed=seed)
     with warnings.catch_warnings():
         # multivariate and constant_liar are stable in practice but flagged experimental in Optuna 4.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -67,7 +74,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | Non
             study_name=spec.name,
             storage=storage,
             direction="maximize",
-            sampler=make_sampler(spec.sampler, seed),
+            sampler=make_sampler(spec.sampler, seed, grid_of(spec)),
             pruner=make_pruner(spec.pruner, spec.train.max_epochs),
             load_if_exists=True,
         )
@@ -89,6 +96,13 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | Non
             study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
         artifact_dir(study)  # recorded now, under the lock: every worker then agrees on it
     return study
+
+
+def grid_of(spec: Spec) -> dict[str, tuple[Any, ...]]:
+    """The categorical knobs of the spec's space: what a grid sampler walks through."""
+    from hpo.spec import CategoricalParam
+
+    return {k: v.choices for k, v in spec.space.items() if isinstance(v, CategoricalParam)}
 
 
 def spec_diff(stored: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

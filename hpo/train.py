@@ -52,6 +52,8 @@ class TrainConfig:
     lr_min_ratio: float = 0.01  # floor of each cycle, as a fraction of the peak
     weight_decay: float = 0.0
     optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's; the seed's notebook used (0.7, 0.99)
+    unfreeze_every: int = 0  # gradual unfreezing: 0 off; k: each group below the head joins k epochs later
     batch_size: int = 64
     bucket_batches: int = 50
     precision: str = "fp32"  # "bf16" autocast, or "auto": bf16 where the hardware runs it natively
@@ -170,7 +172,25 @@ def make_optimizer(model: LSTMClassifier, cfg: TrainConfig) -> torch.optim.Optim
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def first_epochs(group_names: list[str], unfreeze_every: int) -> dict[str, int]:
+    """The epoch each layer group starts to train in: gradual unfreezing from the top.
+
+    The head (last) trains from epoch 1; each group below joins ``unfreeze_every`` epochs after
+    the one above it (ULMFiT: 1). ``unfreeze_every = 0``: everything from epoch 1.
+    """
+    depth = {name: len(group_names) - 1 - i for i, name in enumerate(group_names)}
+    return {name: 1 + depth[name] * unfreeze_every for name in group_names}
+
+
+def _freeze(groups: Mapping[str, list[torch.nn.Parameter]], starts: Mapping[str, int], epoch: int) -> None:
+    # A frozen group computes no gradients at all (its backward is skipped, and AdamW skips
+    # parameters without a gradient, moments included), so it is exactly as it was.
+    for name, params in groups.items():
+        for p in params:
+            p.requires_grad_(epoch >= starts[name])
 
 
 @torch.no_grad()
@@ -213,6 +233,7 @@ def train(
     group_names = list(groups)
     all_params = [p for ps in groups.values() for p in ps]
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    starts = first_epochs(group_names, cfg.unfreeze_every)
     result = TrainResult(steps_per_epoch=steps_per_epoch)
     best_acc = -1.0
     if resume is not None:
@@ -225,6 +246,7 @@ def train(
 
     for epoch in range(result.start_epoch, cfg.max_epochs + 1):
         model.train()
+        _freeze(groups, starts, epoch)
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout masks: reproducible per epoch
         loss_sum = torch.zeros((), device=device)

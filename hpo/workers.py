@@ -175,10 +175,14 @@ def run_worker(
         f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
         f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
     )
+    from hpo.pretrain import ensure_encoder
+
     budget = Budget(trials)
     progress = Progress(budget, spec.train.max_epochs, log)
     store = artifact_store(study)
-    objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store)
+    encoder = ensure_encoder(spec, store, storage_url, log, data=data)
+    objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store,
+                          encoder=encoder)
     callbacks = [CheckpointCleanup(objective)]
     ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
     return _finish(study, trials, ran)
@@ -204,8 +208,13 @@ def run_workers(
     """
     from hpo.train import available_cores
 
+    from hpo.pretrain import ensure_encoder
+    from hpo.storage.artifacts import artifact_store
+
     study = open_study(spec, open_storage(storage_url, grace_period=grace_period, log=log), seed)
     before = tally(study).finished
+    if before < trials:  # pretrain here, on every core, before the workers need it
+        ensure_encoder(spec, artifact_store(study), storage_url, log)
     threads = max(1, (spec.train.threads or available_cores()) // jobs)
     log(f"starting {jobs} worker processes with {threads} thread(s) each{why}")
     ctx = multiprocessing.get_context("spawn")

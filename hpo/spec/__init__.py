@@ -22,6 +22,7 @@ from hpo.spec.schema import (
     IntParam,
     ModelSpec,
     Param,
+    PretrainSpec,
     PrunerSpec,
     SamplerSpec,
     SpaceEntry,
@@ -30,7 +31,7 @@ from hpo.spec.schema import (
 )
 
 __all__ = [
-    "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param",
+    "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
     "PrunerSpec", "SamplerSpec", "SpaceEntry", "Spec", "TrainSpec", "apply_overrides", "builtin_studies",
     "group_lrs", "knobs", "load_spec", "spec_from_dict", "train_config",
 ]

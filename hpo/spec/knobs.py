@@ -46,6 +46,9 @@ STATIC_KNOBS: dict[str, Knob] = {
         Knob("cycle_len", lambda v: v >= 1, "cycle_len is a whole number of epochs >= 1", integer=True),
         Knob("dropout", lambda v: 0 <= v < 1, "dropout must be in [0, 1)"),
         Knob("weight_decay", lambda v: v >= 0, "weight decay must be >= 0"),
+        # Not a setting to tune but to replicate: each value trains the same settings anew
+        # (head initialisation, dropout masks, batch order), as a sweep over seeds needs.
+        Knob("seed", lambda v: v >= 0, "a seed is a whole number >= 0", integer=True, required=False),
     )
 }
 
@@ -104,21 +107,32 @@ def group_lrs(values: Mapping[str, Any], groups: Sequence[str]) -> dict[str, flo
     return {g: float(values[lr_param(g)]) for g in groups}
 
 
+def cycle_epochs(cycle_len: int, cycle_mult: int, cycles: int, max_epochs: int) -> int:
+    """Epochs of ``cycles`` SGDR cycles (``cycle_len``, ``cycle_len * cycle_mult``, ...), at most ``max_epochs``."""
+    if not cycles:
+        return max_epochs
+    return min(max_epochs, sum(cycle_len * cycle_mult**i for i in range(cycles)))
+
+
 def train_config(spec: "Spec", values: Mapping[str, Any]) -> "TrainConfig":
     """The training loop's configuration for one trial's knob ``values`` (sampled or fixed)."""
     from hpo.train import TrainConfig
 
+    t = spec.train
+    cycle_len = int(values["cycle_len"])
     return TrainConfig(
         lrs=group_lrs(values, spec.model.groups),
         clip_norm=float(values["clip_norm"]),
-        cycle_len=int(values["cycle_len"]),
-        cycle_mult=spec.train.cycle_mult,
-        lr_min_ratio=spec.train.lr_min_ratio,
-        max_epochs=spec.train.max_epochs,
+        cycle_len=cycle_len,
+        cycle_mult=t.cycle_mult,
+        lr_min_ratio=t.lr_min_ratio,
+        max_epochs=cycle_epochs(cycle_len, t.cycle_mult, t.cycles, t.max_epochs),
         weight_decay=float(values["weight_decay"]),
-        optimizer=spec.train.optimizer,
+        optimizer=t.optimizer,
+        betas=(t.adam_beta1, t.adam_beta2),
+        unfreeze_every=t.unfreeze_every,
         batch_size=spec.data.batch_size,
         bucket_batches=spec.data.bucket_batches,
-        precision=spec.train.precision,
-        seed=spec.train.seed,
+        precision=t.precision,
+        seed=int(values.get("seed", t.seed)),
     )

@@ -48,7 +48,7 @@ SpaceEntry = Union[Param, float, int, str, bool]
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adamw", "sgd"),
     "train.precision": ("auto", "fp32", "bf16"),
-    "sampler.type": ("tpe", "random"),
+    "sampler.type": ("tpe", "random", "grid"),
     "pruner.type": ("median", "percentile", "successive_halving", "hyperband", "none"),
 }
 
@@ -118,7 +118,11 @@ class TrainSpec:
     max_epochs: int = 5
     optimizer: str = "adamw"
     cycle_mult: int = 1
+    cycles: int = 0  # SGDR cycles to run (0: as many as fit in max_epochs); never past max_epochs
     lr_min_ratio: float = 0.01  # SGDR floor, as a fraction of each group's peak rate
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    unfreeze_every: int = 0  # gradual unfreezing: 0 off; k: the head trains from epoch 1, each group below k epochs later
     precision: str = "auto"
     device: str = "auto"
     threads: int = 0  # 0: the cores this process may use
@@ -126,7 +130,11 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         _positive(self, "train", "max_epochs", "cycle_mult")
-        _non_negative(self, "train", "threads")
+        _non_negative(self, "train", "threads", "cycles", "unfreeze_every")
+        _require("train", {
+            "adam_beta1": (0 <= self.adam_beta1 < 1, "must be in [0, 1)"),
+            "adam_beta2": (0 <= self.adam_beta2 < 1, "must be in [0, 1)"),
+        })
         _choice(self, "train", "optimizer")
         _choice(self, "train", "precision")
         _require("train", {
@@ -190,6 +198,41 @@ class DivergenceSpec:
 
 
 @dataclass(frozen=True)
+class PretrainSpec:
+    """Language-model pretraining of the encoder (embedding and LSTM layers), once per configuration.
+
+    ``epochs = 0``: no pretraining, the classifier trains from scratch. The language model reads
+    the training split's reviews only (plus aclImdb's ``unsup/`` reviews when ``data.path`` is an
+    aclImdb folder), back to back; ``valid_fraction`` of them are held out to measure perplexity.
+    """
+
+    epochs: int = 0
+    bptt: int = 70  # mean length of a truncated-backprop window (it varies, as in AWD-LSTM)
+    batch_size: int = 64
+    lr: float = 3e-3  # peak rate of a one-cycle schedule
+    clip_norm: float = 0.5
+    dropout: float = 0.1
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.8
+    adam_beta2: float = 0.99
+    valid_fraction: float = 0.02
+    max_tokens: int = 0  # 0: every training token; else a prefix of the stream (tests, quick runs)
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "pretrain", "epochs", "weight_decay", "max_tokens", "clip_norm")
+        _positive(self, "pretrain", "bptt", "batch_size", "lr")
+        _require("pretrain", {
+            "dropout": (0 <= self.dropout < 1, "must be in [0, 1)"),
+            "valid_fraction": (0 < self.valid_fraction < 0.5, "must be in (0, 0.5)"),
+            "adam_beta1": (0 <= self.adam_beta1 < 1, "must be in [0, 1)"),
+            "adam_beta2": (0 <= self.adam_beta2 < 1, "must be in [0, 1)"),
+            "precision": (self.precision in CHOICES["train.precision"], f"= {self.precision!r} is not one of auto, fp32, bf16"),
+        })
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     data: DataSpec = field(default_factory=DataSpec)
@@ -199,6 +242,7 @@ class Spec:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     divergence: DivergenceSpec = field(default_factory=DivergenceSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -207,6 +251,13 @@ class Spec:
         if not isinstance(self.name, str) or not self.name:
             raise HpoError("spec: 'name' must be a non-empty string")
         check_space(self.space, self.model.groups)
+        if self.pretrain.epochs and self.model.bidirectional:
+            raise HpoError("spec: pretrain.epochs needs model.bidirectional = false (a language model reads forwards)")
+        if self.sampler.type == "grid":
+            ranged = [k for k, v in self.space.items() if isinstance(v, (FloatParam, IntParam))]
+            if ranged:
+                raise HpoError(f"spec: sampler.type = 'grid' needs every varied knob as categorical choices "
+                               f"(ranges: {', '.join('space.' + k for k in ranged)})")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (TOML/JSON-able) that round-trips through :func:`~hpo.spec.spec_from_dict`."""
@@ -224,6 +275,7 @@ SECTIONS: dict[str, type] = {
     "sampler": SamplerSpec,
     "pruner": PrunerSpec,
     "divergence": DivergenceSpec,
+    "pretrain": PretrainSpec,
 }
 
 

@@ -35,6 +35,7 @@ class FolderStore(FileSystemArtifactStore):
     """Optuna's folder store, plus the size of an artifact and a listing by prefix."""
 
     def __init__(self, base_path: str | Path) -> None:
+        Path(base_path).mkdir(parents=True, exist_ok=True)
         super().__init__(str(base_path))
         self.folder = Path(base_path)
 
@@ -68,9 +69,7 @@ def artifact_dir(study: optuna.Study) -> str:
 
 
 def artifact_store(study: optuna.Study) -> FolderStore:
-    folder = Path(artifact_dir(study))
-    folder.mkdir(parents=True, exist_ok=True)
-    return FolderStore(folder)
+    return FolderStore(artifact_dir(study))
 
 
 def checkpoint_prefix(study: optuna.Study) -> str:
