@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -150,6 +151,7 @@ class DivergenceMonitor:
     def __init__(self, rules: DivergenceSpec, steps_per_epoch: int, sample_every: int = 1) -> None:
         self.rules = rules
         self.sample_every = sample_every
+        self.verdict: Verdict | None = None  # the first one; later ones are not news
         # The guard judges explosions only after the first epoch (NaN/inf at once): a high head
         # rate can spike the loss to 3x chance in the first steps and still recover
         # (search_efficiency: lr_head 0.26, stopped at epoch 1, reached 0.816 re-run without it).
@@ -165,20 +167,32 @@ class DivergenceMonitor:
 
     def on_step(self, epoch: int, step: int, loss: float) -> Verdict | None:
         hit = self.guard.update(loss)
-        return Verdict(hit[0], epoch, hit[1], step) if hit else None
+        return self._first(Verdict(hit[0], epoch, hit[1], step) if hit else None)
 
     def on_epoch(self, epoch: int, train_loss: float, val_loss: float, max_grad_norm: float) -> Verdict | None:
         self.val_loss.append(val_loss)
         self.train_loss.append(train_loss)
         self.max_grad_norm.append(max_grad_norm)
         verdict = check_divergence(self.val_loss, self.train_loss, self.max_grad_norm, self.rules)
-        return verdict if verdict is not None and verdict.epoch == len(self.val_loss) else None
+        return self._first(verdict if verdict is not None and verdict.epoch == len(self.val_loss) else None)
+
+    def stops(self, verdict: Verdict) -> bool:
+        """Whether training stops on ``verdict``: always for NaN, else unless the rules only record."""
+        return self.rules.action == "stop" or verdict.reason == "nan"
+
+    def _first(self, verdict: Verdict | None) -> Verdict | None:
+        if verdict is None or self.verdict is not None:
+            return None
+        self.verdict = verdict
+        return verdict
 
     def state_dict(self) -> dict[str, Any]:
         return {"guard": dict(vars(self.guard)), "val_loss": list(self.val_loss),
-                "train_loss": list(self.train_loss), "max_grad_norm": list(self.max_grad_norm)}
+                "train_loss": list(self.train_loss), "max_grad_norm": list(self.max_grad_norm),
+                "verdict": dataclasses.asdict(self.verdict) if self.verdict else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         vars(self.guard).update(state["guard"])
         self.val_loss, self.train_loss = list(state["val_loss"]), list(state["train_loss"])
         self.max_grad_norm = list(state["max_grad_norm"])
+        self.verdict = Verdict(**state["verdict"]) if state.get("verdict") else None

@@ -158,10 +158,11 @@ class Objective:
             trial.report(row.val_accuracy, row.epoch)
             for listener in self.listeners:
                 listener.epoch_finished(trial, row, cfg.max_epochs, verdict)
-            # A diverged trial stops on its verdict. After the last epoch there is nothing left
-            # to save: a trial that ran every epoch COMPLETEs, so its value counts and it joins
-            # the wrapped pruner's reference pool.
-            if verdict is None and row.epoch < cfg.max_epochs and trial.should_prune():
+            # A diverged trial stops on its verdict (or, with divergence.action = "record",
+            # trains on and is never pruned for underperformance). After the last epoch there is
+            # nothing left to save: a trial that ran every epoch COMPLETEs, so its value counts
+            # and it joins the wrapped pruner's reference pool.
+            if verdict is None and monitor.verdict is None and row.epoch < cfg.max_epochs and trial.should_prune():
                 pruned_at = row.epoch
             return pruned_at is not None
 

@@ -93,12 +93,12 @@ class TrainResult:
     verdict: Verdict | None = None  # the monitor's, when the run diverged
     steps_per_epoch: int = 0
     start_epoch: int = 1  # later than 1 when resumed from a checkpoint
+    cut_mid_epoch: bool = False  # the monitor stopped it inside an epoch
 
     @property
     def epochs_run(self) -> int:
         """Epochs trained in all, resumed ones included; a partial epoch cut short counts."""
-        partial = self.verdict is not None and self.verdict.step is not None
-        return self.start_epoch - 1 + len(self.history) + int(partial)
+        return self.start_epoch - 1 + len(self.history) + int(self.cut_mid_epoch)
 
 
 def sgdr_factor(epochs_done: float, cycle_len: int, cycle_mult: int = 1, min_ratio: float = 0.0) -> float:
@@ -268,9 +268,12 @@ def train(
                 logits = model(batch.tokens, batch.lengths).float()
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
             if monitor is not None and monitor.wants(step):
-                result.verdict = monitor.on_step(epoch, step, loss.item())
-                if result.verdict is not None:
-                    return result
+                verdict = monitor.on_step(epoch, step, loss.item())
+                if verdict is not None:
+                    result.verdict = verdict
+                    if monitor.stops(verdict):
+                        result.cut_mid_epoch = True
+                        return result
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norms = _group_norms(groups)
@@ -306,7 +309,8 @@ def train(
         stop = on_epoch(row, verdict) if on_epoch is not None else False
         if verdict is not None:
             result.verdict = verdict
-            break
+            if monitor is not None and monitor.stops(verdict):
+                break
         if stop:
             result.stopped_by_callback = True
             break

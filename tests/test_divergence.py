@@ -138,10 +138,11 @@ def test_the_monitor_gives_one_verdict_from_steps_or_epochs():
     monitor = DivergenceMonitor(RULES, steps_per_epoch=4)
     # the first epoch's spikes are tolerated by the step guard (warm-up is one epoch at least)...
     assert all(monitor.on_step(1, s, 30.0) is None for s in range(4))
-    # ...NaN never is, and the verdict says where
-    assert monitor.on_step(1, 2, math.nan) == monitor.on_step(1, 2, math.inf) is not None
+    # ...NaN never is; the verdict says where, and comes once (later hits are not news)
     verdict = monitor.on_step(1, 3, math.nan)
     assert (verdict.reason, verdict.epoch, verdict.step) == ("nan", 1, 3)
+    assert monitor.on_step(1, 4, math.inf) is None and monitor.verdict == verdict
+    assert monitor.stops(verdict)
     # the epoch rules: the reported failure, judged epoch by epoch, fires at the jump
     monitor = DivergenceMonitor(RULES, steps_per_epoch=4)
     losses = [0.45, 0.38, 0.34, 0.315, 0.759]

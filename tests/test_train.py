@@ -92,3 +92,15 @@ def test_huge_learning_rate_is_stopped_at_the_first_step_after_the_first_epoch(s
 def test_bf16_autocast_trains_too(small):
     result = train(_model(small), small, _cfg(precision="bf16", max_epochs=1))
     assert math.isfinite(result.history[0].train_loss) and result.history[0].val_accuracy > 0
+
+
+def test_record_only_divergence_keeps_training_and_keeps_the_first_verdict(small):
+    # rules that call every run "no progress" after its first epoch: a verdict for sure
+    rules = DivergenceSpec(no_progress_epochs=1, chance_margin=0.99, grad_norm_limit=1e-9, action="record")
+    steps = math.ceil(len(small.train) / 64)
+    result = train(_model(small), small, _cfg(max_epochs=3), monitor=DivergenceMonitor(rules, steps))
+    assert [r.epoch for r in result.history] == [1, 2, 3] and result.epochs_run == 3
+    assert (result.verdict.reason, result.verdict.epoch) == ("no_progress", 1)
+    stopping = DivergenceSpec(no_progress_epochs=1, chance_margin=0.99, grad_norm_limit=1e-9)
+    stopped = train(_model(small), small, _cfg(max_epochs=3), monitor=DivergenceMonitor(stopping, steps))
+    assert len(stopped.history) == 1 and stopped.verdict == result.verdict

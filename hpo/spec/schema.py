@@ -50,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "sampler.type": ("tpe", "random", "grid"),
     "pruner.type": ("median", "percentile", "successive_halving", "hyperband", "none"),
+    "divergence.action": ("stop", "record"),
 }
 
 
@@ -190,9 +191,14 @@ class DivergenceSpec:
     no_progress_epochs: int = 2
     chance_margin: float = 0.02
     grad_norm_limit: float = 100.0
+    # "stop": a diverged trial stops at its verdict. "record": the verdict is recorded and the
+    # trial trains on to the end of its schedule (a sweep that must see whether runs come back;
+    # NaN still stops it, nothing comes back from NaN weights).
+    action: str = "stop"
 
     def __post_init__(self) -> None:
         _positive(self, "divergence", "threshold", "step_explosion", "grad_norm_limit")
+        _choice(self, "divergence", "action")
         _non_negative(self, "divergence", "train_rise", "warmup_epochs", "step_warmup", "no_progress_epochs",
                       "chance_margin")
 
