@@ -1,0 +1,157 @@
+"""The seed's phenomenon, measured: a head-rate sweep of ``imdb-seed``, run to the end of every schedule.
+
+The sweep itself is an ``hpo`` study (the grid of 5 head rates x 3 seeds in
+``studies/imdb-seed.toml``) with ``divergence.action = "record"``: every run is judged by the
+divergence rules as it trains, but trains on to the end of its 14 epochs, so this script can
+check each verdict against what the run did afterwards::
+
+    hpo optimize --study imdb-seed --trials 15 --set name=imdb-seed-sweep \\
+        --set data.max_train=5000 --set data.max_valid=1000 --set divergence.action=record
+    python benchmarks/seed_sweep.py --study imdb-seed-sweep --storage sqlite:///hpo.db
+
+It prints, per head rate: runs, mean and max best validation accuracy, runs the rules flagged as
+diverged and the epoch of each jump (and whether it came right after a warm restart), runs that
+never came back (their last validation loss more than the threshold above their best) and the
+counts the issue asks for: never-recovered runs the rules caught, and flagged runs that did
+recover (false positives). Then the epochs that stopping at the verdict would have saved against
+running every schedule to its end. It writes ``seed_sweep.txt`` and ``seed_sweep.png`` (validation
+loss of every run by head rate, jumps marked; mean best accuracy and divergence rate per head
+rate, like the seed's own table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hpo.analysis.trials import load_study_data  # noqa: E402
+from hpo.record import TrialRecord  # noqa: E402
+from hpo.spec.schema import DivergenceSpec  # noqa: E402
+from hpo.storage.resilient import open_storage  # noqa: E402
+
+
+def never_recovered(t: TrialRecord, threshold: float) -> bool:
+    """The run ended with its validation loss more than ``threshold`` above its own best (or not finite)."""
+    losses = t.series("val_loss")
+    finite = [x for x in losses if math.isfinite(x)]
+    return not finite or not math.isfinite(losses[-1]) or losses[-1] > min(finite) * (1 + threshold)
+
+
+def after_restart(epoch: int, cycle_len: int) -> bool:
+    """Whether ``epoch`` (1-based) is the first epoch of an SGDR cycle after the first."""
+    return epoch > 1 and (epoch - 1) % cycle_len == 0
+
+
+def _rules(data) -> DivergenceSpec:
+    stored = dict((data.spec or {}).get("divergence") or {})
+    stored.pop("action", None)
+    return DivergenceSpec(**stored)
+
+
+def table(data) -> list[str]:
+    rules = _rules(data)
+    cycle = int(((data.spec or {}).get("space") or {}).get("cycle_len", 2))
+    by_rate: dict[float, list[TrialRecord]] = defaultdict(list)
+    for t in data.finished:
+        by_rate[float(t.params["lr_head"])].append(t)
+    out = [f"head-rate sweep of study {data.name!r}: {len(data.finished)} runs, {data.max_epochs} epochs each "
+           f"(SGDR cycles of {cycle}: warm restarts before epochs {', '.join(str(e) for e in range(cycle + 1, data.max_epochs + 1, cycle))}); "
+           f"divergence rules: threshold {rules.threshold:g}, train_rise {rules.train_rise:g}", "",
+           f"  {'lr_head':>8} {'runs':>4} {'mean best acc':>13} {'max':>6} {'diverged':>8} {'jumps (epoch; r = right after a restart)':<42} "
+           f"{'never back':>10} {'last val loss / best':<22}"]
+    caught = missed = false_pos = never = saved = 0
+    for rate in sorted(by_rate):
+        runs = sorted(by_rate[rate], key=lambda t: t.params.get("seed", 0))
+        accs = [t.accuracy for t in runs if t.accuracy is not None]
+        flagged = [t for t in runs if t.diverged]
+        jumps = ", ".join(f"{t.verdict.epoch}{'r' if after_restart(t.verdict.epoch, cycle) else ''}"
+                          f" ({t.verdict.reason}{f' {t.verdict.ratio:.1f}x' if t.verdict.ratio else ''})" for t in flagged)
+        gone = [t for t in runs if never_recovered(t, rules.threshold)]
+        ratios = " ".join(f"{t.series('val_loss')[-1] / min(x for x in t.series('val_loss') if math.isfinite(x)):.2f}"
+                          if math.isfinite(t.series('val_loss')[-1]) else "nan" for t in runs)
+        out.append(f"  {rate:>8g} {len(runs):>4} {statistics.fmean(accs):>13.4f} {max(accs):>6.4f} {len(flagged):>8} "
+                   f"{jumps or '-':<42} {len(gone):>10} {ratios:<22}")
+        never += len(gone)
+        caught += sum(1 for t in gone if t.diverged)
+        missed += sum(1 for t in gone if not t.diverged)
+        false_pos += sum(1 for t in flagged if not never_recovered(t, rules.threshold))
+        saved += sum(t.epochs_run - t.verdict.epoch for t in flagged)
+    total = sum(t.epochs_run for t in data.finished)
+    out += ["", f"runs that never came back: {never}; caught by the rules: {caught}; missed: {missed}",
+            f"runs flagged as diverged that did come back (false positives): {false_pos}",
+            f"stopping at the verdict saves {saved} of {total} epochs ({100 * saved / max(total, 1):.0f}%) against running "
+            "every schedule to its end (hpo replay --study ... shows the same with other rules and pruners)"]
+    return out
+
+
+def figure(data, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    rules = _rules(data)
+    rates = sorted({float(t.params["lr_head"]) for t in data.finished})
+    colors = {r: f"C{i}" for i, r in enumerate(rates)}
+    fig = Figure(figsize=(13, 4.8), dpi=100)
+    ax_loss, ax_rate = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
+    seen: set[float] = set()
+    for t in sorted(data.finished, key=lambda t: t.number):
+        rate = float(t.params["lr_head"])
+        losses = t.series("val_loss")
+        ax_loss.plot(range(1, len(losses) + 1), losses, color=colors[rate], alpha=0.8, lw=1.2,
+                     label=f"lr_head {rate:g}" if rate not in seen else None)
+        seen.add(rate)
+        if t.diverged:
+            e = t.verdict.epoch
+            if e <= len(losses):
+                ax_loss.plot(e, losses[e - 1], "x", color="black", ms=8, mew=2)
+    cycle = int(((data.spec or {}).get("space") or {}).get("cycle_len", 2))
+    for e in range(cycle, data.max_epochs, cycle):
+        ax_loss.axvline(e + 0.5, color="0.85", lw=0.8, zorder=0)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("epoch (grey: warm restarts)")
+    ax_loss.set_ylabel("validation loss")
+    ax_loss.set_title("every run to the end of its schedule; x = the divergence verdict")
+    ax_loss.legend(fontsize=8)
+    ax_loss.grid(alpha=0.3)
+    means = [statistics.fmean(t.accuracy for t in data.finished if float(t.params["lr_head"]) == r) for r in rates]
+    div = [sum(t.diverged for t in data.finished if float(t.params["lr_head"]) == r)
+           / sum(1 for t in data.finished if float(t.params["lr_head"]) == r) for r in rates]
+    ax_rate.plot(rates, means, "o-", color="tab:blue", label="mean best validation accuracy")
+    ax_rate.set_xscale("log")
+    ax_rate.set_xlabel("lr_head (encoder at /10, embedding at /100)")
+    ax_rate.set_ylabel("mean best validation accuracy", color="tab:blue")
+    twin = ax_rate.twinx()
+    twin.bar(rates, div, width=[r * 0.4 for r in rates], alpha=0.3, color="tab:red", label="divergence rate")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("divergence rate (of 3 seeds)", color="tab:red")
+    ax_rate.set_title("per head rate")
+    ax_rate.grid(alpha=0.3)
+    fig.suptitle(f"study {data.name}: the seed's setting (rates 1:10:100, clip 25, 7 SGDR cycles of 2 epochs), "
+                 f"threshold {rules.threshold:g}")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="imdb-seed-sweep")
+    parser.add_argument("--storage", default="sqlite:///hpo.db")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    data = load_study_data(args.study, open_storage(args.storage, create=False))
+    lines = table(data)
+    print("\n".join(lines))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seed_sweep.txt").write_text("\n".join(lines) + "\n")
+    figure(data, out / "seed_sweep.png")
+    print(f"wrote {out / 'seed_sweep.txt'} and {out / 'seed_sweep.png'}")
+
+
+if __name__ == "__main__":
+    main()
