@@ -80,22 +80,26 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     one budget. Running the same command again continues the study.
     """
     from hpo.spec import load_spec
+    from hpo.storage.resilient import open_storage
     from hpo.workers import auto_jobs, run_worker, run_workers
 
     n_jobs = _jobs(jobs)
     spec = load_spec(study, overrides)
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
+    open_storage(url)  # an unreachable or misspelt database fails here, before anything is measured
+    precision, measured = _calibrate(spec, n_jobs == "auto")
     why = ""
     if n_jobs == "auto":
-        n_jobs, reason = auto_jobs(spec)
+        n_jobs, reason = auto_jobs(spec, measured)
         why = f" (--jobs auto: {reason}; --jobs N to choose)"
     try:
         if n_jobs > 1:
             outcome = run_workers(spec, url, trials, n_jobs, timeout=timeout, seed=seed, log=_echo,
-                                  grace_period=grace_period, why=why)
+                                  grace_period=grace_period, why=why, precision=precision)
         else:
-            outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period)
+            outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period,
+                                 precision=precision)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the running trial was stopped, marked FAIL (failed trials do not count toward "
@@ -105,6 +109,20 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
         )
         sys.exit(130)
     _echo(_summary(outcome, url, origin))
+
+
+def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None]:
+    """(precision for train.precision = auto, worker processes for --jobs auto) from this machine's
+    calibration (hpo.calibrate), measured once per machine and model shape; (None, None) when
+    both are given explicitly."""
+    if spec.train.precision != "auto" and not jobs_auto:
+        return None, None
+    from hpo.calibrate import ensure_calibration
+    from hpo.data import load_dataset
+
+    calibration = ensure_calibration(spec, load_dataset(spec.data, _echo), log=_echo)
+    _echo(f"calibration: {calibration.describe()}")
+    return calibration.precision, calibration.jobs
 
 
 def resume_command(study: str, trials: int, overrides: tuple[str, ...], url: str, origin: str, jobs: str) -> str:

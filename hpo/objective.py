@@ -116,9 +116,11 @@ class Objective:
 
     def __init__(self, spec: Spec, data: Dataset, device: torch.device | None = None,
                  listeners: Sequence[TrialListener] = (), store: Any = None,
-                 encoder: PretrainedEncoder | None = None) -> None:
+                 encoder: PretrainedEncoder | None = None, precision: str | None = None) -> None:
         self.spec = spec
         self.data = data
+        # train.precision, or for "auto" what this machine's calibration chose (hpo.calibrate)
+        self.precision = precision if spec.train.precision == "auto" and precision else spec.train.precision
         self.encoder = encoder  # fine-tune from it; None: train from scratch
         self.device = device or resolve_device(spec.train.device)
         self.listeners = list(listeners)
@@ -136,7 +138,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = sample_params(trial, self.spec.space)
-        cfg = train_config(self.spec, values)
+        cfg = train_config(self.spec, values, self.precision)
         rerun_of = _rerun_of(trial)
         trial.set_user_attr(record.LR_GROUPS, cfg.lrs)
         if self.encoder is not None:
@@ -193,13 +195,13 @@ class Objective:
         if test and result.best_state is not None:
             best = load_best(model, result)
             test_accuracy = evaluate(best, self.data.test, self.device, self.spec.data.batch_size * 2,
-                                     self.spec.train.precision)[1]
+                                     self.precision)[1]
         return Outcome(
             verdict=result.verdict,
             best_epoch=result.best_epoch,
             epochs_run=result.epochs_run,
             steps_per_epoch=result.steps_per_epoch,
-            precision=resolve_precision(self.spec.train.precision, self.device),
+            precision=resolve_precision(self.precision, self.device),
             test_accuracy=test_accuracy,
             pruned_epoch=pruned_at,
         )

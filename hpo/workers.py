@@ -57,24 +57,30 @@ class WorkerOutcome:
     artifacts: str = ""  # what the study's artifacts take, where
 
 
-def auto_jobs(spec: Spec) -> tuple[int, str]:
-    """Worker processes for ``--jobs auto``, and why: one per core on CPU as memory allows, 1 on CUDA.
+def auto_jobs(spec: Spec, measured: int | None = None) -> tuple[int, str]:
+    """Worker processes for ``--jobs auto``, and why: 1 on CUDA; on CPU what the calibration
+    measured fastest (``measured``; else one per core), as memory allows.
 
-    On 2 cores, two 1-thread processes ran 1.31x the trials per hour of one 2-thread process
-    (benchmarks/jobs_throughput.py): a trial's operations are too small to keep two threads busy.
-    A worker peaks at about 1.1 GiB on the full data; 1.5 GiB each leaves room.
+    On 2 cores, two 1-thread processes ran 1.31x the trials per hour of one 2-thread process for
+    the default model (benchmarks/jobs_throughput.py): its operations are too small to keep two
+    threads busy. A worker peaks at about 1.1 GiB on the full data; 1.5 GiB each leaves room.
     """
     from hpo.train import available_cores, resolve_device
 
     if resolve_device(spec.train.device).type == "cuda":
         return 1, "one process drives the GPU"
-    cores = available_cores()
+    cores = measured or available_cores()
     try:
         free_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
         free_gib = float("inf")
     jobs = max(1, min(cores, int(free_gib // 1.5)))
-    why = f"one per core on {cores} cores" if jobs == cores else f"{free_gib:.1f} GiB free memory, ~1.5 GiB per worker"
+    if jobs < cores:
+        why = f"{free_gib:.1f} GiB free memory, ~1.5 GiB per worker"
+    elif measured is not None:
+        why = "the fastest measured by the calibration"
+    else:
+        why = f"one per core on {cores} cores"
     return jobs, why
 
 
@@ -155,8 +161,12 @@ def run_worker(
     threads: int | None = None,
     log: Log = lambda m: None,
     grace_period: int = GRACE_PERIOD_S,
+    precision: str | None = None,
 ) -> WorkerOutcome:
-    """Optimize ``spec``'s study in this process until it has ``trials`` finished trials."""
+    """Optimize ``spec``'s study in this process until it has ``trials`` finished trials.
+
+    ``precision``: what this machine's calibration chose for ``train.precision = "auto"``.
+    """
     from hpo.data import load_dataset
     from hpo.objective import Objective
     from hpo.storage.artifacts import artifact_store
@@ -182,7 +192,7 @@ def run_worker(
     store = artifact_store(study)
     encoder = ensure_encoder(spec, store, storage_url, log, data=data)
     objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store,
-                          encoder=encoder)
+                          encoder=encoder, precision=precision)
     callbacks = [CheckpointCleanup(objective)]
     ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
     return _finish(study, trials, ran)
@@ -198,6 +208,7 @@ def run_workers(
     log: Log = lambda m: None,
     grace_period: int = GRACE_PERIOD_S,
     why: str = "",
+    precision: str | None = None,
 ) -> WorkerOutcome:
     """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
@@ -221,7 +232,7 @@ def run_workers(
     procs = [
         ctx.Process(
             target=_worker_process,
-            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i),
+            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision),
             name=f"hpo-worker-{i}",
         )
         for i in range(jobs)
@@ -256,14 +267,16 @@ def run_workers(
 
 
 def _worker_process(
-    spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int
+    spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
+    precision: str | None = None,
 ) -> None:
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
 
     quiet_optuna_logging()
     try:
-        run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period)
+        run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
+                   precision=precision)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

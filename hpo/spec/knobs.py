@@ -114,8 +114,11 @@ def cycle_epochs(cycle_len: int, cycle_mult: int, cycles: int, max_epochs: int) 
     return min(max_epochs, sum(cycle_len * cycle_mult**i for i in range(cycles)))
 
 
-def train_config(spec: "Spec", values: Mapping[str, Any]) -> "TrainConfig":
-    """The training loop's configuration for one trial's knob ``values`` (sampled or fixed)."""
+def train_config(spec: "Spec", values: Mapping[str, Any], precision: str | None = None) -> "TrainConfig":
+    """The training loop's configuration for one trial's knob ``values`` (sampled or fixed).
+
+    ``precision``: what the machine's calibration chose for ``train.precision = "auto"``.
+    """
     from hpo.train import TrainConfig
 
     t = spec.train
@@ -133,6 +136,6 @@ def train_config(spec: "Spec", values: Mapping[str, Any]) -> "TrainConfig":
         unfreeze_every=t.unfreeze_every,
         batch_size=spec.data.batch_size,
         bucket_batches=spec.data.bucket_batches,
-        precision=t.precision,
+        precision=precision or t.precision,
         seed=int(values.get("seed", t.seed)),
     )

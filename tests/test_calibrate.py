@@ -1,0 +1,70 @@
+"""The start-up calibration: measured once per machine and model shape, cached, and overridden by explicit settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import optuna
+import torch
+from click.testing import CliRunner
+
+from hpo.calibrate import Calibration, cache_file, calibration_key, candidates, ensure_calibration
+from hpo.cli import main
+from hpo.data import load_dataset
+from hpo.record import TrialRecord
+from tests.conftest import SMALL
+
+
+def test_it_measures_once_then_reads_the_cache(small_spec, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HPO_CALIBRATION_FILE", str(tmp_path / "calibration.json"))
+    spec = small_spec("data.max_train=200")
+    data = load_dataset(spec.data)
+    first = ensure_calibration(spec, data, torch.device("cpu"))
+    assert not first.cached and first.seconds > 0 and first.tokens_per_second > 0
+    assert first.precision in ("fp32", "bf16") and first.jobs >= 1
+    # every candidate was measured (and, on several cores, the best one in one process per core)
+    assert len(first.measured) >= len(candidates(torch.device("cpu"), 1))
+    assert first.tokens_per_second == max(first.measured.values())
+    stored = json.loads(cache_file(spec).read_text())
+    assert calibration_key(spec, torch.device("cpu")) in stored
+    second = ensure_calibration(spec, data, torch.device("cpu"))
+    assert second.cached and dataclasses.replace(second, cached=False) == first
+    # another model shape is another calibration
+    other = dataclasses.replace(spec, model=dataclasses.replace(spec.model, hidden_size=40))
+    assert calibration_key(other, torch.device("cpu")) != calibration_key(spec, torch.device("cpu"))
+
+
+def _plant(spec, precision: str) -> None:
+    """A cached calibration that says ``precision``, whatever this machine would measure."""
+    key = calibration_key(spec, torch.device("cpu"))
+    planted = Calibration(key, precision, True, 1, 2, 1000.0, {"planted": 1000.0}, 0.1, "2026-01-01T00:00:00+00:00")
+    cache_file(spec).parent.mkdir(parents=True, exist_ok=True)
+    cache_file(spec).write_text(json.dumps({key: dataclasses.asdict(planted)}))
+
+
+def _optimize(tmp_path, monkeypatch, cache_dir: str, *sets: str):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
+    args = ["optimize", "--study", "imdb", "--trials", "1", "--jobs", "1"]
+    for item in [*SMALL, f"data.cache_dir={cache_dir!r}", "train.max_epochs=1", *sets]:
+        args += ["--set", item]
+    return CliRunner().invoke(main, args)
+
+
+def test_the_cached_choice_is_used_and_an_explicit_precision_wins(small_spec, data_cache_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HPO_CALIBRATION_FILE", str(tmp_path / "calibration.json"))
+    spec = small_spec("train.max_epochs=1")
+    _plant(spec, "bf16")
+    auto = _optimize(tmp_path, monkeypatch, data_cache_dir, "name=auto")
+    assert auto.exit_code == 0, auto.output
+    assert "calibration: bf16, 1 process x 2 threads: 1k tokens/s (planted 1k; cached from 2026-01-01" in auto.output
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    trial = optuna.load_study(study_name="auto", storage=storage).trials[0]
+    assert TrialRecord.from_trial(trial).outcome.precision == "bf16"
+    explicit = _optimize(tmp_path, monkeypatch, data_cache_dir, "name=explicit", "train.precision=fp32")
+    assert explicit.exit_code == 0, explicit.output
+    assert "calibration:" not in explicit.output  # both settings explicit: nothing to measure or read
+    trial = optuna.load_study(study_name="explicit", storage=storage).trials[0]
+    assert TrialRecord.from_trial(trial).outcome.precision == "fp32"
