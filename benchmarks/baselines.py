@@ -179,12 +179,9 @@ def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from hpo.calibrate import cpu_info
+
+    cpu = cpu_info()[0]
     return (f"{os.cpu_count()} cores, {cpu}, python {platform.python_version()}, scikit-learn {sklearn.__version__}, "
             f"scipy {scipy.__version__}, numpy {np.__version__}")
 

@@ -59,7 +59,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -554,12 +553,9 @@ def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: S
 
 
 def machine(procs: int, threads: int) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from hpo.calibrate import cpu_info
+
+    cpu = cpu_info()[0]
     return (f"{os.cpu_count()} cores ({procs} processes x {threads} torch threads), {cpu}, "
             f"torch {torch.__version__}, optuna {optuna.__version__}")
 

@@ -88,17 +88,21 @@ class Calibration:
                 f"{self.tokens_per_second / 1000:.0f}k tokens/s ({others}; {source})")
 
 
+def cpu_info() -> tuple[str, set[str]]:
+    """(the processor's model name, its feature flags), from /proc/cpuinfo where there is one."""
+    name, flags = platform.processor() or platform.machine() or "unknown CPU", set()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return name, flags
+    name = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), name)
+    flags = next((set(l.split(":", 1)[1].split()) for l in lines if l.startswith("flags")), flags)
+    return name, flags
+
+
 def fingerprint(device: torch.device) -> dict[str, Any]:
     """What the answer depends on, besides the model: the processor, its cores, the software."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    cpu, flags = cpu_info()
     out = {"cpu": cpu, "flags": sorted(f for f in _FLAGS if f in flags), "cores": available_cores(),
            "torch": torch.__version__, "device": device.type}
     if device.type == "cuda":
