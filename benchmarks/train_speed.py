@@ -8,15 +8,22 @@ memory is its own:
   every step: what a first training script does;
 * ``hpo``: ``hpo.train.train`` on ``hpo.data``'s length-bucketed batches (fp32);
 * ``hpo-bf16``: the same under bf16 autocast (``train.precision = "bf16"``);
+* ``hpo-nodnn``, ``hpo-bf16-nodnn``: fp32 and bf16 with oneDNN off (PyTorch's own LSTM kernels);
+* ``hpo-foreach``, ``hpo-fused``: fp32 with AdamW's multi-tensor (``foreach``) or fused
+  implementation instead of the per-parameter loop PyTorch picks on CPU;
+* ``calibrated``: what ``hpo.calibrate`` picks on this machine for this model (measured afresh
+  in the same run, its cost printed): the setting ``hpo optimize`` trains with;
 * ``hpo-bf16-compile``: that, with the model wrapped in ``torch.compile`` (its compile time
   included: a trial pays it once per model);
 * ``hpo-bf16-bucket200``: that, with length buckets of 200 batches instead of 50 (less padding,
   less shuffling). Not run by default: pass ``--variants`` with them to try.
 
-It prints real (non-pad) tokens per second, the speed-up over ``naive``, the share of padding,
-and peak memory (RSS on CPU, allocated memory on CUDA).
+It prints the CPU model and the flags that matter (AVX-512, bf16, AMX), real (non-pad) tokens per
+second, the speed-up over ``naive``, the share of padding, and peak memory (RSS on CPU,
+allocated memory on CUDA). ``--save`` also writes the table to
+``benchmarks/results/train_speed-<cpu model>.txt``: one results file per CPU kind.
 
-    python benchmarks/train_speed.py                 # 120 batches per variant (~3 min on 2 cores)
+    python benchmarks/train_speed.py                 # 120 batches per variant (~5 min on 2 cores)
     python benchmarks/train_speed.py --batches 0     # one full epoch per variant
 """
 
@@ -24,12 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
+import re
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +45,11 @@ import torch.nn.functional as F
 from hpo.data import Dataset, _pad, load_dataset, padding_fraction
 from hpo.model import LSTMClassifier
 from hpo.spec import DataSpec
+import hpo.train
+from hpo.calibrate import _FLAGS, calibrate, cpu_info
 from hpo.train import TrainConfig, configure_threads, resolve_device, train
 
-VARIANTS = ("naive", "hpo", "hpo-bf16")
+VARIANTS = ("naive", "hpo", "hpo-bf16", "hpo-nodnn", "hpo-bf16-nodnn", "hpo-foreach", "hpo-fused", "calibrated")
 EXTRA = ("hpo-bf16-compile", "hpo-bf16-bucket200")
 LR = 2e-3
 
@@ -94,16 +104,44 @@ def _hpo(data: Dataset, device: torch.device, batch_size: int, precision: str, c
     return {"tokens_per_second": stats.tokens_per_second, "seconds": stats.seconds, "padding": padding_fraction(data.train, batches)}
 
 
+def _adamw(impl: str) -> None:
+    """Make hpo's loop build AdamW with ``foreach=True`` or ``fused=True`` (this process only)."""
+    make = hpo.train.make_optimizer
+
+    def patched(model, cfg):
+        opt = make(model, cfg)
+        return torch.optim.AdamW(opt.param_groups, betas=cfg.betas, weight_decay=cfg.weight_decay, **{impl: True})
+
+    hpo.train.make_optimizer = patched
+
+
+def _calibrated(data: Dataset, device: torch.device) -> tuple[str, bool, str, float]:
+    """(precision, oneDNN on, the calibration's description, its cost in s), measured afresh."""
+    from hpo.spec import load_spec
+
+    spec = load_spec("imdb")  # the benchmark's model is the default study's
+    result = calibrate(spec, load_dataset(spec.data), device)
+    configure_threads(0)
+    return result.precision, result.mkldnn, result.describe(), result.seconds
+
+
 def _run_variant(variant: str, batches: int, batch_size: int) -> dict:
     threads = configure_threads(0)
     device = resolve_device()
     data = _data(batches, batch_size)
+    extra: dict = {}
     if variant == "naive":
         out = _naive(data, device, batch_size)
     else:
         precision = "bf16" if variant.startswith("hpo-bf16") else "fp32"
+        torch.backends.mkldnn.enabled = not variant.endswith("-nodnn")
+        if variant in ("hpo-foreach", "hpo-fused"):
+            _adamw(variant.split("-")[1])
+        if variant == "calibrated":
+            precision, torch.backends.mkldnn.enabled, extra["choice"], extra["calibration_s"] = _calibrated(data, device)
         out = _hpo(data, device, batch_size, precision, compiled=variant.endswith("-compile"),
                    bucket_batches=200 if variant.endswith("-bucket200") else 50)
+    out.update(extra)
     if device.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -117,23 +155,36 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=120, help="batches per variant (0: a full epoch)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS + EXTRA)}")
+    parser.add_argument("--save", action="store_true", help="also write benchmarks/results/train_speed-<cpu model>.txt")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._one:
         print(json.dumps(_run_variant(args._one, args.batches, args.batch_size)))
         return
     load_dataset(DataSpec(max_len=400))  # build the cache once, outside the timings
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) if sys.platform == "linux" else platform.processor()
-    print(f"torch {torch.__version__}, {cpu}, {configure_threads(0)} threads, device {resolve_device()}")
+    cpu, flags = cpu_info()
+    lines = [f"# python benchmarks/train_speed.py --batches {args.batches} --variants {args.variants}",
+             f"torch {torch.__version__}, {cpu} ({', '.join(f for f in _FLAGS if f in flags) or 'no AVX-512/AMX'}), "
+             f"{configure_threads(0)} threads, device {resolve_device()}"]
+    print("\n".join(lines), flush=True)
     rows = []
     for variant in args.variants.split(","):
         cmd = [sys.executable, __file__, "--_one", variant, "--batches", str(args.batches), "--batch-size", str(args.batch_size)]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]))
     base = next((r["tokens_per_second"] for r in rows if r["variant"] == "naive"), rows[0]["tokens_per_second"])
-    print(f"{'variant':<19} {'reviews':>8} {'tokens/s':>10} {'vs naive':>9} {'padding':>8} {'seconds':>8} {'peak MiB':>9}")
+    lines.append(f"{'variant':<19} {'reviews':>8} {'tokens/s':>10} {'vs naive':>9} {'padding':>8} {'seconds':>8} {'peak MiB':>9}")
     for r in rows:
-        print(f"{r['variant']:<19} {r['reviews']:>8} {r['tokens_per_second']:>10,.0f} {r['tokens_per_second'] / base:>8.2f}x "
-              f"{r['padding']:>7.1%} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f}")
+        lines.append(f"{r['variant']:<19} {r['reviews']:>8} {r['tokens_per_second']:>10,.0f} {r['tokens_per_second'] / base:>8.2f}x "
+                     f"{r['padding']:>7.1%} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f}")
+    for r in rows:
+        if "choice" in r:
+            lines.append(f"calibrated choice: {r['choice']}; the calibration took {r['calibration_s']:.1f} s")
+    print("\n".join(lines[2:]))
+    if args.save:
+        slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|\bcpu\b|@.*", "", cpu.lower())).strip("-")
+        path = Path(__file__).parent / "results" / f"train_speed-{slug}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        print(f"saved {path}")
 
 
 if __name__ == "__main__":

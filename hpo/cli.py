@@ -88,7 +88,7 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
     open_storage(url)  # an unreachable or misspelt database fails here, before anything is measured
-    precision, measured = _calibrate(spec, n_jobs == "auto")
+    precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
     why = ""
     if n_jobs == "auto":
         n_jobs, reason = auto_jobs(spec, measured)
@@ -96,10 +96,10 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     try:
         if n_jobs > 1:
             outcome = run_workers(spec, url, trials, n_jobs, timeout=timeout, seed=seed, log=_echo,
-                                  grace_period=grace_period, why=why, precision=precision)
+                                  grace_period=grace_period, why=why, precision=precision, onednn=onednn)
         else:
             outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period,
-                                 precision=precision)
+                                 precision=precision, onednn=onednn)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the running trial was stopped, marked FAIL (failed trials do not count toward "
@@ -111,18 +111,19 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     _echo(_summary(outcome, url, origin))
 
 
-def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None]:
-    """(precision for train.precision = auto, worker processes for --jobs auto) from this machine's
-    calibration (hpo.calibrate), measured once per machine and model shape; (None, None) when
-    both are given explicitly."""
+def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None, bool]:
+    """(precision for train.precision = auto, worker processes for --jobs auto, oneDNN on) from
+    this machine's calibration (hpo.calibrate), measured once per machine and model shape;
+    (None, None, True) when both are given explicitly."""
     if spec.train.precision != "auto" and not jobs_auto:
-        return None, None
+        return None, None, True
     from hpo.calibrate import ensure_calibration
     from hpo.data import load_dataset
 
     calibration = ensure_calibration(spec, load_dataset(spec.data, _echo), log=_echo)
     _echo(f"calibration: {calibration.describe()}")
-    return calibration.precision, calibration.jobs
+    # oneDNN was measured per precision: its choice goes with the calibrated precision only
+    return calibration.precision, calibration.jobs, calibration.mkldnn or spec.train.precision != "auto"
 
 
 def resume_command(study: str, trials: int, overrides: tuple[str, ...], url: str, origin: str, jobs: str) -> str:

@@ -162,14 +162,18 @@ def run_worker(
     log: Log = lambda m: None,
     grace_period: int = GRACE_PERIOD_S,
     precision: str | None = None,
+    onednn: bool = True,
 ) -> WorkerOutcome:
     """Optimize ``spec``'s study in this process until it has ``trials`` finished trials.
 
-    ``precision``: what this machine's calibration chose for ``train.precision = "auto"``.
+    ``precision``, ``onednn``: what this machine's calibration chose for ``train.precision =
+    "auto"`` (oneDNN's fused LSTM on or off: process-wide, so set here, where a worker starts).
     """
     from hpo.data import load_dataset
     from hpo.objective import Objective
     from hpo.storage.artifacts import artifact_store
+    import torch
+
     from hpo.train import configure_threads, resolve_device
 
     storage = open_storage(storage_url, grace_period=grace_period, log=log)
@@ -179,6 +183,7 @@ def run_worker(
         log(f"study {spec.name!r} already has {done} finished trials (budget {trials}): nothing to run")
         return WorkerOutcome(spec.name, tally(study), 0)
     n_threads = configure_threads(spec.train.threads if threads is None else threads)
+    torch.backends.mkldnn.enabled = onednn
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)
     log(
@@ -209,6 +214,7 @@ def run_workers(
     grace_period: int = GRACE_PERIOD_S,
     why: str = "",
     precision: str | None = None,
+    onednn: bool = True,
 ) -> WorkerOutcome:
     """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
@@ -232,7 +238,7 @@ def run_workers(
     procs = [
         ctx.Process(
             target=_worker_process,
-            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision),
+            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision, onednn),
             name=f"hpo-worker-{i}",
         )
         for i in range(jobs)
@@ -268,7 +274,7 @@ def run_workers(
 
 def _worker_process(
     spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
-    precision: str | None = None,
+    precision: str | None = None, onednn: bool = True,
 ) -> None:
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
@@ -276,7 +282,7 @@ def _worker_process(
     quiet_optuna_logging()
     try:
         run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
-                   precision=precision)
+                   precision=precision, onednn=onednn)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -35,10 +35,10 @@ def test_it_measures_once_then_reads_the_cache(small_spec, tmp_path, monkeypatch
     assert calibration_key(other, torch.device("cpu")) != calibration_key(spec, torch.device("cpu"))
 
 
-def _plant(spec, precision: str) -> None:
+def _plant(spec, precision: str, mkldnn: bool = True) -> None:
     """A cached calibration that says ``precision``, whatever this machine would measure."""
     key = calibration_key(spec, torch.device("cpu"))
-    planted = Calibration(key, precision, True, 1, 2, 1000.0, {"planted": 1000.0}, 0.1, "2026-01-01T00:00:00+00:00")
+    planted = Calibration(key, precision, mkldnn, 1, 2, 1000.0, {"planted": 1000.0}, 0.1, "2026-01-01T00:00:00+00:00")
     cache_file(spec).parent.mkdir(parents=True, exist_ok=True)
     cache_file(spec).write_text(json.dumps({key: dataclasses.asdict(planted)}))
 
@@ -68,3 +68,13 @@ def test_the_cached_choice_is_used_and_an_explicit_precision_wins(small_spec, da
     assert "calibration:" not in explicit.output  # both settings explicit: nothing to measure or read
     trial = optuna.load_study(study_name="explicit", storage=storage).trials[0]
     assert TrialRecord.from_trial(trial).outcome.precision == "fp32"
+
+
+def test_the_calibrated_onednn_choice_reaches_the_worker(small_spec, data_cache_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HPO_CALIBRATION_FILE", str(tmp_path / "calibration.json"))
+    _plant(small_spec("train.max_epochs=1"), "fp32", mkldnn=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)  # restored after the test: the flag is process-wide
+    result = _optimize(tmp_path, monkeypatch, data_cache_dir, "name=nodnn")
+    assert result.exit_code == 0, result.output
+    assert "calibration: fp32 without oneDNN" in result.output
+    assert torch.backends.mkldnn.enabled is False  # the worker (this process, --jobs 1) trained without it
