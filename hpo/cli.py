@@ -81,13 +81,15 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     """
     from hpo.spec import load_spec
     from hpo.storage.resilient import open_storage
+    from hpo.study import open_study
     from hpo.workers import auto_jobs, run_worker, run_workers
 
     n_jobs = _jobs(jobs)
     spec = load_spec(study, overrides)
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    open_storage(url)  # an unreachable or misspelt database fails here, before anything is measured
+    # an unreachable database, or a study made with another spec, fails here, before anything is measured
+    open_study(spec, open_storage(url), seed)
     precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
     why = ""
     if n_jobs == "auto":

@@ -52,6 +52,7 @@ def test_a_worker_with_another_spec_is_refused_in_one_line(small_spec, tmp_path,
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: study 'cli-shared' was created with a different spec")
     assert "train.max_epochs: study 2, yours 5" in result.output
+    assert "calibration" not in result.output  # refused before a minute of measuring, not after
     assert "Traceback" not in result.output
 
 
