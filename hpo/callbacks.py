@@ -199,5 +199,5 @@ class Progress(TrialListener):
         parallel = t.running + 1  # the trials running elsewhere, and the next one here
         per_epoch = statistics.fmean(self.trial_seconds_per_epoch[-20:])
         seconds = remaining * per_trial * per_epoch / parallel
-        return (f" | study left ~{format_duration(seconds)} ({remaining} trials x {per_trial:.1f} epochs"
-                f" x {per_epoch:.1f}s / {parallel} workers)")
+        return (f" | study left ~{format_duration(seconds)} ({remaining} trial{'s' if remaining != 1 else ''} x "
+                f"{per_trial:.1f} epochs x {per_epoch:.1f}s / {parallel} worker{'s' if parallel != 1 else ''})")
