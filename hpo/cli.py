@@ -308,7 +308,9 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
 
     url, origin = resolve_storage_url(storage)
     plan = plan_dashboard(study, url, host, port)
-    _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {plan.artifact_dir}")
+    from hpo.storage.artifacts import describe_location
+
+    _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {describe_location(plan.artifact_location)}")
     if plan.note:
         _echo(f"note: {plan.note}")
     _echo(f"dashboard: {plan.url}  (Ctrl-C stops it)")
