@@ -45,10 +45,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_dashboard(args, cwd):
+def _start_dashboard(args, cwd, env=None):
     hpo = shutil.which("hpo", path=str(Path(sys.executable).parent)) or "hpo"
     proc = subprocess.Popen([hpo, "dashboard", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
     lines = []
     deadline = time.time() + 60
     while time.time() < deadline:

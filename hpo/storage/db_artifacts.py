@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import threading
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable, TypeVar
 
 import sqlalchemy as sa
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -45,6 +47,7 @@ from sqlalchemy.dialects import mysql
 from hpo.errors import HpoError
 from hpo.storage.urls import mask_url
 
+T = TypeVar("T")
 CHUNK_BYTES = 1 << 20  # 1 MiB: small against every server's packet limit, few round trips for 50 MB
 ARTIFACTS_TABLE = "hpo_artifacts"
 CHUNKS_TABLE = "hpo_artifact_chunks"
@@ -93,8 +96,9 @@ class DatabaseStore:
     chunks nothing points at: what the disk-usage summary and ``hpo clean`` need.
     """
 
-    def __init__(self, engine: sa.Engine, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, engine: sa.Engine, chunk_bytes: int = CHUNK_BYTES, retry_s: float = 0.0) -> None:
         self.engine = engine
+        self.retry_s = retry_s
         self._ensure_tables()
         self.chunk_bytes = self._fitting_chunk(chunk_bytes)
 
@@ -108,7 +112,9 @@ class DatabaseStore:
                 "storage without a database engine (a gRPC proxy?): pass the database URL itself as "
                 "--storage, or set $HPO_ARTIFACTS to a store every worker can reach"
             )
-        return cls(engine)
+        # Ride out database restarts as the storage itself does: a checkpoint that cannot be
+        # written for a few seconds must not fail the trial.
+        return cls(engine, retry_s=float(getattr(_rdb(storage), "_retry_s", 0.0)))
 
     def __repr__(self) -> str:
         return f"database {mask_url(self.engine.url.render_as_string(hide_password=True))} (table {ARTIFACTS_TABLE})"
@@ -116,8 +122,21 @@ class DatabaseStore:
     # --- Optuna's ArtifactStore protocol ---
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
-        """Store ``content_body`` (read to its end, one chunk at a time) as ``artifact_id``, atomically."""
+        """Store ``content_body`` (read to its end, one chunk at a time) as ``artifact_id``, atomically.
+
+        A connection error is retried (from the start of the body) when the body can seek back.
+        """
         _check_id(artifact_id)
+        start = content_body.tell() if content_body.seekable() else None
+
+        def attempt() -> None:
+            if start is not None:
+                content_body.seek(start)
+            self._write(artifact_id, content_body)
+
+        _retrying(attempt, self.retry_s if start is not None else 0.0)
+
+    def _write(self, artifact_id: str, content_body: BinaryIO) -> None:
         version = uuid.uuid4().hex
         digest = hashlib.sha256()
         size = seq = 0
@@ -147,9 +166,13 @@ class DatabaseStore:
         header = self.header(artifact_id)
         if header is None:
             raise ArtifactNotFound(f"artifact {artifact_id!r} is not in the database store")
-        return io.BufferedReader(_ChunkReader(self.engine, artifact_id, header), buffer_size=self.chunk_bytes)  # type: ignore[return-value]
+        raw = _ChunkReader(self.engine, artifact_id, header, self.retry_s)
+        return io.BufferedReader(raw, buffer_size=self.chunk_bytes)  # type: ignore[return-value]
 
     def remove(self, artifact_id: str) -> None:
+        _retrying(lambda: self._remove(artifact_id), self.retry_s)
+
+    def _remove(self, artifact_id: str) -> None:
         with self.engine.begin() as conn:
             version = conn.execute(
                 sa.select(artifacts.c.version).where(artifacts.c.artifact_id == artifact_id).with_for_update()
@@ -162,6 +185,9 @@ class DatabaseStore:
     # --- what the usage summary and the clean-up need ---
 
     def header(self, artifact_id: str) -> Header | None:
+        return _retrying(lambda: self._header(artifact_id), self.retry_s)
+
+    def _header(self, artifact_id: str) -> Header | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(artifacts.c.version, artifacts.c.size, artifacts.c.sha256, artifacts.c.chunks)
@@ -232,8 +258,9 @@ class DatabaseStore:
 class _ChunkReader(io.RawIOBase):
     """Reads an artifact's chunks in order, one query each, checking size and sha256 at the end."""
 
-    def __init__(self, engine: sa.Engine, artifact_id: str, header: Header) -> None:
+    def __init__(self, engine: sa.Engine, artifact_id: str, header: Header, retry_s: float = 0.0) -> None:
         self.engine = engine
+        self.retry_s = retry_s
         self.artifact_id = artifact_id
         self.header = header
         self.seq = 0
@@ -258,10 +285,13 @@ class _ChunkReader(io.RawIOBase):
         return n
 
     def _chunk(self, seq: int) -> bytes:
-        with self.engine.connect() as conn:
-            data = conn.execute(
-                sa.select(chunks.c.data).where(chunks.c.version == self.header.version, chunks.c.seq == seq)
-            ).scalar()
+        def fetch() -> Any:
+            with self.engine.connect() as conn:
+                return conn.execute(
+                    sa.select(chunks.c.data).where(chunks.c.version == self.header.version, chunks.c.seq == seq)
+                ).scalar()
+
+        data = _retrying(fetch, self.retry_s)
         if data is None:
             raise ArtifactCorrupted(
                 f"artifact {self.artifact_id!r}: chunk {seq + 1} of {self.header.chunks} is missing "
@@ -286,9 +316,28 @@ class _ChunkReader(io.RawIOBase):
 
 def rdb_engine(storage: Any) -> sa.Engine | None:
     """The SQLAlchemy engine of an Optuna RDB storage, unwrapping Optuna's cache; None for others."""
+    return getattr(_rdb(storage), "engine", None)
+
+
+def _rdb(storage: Any) -> Any:
     while storage is not None and not hasattr(storage, "engine"):
         storage = getattr(storage, "_backend", None)
-    return getattr(storage, "engine", None)
+    return storage
+
+
+def _retrying(call: Callable[[], T], retry_s: float) -> T:
+    """``call()``, tried again after connection errors with backoff for up to ``retry_s`` seconds."""
+    from hpo.storage.resilient import is_transient
+
+    start, delay = time.monotonic(), 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() - start + delay > retry_s:
+                raise
+            time.sleep(delay * random.uniform(0.75, 1.25))
+            delay = min(delay * 2, 8.0)
 
 
 def _read_full(body: BinaryIO, n: int) -> bytes:
