@@ -186,3 +186,60 @@ def test_s3_locations_need_boto3_or_say_so(tmp_path, monkeypatch) -> None:
     except ImportError:
         with pytest.raises(Exception, match=r"needs boto3: pip install 'hpo\[s3\]'"):
             artifact_store(study)
+
+
+def _finished_study_with_leftovers(url: str, name: str, folder: Path) -> tuple[optuna.Study, DatabaseStore]:
+    """A study in its database store: 2 finished trials with a figure each, one FAILed trial's
+    checkpoints, a RUNNING trial's checkpoints, and an upload no study refers to any more."""
+    from hpo.record import CHECKPOINT
+
+    study = _study(url, name)
+    store = artifact_store(study)
+    prefix = artifacts.checkpoint_prefix(study)
+    for i in range(2):
+        trial = study.ask()
+        optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(_png(folder, i)), study_or_trial=trial)
+        study.tell(trial, 0.5)
+    for state, n in (("failed", 2), ("running", 3)):
+        trial = study.ask()
+        trial.set_user_attr(CHECKPOINT, f"{prefix[len('checkpoint-'):-len('-trial-')]}-trial-{n}")
+        for slot in "ab":
+            store.write(f"{prefix}{n}-{slot}.pt", io.BytesIO(b"c" * 5000))
+        if state == "failed":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    store.write("0123abcd-0000-4000-8000-000000000000", io.BytesIO(b"o" * 700))  # its study was deleted
+    return study, store
+
+
+def _png(folder: Path, i: int) -> Path:
+    path = folder / f"fig-{i}.png"
+    path.write_bytes(b"\x89PNG" + b"f" * 1000)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_report_counts_and_clean_frees_the_study_artifacts(kind, tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from hpo.cli import main
+
+    monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
+    with fresh_database(kind) as url:
+        study, store = _finished_study_with_leftovers(url, "leftovers", tmp_path)
+        before = usage(study, store)
+        assert (before.figures, before.checkpoints, before.checkpoint_files) == (2008, 20_000, 4)
+
+        result = CliRunner().invoke(main, ["report", "--study", "leftovers", "--storage", url])
+        assert result.exit_code == 0, result.output
+        assert "Artifacts\n\n22.0 kB (figures 2.0 kB; checkpoints 20.0 kB in 4 files" in result.output
+        assert make_url(url).password not in result.output
+
+        result = CliRunner().invoke(main, ["clean", "--study", "leftovers", "--storage", url])
+        assert result.exit_code == 0, result.output
+        assert "removed 2 checkpoints (10.0 kB), 1 orphaned artifact (700 B), 0 stray chunks (0 B): 10.7 kB freed" in result.output
+        # the running trial keeps its two slots; the finished trials keep their figures
+        assert store.ids("checkpoint-") == [f"{artifacts.checkpoint_prefix(study)}3-{s}.pt" for s in "ab"]
+        assert usage(study, store).figures == 2008
+        again = CliRunner().invoke(main, ["clean", "--study", "leftovers", "--storage", url])
+        assert "removed 0 checkpoints (0 B), 0 orphaned artifacts (0 B), 0 stray chunks (0 B): 0 B freed" in again.output
+        store.engine.dispose()

@@ -119,13 +119,18 @@ def default_location(storage: Any) -> str:
     return str(db.parent / f"{db.stem}-artifacts") if db is not None else default_artifact_dir()
 
 
-def artifact_location(study: optuna.Study) -> str:
-    """The study's store as recorded (a folder path, ``database`` or ``s3://...``); the default on first use."""
+def artifact_location(study: optuna.Study, record: bool = True) -> str:
+    """The study's store as recorded (a folder path, ``database`` or ``s3://...``).
+
+    A study that records none gets the default, recorded unless ``record`` is False (what the
+    read-only commands pass: they change nothing in the study).
+    """
     attrs = study.user_attrs
     location = attrs.get(STORE_ATTR) or attrs.get(ATTR)
     if not location:
         location = default_location(study._storage)
-        study.set_user_attr(ATTR if _is_folder(location) else STORE_ATTR, location)
+        if record:
+            study.set_user_attr(ATTR if _is_folder(location) else STORE_ATTR, location)
     return str(location)
 
 
@@ -217,6 +222,31 @@ def usage(study: optuna.Study, store: Any) -> Usage:
     ours = set(study_encoder_ids(study))
     encoders = [i for i in ids(ENCODER_PREFIX) if i in ours]
     return Usage(figures, sum(size(i) for i in checkpoints), len(checkpoints), sum(size(i) for i in encoders))
+
+
+def usage_summary(study: optuna.Study) -> dict[str, Any]:
+    """What the study's artifacts take, for reports: bytes by kind, a one-line summary, the store."""
+    location = artifact_location(study, record=False)
+    if location == DATABASE:
+        from hpo.storage.db_artifacts import ARTIFACTS_TABLE, rdb_engine
+
+        engine = rdb_engine(study._storage)
+        if engine is not None and not sa_has_table(engine, ARTIFACTS_TABLE):  # nothing stored yet: create nothing
+            return {"store": "the study's database", "summary": Usage(0, 0, 0).describe(), "total_bytes": 0}
+    try:
+        store = open_location(location, study._storage)
+        used = usage(study, store)
+    except HpoError as exc:  # an S3 store without boto3 here: the report still stands
+        return {"store": describe_location(location), "summary": f"unknown ({exc})"}
+    return {"store": repr(store), "summary": used.describe(), "total_bytes": used.total, "figure_bytes": used.figures,
+            "checkpoint_bytes": used.checkpoints, "checkpoint_files": used.checkpoint_files,
+            "encoder_bytes": used.encoders}
+
+
+def sa_has_table(engine: Any, table: str) -> bool:
+    import sqlalchemy
+
+    return sqlalchemy.inspect(engine).has_table(table)
 
 
 def study_encoder_ids(study: optuna.Study) -> list[str]:
