@@ -349,5 +349,17 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
         pass
 
 
+@main.command("storage-proxy")
+@_STORAGE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; the proxy has no login and no TLS.")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
+def storage_proxy(storage: str | None, host: str, port: int) -> None:
+    """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT)."""
+    from hpo.storage.proxy import serve
+
+    url, _ = resolve_storage_url(storage)
+    serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
