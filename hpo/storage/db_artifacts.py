@@ -37,8 +37,9 @@ import random
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -140,7 +141,7 @@ class DatabaseStore:
         version = uuid.uuid4().hex
         digest = hashlib.sha256()
         size = seq = 0
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             while True:
                 block = _read_full(content_body, self.chunk_bytes)
                 if not block and seq > 0:
@@ -151,15 +152,27 @@ class DatabaseStore:
                 seq += 1
                 if len(block) < self.chunk_bytes:
                     break  # the end (an empty artifact is one empty chunk)
-            previous = conn.execute(
-                sa.select(artifacts.c.version).where(artifacts.c.artifact_id == artifact_id).with_for_update()
-            ).scalar()
             row = {"version": version, "size": size, "sha256": digest.hexdigest(), "chunks": seq}
+            # No locking read first: on InnoDB a SELECT ... FOR UPDATE of an id not there yet locks
+            # the gap, and two workers uploading new figures side by side deadlock. An artifact
+            # has one writer at a time (a trial's worker; the encoder under its lock), so: update
+            # the row if it is there, else insert it.
+            previous = conn.execute(sa.select(artifacts.c.version).where(artifacts.c.artifact_id == artifact_id)).scalar()
             if previous is None:
                 conn.execute(artifacts.insert().values(artifact_id=artifact_id, **row))
             else:
                 conn.execute(artifacts.update().where(artifacts.c.artifact_id == artifact_id).values(**row))
                 conn.execute(chunks.delete().where(chunks.c.version == previous))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """A transaction; READ COMMITTED on MySQL/MariaDB, whose default (REPEATABLE READ) takes
+        gap locks that make concurrent inserts of neighbouring keys deadlock."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name in ("mysql", "mariadb"):
+                conn = conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                yield conn
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
         """A buffered binary reader that fetches one chunk at a time; ArtifactNotFound when absent."""
@@ -173,10 +186,8 @@ class DatabaseStore:
         _retrying(lambda: self._remove(artifact_id), self.retry_s)
 
     def _remove(self, artifact_id: str) -> None:
-        with self.engine.begin() as conn:
-            version = conn.execute(
-                sa.select(artifacts.c.version).where(artifacts.c.artifact_id == artifact_id).with_for_update()
-            ).scalar()
+        with self._transaction() as conn:
+            version = conn.execute(sa.select(artifacts.c.version).where(artifacts.c.artifact_id == artifact_id)).scalar()
             if version is None:
                 raise ArtifactNotFound(f"artifact {artifact_id!r} is not in the database store")
             conn.execute(artifacts.delete().where(artifacts.c.artifact_id == artifact_id))
@@ -222,7 +233,7 @@ class DatabaseStore:
         atomicity (or a hand-edited table); cheap to check, so ``hpo clean`` does.
         """
         orphan = ~sa.exists().where(artifacts.c.version == chunks.c.version)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             count, freed = conn.execute(
                 sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(chunks.c.data)), 0)).where(orphan)
             ).one()
