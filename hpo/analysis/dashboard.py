@@ -60,7 +60,7 @@ def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", p
         storage=storage,
         study_name=study_name,
         study_id=storage.get_study_id_from_name(study_name),
-        artifact_location=artifact_location(study),
+        artifact_location=artifact_location(study, record=False),  # read-only: records nothing
         host=host,
         port=port,
         states=dict(states),
