@@ -4,8 +4,8 @@ Optuna stores trials but not the sampler or pruner, so every process that works 
 builds them from the spec here. To make sure they all build the same ones, the resolved spec
 (after ``--set`` overrides) is stored in the study's user attribute ``spec`` when the study is
 created, and a worker whose spec differs is refused with the differing keys. Creating the
-study, recording its spec and its artifact store (:mod:`hpo.storage.artifacts`) happen under one database-wide lock, so
-ten workers starting in the same second create one study.
+study, recording its spec and its artifact store (:mod:`hpo.storage.artifacts`) happen under
+one database-wide lock, so ten workers starting in the same second create one study.
 
 The study also records the trial-record schema it is written with (:mod:`hpo.record`): a worker
 refuses to add trials to a study of another schema, with one line that says what to do.
