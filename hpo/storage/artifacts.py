@@ -227,6 +227,9 @@ def usage(study: optuna.Study, store: Any) -> Usage:
 def usage_summary(study: optuna.Study) -> dict[str, Any]:
     """What the study's artifacts take, for reports: bytes by kind, a one-line summary, the store."""
     location = artifact_location(study, record=False)
+    if _is_folder(location) and not Path(location).is_dir():  # elsewhere, or never written: create nothing
+        return {"store": f"folder {location}", "summary": "none here (the folder does not exist on this machine)",
+                "total_bytes": 0}
     if location == DATABASE:
         from hpo.storage.db_artifacts import ARTIFACTS_TABLE, rdb_engine
 
