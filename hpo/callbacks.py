@@ -88,8 +88,8 @@ class CheckpointCleanup:
             TrialCheckpoints(store, key).remove()
 
 
-def sweep_checkpoints(study: optuna.Study, store: Any) -> int:
-    """Deletes checkpoints that no trial can resume from any more; returns how many files went.
+def sweep_checkpoints(study: optuna.Study, store: Any) -> tuple[int, int]:
+    """Deletes checkpoints that no trial can resume from any more; returns (files, bytes) removed.
 
     A checkpoint key is live while a RUNNING or WAITING trial holds it (a re-run inherits its
     trial's key). Run it when the study is done: while workers still run, a dead worker's trial
@@ -99,16 +99,19 @@ def sweep_checkpoints(study: optuna.Study, store: Any) -> int:
             if t.state.name in (record.RUNNING, record.WAITING)}
     from hpo.storage.artifacts import checkpoint_prefix
 
-    removed = 0
+    removed = freed = 0
+    size = getattr(store, "size", lambda _id: None)
     for artifact_id in getattr(store, "ids", lambda prefix: [])(checkpoint_prefix(study)):
         key = artifact_id[len("checkpoint-"):].rsplit("-", 1)[0]
         if key not in live:
             try:
+                took = size(artifact_id) or 0
                 store.remove(artifact_id)
                 removed += 1
+                freed += took
             except Exception:  # gone already
                 pass
-    return removed
+    return removed, freed
 
 
 class Budget:

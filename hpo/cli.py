@@ -259,9 +259,37 @@ def importance(study: str, storage: str | None, target: str, evaluator: str | No
               help="csv holds the per-bin rows; json everything.")
 def report(study: str, storage: str | None, fmt: str) -> None:
     """Stability report: divergence and accuracy by learning rate, states, best trial, epochs saved."""
-    from hpo.analysis.report import build_report, render
+    import dataclasses
 
-    _echo(render(build_report(_study_data(study, storage)), fmt))
+    import optuna
+
+    from hpo.analysis.report import build_report, render
+    from hpo.analysis.trials import load_study_data
+    from hpo.storage.artifacts import usage_summary
+
+    opened = _read_storage(storage)
+    built = build_report(load_study_data(study, opened))
+    built = dataclasses.replace(built, artifacts=usage_summary(optuna.load_study(study_name=study, storage=opened)))
+    _echo(render(built, fmt))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
+def clean(study: str, storage: str | None) -> None:
+    """Delete what the study's artifact store keeps for nothing: checkpoints of trials that cannot
+    resume any more, and (in a database store) artifacts no study refers to. Run it when no worker
+    is starting: a dead worker's trial keeps its checkpoints only once its re-run is queued."""
+    from hpo.storage.artifacts import artifact_store, usage
+    from hpo.storage.cleanup import clean_study
+    from hpo.study import load_existing
+
+    opened = load_existing(study, _read_storage(storage))
+    store = artifact_store(opened)
+    freed = clean_study(opened, store)
+    _echo(f"study {study!r}, artifacts in {store!r}")
+    _echo(f"removed {freed.describe()}")
+    _echo(f"left: {usage(opened, store).describe()}")
 
 
 @main.command()
@@ -311,7 +339,9 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
 
     url, origin = resolve_storage_url(storage)
     plan = plan_dashboard(study, url, host, port)
-    _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {plan.artifact_dir}")
+    from hpo.storage.artifacts import describe_location
+
+    _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {describe_location(plan.artifact_location)}")
     if plan.note:
         _echo(f"note: {plan.note}")
     _echo(f"dashboard: {plan.url}  (Ctrl-C stops it)")
@@ -320,6 +350,18 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
         serve(plan)
     except KeyboardInterrupt:
         pass
+
+
+@main.command("storage-proxy")
+@_STORAGE
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; the proxy has no login and no TLS.")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
+def storage_proxy(storage: str | None, host: str, port: int) -> None:
+    """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT)."""
+    from hpo.storage.proxy import serve
+
+    url, _ = resolve_storage_url(storage)
+    serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()))
 
 
 if __name__ == "__main__":  # pragma: no cover

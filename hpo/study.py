@@ -4,8 +4,8 @@ Optuna stores trials but not the sampler or pruner, so every process that works 
 builds them from the spec here. To make sure they all build the same ones, the resolved spec
 (after ``--set`` overrides) is stored in the study's user attribute ``spec`` when the study is
 created, and a worker whose spec differs is refused with the differing keys. Creating the
-study, recording its spec and its artifact directory happen under one database-wide lock, so
-ten workers starting in the same second create one study.
+study, recording its spec and its artifact store (:mod:`hpo.storage.artifacts`) happen under
+one database-wide lock, so ten workers starting in the same second create one study.
 
 The study also records the trial-record schema it is written with (:mod:`hpo.record`): a worker
 refuses to add trials to a study of another schema, with one line that says what to do.
@@ -32,7 +32,7 @@ from hpo.errors import HpoError
 from hpo.pruning import make_pruner
 from hpo.record import Tally
 from hpo.spec import SamplerSpec, Spec
-from hpo.storage.artifacts import artifact_dir
+from hpo.storage.artifacts import artifact_location
 from hpo.storage.locks import creation_lock
 from hpo.storage.urls import display_url
 
@@ -94,7 +94,7 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | Non
                 raise HpoError(_mismatch_message(spec.name, differing))
         if UID_ATTR not in attrs:
             study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
-        artifact_dir(study)  # recorded now, under the lock: every worker then agrees on it
+        artifact_location(study)  # recorded now, under the lock: every worker then agrees on it
     return study
 
 

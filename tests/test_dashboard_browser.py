@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
 
+from hpo.storage.artifacts import artifact_store
 from hpo.storage.resilient import open_storage
 from hpo.workers import run_worker
 
@@ -45,10 +48,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_dashboard(args, cwd):
+def _start_dashboard(args, cwd, env=None):
     hpo = shutil.which("hpo", path=str(Path(sys.executable).parent)) or "hpo"
     proc = subprocess.Popen([hpo, "dashboard", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
     lines = []
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -74,32 +77,64 @@ def _wait_http(url: str) -> None:
             time.sleep(0.2)
 
 
-def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monkeypatch):
+@contextmanager
+def _study_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hpo.db'}"
+    else:
+        from db_servers import fresh_database
+
+        with fresh_database(kind) as url:
+            yield url
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_dashboard_shows_the_study_and_a_trial_figure(kind, small_spec, tmp_path, monkeypatch):
+    """On SQLite with a folder store ($HPO_ARTIFACTS); on PostgreSQL with the figures in the
+    database, the dashboard started from another folder with no $HPO_ARTIFACTS."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
-    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = small_spec("name='browser-e2e'")
-    run_worker(spec, url, trials=2)
+    with _study_database(kind, tmp_path) as url:
+        if kind == "sqlite":
+            monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
+        else:
+            monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
+        worker_dir = tmp_path / "worker"
+        worker_dir.mkdir()
+        monkeypatch.chdir(worker_dir)
+        spec = small_spec("name='browser-e2e'")
+        run_worker(spec, url, trials=2)
 
-    # each trial uploaded its figure to the study's artifact store
-    storage = open_storage(url)
-    study = optuna.load_study(study_name="browser-e2e", storage=storage)
-    metas = [optuna.artifacts.get_all_artifact_meta(t, storage=storage) for t in study.trials]
-    assert [[m.mimetype for m in ms] for ms in metas] == [["image/png"], ["image/png"]]
-    artifact_id = metas[0][0].artifact_id
-    assert (tmp_path / "artifacts" / artifact_id).read_bytes().startswith(b"\x89PNG")
+        # each trial uploaded its figure to the study's artifact store
+        storage = open_storage(url)
+        study = optuna.load_study(study_name="browser-e2e", storage=storage)
+        metas = [optuna.artifacts.get_all_artifact_meta(t, storage=storage) for t in study.trials]
+        assert [[m.mimetype for m in ms] for ms in metas] == [["image/png"], ["image/png"]]
+        artifact_id = metas[0][0].artifact_id
+        with artifact_store(study).open_reader(artifact_id) as f:
+            assert f.read().startswith(b"\x89PNG")
+        if kind == "sqlite":
+            assert (tmp_path / "artifacts" / artifact_id).is_file()
+        else:
+            assert not (worker_dir / "hpo-artifacts").exists()
+        viewer = tmp_path / "viewer"
+        viewer.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS" or kind == "sqlite"}
+        _show_in_browser(url, viewer, env, artifact_id, sync_playwright)
 
+
+def _show_in_browser(url, viewer, env, artifact_id, sync_playwright):
+    """``hpo dashboard`` started in ``viewer``; Chromium finds the study, its trials and the figure."""
     port = _free_port()
-    proc, study_url, lines = _start_dashboard(["--study", "browser-e2e", "--storage", url, "--port", str(port)], tmp_path)
+    proc, study_url, lines = _start_dashboard(["--study", "browser-e2e", "--storage", url, "--port", str(port)], viewer, env)
     try:
         assert study_url.startswith(f"http://127.0.0.1:{port}/dashboard/studies/")
         assert not any("secret" in line for line in lines)
         _wait_http(f"http://127.0.0.1:{port}/dashboard/")
         with sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
+                str(viewer / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
                 viewport={"width": 1400, "height": 1000})
             try:
                 page = ctx.new_page()
@@ -112,10 +147,10 @@ def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monk
                 img.scroll_into_view_if_needed()
                 page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)
                 assert img.evaluate("(el) => el.naturalWidth") == 720  # the uploaded PNG, decoded
-                page.screenshot(path=str(tmp_path / "dashboard.png"))
+                page.screenshot(path=str(viewer / "dashboard.png"))
             finally:
                 ctx.close()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    assert (viewer / "dashboard.png").stat().st_size > 10_000

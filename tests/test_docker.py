@@ -85,7 +85,8 @@ def test_dockerfile_builds_a_cpu_worker_by_default_and_cuda_on_request() -> None
     assert cmd[:1] == ["optimize"]
     _hpo_accepts(cmd)
     env = " ".join(a for k, a in steps if k == "ENV")
-    assert "HPO_CACHE_DIR=/cache" in env and "HPO_ARTIFACTS=/artifacts" in env
+    assert "HPO_CACHE_DIR=/cache" in env
+    assert "HPO_ARTIFACTS" not in env  # the study's database is its artifact store: nothing to mount
 
 
 def test_compose_has_postgres_a_scalable_worker_and_a_local_dashboard(compose: dict) -> None:
@@ -119,8 +120,8 @@ def test_compose_has_postgres_a_scalable_worker_and_a_local_dashboard(compose: d
         assert (url.drivername, url.host, url.username, url.database) == ("postgresql+psycopg", "postgres", "hpo", "hpo")
         assert url.password is None  # the password comes from the secret, not the environment
         assert env["HPO_STORAGE_PASSWORD_FILE"] == f"/run/secrets/{secret}" and secret in services[name]["secrets"]
-        assert env["HPO_ARTIFACTS"] == "/artifacts"
-        assert any(v.split(":")[:2] == ["artifacts", "/artifacts"] for v in services[name]["volumes"])
+        assert "HPO_ARTIFACTS" not in env  # artifacts live in PostgreSQL: no shared volume
+        assert not any("artifacts" in v for v in services[name].get("volumes", []))
 
     dashboard = services["dashboard"]
     assert dashboard["image"] == worker["image"]

@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import pytest
-from optuna.artifacts import FileSystemArtifactStore
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from conftest import SMALL
@@ -25,6 +26,7 @@ from db_servers import ADMIN_URLS, PASSWORDS, CuttableProxy, _admin_engine, fres
 from hpo.checkpoints import TrialCheckpoints
 from hpo.pruning import record_epoch
 from hpo.record import TrialRecord, epoch_rows
+from hpo.storage.artifacts import artifact_location, artifact_store, open_location
 from hpo.storage.resilient import open_storage
 from hpo.study import FINISHED
 from hpo.workers import run_worker, work
@@ -43,11 +45,18 @@ STEADY = [
 class Workers:
     """Starts ``python -m hpo.cli optimize`` processes on one study and collects their output."""
 
-    def __init__(self, url: str, name: str, folder: Path, cache_dir: str, overrides: list[str], grace: int | None = None) -> None:
-        self.url, self.name, self.folder = url, name, folder
+    def __init__(self, url: str, name: str, folder: Path, cache_dir: str, overrides: list[str], grace: int | None = None,
+                 shared_folder: bool = True) -> None:
+        """``shared_folder``: all workers get ``$HPO_ARTIFACTS`` = one folder and run in ``folder``;
+        without it each runs in a folder of its own, with no ``$HPO_ARTIFACTS``: as on separate
+        machines that share nothing but the database."""
+        self.url, self.name, self.folder, self.shared_folder = url, name, folder, shared_folder
         # One thread each: several workers share the cores, as `--jobs` arranges.
         self.sets = [*SMALL, f"data.cache_dir={cache_dir!r}", f"name={name}", "train.threads=1", *overrides]
-        self.env = {**os.environ, "HPO_STORAGE": url, "HPO_ARTIFACTS": str(folder / "artifacts")}
+        self.env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS"}
+        self.env["HPO_STORAGE"] = url
+        if shared_folder:
+            self.env["HPO_ARTIFACTS"] = str(folder / "artifacts")
         if grace is not None:
             self.env["HPO_GRACE_PERIOD"] = str(grace)
         self.procs: list[subprocess.Popen[str]] = []
@@ -59,7 +68,9 @@ class Workers:
         for item in self.sets:
             args += ["--set", item]
         log = open(self.folder / f"worker-{len(self.procs)}.log", "w")
-        proc = subprocess.Popen(args, env=self.env, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, text=True)
+        cwd = self.folder if self.shared_folder else self.folder / f"machine-{len(self.procs)}"
+        cwd.mkdir(exist_ok=True)
+        proc = subprocess.Popen(args, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         return proc
 
@@ -86,23 +97,15 @@ class Workers:
     def study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.name, storage=open_storage(self.url))
 
-    def wait_for_running_trial(self, epochs: int, timeout: float = 120) -> optuna.trial.FrozenTrial:
-        """The first running trial with at least ``epochs`` epochs recorded and checkpointed.
+    def wait_for_running_trial(self, epochs: int, timeout: float = 120,
+                               where: Callable[[optuna.Study, FrozenTrial], bool] = lambda s, t: True) -> FrozenTrial:
+        """A running trial (that ``where`` accepts) with ``epochs`` epochs recorded and checkpointed.
 
         The checkpoint of an epoch is written just after the epoch is reported, so the recorded
-        epochs alone would race that write; this also waits until the checkpoint reads back.
+        epochs alone would race that write; this also waits until the checkpoint reads back, from
+        the store the study records (a folder, or the database). A trial that finishes meanwhile
+        (its checkpoints deleted) is passed over for the next one.
         """
-        trial = self._wait_for_recorded_epochs(epochs, timeout)
-        checkpoints = TrialCheckpoints(FileSystemArtifactStore(str(self.folder / "artifacts")), trial.user_attrs["checkpoint"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            saved = checkpoints.load()
-            if saved is not None and saved.epoch >= epochs:
-                return trial
-            time.sleep(0.05)
-        raise AssertionError(f"trial {trial.number} never checkpointed epoch {epochs}:\n{self.output()}")
-
-    def _wait_for_recorded_epochs(self, epochs: int, timeout: float) -> optuna.trial.FrozenTrial:
         storage = open_storage(self.url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -112,10 +115,13 @@ class Workers:
                 time.sleep(0.3)
                 continue
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if len(epoch_rows(trial.user_attrs)) >= epochs:
-                    return trial
-            time.sleep(0.2)
-        raise AssertionError(f"no trial reached epoch {epochs} in {timeout} s:\n{self.output()}")
+                if len(epoch_rows(trial.user_attrs)) >= epochs and where(study, trial):
+                    store = open_location(artifact_location(study, record=False), study._storage)  # the workers' store
+                    saved = TrialCheckpoints(store, trial.user_attrs["checkpoint"]).load()
+                    if saved is not None and saved.epoch >= epochs:
+                        return trial
+            time.sleep(0.05)
+        raise AssertionError(f"no running trial checkpointed epoch {epochs} in {timeout} s:\n{self.output()}")
 
 
 def assert_budget_kept(study: optuna.Study, budget: int, workers: int) -> list[optuna.trial.FrozenTrial]:
@@ -216,32 +222,93 @@ def test_four_processes_hammering_one_sqlite_file_never_see_it_locked(tmp_path) 
     assert [t for t in trials if t.state == TrialState.FAIL] == []
 
 
-def test_a_killed_workers_trial_is_failed_and_resumed_from_its_checkpoint(tmp_path, data_cache_dir) -> None:
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    workers = Workers(url, "kill", tmp_path, data_cache_dir, STEADY, grace=3)
-    try:
-        workers.start(3)
-        workers.start(3)
-        victim = workers.wait_for_running_trial(epochs=2)
-        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
-        os.kill(pid, signal.SIGKILL)
-        codes = workers.wait()
-    finally:
-        workers.kill_all()
+def _assert_resumed(workers: Workers, victim: FrozenTrial, budget: int, checkpointed: int = 2) -> FrozenTrial:
+    """The victim FAILed; its one re-run has its parameters, resumed from its checkpoint and completed."""
     output = workers.output()
-    assert sorted(codes) == [-signal.SIGKILL, 0], output
-    trials = assert_budget_kept(workers.study(), budget=3, workers=2)
+    trials = assert_budget_kept(workers.study(), budget=budget, workers=2)
     assert trials[victim.number].state == TrialState.FAIL
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1, output
     retry = retries[0]
     assert retry.state == TrialState.COMPLETE
     assert retry.params == victim.params
-    assert retry.user_attrs["resumed_at_epoch"] >= 3  # the victim had checkpointed 2 epochs at least
+    assert retry.user_attrs["resumed_at_epoch"] >= checkpointed + 1  # after the epochs the victim had checkpointed
     rows = TrialRecord.from_trial(retry).epochs  # its history: the victim's epochs, then its own
     assert [r.epoch for r in rows] == [1, 2, 3, 4]
     assert (f"trial {retry.number}: re-run of interrupted trial {victim.number}, same parameters; "
             f"resumes at epoch {retry.user_attrs['resumed_at_epoch']} from its checkpoint") in output
+    return retry
+
+
+def _kill_worker_of(trial: FrozenTrial) -> None:
+    os.kill(int(trial.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+
+
+def _has_finished_a_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
+    return any(t.state == TrialState.COMPLETE and t.user_attrs.get("worker") == trial.user_attrs.get("worker")
+               for t in study.get_trials(deepcopy=False))
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
+    """Two workers in folders of their own, no $HPO_ARTIFACTS: one is killed mid-trial, the other
+    resumes its trial from the checkpoint in the database; a dashboard started in a third folder
+    serves the figures of both workers' trials over HTTP.
+
+    (The same kill on SQLite with a shared folder was a test of its own; the folder store's resume
+    is still shown by the SIGTERM test below, so this one replaced it.)"""
+    from test_dashboard_browser import _free_port, _start_dashboard, _wait_http
+
+    with fresh_database(kind) as url:
+        workers = Workers(url, f"one-url-{kind}", tmp_path, data_cache_dir, STEADY, grace=3, shared_folder=False)
+        try:
+            # A budget of 4: after each worker's first trial, two more are needed, so the study
+            # cannot reach its budget without the victim's (with 3 the survivor's second trial
+            # could complete it, and the dead trial would rightly never be re-run).
+            workers.start(4)
+            workers.start(4)
+            # a worker's second trial, so that each worker has finished one trial (and its figure);
+            # killed after its first checkpoint, three epochs before it would end
+            victim = workers.wait_for_running_trial(epochs=1, where=_has_finished_a_trial)
+            _kill_worker_of(victim)
+            codes = workers.wait()
+        finally:
+            workers.kill_all()
+        assert sorted(codes) == [-signal.SIGKILL, 0], workers.output()
+        retry = _assert_resumed(workers, victim, budget=4, checkpointed=1)
+        assert "artifacts: " in workers.output() and "in database " in workers.output()
+        assert not list(tmp_path.glob("machine-*/*artifacts*"))  # nothing written beside the workers
+
+        study = workers.study()
+        store = artifact_store(study)
+        assert store.ids("checkpoint-") == []  # the finished study keeps no checkpoint
+        figures = {t.number: optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        by_worker = {study.trials[n].user_attrs["worker"] for n, metas in figures.items() if metas}
+        assert len(by_worker) == 2, figures  # figures from both workers' trials
+        assert figures[retry.number], "the resumed trial uploaded its figure"
+
+        viewer = tmp_path / "viewer"
+        viewer.mkdir()
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS"}
+        proc, _, lines = _start_dashboard(["--study", study.study_name, "--storage", url, "--port", str(port)], viewer, env)
+        try:
+            assert "artifacts: the study's database" in "".join(lines)
+            _wait_http(f"http://127.0.0.1:{port}/dashboard/")
+            study_id = study._study_id
+            for number, metas in figures.items():
+                for meta in metas:
+                    trial_id = study.trials[number]._trial_id
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/artifacts/{study_id}/{trial_id}/{meta.artifact_id}",
+                                                timeout=10) as response:
+                        body = response.read()
+                    assert body.startswith(b"\x89PNG") and len(body) == store.size(meta.artifact_id)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        assert not list(viewer.iterdir())  # the dashboard wrote nothing where it ran
+        store.engine.dispose()
 
 
 def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_cache_dir, small_spec) -> None:

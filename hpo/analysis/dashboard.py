@@ -1,5 +1,8 @@
 """optuna-dashboard on a study's storage and artifact store (``hpo dashboard``).
 
+The artifact store is the one the study records (a folder, its database, S3), so a dashboard
+started anywhere the database is reachable shows the figures every worker uploaded.
+
 :func:`plan_dashboard` checks everything that can be wrong before a server starts (the storage,
 the study name) and works out what to print; :func:`serve` then blocks in
 ``optuna_dashboard.run_server``. The server binds to ``127.0.0.1`` unless told otherwise: the
@@ -30,7 +33,7 @@ class DashboardPlan:
     storage: optuna.storages.BaseStorage
     study_name: str
     study_id: int
-    artifact_dir: str
+    artifact_location: str  # a folder, "database" or s3://...: as the study records it
     host: str
     port: int
     states: dict[str, int]
@@ -44,7 +47,7 @@ class DashboardPlan:
 
 def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> DashboardPlan:
     """Open the storage and find the study; an HpoError when either is wrong."""
-    from hpo.storage.artifacts import artifact_dir
+    from hpo.storage.artifacts import artifact_location
 
     storage = open_storage(storage_url, create=False)
     study = load_existing(study_name, storage)
@@ -57,7 +60,7 @@ def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", p
         storage=storage,
         study_name=study_name,
         study_id=storage.get_study_id_from_name(study_name),
-        artifact_dir=artifact_dir(study),
+        artifact_location=artifact_location(study, record=False),  # read-only: records nothing
         host=host,
         port=port,
         states=dict(states),
@@ -68,11 +71,11 @@ def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", p
 def serve(plan: DashboardPlan) -> None:
     """Run optuna-dashboard until interrupted; a port in use becomes an HpoError."""
     import optuna_dashboard
-    from optuna.artifacts import FileSystemArtifactStore
 
+    from hpo.storage.artifacts import open_location
+
+    store = open_location(plan.artifact_location, plan.storage)
     try:
-        optuna_dashboard.run_server(
-            plan.storage, host=plan.host, port=plan.port, artifact_store=FileSystemArtifactStore(plan.artifact_dir)
-        )
+        optuna_dashboard.run_server(plan.storage, host=plan.host, port=plan.port, artifact_store=store)
     except OSError as exc:
         raise HpoError(f"cannot serve on {plan.host}:{plan.port}: {exc.strerror or exc}; choose another --port") from None

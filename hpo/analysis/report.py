@@ -76,6 +76,7 @@ class Report:
     epochs_saved: int  # pruned trials stopped before max_epochs
     epochs_saved_diverged: int  # of which by diverged trials
     reading: str
+    artifacts: dict[str, Any] | None = None  # bytes the study's artifacts take, and where (hpo.storage.artifacts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -360,6 +361,8 @@ def _text(r: Report, markdown: bool) -> str:
         f"(from the {r.max_epochs_source})"
     )
     lines += ["", h("Reading"), "", r.reading]
+    if r.artifacts is not None:
+        lines += ["", h("Artifacts"), "", f"{r.artifacts['summary']} in {r.artifacts['store']}"]
     return "\n".join(lines)
 
 

@@ -96,6 +96,14 @@ def open_storage(
     ``create=False`` (the read-only commands) nothing is created: no SQLite file, no lock file,
     no tables; a SQLite file that does not exist is an HpoError naming its absolute path.
     """
+    from hpo.storage.proxy import grpc_address, open_grpc
+
+    if grpc_address(url) is not None:
+        # `hpo storage-proxy`: no heartbeats pass Optuna's proxy, so grace_period has no effect.
+        if grace_period is not None:
+            log("storage: through a gRPC proxy, without heartbeats: a killed worker's trial stays RUNNING "
+                "and is not re-run")
+        return open_grpc(url)
     hb: dict[str, Any] = {}
     if grace_period is not None:
         hb = {

@@ -1,0 +1,75 @@
+"""``hpo storage-proxy`` in front of the real PostgreSQL: workers on grpc:// run one study's budget."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from db_servers import fresh_database
+from hpo.cli import main
+from hpo.storage.resilient import open_storage
+from hpo.study import FINISHED
+from hpo.workers import work
+from test_dashboard_browser import _free_port
+
+pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
+
+
+def _start_proxy(url: str, port: int, cwd: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1"}  # the password stays off the command line
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("storage proxy: grpc://"):
+            return proc, lines
+    proc.kill()
+    pytest.fail("hpo storage-proxy did not start:\n" + "".join(lines))
+
+
+def _objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5, 5)
+    trial.report(x, 0)
+    return x * x
+
+
+def test_workers_run_one_budget_through_the_proxy(tmp_path) -> None:
+    with fresh_database("postgres") as url:
+        port = _free_port()
+        proc, lines = _start_proxy(url, port, tmp_path)
+        try:
+            assert f"storage proxy: grpc://127.0.0.1:{port} -> " in lines[-1]
+            assert make_url(url).password not in "".join(lines)
+            proxied = open_storage(f"grpc://127.0.0.1:{port}")
+            study = optuna.create_study(study_name="via-proxy", storage=proxied, sampler=optuna.samplers.RandomSampler(seed=0))
+            assert work(study, _objective, 12, poll_s=0.05) == 12
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "storage proxy: stopped" in out
+        direct = optuna.load_study(study_name="via-proxy", storage=open_storage(url))
+        assert len([t for t in direct.get_trials(deepcopy=False) if t.state in FINISHED]) == 12  # in the database
+
+
+def test_a_proxy_nobody_runs_and_bad_addresses_are_one_line(monkeypatch) -> None:
+    monkeypatch.setattr("hpo.storage.proxy.READY_TIMEOUT_S", 1.0)
+    port = _free_port()
+    result = CliRunner().invoke(main, ["report", "--study", "s", "--storage", f"grpc://127.0.0.1:{port}"])
+    assert result.exit_code == 2 and f"no storage proxy answers at grpc://127.0.0.1:{port}" in result.stderr, result.output
+    result = CliRunner().invoke(main, ["report", "--study", "s", "--storage", "grpc://nohost"])
+    assert result.exit_code == 2 and "expected grpc://HOST:PORT" in result.stderr, result.output
+    result = CliRunner().invoke(main, ["storage-proxy", "--storage", "grpc://127.0.0.1:1"])
+    assert result.exit_code == 2 and "not another proxy's grpc:// address" in result.stderr, result.output
