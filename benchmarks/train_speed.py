@@ -12,6 +12,12 @@ memory is its own:
   included: a trial pays it once per model);
 * ``hpo-bf16-bucket200``: that, with length buckets of 200 batches instead of 50 (less padding,
   less shuffling). Not run by default: pass ``--variants`` with them to try.
+* ``hpo-notelemetry`` / ``hpo-bf16-notelemetry``: ``hpo`` / ``hpo-bf16`` with the step telemetry
+  off (``train.telemetry_every = -1``). The ``hpo`` variants sample every k steps with the k a
+  full epoch of the whole training split gets (``auto_every``: 2 for ~22k reviews), not the k
+  of the shortened run; ``hpo-telemetry1`` samples every step (the worst case). Name a variant
+  twice to run it twice: ``--variants hpo,hpo-notelemetry,hpo,hpo-notelemetry`` runs the A/B
+  interleaved and prints the telemetry's cost from the means.
 
 It prints real (non-pad) tokens per second, the speed-up over ``naive``, the share of padding,
 and peak memory (RSS on CPU, allocated memory on CUDA).
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import statistics
 import random
 import resource
 import subprocess
@@ -37,18 +45,21 @@ import torch.nn.functional as F
 from hpo.data import Dataset, _pad, load_dataset, padding_fraction
 from hpo.model import LSTMClassifier
 from hpo.spec import DataSpec
+from hpo.telemetry import auto_every
 from hpo.train import TrainConfig, configure_threads, resolve_device, train
 
 VARIANTS = ("naive", "hpo", "hpo-bf16")
-EXTRA = ("hpo-bf16-compile", "hpo-bf16-bucket200")
+EXTRA = ("hpo-bf16-compile", "hpo-bf16-bucket200", "hpo-notelemetry", "hpo-bf16-notelemetry", "hpo-telemetry1")
 LR = 2e-3
 
 
-def _data(batches: int, batch_size: int) -> Dataset:
+def _data(batches: int, batch_size: int) -> tuple[Dataset, int]:
+    """The reviews a variant trains on, and how many the whole training split has."""
     full = load_dataset(DataSpec(max_len=400))
     n = len(full.train) if batches <= 0 else min(len(full.train), batches * batch_size)
     chosen = random.Random(0).sample(range(len(full.train)), n)
-    return Dataset(full.train.subset(chosen), full.valid.subset(range(batch_size)), full.test, full.vocab, full.source, full.cache_key)
+    return Dataset(full.train.subset(chosen), full.valid.subset(range(batch_size)), full.test, full.vocab, full.source,
+                   full.cache_key), len(full.train)
 
 
 def _model(vocab_size: int) -> LSTMClassifier:
@@ -78,10 +89,10 @@ def _naive(data: Dataset, device: torch.device, batch_size: int) -> dict:
 
 
 def _hpo(data: Dataset, device: torch.device, batch_size: int, precision: str, compiled: bool = False,
-         bucket_batches: int = 50) -> dict:
+         bucket_batches: int = 50, telemetry_every: int = 0) -> dict:
     cfg = TrainConfig(
         lrs={"embedding": LR, "encoder": LR, "head": LR}, clip_norm=5.0, cycle_len=1, max_epochs=1,
-        batch_size=batch_size, precision=precision, bucket_batches=bucket_batches,
+        batch_size=batch_size, precision=precision, bucket_batches=bucket_batches, telemetry_every=telemetry_every,
     )
     model = _model(data.vocab_size)
     if compiled:
@@ -97,13 +108,16 @@ def _hpo(data: Dataset, device: torch.device, batch_size: int, precision: str, c
 def _run_variant(variant: str, batches: int, batch_size: int) -> dict:
     threads = configure_threads(0)
     device = resolve_device()
-    data = _data(batches, batch_size)
+    data, full_reviews = _data(batches, batch_size)
     if variant == "naive":
         out = _naive(data, device, batch_size)
     else:
         precision = "bf16" if variant.startswith("hpo-bf16") else "fp32"
+        every = -1 if variant.endswith("-notelemetry") else 1 if variant.endswith("-telemetry1") else \
+            auto_every(math.ceil(full_reviews / batch_size))
         out = _hpo(data, device, batch_size, precision, compiled=variant.endswith("-compile"),
-                   bucket_batches=200 if variant.endswith("-bucket200") else 50)
+                   bucket_batches=200 if variant.endswith("-bucket200") else 50, telemetry_every=every)
+        out["telemetry_every"] = every
     if device.type == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -134,6 +148,14 @@ def main() -> None:
     for r in rows:
         print(f"{r['variant']:<19} {r['reviews']:>8} {r['tokens_per_second']:>10,.0f} {r['tokens_per_second'] / base:>8.2f}x "
               f"{r['padding']:>7.1%} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f}")
+    for on, off in (("hpo", "hpo-notelemetry"), ("hpo-bf16", "hpo-bf16-notelemetry"), ("hpo-telemetry1", "hpo-notelemetry")):
+        a = [r["tokens_per_second"] for r in rows if r["variant"] == on]
+        b = [r["tokens_per_second"] for r in rows if r["variant"] == off]
+        if a and b:
+            every = next(r["telemetry_every"] for r in rows if r["variant"] == on)
+            print(f"telemetry cost ({on}, every {every} steps, vs {off}): {1 - statistics.fmean(a) / statistics.fmean(b):+.1%} "
+                  f"of tokens/s (means of {len(a)} and {len(b)} runs; per run: "
+                  f"{', '.join(f'{x:,.0f}' for x in a)} vs {', '.join(f'{x:,.0f}' for x in b)})")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ here, registered by :func:`hpo.workers.run_worker`: as ``study.optimize(callback
 after each trial, in order), and, for what happens while a trial runs, as the objective's
 :class:`~hpo.objective.TrialListener` s:
 
-* :class:`FigureUpload`: the trial's figure onto its dashboard page as it ends (never fails it);
+* :class:`FigureUpload`: the trial's figures (epoch curves; step telemetry, :mod:`hpo.analysis.steps`)
+  onto its dashboard page as it ends (never fails it);
 * :class:`CheckpointCleanup`: a finished trial's checkpoints are deleted (a FAILed one keeps
   them: its re-run resumes from them);
 * :class:`Budget`: stops the study once it has its budget of finished trials;
@@ -54,7 +55,8 @@ def rates_text(lrs: dict[str, float]) -> str:
 
 
 class FigureUpload(TrialListener):
-    """Draws each trial's figure as it ends and uploads it as an artifact of the trial.
+    """Draws each trial's figures as it ends (epoch curves, and the steps when there is telemetry)
+    and uploads them as artifacts of the trial.
 
     A full disk or a broken store costs a warning, never the trial.
     """
@@ -68,6 +70,10 @@ class FigureUpload(TrialListener):
             from hpo.analysis.plots import upload_trial_figure
 
             upload_trial_figure(ending, trial, self.store)
+            if ending.steps is not None and len(ending.steps):
+                from hpo.analysis.steps import upload_step_figure
+
+                upload_step_figure(ending, ending.steps, trial, self.store)
         except Exception as exc:
             logger.warning("trial %d: figure not uploaded: %s", trial.number, exc)
             self.log(f"  warning: trial {trial.number}: figure not uploaded: {exc}")

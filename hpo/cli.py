@@ -265,14 +265,25 @@ def report(study: str, storage: str | None, fmt: str) -> None:
 @_STUDY
 @_STORAGE
 @click.option("--out", "out_dir", default=None, help="Folder for the figures (default: figures/STUDY).")
-def plot(study: str, storage: str | None, out_dir: str | None) -> None:
-    """PNG figures (losses, gradient norms, learning rates) and Optuna's plotly views as HTML."""
+@click.option("--trial", "trial_number", type=int, default=None,
+              help="Only this trial's step-level figure (loss, gradient norms, update ratios, rates per step).")
+def plot(study: str, storage: str | None, out_dir: str | None, trial_number: int | None) -> None:
+    """PNG figures (losses, gradient norms, learning rates) and Optuna's plotly views as HTML.
+
+    With --trial N: that trial's step-level figure, as interactive HTML and as PNG.
+    """
     import optuna
 
     from hpo.analysis.plots import write_study_figures
     from hpo.analysis.trials import load_study_data
 
     opened = _read_storage(storage)
+    if trial_number is not None:
+        from hpo.analysis.steps import trial_step_figures
+
+        for path in trial_step_figures(study, opened, trial_number, out_dir or f"figures/{study}"):
+            _echo(str(path))
+        return
     data = load_study_data(study, opened)
     paths = write_study_figures(data, optuna.load_study(study_name=study, storage=opened), out_dir or f"figures/{study}")
     for path in paths:
