@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.callbacks import Budget, CheckpointCleanup, FigureUpload, Progress
+from hpo.callbacks import Budget, CheckpointCleanup, DashboardNotes, FigureUpload, Progress
 from hpo.errors import HpoError, WorkerError
 from hpo.record import WORKER, Tally
 from hpo.spec import Spec
@@ -191,10 +191,13 @@ def run_worker(
     progress = Progress(budget, spec.train.max_epochs, log)
     store = artifact_store(study)
     encoder = ensure_encoder(spec, store, storage_url, log, data=data)
-    objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store,
+    notes = DashboardNotes(log=log)
+    objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log), notes], store=store,
                           encoder=encoder, precision=precision)
-    callbacks = [CheckpointCleanup(objective)]
+    callbacks = [CheckpointCleanup(objective), notes]
     ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
+    if ran:
+        notes.refresh(study)  # the throttle may have skipped the last trials
     return _finish(study, trials, ran)
 
 

@@ -78,3 +78,34 @@ def test_hpo_plot_trial_writes_the_step_figure_and_refuses_unknown_trials(small_
     assert (tmp_path / "out" / "trial-0-steps.png").read_bytes().startswith(b"\x89PNG")
     bad = CliRunner().invoke(main, ["plot", "--study", "steps-cli", "--storage", url, "--trial", "3"])
     assert bad.exit_code == 2 and bad.stderr.strip() == "error: study 'steps-cli' has no trial 3 (trials 0 to 0)"
+
+
+def test_a_diverged_trials_note_says_what_happened_in_one_or_two_lines(diverged):
+    import re
+
+    from hpo.analysis.notes import spike, trial_note
+
+    trial, t = diverged
+    note = trial_note(trial, t)
+    assert note.count("\n") == 1, note
+    group, ratio, step = spike(t, divergence_step(trial, t))
+    assert ratio > 1 and step <= divergence_step(trial, t)
+    assert note.startswith(f"**diverged**: {trial.verdict.describe()}; {group} grad norm peaked {ratio:.0f}x its median at step {step}")
+    assert re.search(r"\|dw\|/\|w\| up to [0-9.e-]+ \(healthy ~1e-3\)", note), note
+    assert note.endswith("rates: lr_embedding 5, lr_encoder 5, lr_head 5")
+
+
+def test_notes_that_cannot_be_written_warn_and_never_raise(caplog):
+    import logging
+
+    import optuna
+
+    from hpo.callbacks import DashboardNotes
+
+    lines = []
+    notes = DashboardNotes(every_s=3600, log=lines.append)
+    study = optuna.create_study()  # no finished trial: the report cannot be built
+    with caplog.at_level(logging.WARNING):
+        notes(study, None)
+        notes(study, None)  # throttled: not tried again within the hour
+    assert len(lines) == 1 and lines[0].startswith("  warning: study note not saved: study ")

@@ -74,6 +74,18 @@ def _wait_http(url: str) -> None:
             time.sleep(0.2)
 
 
+def _live(study, number):
+    """A ``optuna.Trial`` handle on a finished trial: what optuna_dashboard.get_note takes."""
+    return optuna.Trial(study, study.trials[number]._trial_id)
+
+
+def _shots(tmp_path: Path) -> Path:
+    """Where the screenshots go: $HPO_TEST_SCREENSHOTS (CI keeps them as run artifacts), else tmp_path."""
+    folder = Path(os.environ.get("HPO_TEST_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monkeypatch):
     _require_browser()
     from playwright.sync_api import sync_playwright
@@ -83,13 +95,22 @@ def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monk
     spec = small_spec("name='browser-e2e'")
     run_worker(spec, url, trials=2)
 
-    # each trial uploaded its figure to the study's artifact store
+    # each trial uploaded its figures (epoch curves, steps) and its step telemetry to the artifact store
     storage = open_storage(url)
     study = optuna.load_study(study_name="browser-e2e", storage=storage)
-    metas = [optuna.artifacts.get_all_artifact_meta(t, storage=storage) for t in study.trials]
-    assert [[m.mimetype for m in ms] for ms in metas] == [["image/png"], ["image/png"]]
-    artifact_id = metas[0][0].artifact_id
+    metas = [{m.filename: m for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage)} for t in study.trials]
+    assert [sorted(ms) for ms in metas] == [
+        [f"trial-{n}-curves.png", f"trial-{n}-steps.npz", f"trial-{n}-steps.png"] for n in (0, 1)]
+    artifact_id = metas[0]["trial-0-curves.png"].artifact_id
+    steps_id = metas[0]["trial-0-steps.png"].artifact_id
     assert (tmp_path / "artifacts" / artifact_id).read_bytes().startswith(b"\x89PNG")
+    # the notes: each trial's says what happened, the study's holds the report's reading
+    from optuna_dashboard import get_note
+
+    trial_note = get_note(_live(study, 0))
+    assert trial_note.startswith("**") and "grad norm peaked" in trial_note and "rates: lr_embedding" in trial_note
+    study_note = get_note(study)
+    assert study_note.startswith("### Reading (2 finished trials") and "Of 2 finished trials" in study_note
 
     port = _free_port()
     proc, study_url, lines = _start_dashboard(["--study", "browser-e2e", "--storage", url, "--port", str(port)], tmp_path)
@@ -112,6 +133,18 @@ def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monk
                 img.scroll_into_view_if_needed()
                 page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)
                 assert img.evaluate("(el) => el.naturalWidth") == 720  # the uploaded PNG, decoded
+                steps = page.locator(f"img[src*='{steps_id}']")  # the step-level figure, on the same trial page
+                steps.wait_for(timeout=30_000)
+                steps.scroll_into_view_if_needed()
+                page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=steps.element_handle(), timeout=30_000)
+                assert steps.evaluate("(el) => [el.naturalWidth, el.naturalHeight]") == [720, 648]
+                page.get_by_text("grad norm peaked").first.wait_for(timeout=30_000)  # trial 0's note, rendered
+                page.screenshot(path=str(_shots(tmp_path) / "trial.png"))
+                page.goto(study_url + "/note")  # the study's note page
+                page.get_by_text("Of 2 finished trials").first.wait_for(timeout=30_000)
+                page.screenshot(path=str(_shots(tmp_path) / "study-note.png"))
+                page.goto(study_url + "/trials")
+                page.get_by_text("2 Trials").wait_for(timeout=30_000)
                 page.screenshot(path=str(tmp_path / "dashboard.png"))
             finally:
                 ctx.close()
