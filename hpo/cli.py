@@ -178,6 +178,53 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
           f"{encoder.tokens_per_second / 1000:.1f}k tokens/s ({encoder.precision})")
 
 
+@main.command("lr-find", cls=_ListsStudies)
+@click.option("--study", "study", required=True, help="A built-in study (listed below), ./studies/NAME.toml, or a path to a .toml file.")
+@click.option("--group", "groups", multiple=True, metavar="G", help="Layer group to test (repeatable; default: every group).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. --set data.max_train=4000 (repeatable).")
+@click.option("--steps", type=click.IntRange(min=20), default=200, show_default=True, help="Steps per group (the rate rises over them).")
+@click.option("--lr-min", type=float, default=1e-6, show_default=True)
+@click.option("--lr-max", type=float, default=10.0, show_default=True)
+@click.option("--out", "out_dir", default=None, help="Folder for lr_find.png (default: figures/STUDY).")
+@click.option("--write-spec", "write_spec", default=None, metavar="PATH",
+              help="Write the spec with each tested group's rate searched over its suggested range.")
+def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], steps: int, lr_min: float, lr_max: float,
+            out_dir: str | None, write_spec: str | None) -> None:
+    """The learning-rate range test per layer group (Smith 2015, fastai's lr_find).
+
+    Each group's rate rises exponentially over --steps steps while the others stay at the middle
+    of their range; the smoothed loss is plotted against the rate, and a search range is suggested
+    per group: from a tenth of the steepest descent to the rate at the lowest loss.
+    """
+    from pathlib import Path
+
+    from hpo import lrfind
+    from hpo.data import load_dataset
+    from hpo.spec import load_spec
+    from hpo.train import configure_threads
+
+    spec = load_spec(study, overrides)
+    chosen = list(groups) or list(spec.model.groups)
+    lrfind.check_arguments(spec, chosen, lr_min, lr_max)  # before the data is read
+    configure_threads(spec.train.threads)
+    data = load_dataset(spec.data, _echo)
+    if spec.pretrain.epochs:
+        _echo("note: the range test trains from scratch, not from the study's pretrained encoder")
+    results = []
+    for group in chosen:
+        result = lrfind.range_test(spec, data, group, steps, lr_min, lr_max)
+        _echo(result.describe())
+        results.append(result)
+    out = Path(out_dir or f"figures/{spec.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{spec.name}: learning-rate range test, {steps} steps per group, {len(data.train):,} reviews"
+    lrfind.figure(results, title).savefig(out / "lr_find.png")
+    _echo(str(out / "lr_find.png"))
+    if write_spec:
+        header = f"{spec.name} with lr ranges from: hpo lr-find --study {study} " + " ".join(f"--set {o}" for o in overrides)
+        _echo(str(lrfind.write_spec(spec, results, write_spec, header)))
+
+
 @main.command()
 def studies() -> None:
     """List the built-in study specs (hpo optimize --study NAME)."""
