@@ -19,11 +19,18 @@ memory is its own:
   twice to run it twice: ``--variants hpo,hpo-notelemetry,hpo,hpo-notelemetry`` runs the A/B
   interleaved and prints the telemetry's cost from the means.
 
+``--telemetry-ab ROUNDS`` measures the step telemetry's cost alone, in one process: ROUNDS
+rounds of the ``hpo`` loop with telemetry on and off, in alternating order (on-off, off-on, ...),
+each round on the same batches from the same weights, timing wall clock and the process's CPU
+time. On a machine shared with other work the CPU time is the steadier measure; the median of
+the per-round ratios is printed with every round.
+
 It prints real (non-pad) tokens per second, the speed-up over ``naive``, the share of padding,
 and peak memory (RSS on CPU, allocated memory on CUDA).
 
     python benchmarks/train_speed.py                 # 120 batches per variant (~3 min on 2 cores)
     python benchmarks/train_speed.py --batches 0     # one full epoch per variant
+    python benchmarks/train_speed.py --batches 20 --telemetry-ab 6 --threads 1   # telemetry on vs off
 """
 
 from __future__ import annotations
@@ -105,6 +112,73 @@ def _hpo(data: Dataset, device: torch.device, batch_size: int, precision: str, c
     return {"tokens_per_second": stats.tokens_per_second, "seconds": stats.seconds, "padding": padding_fraction(data.train, batches)}
 
 
+def _telemetry_ab(rounds: int, batches: int, batch_size: int, precision: str, threads: int) -> None:
+    """Alternate telemetry on/off in this process (see the module docstring); prints each round."""
+    configure_threads(threads)
+    device = resolve_device()
+    data, full_reviews = _data(batches, batch_size)
+    every = auto_every(math.ceil(full_reviews / batch_size))
+    cfg = lambda k: TrainConfig(  # noqa: E731
+        lrs={"embedding": LR, "encoder": LR, "head": LR}, clip_norm=5.0, cycle_len=1, max_epochs=1,
+        batch_size=batch_size, precision=precision, telemetry_every=k)
+
+    def timed(k: int) -> tuple[float, float]:
+        model = _model(data.vocab_size)
+        wall, cpu = time.perf_counter(), time.process_time()
+        train(model, data, cfg(k), device)
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    timed(-1)  # warm-up: allocator, oneDNN kernels
+    ratios_wall, ratios_cpu = [], []
+    print(f"telemetry A/B, {precision}, {len(data.train)} reviews ({batches} batches) per run, every {every} steps "
+          f"(what a full epoch of {full_reviews:,} reviews gets); seconds wall / CPU")
+    for r in range(rounds):
+        order = (every, -1) if r % 2 == 0 else (-1, every)
+        got = {k: timed(k) for k in order}
+        on, off = got[every], got[-1]
+        ratios_wall.append(on[0] / off[0])
+        ratios_cpu.append(on[1] / off[1])
+        print(f"  round {r + 1} ({'on first' if r % 2 == 0 else 'off first'}): on {on[0]:.1f} / {on[1]:.1f}  "
+              f"off {off[0]:.1f} / {off[1]:.1f}  -> cost wall {ratios_wall[-1] - 1:+.1%}, CPU {ratios_cpu[-1] - 1:+.1%}")
+    print(f"telemetry cost, median of {rounds} rounds: wall {statistics.median(ratios_wall) - 1:+.1%}, "
+          f"CPU time {statistics.median(ratios_cpu) - 1:+.1%}")
+    _recorder_count(data.vocab_size, every)
+
+
+def _recorder_count(vocab_size: int, every: int, repeats: int = 20) -> None:
+    """The recorder's own CPU time per step, counted directly around a real AdamW step (gradients
+    drawn at random): steadier than any A/B on a busy machine."""
+    from hpo.telemetry import StepRecorder
+    from hpo.train import _group_norms, make_optimizer
+
+    model = _model(vocab_size)
+    cfg = TrainConfig(lrs={"embedding": LR, "encoder": LR, "head": LR}, clip_norm=5.0, cycle_len=1, max_epochs=1)
+    optimizer, groups = make_optimizer(model, cfg), model.layer_groups()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    recorder = StepRecorder(list(groups), 300, 1)
+    loss, clipped = torch.tensor(0.5), torch.tensor(False)
+
+    def step(sampled: bool) -> None:
+        norms = _group_norms(groups)
+        recorder.track(loss, norms)
+        if sampled:
+            recorder.snapshot(groups)
+        optimizer.step()
+        if sampled:
+            recorder.record(0, 1, [LR] * 3, loss, norms, clipped, groups)
+
+    times = {}
+    for sampled in (False, True, False, True):
+        t0 = time.process_time()
+        for _ in range(repeats):
+            step(sampled)
+        times.setdefault(sampled, []).append((time.process_time() - t0) / repeats * 1000)
+    plain, sampled = min(times[False]), min(times[True])
+    print(f"recorder, counted directly: optimizer step + norms {plain:.1f} ms CPU, on a sampled step {sampled:.1f} ms "
+          f"-> {sampled - plain:.1f} ms per sampled step, {(sampled - plain) / every:.1f} ms per step at every {every}")
+
+
 def _run_variant(variant: str, batches: int, batch_size: int) -> dict:
     threads = configure_threads(0)
     device = resolve_device()
@@ -131,8 +205,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=120, help="batches per variant (0: a full epoch)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS + EXTRA)}")
+    parser.add_argument("--telemetry-ab", type=int, default=0, metavar="ROUNDS",
+                        help="only the telemetry on/off A/B, interleaved in one process, ROUNDS rounds")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="for --telemetry-ab")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="for --telemetry-ab (0: every core); 1 keeps CPU time steady on a busy machine")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.telemetry_ab:
+        print(f"torch {torch.__version__}, {configure_threads(args.threads)} threads, device {resolve_device()}")
+        _telemetry_ab(args.telemetry_ab, args.batches, args.batch_size, args.precision, args.threads)
+        return
     if args._one:
         print(json.dumps(_run_variant(args._one, args.batches, args.batch_size)))
         return
