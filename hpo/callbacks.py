@@ -128,6 +128,25 @@ class DashboardNotes(TrialListener):
         self.log(f"  warning: {message}")
 
 
+class TensorBoardExport(TrialListener):
+    """Writes each trial's step telemetry as TensorBoard scalars as it ends (:mod:`hpo.tensorboard`); never fails it."""
+
+    def __init__(self, log_dir: str, log: Log = lambda m: None) -> None:
+        self.log_dir = log_dir
+        self.log = log
+
+    def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
+        if ending.steps is None:
+            return
+        try:
+            from hpo.tensorboard import write_trial
+
+            write_trial(self.log_dir, trial.study.study_name, ending, ending.steps)
+        except Exception as exc:
+            logger.warning("trial %d: tensorboard run not written: %s", trial.number, exc)
+            self.log(f"  warning: trial {trial.number}: tensorboard run not written: {exc}")
+
+
 class CheckpointCleanup:
     """Deletes a COMPLETE or PRUNED trial's checkpoints; a FAILed trial keeps them for its re-run."""
 

@@ -72,8 +72,11 @@ def _jobs(value: str) -> str | int:
                    "1 on a GPU.")
 @click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
               help="Seconds without a heartbeat after which a worker's trial is failed and re-run elsewhere ($HPO_GRACE_PERIOD).")
+@click.option("--tensorboard", "tensorboard", default=None, metavar="DIR",
+              help="Also write each trial's step telemetry as TensorBoard scalars under DIR/STUDY/trial-N "
+                   "(needs pip install 'hpo[tensorboard]').")
 def optimize(study: str, trials: int, storage: str | None, timeout: float | None, seed: int | None, overrides: tuple[str, ...],
-             jobs: str, grace_period: int) -> None:
+             jobs: str, grace_period: int, tensorboard: str | None) -> None:
     """Run trials until the study has TRIALS finished (complete or pruned) trials.
 
     Several workers (--jobs, or this command on several machines with one --storage) share the
@@ -85,6 +88,13 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
 
     n_jobs = _jobs(jobs)
     spec = load_spec(study, overrides)
+    if tensorboard:
+        from pathlib import Path
+
+        from hpo.tensorboard import require_tensorboard
+
+        require_tensorboard()
+        tensorboard = str(Path(tensorboard).resolve())
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
     open_storage(url)  # an unreachable or misspelt database fails here, before anything is measured
@@ -96,10 +106,10 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     try:
         if n_jobs > 1:
             outcome = run_workers(spec, url, trials, n_jobs, timeout=timeout, seed=seed, log=_echo,
-                                  grace_period=grace_period, why=why, precision=precision)
+                                  grace_period=grace_period, why=why, precision=precision, tensorboard=tensorboard)
         else:
             outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period,
-                                 precision=precision)
+                                 precision=precision, tensorboard=tensorboard)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the running trial was stopped, marked FAIL (failed trials do not count toward "
