@@ -73,7 +73,9 @@ def telemetry_line(trial: TrialRecord, t: StepTelemetry | None) -> str:
     found = spike(t, divergence_step(trial, t))
     if found is not None:
         group, ratio, step = found
-        parts.append(f"{group} grad norm peaked {ratio:.0f}x its median at step {step}{_after_restart(t, step)}")
+        # An overflowed norm (inf) has no ratio to its median worth printing
+        size = "overflowed (inf)" if not np.isfinite(ratio) else f"peaked {ratio:.0f}x its median"
+        parts.append(f"{group} grad norm {size} at step {step}{_after_restart(t, step)}")
     ratios = np.where(np.isfinite(t.update_ratio) & (t.update_ratio > 0), t.update_ratio, np.nan)
     if trial.diverged and np.isfinite(ratios).any():
         g = int(np.nanargmax(np.nanmax(ratios, axis=0)))
