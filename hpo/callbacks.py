@@ -5,7 +5,10 @@ here, registered by :func:`hpo.workers.run_worker`: as ``study.optimize(callback
 after each trial, in order), and, for what happens while a trial runs, as the objective's
 :class:`~hpo.objective.TrialListener` s:
 
-* :class:`FigureUpload`: the trial's figure onto its dashboard page as it ends (never fails it);
+* :class:`FigureUpload`: the trial's figures (epoch curves; step telemetry, :mod:`hpo.analysis.steps`)
+  onto its dashboard page as it ends (never fails it);
+* :class:`DashboardNotes`: each trial's dashboard note says what happened, the study's holds the
+  report's reading (throttled; never fails a trial);
 * :class:`CheckpointCleanup`: a finished trial's checkpoints are deleted (a FAILed one keeps
   them: its re-run resumes from them);
 * :class:`Budget`: stops the study once it has its budget of finished trials;
@@ -54,7 +57,8 @@ def rates_text(lrs: dict[str, float]) -> str:
 
 
 class FigureUpload(TrialListener):
-    """Draws each trial's figure as it ends and uploads it as an artifact of the trial.
+    """Draws each trial's figures as it ends (epoch curves, and the steps when there is telemetry)
+    and uploads them as artifacts of the trial.
 
     A full disk or a broken store costs a warning, never the trial.
     """
@@ -68,9 +72,79 @@ class FigureUpload(TrialListener):
             from hpo.analysis.plots import upload_trial_figure
 
             upload_trial_figure(ending, trial, self.store)
+            if ending.steps is not None and len(ending.steps):
+                from hpo.analysis.steps import upload_step_figure
+
+                upload_step_figure(ending, ending.steps, trial, self.store)
         except Exception as exc:
             logger.warning("trial %d: figure not uploaded: %s", trial.number, exc)
             self.log(f"  warning: trial {trial.number}: figure not uploaded: {exc}")
+
+
+class DashboardNotes(TrialListener):
+    """Writes trial notes as trials end and the study's note after they finish (throttled).
+
+    Register it as a :class:`~hpo.objective.TrialListener` (``trial_ending``) and as an Optuna
+    callback (``__call__``).
+    """
+
+    def __init__(self, every_s: float = 60.0, log: Log = lambda m: None) -> None:
+        self.every_s = every_s
+        self.log = log
+        self._last: float | None = None
+
+    def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
+        try:
+            from optuna_dashboard import save_note
+
+            from hpo.analysis.notes import trial_note
+
+            save_note(trial, trial_note(ending, ending.steps))
+        except Exception as exc:
+            self._warn(f"trial {trial.number}: note not saved: {exc}")
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._last is not None and time.monotonic() - self._last < self.every_s:
+            return
+        self.refresh(study)
+
+    def refresh(self, study: optuna.Study) -> None:
+        """Rewrite the study's note now (the worker calls it once more when it stops, past the throttle)."""
+        self._last = time.monotonic()
+        try:
+            from optuna_dashboard import save_note
+
+            from hpo.analysis.notes import study_note
+            from hpo.analysis.report import build_report
+            from hpo.analysis.trials import load_study_data
+
+            data = load_study_data(study.study_name, study._storage)
+            save_note(study, study_note(build_report(data).reading, len(data.finished)))
+        except Exception as exc:
+            self._warn(f"study note not saved: {exc}")
+
+    def _warn(self, message: str) -> None:
+        logger.warning("%s", message)
+        self.log(f"  warning: {message}")
+
+
+class TensorBoardExport(TrialListener):
+    """Writes each trial's step telemetry as TensorBoard scalars as it ends (:mod:`hpo.tensorboard`); never fails it."""
+
+    def __init__(self, log_dir: str, log: Log = lambda m: None) -> None:
+        self.log_dir = log_dir
+        self.log = log
+
+    def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
+        if ending.steps is None:
+            return
+        try:
+            from hpo.tensorboard import write_trial
+
+            write_trial(self.log_dir, trial.study.study_name, ending, ending.steps)
+        except Exception as exc:
+            logger.warning("trial %d: tensorboard run not written: %s", trial.number, exc)
+            self.log(f"  warning: trial {trial.number}: tensorboard run not written: {exc}")
 
 
 class CheckpointCleanup:

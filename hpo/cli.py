@@ -72,8 +72,11 @@ def _jobs(value: str) -> str | int:
                    "1 on a GPU.")
 @click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
               help="Seconds without a heartbeat after which a worker's trial is failed and re-run elsewhere ($HPO_GRACE_PERIOD).")
+@click.option("--tensorboard", "tensorboard", default=None, metavar="DIR",
+              help="Also write each trial's step telemetry as TensorBoard scalars under DIR/STUDY/trial-N "
+                   "(needs pip install 'hpo[tensorboard]').")
 def optimize(study: str, trials: int, storage: str | None, timeout: float | None, seed: int | None, overrides: tuple[str, ...],
-             jobs: str, grace_period: int) -> None:
+             jobs: str, grace_period: int, tensorboard: str | None) -> None:
     """Run trials until the study has TRIALS finished (complete or pruned) trials.
 
     Several workers (--jobs, or this command on several machines with one --storage) share the
@@ -86,6 +89,13 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
 
     n_jobs = _jobs(jobs)
     spec = load_spec(study, overrides)
+    if tensorboard:
+        from pathlib import Path
+
+        from hpo.tensorboard import require_tensorboard
+
+        require_tensorboard()
+        tensorboard = str(Path(tensorboard).resolve())
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
     # an unreachable database, or a study made with another spec, fails here, before anything is measured
@@ -98,10 +108,11 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     try:
         if n_jobs > 1:
             outcome = run_workers(spec, url, trials, n_jobs, timeout=timeout, seed=seed, log=_echo,
-                                  grace_period=grace_period, why=why, precision=precision, onednn=onednn)
+                                  grace_period=grace_period, why=why, precision=precision, onednn=onednn,
+                                  tensorboard=tensorboard)
         else:
             outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period,
-                                 precision=precision, onednn=onednn)
+                                 precision=precision, onednn=onednn, tensorboard=tensorboard)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the running trial was stopped, marked FAIL (failed trials do not count toward "
@@ -179,6 +190,53 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
     ppl = ", ".join(f"{x:.1f}" for x in encoder.perplexities)
     _echo(f"encoder {encoder.key}: held-out perplexity by epoch {ppl}; {encoder.seconds / 60:.1f} min, "
           f"{encoder.tokens_per_second / 1000:.1f}k tokens/s ({encoder.precision})")
+
+
+@main.command("lr-find", cls=_ListsStudies)
+@click.option("--study", "study", required=True, help="A built-in study (listed below), ./studies/NAME.toml, or a path to a .toml file.")
+@click.option("--group", "groups", multiple=True, metavar="G", help="Layer group to test (repeatable; default: every group).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. --set data.max_train=4000 (repeatable).")
+@click.option("--steps", type=click.IntRange(min=20), default=200, show_default=True, help="Steps per group (the rate rises over them).")
+@click.option("--lr-min", type=float, default=1e-6, show_default=True)
+@click.option("--lr-max", type=float, default=10.0, show_default=True)
+@click.option("--out", "out_dir", default=None, help="Folder for lr_find.png (default: figures/STUDY).")
+@click.option("--write-spec", "write_spec", default=None, metavar="PATH",
+              help="Write the spec with each tested group's rate searched over its suggested range.")
+def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], steps: int, lr_min: float, lr_max: float,
+            out_dir: str | None, write_spec: str | None) -> None:
+    """The learning-rate range test per layer group (Smith 2015, fastai's lr_find).
+
+    Each group's rate rises exponentially over --steps steps while the others stay at the middle
+    of their range; the smoothed loss is plotted against the rate, and a search range is suggested
+    per group: from a tenth of the steepest descent to the rate at the lowest loss.
+    """
+    from pathlib import Path
+
+    from hpo import lrfind
+    from hpo.data import load_dataset
+    from hpo.spec import load_spec
+    from hpo.train import configure_threads
+
+    spec = load_spec(study, overrides)
+    chosen = list(groups) or list(spec.model.groups)
+    lrfind.check_arguments(spec, chosen, lr_min, lr_max)  # before the data is read
+    configure_threads(spec.train.threads)
+    data = load_dataset(spec.data, _echo)
+    if spec.pretrain.epochs:
+        _echo("note: the range test trains from scratch, not from the study's pretrained encoder")
+    results = []
+    for group in chosen:
+        result = lrfind.range_test(spec, data, group, steps, lr_min, lr_max)
+        _echo(result.describe())
+        results.append(result)
+    out = Path(out_dir or f"figures/{spec.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{spec.name}: learning-rate range test, {steps} steps per group, {len(data.train):,} reviews"
+    lrfind.figure(results, title).savefig(out / "lr_find.png")
+    _echo(str(out / "lr_find.png"))
+    if write_spec:
+        header = f"{spec.name} with lr ranges from: hpo lr-find --study {study} " + " ".join(f"--set {o}" for o in overrides)
+        _echo(str(lrfind.write_spec(spec, results, write_spec, header)))
 
 
 @main.command()
@@ -296,14 +354,25 @@ def clean(study: str, storage: str | None) -> None:
 @_STUDY
 @_STORAGE
 @click.option("--out", "out_dir", default=None, help="Folder for the figures (default: figures/STUDY).")
-def plot(study: str, storage: str | None, out_dir: str | None) -> None:
-    """PNG figures (losses, gradient norms, learning rates) and Optuna's plotly views as HTML."""
+@click.option("--trial", "trial_number", type=int, default=None,
+              help="Only this trial's step-level figure (loss, gradient norms, update ratios, rates per step).")
+def plot(study: str, storage: str | None, out_dir: str | None, trial_number: int | None) -> None:
+    """PNG figures (losses, gradient norms, learning rates) and Optuna's plotly views as HTML.
+
+    With --trial N: that trial's step-level figure, as interactive HTML and as PNG.
+    """
     import optuna
 
     from hpo.analysis.plots import write_study_figures
     from hpo.analysis.trials import load_study_data
 
     opened = _read_storage(storage)
+    if trial_number is not None:
+        from hpo.analysis.steps import trial_step_figures
+
+        for path in trial_step_figures(study, opened, trial_number, out_dir or f"figures/{study}"):
+            _echo(str(path))
+        return
     data = load_study_data(study, opened)
     paths = write_study_figures(data, optuna.load_study(study_name=study, storage=opened), out_dir or f"figures/{study}")
     for path in paths:

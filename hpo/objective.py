@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import optuna
@@ -39,7 +40,10 @@ from hpo.pretrain import PretrainedEncoder
 from hpo.record import EpochRecord, Outcome, TrialRecord, Verdict
 from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceEntry, Spec, train_config
 from hpo.storage.artifacts import artifact_store
+from hpo.telemetry import StepTelemetry, upload_telemetry
 from hpo.train import TrainResult, evaluate, load_best, loss_sampling, resolve_device, resolve_precision, train
+
+logger = logging.getLogger(__name__)
 
 
 class TrialListener:
@@ -180,8 +184,10 @@ class Objective:
         ending = TrialRecord(
             number=trial.number, state=record.COMPLETE if complete else record.PRUNED, params=trial.params,
             distributions=trial.distributions, accuracy=value if rows else None, epochs=tuple(rows), outcome=outcome,
-            lrs={record.lr_param(g): lr for g, lr in cfg.lrs.items()},
+            lrs={record.lr_param(g): lr for g, lr in cfg.lrs.items()}, steps=result.telemetry,
         )
+        if result.telemetry is not None:
+            self._upload_telemetry(trial, result.telemetry)
         for listener in self.listeners:
             listener.trial_ending(trial, ending)
         if result.verdict is not None:
@@ -189,6 +195,13 @@ class Objective:
         if pruned_at is not None:
             raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {pruned_at}")
         return value
+
+    def _upload_telemetry(self, trial: optuna.Trial, telemetry: StepTelemetry) -> None:
+        """One compressed artifact per trial (a few tens of kB); a broken store costs a warning, never the trial."""
+        try:
+            upload_telemetry(telemetry, trial, self.store)
+        except Exception as exc:
+            logger.warning("trial %d: step telemetry not stored: %s", trial.number, exc)
 
     def _outcome(self, model: LSTMClassifier, result: TrainResult, pruned_at: int | None, test: bool) -> Outcome:
         test_accuracy = None

@@ -199,6 +199,9 @@ class TrialRecord:
     outcome: Outcome | None
     lrs: Mapping[str, float]
     user_attrs: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    # hpo.telemetry.StepTelemetry: the sampled steps, when the objective hands the record to its
+    # listeners as the trial ends; from_trial leaves it None (it lives in an artifact: load_telemetry)
+    steps: Any = field(repr=False, compare=False, default=None)
 
     @classmethod
     def from_trial(cls, trial: Any) -> "TrialRecord":

@@ -11,8 +11,11 @@ worker's trial resumes).
 
 Per epoch it records train loss, validation loss and accuracy, and per layer group the gradient
 norm before clipping (mean and max over steps) and the fraction of steps that were clipped, so a
-study can show how the gradients behaved over time. Telemetry stays on the device as tensors and
-is read once per epoch: no per-step host synchronisation on CUDA.
+study can show how the gradients behaved over time. Every few steps it also samples the step
+itself (loss, rate, pre-clip norm, clipping and update-to-weight ratio per group:
+:mod:`hpo.telemetry`, ``TrainConfig.telemetry_every``) into ``TrainResult.telemetry``; a
+checkpoint carries the samples so far, so a resumed run keeps them. Telemetry stays on the device
+as tensors and is read once per epoch: no per-step host synchronisation on CUDA.
 
 Example::
 
@@ -38,6 +41,7 @@ from hpo.data import Dataset, Split, iter_batches
 from hpo.divergence import DivergenceMonitor
 from hpo.model import LSTMClassifier
 from hpo.record import EpochRecord, Verdict
+from hpo.telemetry import StepRecorder, StepTelemetry
 
 EpochCallback = Callable[[EpochRecord, "Verdict | None"], bool]
 
@@ -58,6 +62,7 @@ class TrainConfig:
     bucket_batches: int = 50
     precision: str = "fp32"  # "bf16" autocast, or "auto": bf16 where the hardware runs it natively
     seed: int = 0
+    telemetry_every: int = 0  # step telemetry every k steps; 0: k for at most ~200 samples an epoch; -1: off
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Checkpoint:
     best_accuracy: float
     best_state: dict[str, torch.Tensor] | None
     monitor: dict | None
+    telemetry: dict | None = None  # StepRecorder.state_dict(): the earlier epochs' sampled steps
 
 
 @dataclass
@@ -94,6 +100,7 @@ class TrainResult:
     steps_per_epoch: int = 0
     start_epoch: int = 1  # later than 1 when resumed from a checkpoint
     cut_mid_epoch: bool = False  # the monitor stopped it inside an epoch
+    telemetry: StepTelemetry | None = None  # sampled steps, resumed epochs included; None when off
 
     @property
     def epochs_run(self) -> int:
@@ -236,6 +243,12 @@ def train(
     starts = first_epochs(group_names, cfg.unfreeze_every)
     result = TrainResult(steps_per_epoch=steps_per_epoch)
     best_acc = -1.0
+    recorder = None
+    if cfg.telemetry_every >= 0:
+        meta = {"cycle_len": cfg.cycle_len, "cycle_mult": cfg.cycle_mult, "clip_norm": cfg.clip_norm,
+                "max_epochs": cfg.max_epochs, "lrs": dict(cfg.lrs)}
+        recorder = StepRecorder(group_names, steps_per_epoch, cfg.telemetry_every, meta,
+                                resume.telemetry if resume is not None else None)
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
@@ -273,19 +286,32 @@ def train(
                     result.verdict = verdict
                     if monitor.stops(verdict):
                         result.cut_mid_epoch = True
+                        if recorder is not None:  # the steps up to the blow-up are the ones that matter
+                            result.telemetry = recorder.result()
                         return result
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norms = _group_norms(groups)
             total = torch.linalg.vector_norm(norms)
-            if cfg.clip_norm > 0:
+            step_clipped = total > cfg.clip_norm if cfg.clip_norm > 0 else None
+            if step_clipped is not None:
                 torch.nn.utils.clip_grads_with_norm_(all_params, cfg.clip_norm, total)
-                clipped += (total > cfg.clip_norm).float()
+                clipped += step_clipped.float()
             norm_sum += norms
             norm_max = torch.maximum(norm_max, norms)
+            sampled = recorder is not None and recorder.wants(step)
+            if recorder is not None:
+                recorder.track(loss, norms)
+                if sampled:
+                    recorder.snapshot(groups)
             optimizer.step()
+            if sampled:
+                recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, norms,
+                                step_clipped if step_clipped is not None else torch.zeros((), device=device), groups)
             loss_sum += loss.detach()
         steps = max(steps_per_epoch, 1)
+        if recorder is not None:
+            recorder.end_epoch()
         val_loss, val_acc = evaluate(model, data.valid, device, cfg.batch_size * 2, cfg.precision)
         seconds = time.perf_counter() - t0
         row = EpochRecord(
@@ -318,7 +344,10 @@ def train(
             on_checkpoint(Checkpoint(
                 epoch, model.state_dict(), optimizer.state_dict(), result.best_epoch, best_acc,
                 result.best_state, monitor.state_dict() if monitor else None,
+                recorder.state_dict() if recorder is not None else None,
             ))
+    if recorder is not None:
+        result.telemetry = recorder.result()
     return result
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.callbacks import Budget, CheckpointCleanup, FigureUpload, Progress
+from hpo.callbacks import Budget, CheckpointCleanup, DashboardNotes, FigureUpload, Progress, TensorBoardExport
 from hpo.errors import HpoError, WorkerError
 from hpo.record import WORKER, Tally
 from hpo.spec import Spec
@@ -163,11 +163,13 @@ def run_worker(
     grace_period: int = GRACE_PERIOD_S,
     precision: str | None = None,
     onednn: bool = True,
+    tensorboard: str | None = None,
 ) -> WorkerOutcome:
     """Optimize ``spec``'s study in this process until it has ``trials`` finished trials.
 
     ``precision``, ``onednn``: what this machine's calibration chose for ``train.precision =
     "auto"`` (oneDNN's fused LSTM on or off: process-wide, so set here, where a worker starts).
+    ``tensorboard``: a folder to write each trial's step telemetry to as TensorBoard scalars.
     """
     from hpo.data import load_dataset
     from hpo.objective import Objective
@@ -196,10 +198,16 @@ def run_worker(
     progress = Progress(budget, spec.train.max_epochs, log)
     store = artifact_store(study)
     encoder = ensure_encoder(spec, store, storage_url, log, data=data)
-    objective = Objective(spec, data, device, listeners=[progress, FigureUpload(store, log)], store=store,
+    notes = DashboardNotes(log=log)
+    listeners = [progress, FigureUpload(store, log), notes]
+    if tensorboard:
+        listeners.append(TensorBoardExport(tensorboard, log))
+    objective = Objective(spec, data, device, listeners=listeners, store=store,
                           encoder=encoder, precision=precision)
-    callbacks = [CheckpointCleanup(objective)]
+    callbacks = [CheckpointCleanup(objective), notes]
     ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
+    if ran:
+        notes.refresh(study)  # the throttle may have skipped the last trials
     return _finish(study, trials, ran)
 
 
@@ -215,6 +223,7 @@ def run_workers(
     why: str = "",
     precision: str | None = None,
     onednn: bool = True,
+    tensorboard: str | None = None,
 ) -> WorkerOutcome:
     """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
@@ -238,7 +247,8 @@ def run_workers(
     procs = [
         ctx.Process(
             target=_worker_process,
-            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision, onednn),
+            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision,
+                  onednn, tensorboard),
             name=f"hpo-worker-{i}",
         )
         for i in range(jobs)
@@ -274,7 +284,7 @@ def run_workers(
 
 def _worker_process(
     spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
-    precision: str | None = None, onednn: bool = True,
+    precision: str | None = None, onednn: bool = True, tensorboard: str | None = None,
 ) -> None:
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
@@ -282,7 +292,7 @@ def _worker_process(
     quiet_optuna_logging()
     try:
         run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
-                   precision=precision, onednn=onednn)
+                   precision=precision, onednn=onednn, tensorboard=tensorboard)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

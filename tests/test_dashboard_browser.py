@@ -77,6 +77,18 @@ def _wait_http(url: str) -> None:
             time.sleep(0.2)
 
 
+def _live(study, number):
+    """A ``optuna.Trial`` handle on a finished trial: what optuna_dashboard.get_note takes."""
+    return optuna.Trial(study, study.trials[number]._trial_id)
+
+
+def _shots(tmp_path: Path) -> Path:
+    """Where the screenshots go: $HPO_TEST_SCREENSHOTS (CI keeps them as run artifacts), else tmp_path."""
+    folder = Path(os.environ.get("HPO_TEST_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
 def _study_database(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
@@ -106,26 +118,36 @@ def test_dashboard_shows_the_study_and_a_trial_figure(kind, small_spec, tmp_path
         spec = small_spec("name='browser-e2e'")
         run_worker(spec, url, trials=2)
 
-        # each trial uploaded its figure to the study's artifact store
+        # each trial uploaded its figures (epoch curves, steps) and its step telemetry to the artifact store
         storage = open_storage(url)
         study = optuna.load_study(study_name="browser-e2e", storage=storage)
-        metas = [optuna.artifacts.get_all_artifact_meta(t, storage=storage) for t in study.trials]
-        assert [[m.mimetype for m in ms] for ms in metas] == [["image/png"], ["image/png"]]
-        artifact_id = metas[0][0].artifact_id
+        metas = [{m.filename: m for m in optuna.artifacts.get_all_artifact_meta(t, storage=storage)} for t in study.trials]
+        assert [sorted(ms) for ms in metas] == [
+            [f"trial-{n}-curves.png", f"trial-{n}-steps.npz", f"trial-{n}-steps.png"] for n in (0, 1)]
+        artifact_id = metas[0]["trial-0-curves.png"].artifact_id
+        steps_id = metas[0]["trial-0-steps.png"].artifact_id
         with artifact_store(study).open_reader(artifact_id) as f:
             assert f.read().startswith(b"\x89PNG")
         if kind == "sqlite":
             assert (tmp_path / "artifacts" / artifact_id).is_file()
         else:
             assert not (worker_dir / "hpo-artifacts").exists()
+        # the notes: each trial's says what happened, the study's holds the report's reading
+        from optuna_dashboard import get_note
+
+        trial_note = get_note(_live(study, 0))
+        assert trial_note.startswith("**") and "grad norm peaked" in trial_note and "rates: lr_embedding" in trial_note
+        study_note = get_note(study)
+        assert study_note.startswith("### Reading (2 finished trials") and "Of 2 finished trials" in study_note
         viewer = tmp_path / "viewer"
         viewer.mkdir()
         env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS" or kind == "sqlite"}
-        _show_in_browser(url, viewer, env, artifact_id, sync_playwright)
+        _show_in_browser(url, viewer, env, artifact_id, steps_id, _shots(tmp_path) / kind, sync_playwright)
 
 
-def _show_in_browser(url, viewer, env, artifact_id, sync_playwright):
-    """``hpo dashboard`` started in ``viewer``; Chromium finds the study, its trials and the figure."""
+def _show_in_browser(url, viewer, env, artifact_id, steps_id, shots, sync_playwright):
+    """``hpo dashboard`` started in ``viewer``; Chromium finds the study, its trials, both figures and the notes."""
+    shots.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     proc, study_url, lines = _start_dashboard(["--study", "browser-e2e", "--storage", url, "--port", str(port)], viewer, env)
     try:
@@ -147,6 +169,18 @@ def _show_in_browser(url, viewer, env, artifact_id, sync_playwright):
                 img.scroll_into_view_if_needed()
                 page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)
                 assert img.evaluate("(el) => el.naturalWidth") == 720  # the uploaded PNG, decoded
+                steps = page.locator(f"img[src*='{steps_id}']")  # the step-level figure, on the same trial page
+                steps.wait_for(timeout=30_000)
+                steps.scroll_into_view_if_needed()
+                page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=steps.element_handle(), timeout=30_000)
+                assert steps.evaluate("(el) => [el.naturalWidth, el.naturalHeight]") == [720, 648]
+                page.get_by_text("grad norm peaked").first.wait_for(timeout=30_000)  # trial 0's note, rendered
+                page.screenshot(path=str(shots / "trial.png"))
+                page.goto(study_url + "/note")  # the study's note page
+                page.get_by_text("Of 2 finished trials").first.wait_for(timeout=30_000)
+                page.screenshot(path=str(shots / "study-note.png"))
+                page.goto(study_url + "/trials")
+                page.get_by_text("2 Trials").wait_for(timeout=30_000)
                 page.screenshot(path=str(viewer / "dashboard.png"))
             finally:
                 ctx.close()

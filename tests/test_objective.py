@@ -50,3 +50,19 @@ def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -
     assert r.epochs_run == 2 and len(r.epochs) == 2 and r.outcome.pruned_epoch == 2
     assert not r.diverged
     assert r.test_accuracy is None  # it can never be the reported best
+
+
+def test_a_trial_stores_its_step_telemetry_as_one_artifact(small_spec, tmp_path) -> None:
+    from hpo.storage.artifacts import FolderStore
+    from hpo.telemetry import load_telemetry
+
+    spec = small_spec(*STABLE)
+    study = optuna.create_study(direction="maximize", pruner=_PruneFromEpoch(2))  # pruned after epoch 2 of 3
+    study.set_user_attr("artifact_dir", str(tmp_path))
+    study.optimize(Objective(spec, load_dataset(spec.data)), n_trials=1)
+    trial = study.trials[0]
+    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    assert [m.filename for m in metas] == ["trial-0-steps.npz"]
+    t = load_telemetry(trial, study._storage, FolderStore(tmp_path))
+    assert t.groups == ("embedding", "encoder", "head") and set(t.epoch.tolist()) == {1, 2}
+    assert t.meta["lrs"]["head"] == 0.002 and (tmp_path / metas[0].artifact_id).stat().st_size < 20_000

@@ -138,4 +138,5 @@ def train_config(spec: "Spec", values: Mapping[str, Any], precision: str | None 
         bucket_batches=spec.data.bucket_batches,
         precision=precision or t.precision,
         seed=int(values.get("seed", t.seed)),
+        telemetry_every=t.telemetry_every,
     )

@@ -128,9 +128,11 @@ class TrainSpec:
     device: str = "auto"
     threads: int = 0  # 0: the cores this process may use
     seed: int = 0
+    telemetry_every: int = 0  # step telemetry every k steps; 0: k for at most ~200 samples an epoch; -1: off
 
     def __post_init__(self) -> None:
         _positive(self, "train", "max_epochs", "cycle_mult")
+        _require("train", {"telemetry_every": (self.telemetry_every >= -1, f"= {self.telemetry_every}: use -1 (off), 0 (auto) or a step count")})
         _non_negative(self, "train", "threads", "cycles", "unfreeze_every")
         _require("train", {
             "adam_beta1": (0 <= self.adam_beta1 < 1, "must be in [0, 1)"),

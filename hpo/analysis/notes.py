@@ -1,0 +1,111 @@
+"""Dashboard notes: each trial's page says what happened; the study's page holds the report's reading.
+
+optuna-dashboard shows a Markdown note on every trial and study page (``optuna_dashboard.save_note``,
+kept in the study's system attributes, so any storage works). :func:`trial_note` writes one or
+two lines from the trial's record and step telemetry, e.g.::
+
+    **diverged**: loss jumped 2.40x above its best at epoch 11; head grad norm peaked 40x its
+    median at step 4211, 2 steps after a warm restart; head |dw|/|w| up to 3e-2 (healthy ~1e-3)
+    rates: lr_embedding 1e-3, lr_encoder 1e-3, lr_head 1e-2
+
+:class:`hpo.callbacks.DashboardNotes` writes them from a worker: a trial's note as it ends (a listener), the
+study's note after trials finish (an Optuna callback), at most once per ``every_s`` seconds per
+worker. A note that cannot be written costs a warning, never the trial.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hpo.record import TrialRecord
+from hpo.telemetry import StepTelemetry
+
+
+def _g(x: float) -> str:
+    from hpo.analysis.report import _g as g
+
+    return g(float(x))
+
+
+def spike(t: StepTelemetry, before: int | None = None) -> tuple[str, float, int] | None:
+    """(group, peak / median, step) of the largest gradient-norm spike up to step ``before``.
+
+    The median is each group's over the whole run so far, a robust "usual size"; the peak is the
+    window maximum, so a spike between two samples counts.
+    """
+    keep = t.step <= before if before is not None else np.ones(len(t), dtype=bool)
+    if not keep.any():
+        return None
+    best: tuple[str, float, int] | None = None
+    for g, group in enumerate(t.groups):
+        peaks, norms = t.grad_norm_max[keep, g], t.grad_norm[keep, g]
+        finite = np.isfinite(norms) & (norms > 0)
+        if not finite.any():
+            continue
+        median = float(np.median(norms[finite]))
+        peaks = np.where(np.isfinite(peaks), peaks, np.inf)
+        i = int(np.argmax(peaks))
+        ratio = float(peaks[i] / median) if median > 0 else float("inf")
+        if best is None or ratio > best[1]:
+            best = (group, ratio, int(t.step[keep][i]))
+    return best
+
+
+def _after_restart(t: StepTelemetry, step: int) -> str:
+    from hpo.analysis.steps import restart_steps
+
+    before = [r for r in restart_steps(t) if r <= step]
+    if not before:
+        return ""
+    gap = step - before[-1]
+    return f", {gap} step{'s' if gap != 1 else ''} after a warm restart" if gap < t.steps_per_epoch else ""
+
+
+def telemetry_line(trial: TrialRecord, t: StepTelemetry | None) -> str:
+    """What the gradients and updates did: the largest spike, and the update ratios."""
+    if t is None or not len(t):
+        return ""
+    from hpo.analysis.steps import divergence_step
+
+    parts = []
+    found = spike(t, divergence_step(trial, t))
+    if found is not None:
+        group, ratio, step = found
+        # An overflowed norm (inf) has no ratio to its median worth printing
+        size = "overflowed (inf)" if not np.isfinite(ratio) else f"peaked {ratio:.0f}x its median"
+        parts.append(f"{group} grad norm {size} at step {step}{_after_restart(t, step)}")
+    ratios = np.where(np.isfinite(t.update_ratio) & (t.update_ratio > 0), t.update_ratio, np.nan)
+    if trial.diverged and np.isfinite(ratios).any():
+        g = int(np.nanargmax(np.nanmax(ratios, axis=0)))
+        parts.append(f"{t.groups[g]} |dw|/|w| up to {_g(np.nanmax(ratios[:, g]))} (healthy ~1e-3)")
+    elif np.isfinite(ratios).any():
+        medians = ", ".join(f"{group} {_g(np.nanmedian(ratios[:, g]))}" for g, group in enumerate(t.groups)
+                            if np.isfinite(ratios[:, g]).any())
+        parts.append(f"median |dw|/|w| {medians}")
+    return "; ".join(parts)
+
+
+def trial_note(trial: TrialRecord, t: StepTelemetry | None = None) -> str:
+    """One or two Markdown lines: what happened to the trial, then its rates."""
+    if trial.diverged and trial.verdict is not None:
+        head = f"**diverged**: {trial.verdict.describe()}"
+    elif trial.pruned:
+        pruned = trial.outcome.pruned_epoch if trial.outcome else None
+        head = f"**pruned** as underperforming" + (f" after epoch {pruned}" if pruned else "") + \
+            (f" (best validation accuracy {trial.accuracy:.4f})" if trial.accuracy is not None else "")
+    else:
+        best = f" at epoch {trial.best_epoch}" if trial.best_epoch else ""
+        head = f"**{trial.state.lower()}**" + (f": validation accuracy {trial.accuracy:.4f}{best}" if trial.accuracy is not None else "")
+    line = telemetry_line(trial, t)
+    rates = ", ".join(f"{k} {_g(v)}" for k, v in sorted(trial.lrs.items()))
+    return f"{head}{'; ' + line if line else ''}  \nrates: {rates}"
+
+
+def study_note(reading: str, finished: int) -> str:
+    """The study's note: the report's reading, and when it was written."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (f"### Reading ({finished} finished trials, {stamp})\n\n{reading}\n\n"
+            "Each trial's page has its step-level figure (loss, gradient norms, update ratios and rates per step); "
+            "`hpo report` and `hpo plot` have the rest.")

@@ -1,0 +1,111 @@
+"""The step-level trial figure, from real telemetry, and ``hpo plot --trial``."""
+
+import io
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hpo.analysis.steps import divergence_step, restart_steps, step_figure, step_figure_png, title
+from hpo.cli import main
+from hpo.data import load_dataset
+from hpo.divergence import DivergenceMonitor
+from hpo.model import LSTMClassifier
+from hpo.record import PRUNED, Outcome, TrialRecord
+from hpo.spec import DataSpec, DivergenceSpec
+from hpo.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def diverged(data_cache_dir):
+    """A real run at a rate of 5, stopped by the divergence monitor, as its trial record and telemetry."""
+    data = load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=600, max_valid=200, max_len=100))
+    torch.manual_seed(0)
+    model = LSTMClassifier(data.vocab_size, 16, 16)
+    lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
+    steps = math.ceil(len(data.train) / 64)
+    cfg = TrainConfig(lrs=lrs, clip_norm=0.0, cycle_len=1, max_epochs=4)
+    result = train(model, data, cfg, torch.device("cpu"), monitor=DivergenceMonitor(DivergenceSpec(step_warmup=3), steps))
+    assert result.verdict is not None
+    record = TrialRecord(
+        number=7, state=PRUNED, params={}, distributions={}, accuracy=0.5, epochs=tuple(result.history),
+        outcome=Outcome(result.verdict, result.best_epoch, result.epochs_run, steps, "fp32"),
+        lrs={f"lr_{g}": v for g, v in lrs.items()},
+    )
+    return record, result.telemetry
+
+
+def test_restarts_follow_the_sgdr_settings(diverged):
+    _, t = diverged
+    spe = t.steps_per_epoch
+    assert restart_steps(t) == [spe, 2 * spe, 3 * spe]  # cycle_len 1 of 4 epochs
+    doubling = type(t)(**{**t.__dict__, "meta": {**t.meta, "cycle_mult": 2, "max_epochs": 7}})
+    assert restart_steps(doubling) == [spe, 3 * spe]  # cycles of 1, 2, 4 epochs
+
+
+def test_the_figure_has_four_panels_on_one_step_axis_with_the_marks(diverged):
+    trial, t = diverged
+    fig = step_figure(trial, t)
+    assert title(trial).startswith("trial 7: diverged (") and "lr_head 5" in fig.layout.title.text
+    # loss + mean, 3 groups x (norm + max), 3 ratios, 3 rates
+    assert len(fig.data) == 2 + 6 + 3 + 3
+    assert [fig.layout[f"yaxis{i}"].type for i in ("", 2, 3, 4)] == [None, "log", "log", "log"]
+    lines = [s for s in fig.layout.shapes if s.x0 == s.x1]
+    red = [s for s in lines if s.line.color == "red"]
+    assert len(red) == 4 and {s.x0 for s in red} == {divergence_step(trial, t)}  # across all four panels
+    assert len(lines) - len(red) == 4 * len(restart_steps(t))
+    assert divergence_step(trial, t) >= t.step.max()  # the mark is where the samples end
+    assert list(fig.layout.xaxis4.ticktext)[:1] == ["epoch 1"]
+    png = step_figure_png(trial, t)
+    height, width, _ = matplotlib.image.imread(io.BytesIO(png)).shape
+    assert (width, height) == (720, 648)
+
+
+def test_hpo_plot_trial_writes_the_step_figure_and_refuses_unknown_trials(small_spec, tmp_path, monkeypatch):
+    from hpo.workers import run_worker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    run_worker(small_spec("name='steps-cli'", "train.max_epochs=1", "data.max_train=300"), url, trials=1)
+    ok = CliRunner().invoke(main, ["plot", "--study", "steps-cli", "--storage", url, "--trial", "0", "--out", "out"])
+    assert ok.exit_code == 0, ok.output
+    html = (tmp_path / "out" / "trial-0-steps.html").read_text()
+    assert "plotly.min.js" in html and "update |dw|" in html and (tmp_path / "out" / "plotly.min.js").exists()
+    assert (tmp_path / "out" / "trial-0-steps.png").read_bytes().startswith(b"\x89PNG")
+    bad = CliRunner().invoke(main, ["plot", "--study", "steps-cli", "--storage", url, "--trial", "3"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: study 'steps-cli' has no trial 3 (trials 0 to 0)"
+
+
+def test_a_diverged_trials_note_says_what_happened_in_one_or_two_lines(diverged):
+    import re
+
+    from hpo.analysis.notes import spike, trial_note
+
+    trial, t = diverged
+    note = trial_note(trial, t)
+    assert note.count("\n") == 1, note
+    group, ratio, step = spike(t, divergence_step(trial, t))
+    assert ratio > 1 and step <= divergence_step(trial, t)
+    assert note.startswith(f"**diverged**: {trial.verdict.describe()}; {group} grad norm peaked {ratio:.0f}x its median at step {step}")
+    assert re.search(r"\|dw\|/\|w\| up to [0-9.e-]+ \(healthy ~1e-3\)", note), note
+    assert note.endswith("rates: lr_embedding 5, lr_encoder 5, lr_head 5")
+
+
+def test_notes_that_cannot_be_written_warn_and_never_raise(caplog):
+    import logging
+
+    import optuna
+
+    from hpo.callbacks import DashboardNotes
+
+    lines = []
+    notes = DashboardNotes(every_s=3600, log=lines.append)
+    study = optuna.create_study()  # no finished trial: the report cannot be built
+    with caplog.at_level(logging.WARNING):
+        notes(study, None)
+        notes(study, None)  # throttled: not tried again within the hour
+    assert len(lines) == 1 and lines[0].startswith("  warning: study note not saved: study ")
