@@ -116,7 +116,9 @@ def figure(data, path: Path) -> None:
     ax_loss.set_xlabel("epoch (grey: warm restarts)")
     ax_loss.set_ylabel("validation loss")
     ax_loss.set_title("every run to the end of its schedule; x = the divergence verdict")
-    ax_loss.legend(fontsize=8)
+    handles, labels = ax_loss.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: float(labels[i].split()[-1]))  # by rate, not by first run
+    ax_loss.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8)
     ax_loss.grid(alpha=0.3)
     means = [statistics.fmean(t.accuracy for t in data.finished if float(t.params["lr_head"]) == r) for r in rates]
     div = [sum(t.diverged for t in data.finished if float(t.params["lr_head"]) == r)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import statistics
 
@@ -101,6 +102,17 @@ def test_reading_names_the_threshold_and_best_range(known):
     # the best 3 complete trials: 2e-3, 2.5e-3 and 4e-3 (0.9195 beats 1.2e-3's 0.9110)
     assert "The best 3 trials used lr_head 2e-3 to 4e-3" in report.reading
     assert "Pruning saved 18 of 72 epochs (25%)" in report.reading
+
+
+def test_the_boundary_is_named_on_the_sampled_rate_not_on_rates_derived_from_it(known):
+    """As in imdb-seed: lr_head sampled, the lower groups' rates fixed fractions of it."""
+    storage, _ = known
+    derived = [dataclasses.replace(t, params={"lr_head": t.lrs["lr_head"]},
+                                   lrs={"lr_embedding": t.lrs["lr_head"] / 100, "lr_encoder": t.lrs["lr_head"] / 10,
+                                        "lr_head": t.lrs["lr_head"]})
+               for t in load_study_data("known", storage).finished]
+    rule = divergence_rule(derived)
+    assert (rule.param, rule.threshold, rule.above_diverged) == ("lr_head", 6e-3, 4)
 
 
 def test_formats_carry_the_same_numbers(known):

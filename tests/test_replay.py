@@ -101,3 +101,12 @@ def test_the_replay_command_on_a_stored_study(tmp_path):
     assert table.exit_code == 0 and "median:n_startup_trials=2" in table.output and "threshold 1.5" in table.output
     bad = runner.invoke(main, ["replay", "--study", "k", "--storage", url, "--divergence", "treshold=1"])
     assert bad.exit_code == 2 and "unknown rule" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_a_record_only_study_replays_with_its_rules() -> None:
+    """divergence.action = "record" (the seed sweep) is how a study keeps whole curves; its
+    thresholds still apply, its action does not: the replay cuts at each verdict."""
+    from hpo.analysis.replay import stored_rules
+
+    rules = stored_rules({"divergence": {"action": "record", "threshold": 0.3}})
+    assert rules.threshold == 0.3 and rules.action == "stop"

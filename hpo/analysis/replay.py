@@ -301,7 +301,10 @@ def stored_rules(spec: Mapping[str, Any] | None, overrides: Sequence[str] = ()) 
     base = dict((spec or {}).get("divergence") or {})
     raw = apply_overrides({"divergence": base}, [f"divergence.{o}" if not o.startswith("divergence.") else o
                                                  for o in overrides])["divergence"]
-    fields = {f.name: f for f in dataclasses.fields(DivergenceSpec)}
+    # a replay asks what stopping at each verdict would have saved, whatever the study's action
+    # was ("record" studies trained on past their verdicts: exactly what makes them replayable)
+    raw.pop("action", None)
+    fields = {f.name: f for f in dataclasses.fields(DivergenceSpec) if f.name != "action"}
     for key, value in raw.items():
         if key not in fields:
             raise HpoError(f"--divergence {key}: unknown rule (known: {', '.join(fields)})")

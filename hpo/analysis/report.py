@@ -190,7 +190,10 @@ def divergence_rule(trials: Sequence[TrialRecord]) -> _Rule | None:
     if n_div == 0:
         return None
     best: list[_Rule] = []
-    for param in _rate_params(trials):
+    # a sampled rate before one derived from it (imdb-seed samples lr_head and divides it for the
+    # lower groups): both split the trials alike, and the knob is the one a user can turn
+    sampled = {name for t in trials for name in t.params}
+    for param in sorted(_rate_params(trials), key=lambda name: name not in sampled):
         members = [t for t in trials if param in t.lrs]
         n_stable = sum(not t.diverged for t in members)
         n_dv = len(members) - n_stable
