@@ -303,7 +303,9 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/artifacts/{study_id}/{trial_id}/{meta.artifact_id}",
                                                 timeout=10) as response:
                         body = response.read()
-                    assert body.startswith(b"\x89PNG") and len(body) == store.size(meta.artifact_id)
+                    # figures are PNGs; the step telemetry (.npz) is a zip archive
+                    magic = b"\x89PNG" if meta.mimetype == "image/png" else b"PK\x03\x04"
+                    assert body.startswith(magic) and len(body) == store.size(meta.artifact_id), meta.filename
         finally:
             proc.terminate()
             proc.wait(timeout=10)
