@@ -118,8 +118,13 @@ class Workers:
                 if len(epoch_rows(trial.user_attrs)) >= epochs and where(study, trial):
                     store = open_location(artifact_location(study, record=False), study._storage)  # the workers' store
                     saved = TrialCheckpoints(store, trial.user_attrs["checkpoint"]).load()
-                    if saved is not None and saved.epoch >= epochs:
-                        return trial
+                    if saved is None or saved.epoch < epochs:
+                        continue
+                    # under load the checks above take a while: still running, and not about to
+                    # finish (or the kill that follows would land on a completed trial)
+                    now = storage.get_trial(trial._trial_id)
+                    if now.state == TrialState.RUNNING and len(epoch_rows(now.user_attrs)) <= epochs:
+                        return now
             time.sleep(0.05)
         raise AssertionError(f"no running trial checkpointed epoch {epochs} in {timeout} s:\n{self.output()}")
 
