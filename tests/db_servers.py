@@ -164,3 +164,13 @@ class CuttableProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+@contextmanager
+def study_database(kind: str, tmp_path) -> Iterator[str]:
+    """A study database of ``kind``: a SQLite file in ``tmp_path``, or a fresh server database."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hpo.db'}"
+    else:
+        with fresh_database(kind) as url:
+            yield url

@@ -11,9 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import pytest
@@ -21,6 +19,8 @@ import pytest
 from hpo.storage.artifacts import artifact_store
 from hpo.storage.resilient import open_storage
 from hpo.workers import run_worker
+
+from db_servers import study_database
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -89,17 +89,6 @@ def _shots(tmp_path: Path) -> Path:
     return folder
 
 
-@contextmanager
-def _study_database(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hpo.db'}"
-    else:
-        from db_servers import fresh_database
-
-        with fresh_database(kind) as url:
-            yield url
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_dashboard_shows_the_study_and_a_trial_figure(kind, small_spec, tmp_path, monkeypatch):
     """On SQLite with a folder store ($HPO_ARTIFACTS); on PostgreSQL with the figures in the
@@ -107,7 +96,7 @@ def test_dashboard_shows_the_study_and_a_trial_figure(kind, small_spec, tmp_path
     _require_browser()
     from playwright.sync_api import sync_playwright
 
-    with _study_database(kind, tmp_path) as url:
+    with study_database(kind, tmp_path) as url:
         if kind == "sqlite":
             monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
         else:

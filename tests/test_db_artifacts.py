@@ -11,9 +11,7 @@ import os
 import resource
 import time
 import tracemalloc
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import pytest
@@ -21,7 +19,7 @@ import sqlalchemy as sa
 from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.engine import make_url
 
-from db_servers import fresh_database
+from db_servers import fresh_database, study_database
 from hpo.storage import artifacts
 from hpo.storage.artifacts import FolderStore, artifact_location, artifact_store, usage
 from hpo.storage.db_artifacts import CHUNKS_TABLE, ArtifactCorrupted, DatabaseStore
@@ -31,13 +29,7 @@ from hpo.study import open_study
 KINDS = ["sqlite", "postgres", "mysql"]
 
 
-@contextmanager
-def database(kind: str, tmp_path: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'hpo.db'}"
-    else:
-        with fresh_database(kind) as url:
-            yield url
+database = study_database
 
 
 def _chunk_rows(store: DatabaseStore) -> int:
