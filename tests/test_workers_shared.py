@@ -123,7 +123,7 @@ class Workers:
                     # under load the checks above take a while: still running, and not about to
                     # finish (or the kill that follows would land on a completed trial)
                     now = storage.get_trial(trial._trial_id)
-                    if now.state == TrialState.RUNNING and len(epoch_rows(now.user_attrs)) <= epochs:
+                    if now.state == TrialState.RUNNING and len(epoch_rows(now.user_attrs)) <= epochs + 1:
                         return now
             time.sleep(0.05)
         raise AssertionError(f"no running trial checkpointed epoch {epochs} in {timeout} s:\n{self.output()}")
