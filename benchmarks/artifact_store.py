@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from storage_scaling import fresh_database  # noqa: E402  (the benchmarks' one scratch-database helper)
+
 SIZES_MB = (1, 50)
 REPEATS = 3
 
@@ -76,24 +78,6 @@ def _run_case(kind: str, where: str, blob: str) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _fresh_server_db(admin_url: str) -> tuple[str, callable]:
-    """A new database on a server (dropped afterwards), so the benchmark touches nothing else."""
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-
-    name = f"hpo_bench_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
-
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--storage", action="append", default=[], help="a server's URL (repeatable); a fresh database is made on it")
@@ -105,7 +89,7 @@ def main() -> None:
                  ("database", f"sqlite:///{os.path.join(tmp, 'hpo.db')}", "sqlite file")]
         drops = []
         for url in args.storage:
-            fresh, drop = _fresh_server_db(url)
+            fresh, drop = fresh_database(url)
             drops.append(drop)
             cases.append(("database", fresh, mask_url(url).split("://")[0]))
         try:
