@@ -23,8 +23,11 @@ from test_dashboard_browser import _free_port
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
 
 
-def _start_proxy(url: str, port: int, cwd: Path) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_proxy(url: str, port: int, cwd: Path, grace: int | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+    """`hpo storage-proxy` on ``port`` (gRPC) and ``port + 1`` (artifacts), once it says it serves."""
     env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1"}  # the password stays off the command line
+    if grace is not None:
+        env["HPO_GRACE_PERIOD"] = str(grace)
     proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
