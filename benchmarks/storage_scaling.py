@@ -10,7 +10,7 @@ cost grows with the study and would hide the storage), in one fresh study per ru
 * hpo: ``open_storage(grace_period=60)`` (retrying storage, a heartbeat thread per trial) +
   ``hpo.workers.work`` (counts the study before every trial);
 * hpo+proxy: the same workers on ``grpc://`` through ``hpo storage-proxy`` (one process, one
-  connection pool, no heartbeats).
+  connection pool; the workers' heartbeats pass through it and it checks for stale trials).
 
 Per run: trials/s (finished trials over the wall time from the common start to the last worker's
 end), the peak number of connections to the database (``pg_stat_activity``, sampled every 0.1 s;
