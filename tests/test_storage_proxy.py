@@ -76,3 +76,14 @@ def test_a_proxy_nobody_runs_and_bad_addresses_are_one_line(monkeypatch) -> None
     assert result.exit_code == 2 and "expected grpc://HOST:PORT" in result.stderr, result.output
     result = CliRunner().invoke(main, ["storage-proxy", "--storage", "grpc://127.0.0.1:1"])
     assert result.exit_code == 2 and "not another proxy's grpc:// address" in result.stderr, result.output
+
+
+def test_workers_find_the_artifact_store_next_to_the_proxy() -> None:
+    from hpo.errors import HpoError
+    from hpo.storage.proxy import artifact_address, grpc_address
+
+    assert grpc_address("grpc://proxy:13000?artifact_port=14000") == ("proxy", 13000)
+    assert artifact_address("grpc://proxy:13000") == ("proxy", 13001)
+    assert artifact_address("grpc://[::1]:13000?artifact_port=14000") == ("::1", 14000)
+    with pytest.raises(HpoError, match="artifact_port must be a port number"):
+        artifact_address("grpc://proxy:13000?artifact_port=x")
