@@ -82,7 +82,10 @@ def _worker(mode: str, url: str, name: str, budget: int, start_at: float, out) -
             stop = MaxTrialsCallback(budget, states=(TrialState.COMPLETE, TrialState.PRUNED))
             study.optimize(tracked, callbacks=[stop])
     except Exception as exc:  # counted and shown, not hidden: a worker that cannot connect is a result
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        root = exc  # Optuna wraps the driver's error ("too many clients"): show the innermost
+        for _ in range(10):
+            root = root.__cause__ or root.__context__ or root
+        error = f"{type(root).__name__}: {str(root).splitlines()[0][:120] if str(root) else ''}"
     out.put((time.time(), ran, error))
 
 
