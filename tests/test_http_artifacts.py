@@ -98,3 +98,19 @@ def test_no_server_is_one_line(tmp_path) -> None:
         port = s.getsockname()[1]
     with pytest.raises(HpoError, match=rf"artifact store http://127.0.0.1:{port} \(the storage proxy's --artifact-port\) does not answer"):
         HttpArtifactStore("127.0.0.1", port, retry_s=0).size("a")
+
+
+def test_a_database_error_is_one_line_without_the_password(served, monkeypatch) -> None:
+    db, client = served
+    url = db.engine.url.set(password="s3cret-pw").render_as_string(hide_password=False)
+    monkeypatch.setattr(db, "engine", sa.create_engine(url))
+
+    def broken(artifact_id):
+        raise sa.exc.OperationalError("SELECT", {}, Exception(f"server closed the connection ({url})\nmore"))
+
+    monkeypatch.setattr(db, "header", broken)
+    with pytest.raises(HpoError) as caught:
+        client.open_reader("a")
+    message = str(caught.value)
+    assert message.startswith(f"artifact store http://127.0.0.1:{client.port}: 500 OperationalError: server closed")
+    assert "s3cret-pw" not in message and "\n" not in message

@@ -290,6 +290,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # one line per request would drown the proxy's log
         pass
 
+    def _one_line(self, exc: BaseException) -> str:
+        """The error in one line, without the database password (a driver may quote the URL)."""
+        from hpo.storage.urls import scrub
+
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {reason[0][:200] if reason else ''}"
+        engine = getattr(self.store, "engine", None)
+        return scrub(text, engine.url.render_as_string(hide_password=False)) if engine is not None else text
+
     def _artifact_id(self) -> str | None:
         path = urlsplit(self.path).path
         if not path.startswith("/artifacts/") or len(path) <= len("/artifacts/"):
@@ -313,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 sizes = {k: v for k, v in self.store.sizes().items() if k.startswith(prefix)}
             except Exception as exc:
-                return self._reply(500, _one_line(exc))
+                return self._reply(500, self._one_line(exc))
             body = json.dumps(sizes).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -333,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             header = self.store.header(artifact_id)
         except Exception as exc:
-            return self._reply(500, _one_line(exc))
+            return self._reply(500, self._one_line(exc))
         if header is None:
             return self._reply(404, f"artifact {artifact_id!r} is not in the database store")
         self.send_response(200)
@@ -368,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
         except HpoError as exc:
             return self._reply(400, str(exc))
         except Exception as exc:  # the database failed: one line back, never its statement or data
-            return self._reply(500, _one_line(exc))
+            return self._reply(500, self._one_line(exc))
         self._reply(204)
 
     def do_DELETE(self) -> None:
@@ -380,13 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ArtifactNotFound as exc:
             return self._reply(404, str(exc))
         except Exception as exc:
-            return self._reply(500, _one_line(exc))
+            return self._reply(500, self._one_line(exc))
         self._reply(204)
-
-
-def _one_line(exc: BaseException) -> str:
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {reason[0][:200] if reason else ''}"
 
 
 class _Server(ThreadingHTTPServer):
