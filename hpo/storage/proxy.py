@@ -236,6 +236,8 @@ def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: thre
         raise HpoError("hpo storage-proxy needs the database URL itself, not another proxy's grpc:// address")
     grace_period = GRACE_PERIOD_S if grace_period is None else grace_period
     artifact_port = port + 1 if artifact_port is None else artifact_port
+    if artifact_port == port:
+        raise HpoError(f"--artifact-port {artifact_port} is the gRPC --port: choose another (workers look at {port + 1})")
     storage = open_storage(url, grace_period=grace_period, log=log)
     server = grpc.server(ThreadPoolExecutor(max_workers=THREADS))
     api_pb2_grpc.add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
