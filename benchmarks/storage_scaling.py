@@ -10,7 +10,7 @@ cost grows with the study and would hide the storage), in one fresh study per ru
 * hpo: ``open_storage(grace_period=60)`` (retrying storage, a heartbeat thread per trial) +
   ``hpo.workers.work`` (counts the study before every trial);
 * hpo+proxy: the same workers on ``grpc://`` through ``hpo storage-proxy`` (one process, one
-  connection pool, no heartbeats).
+  connection pool; the workers' heartbeats pass through it and it checks for stale trials).
 
 Per run: trials/s (finished trials over the wall time from the common start to the last worker's
 end), the peak number of connections to the database (``pg_stat_activity``, sampled every 0.1 s;
@@ -82,7 +82,10 @@ def _worker(mode: str, url: str, name: str, budget: int, start_at: float, out) -
             stop = MaxTrialsCallback(budget, states=(TrialState.COMPLETE, TrialState.PRUNED))
             study.optimize(tracked, callbacks=[stop])
     except Exception as exc:  # counted and shown, not hidden: a worker that cannot connect is a result
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        root = exc  # Optuna wraps the driver's error ("too many clients"): show the innermost
+        for _ in range(10):
+            root = root.__cause__ or root.__context__ or root
+        error = f"{type(root).__name__}: {str(root).splitlines()[0][:120] if str(root) else ''}"
     out.put((time.time(), ran, error))
 
 

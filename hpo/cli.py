@@ -425,12 +425,18 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
 @_STORAGE
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; the proxy has no login and no TLS.")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
-def storage_proxy(storage: str | None, host: str, port: int) -> None:
-    """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT)."""
+@click.option("--artifact-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the study database's artifact store over HTTP  [default: --port + 1, where workers look]")
+@click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
+              help="Seconds without a heartbeat after which a proxied worker's trial is failed and re-run ($HPO_GRACE_PERIOD).")
+def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int | None, grace_period: int) -> None:
+    """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT),
+    with heartbeats and the database's artifact store."""
     from hpo.storage.proxy import serve
 
     url, _ = resolve_storage_url(storage)
-    serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()))
+    serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()), artifact_port=artifact_port,
+          grace_period=grace_period)
 
 
 if __name__ == "__main__":  # pragma: no cover

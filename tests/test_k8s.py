@@ -488,10 +488,14 @@ def test_workers_reach_the_proxy_by_its_service_name_and_port(topologies: dict[s
     container = _hpo(proxy["spec"]["template"]["spec"])
     args = container["args"]
     assert args[0] == "storage-proxy" and _option(args, "--host") == "0.0.0.0"
-    (port,) = service["spec"]["ports"]
-    (container_port,) = container["ports"]
+    port, artifacts = service["spec"]["ports"]
+    container_port, artifact_port = container["ports"]
     assert port["targetPort"] in (container_port["name"], container_port["containerPort"])
     assert int(_option(args, "--port")) == container_port["containerPort"]
+    # The artifact store: where a worker on grpc://HOST:PORT looks for it, HOST:PORT+1.
+    assert artifacts["targetPort"] in (artifact_port["name"], artifact_port["containerPort"])
+    assert int(_option(args, "--artifact-port")) == artifact_port["containerPort"]
+    assert artifacts["port"] == port["port"] + 1
     assert _labels_match({"matchLabels": service["spec"]["selector"]}, _pod_labels(proxy))
 
     url = _env(_hpo(job["spec"]["template"]["spec"]))["HPO_STORAGE"]
@@ -499,8 +503,10 @@ def test_workers_reach_the_proxy_by_its_service_name_and_port(topologies: dict[s
 
     # Only the workers may talk to the proxy (no login, no TLS), and they no longer reach the database.
     (policy,) = _policies_for(docs, _pod_labels(proxy))
-    assert _admits(policy, _pod_labels(job), container_port["name"])
-    assert not _admits(policy, _pod_labels(_one(docs, "Deployment", "hpo-dashboard")), container_port["name"])
+    for name in (container_port["name"], artifact_port["name"]):
+        assert _admits(policy, _pod_labels(job), name)
+        assert not _admits(policy, _pod_labels(_one(docs, "Deployment", "hpo-dashboard")), name)
+    assert "HPO_ARTIFACTS" not in _env(_hpo(job["spec"]["template"]["spec"]))  # the proxy serves the artifacts
     for db_policy in _policies_for(docs, {"app.kubernetes.io/name": "hpo", "app.kubernetes.io/component": "database"}):
         assert not _admits(db_policy, _pod_labels(job), "postgres")
         assert _admits(db_policy, _pod_labels(proxy), "postgres")

@@ -23,8 +23,11 @@ from test_dashboard_browser import _free_port
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
 
 
-def _start_proxy(url: str, port: int, cwd: Path) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_proxy(url: str, port: int, cwd: Path, grace: int | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+    """`hpo storage-proxy` on ``port`` (gRPC) and ``port + 1`` (artifacts), once it says it serves."""
     env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1"}  # the password stays off the command line
+    if grace is not None:
+        env["HPO_GRACE_PERIOD"] = str(grace)
     proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -73,3 +76,42 @@ def test_a_proxy_nobody_runs_and_bad_addresses_are_one_line(monkeypatch) -> None
     assert result.exit_code == 2 and "expected grpc://HOST:PORT" in result.stderr, result.output
     result = CliRunner().invoke(main, ["storage-proxy", "--storage", "grpc://127.0.0.1:1"])
     assert result.exit_code == 2 and "not another proxy's grpc:// address" in result.stderr, result.output
+
+
+def test_workers_find_the_artifact_store_next_to_the_proxy() -> None:
+    from hpo.errors import HpoError
+    from hpo.storage.proxy import artifact_address, grpc_address
+
+    assert grpc_address("grpc://proxy:13000?artifact_port=14000") == ("proxy", 13000)
+    assert artifact_address("grpc://proxy:13000") == ("proxy", 13001)
+    assert artifact_address("grpc://[::1]:13000?artifact_port=14000") == ("::1", 14000)
+    with pytest.raises(HpoError, match="artifact_port must be a port number"):
+        artifact_address("grpc://proxy:13000?artifact_port=x")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() here
+def test_the_proxy_fails_a_silent_trial_once_and_queues_its_rerun(tmp_path) -> None:
+    """The proxy's reaper, on its own storage: a trial whose heartbeat stopped is failed and
+    re-queued with its parameters; a trial still beating is left alone; a second pass (or a
+    second reaper) finds nothing more to do."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from hpo.storage.proxy import reap
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'reap.db'}", grace_period=2)
+    study = optuna.create_study(study_name="reap", storage=storage)
+    dead = study.ask({"x": FloatDistribution(0, 1)})
+    alive = study.ask({"x": FloatDistribution(0, 1)})
+    storage.record_heartbeat(dead._trial_id)
+    storage.record_heartbeat(alive._trial_id)
+    time.sleep(3.5)  # SQLite's clock has whole seconds
+    storage.record_heartbeat(alive._trial_id)
+    said: list[str] = []
+    assert reap(storage, 2, said.append) == 1
+    assert reap(storage, 2) == 0
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[2].params == trials[0].params and trials[2].system_attrs["failed_trial"] == dead.number
+    assert said == ["storage proxy: study 'reap', trial 0: no heartbeat for 2 s; failed, and a re-run with its "
+                    "parameters is queued"]

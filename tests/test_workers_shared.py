@@ -318,6 +318,63 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
         store.engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
+    """As above, but the two workers know only ``grpc://`` of `hpo storage-proxy`: the proxy
+    records their heartbeats, fails the killed worker's trial after the grace period and queues
+    its re-run, which resumes from the checkpoint it reads through the proxy; the figures of both
+    workers' trials are fetched through the proxy too."""
+    pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
+    from test_dashboard_browser import _free_port
+    from test_storage_proxy import _start_proxy
+
+    from hpo.storage.http_artifacts import HttpArtifactStore
+
+    with fresh_database(kind) as url:
+        port = _free_port()
+        proxy, _ = _start_proxy(url, port, tmp_path, grace=3)
+        proxied = f"grpc://127.0.0.1:{port}"
+        workers = Workers(proxied, f"proxied-{kind}", tmp_path, data_cache_dir, STEADY, grace=3, shared_folder=False)
+        try:
+            workers.start(4)  # a budget of 4: see the test above
+            workers.start(4)
+            victim = workers.wait_for_running_trial(epochs=1, where=_has_finished_a_trial)
+            _kill_worker_of(victim)
+            codes = workers.wait()
+        finally:
+            workers.kill_all()
+        try:
+            assert sorted(codes) == [-signal.SIGKILL, 0], workers.output()
+            retry = _assert_resumed(workers, victim, budget=4, checkpointed=1)
+            assert not list(tmp_path.glob("machine-*/*artifacts*"))  # nothing written beside the workers
+            assert PASSWORDS[kind] not in workers.output()
+
+            study = workers.study()
+            store = artifact_store(study)
+            assert isinstance(store, HttpArtifactStore) and store.port == port + 1
+            assert store.ids("checkpoint-") == []  # the finished study keeps no checkpoint
+            figures = {t.number: optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+                       for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+            by_worker = {study.trials[n].user_attrs["worker"] for n, metas in figures.items() if metas}
+            assert len(by_worker) == 2, figures  # figures from both workers' trials
+            assert figures[retry.number], "the resumed trial uploaded its figure"
+            for metas in figures.values():
+                for meta in metas:
+                    with store.open_reader(meta.artifact_id) as f:  # checked against its sha256 at the end
+                        body = f.read()
+                    magic = b"\x89PNG" if meta.mimetype == "image/png" else b"PK\x03\x04"
+                    assert body.startswith(magic) and len(body) == store.size(meta.artifact_id), meta.filename
+            # in the database itself, where a direct worker or the dashboard finds them
+            direct = optuna.load_study(study_name=study.study_name, storage=open_storage(url))
+            assert artifact_location(direct, record=False) == "database"
+            assert artifact_store(direct).sizes() == store.sizes()
+        finally:
+            proxy.terminate()
+            out, _ = proxy.communicate(timeout=30)
+        assert f"study 'proxied-{kind}', trial {victim.number}: no heartbeat for 3 s; failed" in out, out
+        assert PASSWORDS[kind] not in out
+
+
 def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_cache_dir, small_spec) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     workers = Workers(url, "term", tmp_path, data_cache_dir, STEADY)

@@ -8,7 +8,9 @@ plot``, ``hpo report`` and ``hpo dashboard`` open the same one, wherever they ru
   ``Boto3ArtifactStore`` (needs ``boto3``; recorded in ``artifact_store``);
 * else, on PostgreSQL and MySQL/MariaDB: the study's own database
   (:mod:`hpo.storage.db_artifacts`; ``artifact_store = "database"``), so a machine needs the
-  database URL and nothing else: no shared folder, no NFS mount;
+  database URL and nothing else: no shared folder, no NFS mount. A worker behind `hpo
+  storage-proxy` (``grpc://``) reaches the same store through the proxy
+  (:mod:`hpo.storage.http_artifacts`); a study created through the proxy records it too;
 * else, on SQLite: a folder beside the database file (``hpo.db`` -> ``hpo-artifacts/``), chosen by
   measurement (see :data:`SQLITE_CHOICE`).
 
@@ -109,8 +111,10 @@ def default_location(storage: Any) -> str:
     if env:
         return env if env.startswith("s3://") else str(Path(env).expanduser().resolve())
     engine = rdb_engine(storage)
-    if engine is None:  # not a database we can reach (a gRPC proxy): the folder, as before
-        return default_artifact_dir()
+    if engine is None:
+        # `hpo storage-proxy` serves its database's store to the workers behind it; another
+        # storage without a database (Optuna's plain gRPC client, journal files): the folder.
+        return DATABASE if hasattr(storage, "artifact_address") else default_artifact_dir()
     if engine.dialect.name != "sqlite":
         return DATABASE
     if SQLITE_CHOICE == DATABASE:
@@ -137,8 +141,12 @@ def artifact_location(study: optuna.Study, record: bool = True) -> str:
 def open_location(location: str, storage: Any) -> Any:
     """The store a recorded location names, reached through ``storage`` when it is the database."""
     if location == DATABASE:
-        from hpo.storage.db_artifacts import DatabaseStore
+        from hpo.storage.db_artifacts import DatabaseStore, rdb_engine
 
+        if rdb_engine(storage) is None and hasattr(storage, "artifact_address"):
+            from hpo.storage.http_artifacts import HttpArtifactStore
+
+            return HttpArtifactStore(*storage.artifact_address)  # through `hpo storage-proxy`
         return DatabaseStore.for_storage(storage)
     if location.startswith("s3://"):
         return _s3_store(location)

@@ -110,8 +110,8 @@ class DatabaseStore:
         if engine is None:
             raise HpoError(
                 "this study keeps its artifacts in its database, which this worker reaches through a "
-                "storage without a database engine (a gRPC proxy?): pass the database URL itself as "
-                "--storage, or set $HPO_ARTIFACTS to a store every worker can reach"
+                "storage without a database engine: pass the database URL itself as --storage, or the "
+                "address of `hpo storage-proxy` (grpc://HOST:PORT)"
             )
         # Ride out database restarts as the storage itself does: a checkpoint that cannot be
         # written for a few seconds must not fail the trial.

@@ -88,8 +88,10 @@ def open_storage(
     retry_s: float = RETRY_S,
     log: Log = lambda m: None,
     create: bool = True,
-) -> "ResilientStorage":
-    """A :class:`ResilientStorage` for ``url``; any failure becomes one HpoError line without the password.
+) -> Any:
+    """A :class:`ResilientStorage` for ``url`` (for ``grpc://host:port``, the
+    :class:`~hpo.storage.proxy.ProxiedStorage` of `hpo storage-proxy`); any failure becomes one
+    HpoError line without the password.
 
     ``grace_period`` (seconds) turns on heartbeats: trials of workers silent that long are
     failed and queued again. ``log`` hears about database outages and recoveries. With
@@ -99,11 +101,9 @@ def open_storage(
     from hpo.storage.proxy import grpc_address, open_grpc
 
     if grpc_address(url) is not None:
-        # `hpo storage-proxy`: no heartbeats pass Optuna's proxy, so grace_period has no effect.
-        if grace_period is not None:
-            log("storage: through a gRPC proxy, without heartbeats: a killed worker's trial stays RUNNING "
-                "and is not re-run")
-        return open_grpc(url)
+        # `hpo storage-proxy` records the heartbeats and fails the trials of silent workers, by
+        # its own --grace-period; this worker only beats, as often as its grace period asks.
+        return open_grpc(url, heartbeat_interval=None if grace_period is None else heartbeat_interval(grace_period))
     hb: dict[str, Any] = {}
     if grace_period is not None:
         hb = {
