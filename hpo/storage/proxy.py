@@ -104,8 +104,9 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
     """
 
     def __init__(self, *, host: str, port: int, artifact_address: tuple[str, int],
-                 heartbeat_interval: int | None = None) -> None:
+                 heartbeat_interval: int | None = None, grpc_url: str | None = None) -> None:
         self.artifact_address = artifact_address
+        self.grpc_url = grpc_url or f"grpc://{host}:{port}"  # not ``url``: that names a database to hpo
         self._heartbeat_interval = heartbeat_interval
         super().__init__(host=host, port=port)
 
@@ -141,7 +142,7 @@ def open_grpc(url: str, timeout_s: float | None = None, heartbeat_interval: int 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable enough since Optuna 4.2
         storage = ProxiedStorage(host=host, port=port, artifact_address=artifact_address(url),
-                                 heartbeat_interval=heartbeat_interval)
+                                 heartbeat_interval=heartbeat_interval, grpc_url=url)
     try:
         storage.wait_server_ready(timeout=timeout_s)
     except ConnectionError:
