@@ -133,6 +133,35 @@ def test_creation_lock_on_a_grpc_url_is_the_storage_lock(proxy_url) -> None:
     assert not inside.is_set() and _lock_studies(proxy_url) == []
 
 
+def test_proxied_workers_starting_together_with_different_specs_make_one_study_of_one_spec(proxy_url, small_spec) -> None:
+    """Without the lock each of them found no spec recorded and recorded its own."""
+    from hpo.study import SPEC_ATTR, open_study
+
+    specs = [small_spec("name=raced", f"train.max_epochs={2 + i % 2}") for i in range(4)]
+    barrier, outcomes = threading.Barrier(4), []
+
+    def join(spec) -> None:
+        storage = open_storage(proxy_url)
+        barrier.wait(timeout=30)
+        try:
+            study = open_study(spec, storage)
+            outcomes.append(("ok", study.user_attrs[SPEC_ATTR]["train"]["max_epochs"]))
+        except HpoError as exc:
+            outcomes.append(("refused", str(exc)))
+
+    threads = [threading.Thread(target=join, args=(spec,)) for spec in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    kept = {epochs for kind, epochs in outcomes if kind == "ok"}
+    assert len(outcomes) == 4 and len(kept) == 1, outcomes  # every worker that joined agrees with the study
+    refused = [m for kind, m in outcomes if kind == "refused"]
+    assert len(refused) == 2 and all("was created with a different spec" in m for m in refused), outcomes
+    names = [s.study_name for s in open_storage(proxy_url).get_all_studies()]
+    assert names.count("raced") == 1 and not [n for n in names if is_lock_study(n)]
+
+
 def test_two_proxied_workers_started_together_pretrain_once(proxy_url, small_spec, tmp_path) -> None:
     """As tests/test_pretrain.py's test for a direct database, with the workers knowing only ``grpc://``;
     a smaller language model (a 5,000-token stream, 0.2% held out) keeps it to seconds."""
