@@ -33,6 +33,13 @@ by live workers) works over any storage but duplicates what Optuna already does,
 clock rather than the database's, with a reaping race per worker pair; here the database's
 clock, Optuna's row lock and Optuna's retry callback do all of it.
 
+**The creation lock passes through too.** Creating a study (and recording its spec) and
+pretraining an encoder happen under :func:`~hpo.storage.locks.creation_lock`, a database lock a
+proxied worker cannot take. For ``grpc://`` it is a :class:`~hpo.storage.storage_lock.StorageLock`,
+made of plain storage calls (a study ``hpo-lock:NAME`` whose first trial is the token), so it
+needs nothing from the proxy; a worker killed while holding it holds the others up for the
+lock's stale time (2 min) instead of releasing it at once as a database session would.
+
 The proxy also serves the database's artifact store (:mod:`hpo.storage.http_artifacts`) over
 plain HTTP on ``--artifact-port`` (default: the gRPC port + 1), so a proxied worker reaches its
 checkpoints, figures and pretrained encoders through the same machine. A worker on
