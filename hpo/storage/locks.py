@@ -76,8 +76,14 @@ def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
         from hpo.storage.proxy import open_grpc
         from hpo.storage.storage_lock import StorageLock
 
-        with StorageLock(storage or open_grpc(url), name, where=url).held(timeout_s):
-            yield
+        own = storage is None
+        storage = open_grpc(url) if own else storage
+        try:
+            with StorageLock(storage, name, where=url).held(timeout_s):
+                yield
+        finally:
+            if own:
+                storage.close()  # a channel of its own, needed no more
         return
     parsed = make_url(url)
     backend = parsed.get_backend_name()

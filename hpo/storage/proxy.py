@@ -38,7 +38,9 @@ pretraining an encoder happen under :func:`~hpo.storage.locks.creation_lock`, a 
 proxied worker cannot take. For ``grpc://`` it is a :class:`~hpo.storage.storage_lock.StorageLock`,
 made of plain storage calls (a study ``hpo-lock:NAME`` whose first trial is the token), so it
 needs nothing from the proxy; a worker killed while holding it holds the others up for the
-lock's stale time (2 min) instead of releasing it at once as a database session would.
+lock's stale time (2 min) instead of releasing it at once as a database session would. Direct
+workers keep the database's lock (released at once by a dead worker), so a direct and a proxied
+worker starting at the same moment are not kept apart: start a shared study's first worker alone.
 
 The proxy also serves the database's artifact store (:mod:`hpo.storage.http_artifacts`) over
 plain HTTP on ``--artifact-port`` (default: the gRPC port + 1), so a proxied worker reaches its

@@ -264,7 +264,6 @@ class StorageLock:
                     f"not answer ({type(error).__name__}): check that it (or `hpo storage-proxy`) runs, then retry")
         holder = seen.holder if seen is not None and seen.holder else "another worker"
         return (
-            f"storage {self.where}: lock '{self.name}' not had within {timeout_s:.0f} s, {holder} holds it "
-            f"(last seen alive {silent_s:.0f} s ago): let it finish and retry; if no worker runs, "
-            f"delete the study '{self.study_name}'"
+            f"storage {self.where}: lock '{self.name}' not had within {timeout_s:.0f} s, {holder} holds it and is "
+            f"alive (last beat {silent_s:.0f} s ago): retry when it is done, or stop that worker if it is stuck"
         )
