@@ -157,6 +157,8 @@ class StorageLock:
             delay = min(delay * 2, MAX_POLL_S)
 
     def _try_take(self) -> bool:
+        # A call failing part-way (the proxy restarting) leaves a lock study with no token, or a
+        # token without beats: both go stale and are broken, ours included; no more than a delay.
         try:
             study_id = self.storage.create_new_study([StudyDirection.MINIMIZE], self.study_name)
         except DuplicatedStudyError:
