@@ -181,3 +181,12 @@ def test_two_proxied_workers_started_together_pretrain_once(proxy_url, small_spe
     assert sorted(trained for _, _, trained in got) == [False, True]  # one trained it, the other loaded it
     assert len(list((tmp_path / "artifacts").glob("encoder-*.pt"))) == 1
     assert _lock_studies(proxy_url) == []
+
+
+def test_a_study_cannot_take_a_lock_s_name(small_spec) -> None:
+    import optuna
+
+    from hpo.study import open_study
+
+    with pytest.raises(HpoError, match=r"names starting 'hpo-lock:' are hpo's locks"):
+        open_study(small_spec("name='hpo-lock:x'"), optuna.storages.InMemoryStorage())
