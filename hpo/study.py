@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 import warnings
@@ -33,7 +32,9 @@ from hpo.pruning import make_pruner
 from hpo.record import Tally
 from hpo.spec import SamplerSpec, Spec
 from hpo.storage.artifacts import artifact_location
-from hpo.storage.locks import creation_lock
+from hpo.storage.locks import storage_lock_of
+from hpo.storage.storage_lock import PREFIX as LOCK_PREFIX
+from hpo.storage.storage_lock import is_lock_study
 from hpo.storage.urls import display_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -68,8 +69,9 @@ def make_sampler(spec: SamplerSpec, seed: int | None = None, grid: Mapping[str, 
 
 def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
     """Create the spec's study in ``storage``, or join it if its stored spec is the same as ours."""
-    url = getattr(storage, "url", None)
-    with creation_lock(url) if url else contextlib.nullcontext():
+    if is_lock_study(spec.name):
+        raise HpoError(f"study name {spec.name!r}: names starting {LOCK_PREFIX!r} are hpo's locks; choose another --set name=...")
+    with storage_lock_of(storage):  # the database's lock, or through `hpo storage-proxy` a StorageLock
         study = optuna.create_study(
             study_name=spec.name,
             storage=storage,
@@ -149,7 +151,7 @@ def load_existing(name: str, storage: optuna.storages.BaseStorage) -> optuna.Stu
     where = f"storage {display_url(url)}" if url else "this storage"
     try:
         # get_all_studies, not get_all_study_summaries: summaries read every trial of every study.
-        names = [s.study_name for s in storage.get_all_studies()]
+        names = [s.study_name for s in storage.get_all_studies() if not is_lock_study(s.study_name)]
     except Exception:  # a database without Optuna's tables
         names = []
     if name not in names:

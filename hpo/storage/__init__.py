@@ -2,6 +2,7 @@
 
 * :mod:`hpo.storage.urls`: ``--storage`` / ``$HPO_STORAGE`` / default, password files, masking;
 * :mod:`hpo.storage.locks`: a file lock and a database-wide lock for creating things once;
+* :mod:`hpo.storage.storage_lock`: that lock made of Optuna storage calls, for ``grpc://`` workers;
 * :mod:`hpo.storage.resilient`: opening a storage strictly and riding out database outages;
 * :mod:`hpo.storage.artifacts`: the study's artifact store (checkpoints, figures).
 

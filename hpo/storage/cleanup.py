@@ -72,8 +72,12 @@ def clean_study(study: optuna.Study, store: Any) -> Freed:
 
 def referenced_uploads(storage: Any) -> set[str]:
     """The ids of every artifact any study (or trial) in ``storage`` records, all studies together."""
+    from hpo.storage.storage_lock import is_lock_study
+
     ids: set[str] = set()
     for frozen in storage.get_all_studies():
+        if is_lock_study(frozen.study_name):
+            continue  # a lock held right now (no artifacts), and gone at any moment: loading it could fail
         study = optuna.load_study(study_name=frozen.study_name, storage=storage)
         ids.update(m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(study, storage=storage))
         for trial in study.get_trials(deepcopy=False):

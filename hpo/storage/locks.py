@@ -2,7 +2,9 @@
 
 :func:`file_lock` serialises processes of one machine (building the data cache, creating a
 SQLite study). :func:`creation_lock` serialises every worker of one database, on any machine:
-creating tables and studies, pretraining an encoder once.
+creating tables and studies, pretraining an encoder once. Workers behind `hpo storage-proxy`
+(``grpc://``) have no database connection to lock with; for them it is a
+:class:`~hpo.storage.storage_lock.StorageLock`, made of storage calls through the proxy.
 
 Example::
 
@@ -11,6 +13,8 @@ Example::
             build(target)
     with creation_lock("postgresql+psycopg://hpo@db/hpo"):
         ...  # create the study and record its spec; nobody else does it at the same time
+    with storage_lock_of(study._storage, "pretrain 1a2b"):   # a database URL's lock, or a StorageLock
+        ...
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, ContextManager, Iterator
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
@@ -27,7 +31,8 @@ from hpo.errors import HpoError
 from hpo.storage.urls import mask_url, sqlite_path
 
 CONNECT_TIMEOUT_S = 10
-LOCK_TIMEOUT_S = 120  # MySQL GET_LOCK: how long a worker waits for another's creation to finish
+LOCK_TIMEOUT_S = 120  # MySQL GET_LOCK, StorageLock: how long a worker waits for another's creation to finish
+CREATE = "create schema and studies"
 
 
 @contextmanager
@@ -56,14 +61,30 @@ def _lock_key(name: str) -> int:
 
 
 @contextmanager
-def creation_lock(url: str, name: str = "create schema and studies", timeout_s: int = LOCK_TIMEOUT_S) -> Iterator[None]:
+def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
+                  storage: Any = None) -> Iterator[None]:
     """Hold a lock that every worker on this database shares, named ``name``.
 
     PostgreSQL: an advisory lock; MySQL/MariaDB: ``GET_LOCK`` (an HpoError when it is not had
     within ``timeout_s``); a SQLite file: ``flock`` on a file next to it. The lock lives on a
     connection of its own (or a file descriptor), so a worker that dies while holding it
-    releases it.
+    releases it. ``grpc://`` (`hpo storage-proxy`): a :class:`~hpo.storage.storage_lock.StorageLock`
+    through ``storage`` (or a connection of its own to the proxy), an HpoError when it is not had
+    within ``timeout_s``; a worker that dies holding it holds it up for its stale time (2 min).
     """
+    if url.startswith("grpc://"):
+        from hpo.storage.proxy import open_grpc
+        from hpo.storage.storage_lock import StorageLock
+
+        own = storage is None
+        storage = open_grpc(url) if own else storage
+        try:
+            with StorageLock(storage, name, where=url).held(timeout_s):
+                yield
+        finally:
+            if own:
+                storage.close()  # a channel of its own, needed no more
+        return
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     key = _lock_key(name)
@@ -100,3 +121,14 @@ def creation_lock(url: str, name: str = "create schema and studies", timeout_s: 
                 conn.exec_driver_sql(release)
     finally:
         engine.dispose()
+
+
+def storage_lock_of(storage: Any, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S) -> ContextManager[None]:
+    """:func:`creation_lock` for an open storage: its database URL's, or its proxy's.
+
+    A storage with neither (an in-memory one in tests) is private to this process: no lock.
+    """
+    from contextlib import nullcontext
+
+    url = getattr(storage, "url", None) or getattr(storage, "grpc_url", None)
+    return creation_lock(url, name, timeout_s, storage=storage) if url else nullcontext()

@@ -33,6 +33,15 @@ by live workers) works over any storage but duplicates what Optuna already does,
 clock rather than the database's, with a reaping race per worker pair; here the database's
 clock, Optuna's row lock and Optuna's retry callback do all of it.
 
+**The creation lock passes through too.** Creating a study (and recording its spec) and
+pretraining an encoder happen under :func:`~hpo.storage.locks.creation_lock`, a database lock a
+proxied worker cannot take. For ``grpc://`` it is a :class:`~hpo.storage.storage_lock.StorageLock`,
+made of plain storage calls (a study ``hpo-lock:NAME`` whose first trial is the token), so it
+needs nothing from the proxy; a worker killed while holding it holds the others up for the
+lock's stale time (2 min) instead of releasing it at once as a database session would. Direct
+workers keep the database's lock (released at once by a dead worker), so a direct and a proxied
+worker starting at the same moment are not kept apart: start a shared study's first worker alone.
+
 The proxy also serves the database's artifact store (:mod:`hpo.storage.http_artifacts`) over
 plain HTTP on ``--artifact-port`` (default: the gRPC port + 1), so a proxied worker reaches its
 checkpoints, figures and pretrained encoders through the same machine. A worker on
@@ -104,8 +113,9 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
     """
 
     def __init__(self, *, host: str, port: int, artifact_address: tuple[str, int],
-                 heartbeat_interval: int | None = None) -> None:
+                 heartbeat_interval: int | None = None, grpc_url: str | None = None) -> None:
         self.artifact_address = artifact_address
+        self.grpc_url = grpc_url or f"grpc://{host}:{port}"  # not ``url``: that names a database to hpo
         self._heartbeat_interval = heartbeat_interval
         super().__init__(host=host, port=port)
 
@@ -141,7 +151,7 @@ def open_grpc(url: str, timeout_s: float | None = None, heartbeat_interval: int 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable enough since Optuna 4.2
         storage = ProxiedStorage(host=host, port=port, artifact_address=artifact_address(url),
-                                 heartbeat_interval=heartbeat_interval)
+                                 heartbeat_interval=heartbeat_interval, grpc_url=url)
     try:
         storage.wait_server_ready(timeout=timeout_s)
     except ConnectionError:
