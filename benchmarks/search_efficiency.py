@@ -567,7 +567,11 @@ def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: S
     ax.axvline(budget, color="grey", ls=":", lw=1)
     ax.set_xlabel("training epochs used")
     ax.set_ylabel("best validation accuracy so far (complete trials)")
-    ax.set_title("Search efficiency: hpo (TPE + divergence/median pruning) vs random and TPE without pruning")
+    if set(methods) == set(METHODS):
+        ax.set_title("Search efficiency: hpo (TPE + divergence/median pruning) vs random and TPE without pruning")
+    else:  # a run of some methods or variants: name them, and what each paid before its first trial
+        costs = "".join(f"; {m} starts after {COSTS[m]} epochs (its cost)" for m in methods if COSTS.get(m))
+        ax.set_title(f"Search efficiency: {', '.join(methods)}{costs}")
     ax.title.set_fontsize(9)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
