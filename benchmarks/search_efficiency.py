@@ -465,8 +465,10 @@ def report(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], bu
         out += lines
     out.append("mean ep->ref: over the seeds that reached it (count in brackets); "
                "saved = max_epochs - epochs_run summed over the diverged / median-pruned trials")
-    # Each method against the reference (hpo against random by default; a variant against hpo with --reference hpo)
-    return out + [line for m in methods if m != REFERENCE for line in verdict(runs, seeds, budget, m)]
+    # hpo and each variant against the reference (random by default; a variant against hpo with --reference hpo);
+    # the unpruned baselines are what is compared with, not candidates
+    candidates = [m for m in methods if m != REFERENCE and m not in ("random", "tpe")]
+    return out + [line for m in candidates for line in verdict(runs, seeds, budget, m)]
 
 
 def verdict(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int, method: str = "hpo") -> list[str]:
