@@ -39,7 +39,15 @@ diverged and otherwise-pruned trials with the epochs pruning saved on them
 * the random trials per learning-rate band: does the range straddle the divergence boundary
   without spending most trials far from the useful band?
 
-``--variant NAME:KEY=VALUE,...`` adds a method: hpo with those spec overrides. It writes under
+``--variant NAME:KEY=VALUE,...`` adds a method: hpo with those spec overrides;
+``--spec-variant NAME:PATH`` one that is hpo on another spec file (e.g. the one ``hpo lr-find
+--write-spec`` wrote, with the same reduced setting on top). ``--cost NAME:EPOCHS`` charges a
+method epochs before its first trial (the range test's steps, in epochs of the subset): its
+trials' cumulative epochs start there and its own budget is that much smaller, so every method
+spends the same total. ``--methods`` runs only some methods, ``--reference`` names the method
+whose final best (same seed) the others must reach (default ``random``), ``--reruns 0`` skips the
+false-positive re-runs. The analyses that replay the unpruned random runs are left out when
+``random`` did not run. It writes under
 ``--out``: ``search_efficiency.csv`` (one row per trial, with its parameters and curves),
 ``search_efficiency.png`` (best-so-far curves) and ``search_efficiency.txt`` (the printed
 report, with the command, machine and date on top).
@@ -85,7 +93,7 @@ from hpo.train import configure_threads
 from hpo.workers import quiet_optuna_logging
 
 METHODS = ("hpo", "random", "tpe")
-REFERENCE = "random"  # "reached random's final best" is measured against this method
+REFERENCE = "random"  # "reached random's final best" is measured against this method (--reference)
 # Reduced but real: 3,000 training and 1,000 validation reviews cut to 200 tokens, the default
 # model, at most 4 epochs per trial: ~8 s per epoch in a 1-thread process, so 3 methods x 3 seeds
 # x 60 epochs run in about 40 minutes as two such processes on 2 cores. 60 epochs are 15 unpruned
@@ -103,6 +111,8 @@ QUICK_BUDGET = 15
 NO_STEP_GUARD = ["divergence.step_explosion=1e30"]  # only NaN/inf still stops an unpruned trial
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 VARIANTS: dict[str, list[str]] = {}  # --variant NAME:overrides -> hpo with those overrides
+SPEC_VARIANTS: dict[str, str] = {}  # --spec-variant NAME:PATH -> hpo on that spec file (also listed in VARIANTS)
+COSTS: dict[str, int] = {}  # --cost NAME:EPOCHS -> epochs the method spent before its first trial
 RERUNS = 8  # diverged hpo trials re-run to the end without pruning, to count false positives
 
 
@@ -135,6 +145,8 @@ class TrialRow:
 
 
 def method_spec(base_overrides: Sequence[str], method: str) -> Spec:
+    if method in SPEC_VARIANTS:
+        return load_spec(SPEC_VARIANTS[method], [*base_overrides, *VARIANTS[method]])
     if method in VARIANTS:
         return load_spec("imdb", [*base_overrides, *VARIANTS[method]])
     return load_spec("imdb", [*base_overrides, *(NO_STEP_GUARD if method != "hpo" else [])])
@@ -153,7 +165,9 @@ def make_study(spec: Spec, method: str, seed: int) -> optuna.Study:
 
 
 def epochs_used(study: optuna.Study) -> int:
-    return sum(int(t.user_attrs.get("epochs_run", 0)) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    # Read through TrialRecord: a trial keeps epochs_run inside its "outcome" attribute now, and a
+    # bare user_attrs lookup read 0 for every trial, so a run never reached its budget
+    return sum(TrialRecord.from_trial(t).epochs_run for t in study.get_trials(deepcopy=False) if t.state.is_finished())
 
 
 def stop_at_budget(budget: int) -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -167,12 +181,15 @@ def stop_at_budget(budget: int) -> Callable[[optuna.Study, FrozenTrial], None]:
 
 
 def run_method(spec: Spec, data: Dataset, method: str, seed: int, budget: int, artifacts: str) -> list[TrialRow]:
+    """One (method, seed) run; a method with a cost (``--cost``) starts that many epochs in, on a smaller budget."""
+    cost = COSTS.get(method, 0)
     study = make_study(spec, method, seed)
     # The Objective saves per-epoch checkpoints and figures to the study's artifact store: keep
     # them in a temporary folder, not in the working directory.
     study.set_user_attr("artifact_dir", artifacts)
-    study.optimize(Objective(spec, data), callbacks=[stop_at_budget(budget)], catch=())
-    return trial_rows(study, method, seed, spec.train.max_epochs)
+    study.optimize(Objective(spec, data), callbacks=[stop_at_budget(max(1, budget - cost))], catch=())
+    return [dataclasses.replace(r, cumulative_epochs=r.cumulative_epochs + cost)
+            for r in trial_rows(study, method, seed, spec.train.max_epochs)]
 
 
 # Each (method, seed) run is a job in a pool of 1-thread processes: two such processes on 2 cores
@@ -180,9 +197,15 @@ def run_method(spec: Spec, data: Dataset, method: str, seed: int, budget: int, a
 _DATA: dict[tuple, Dataset] = {}
 
 
-def _init_worker(threads: int, variants: dict[str, list[str]]) -> None:
+def _init_worker(threads: int, variants: dict[str, list[str]], spec_variants: dict[str, str], costs: dict[str, int],
+                 reference: str) -> None:
+    global REFERENCE
     quiet_optuna_logging()
-    VARIANTS.update(variants)  # spawned: the parent's --variant settings do not come along
+    # spawned: the parent's --variant, --spec-variant, --cost and --reference settings do not come along
+    VARIANTS.update(variants)
+    SPEC_VARIANTS.update(spec_variants)
+    COSTS.update(costs)
+    REFERENCE = reference
     configure_threads(threads)
 
 
@@ -209,9 +232,9 @@ def _rerun_job(overrides: Sequence[str], row: TrialRow, artifacts: str) -> Trial
 
 
 def rerun_diverged(pool: concurrent.futures.Executor, overrides: Sequence[str], rows: Sequence[TrialRow],
-                   artifacts: str) -> list[tuple[TrialRow, TrialRow]]:
-    """(hpo's diverged trial, its unpruned re-run) for up to RERUNS of hpo's diverged trials."""
-    diverged = [r for r in rows if r.method == "hpo" and r.diverged][:RERUNS]
+                   artifacts: str, reruns: int = RERUNS) -> list[tuple[TrialRow, TrialRow]]:
+    """(hpo's diverged trial, its unpruned re-run) for up to ``reruns`` of hpo's diverged trials."""
+    diverged = [r for r in rows if r.method == "hpo" and r.diverged][:reruns]
     futures = [pool.submit(_rerun_job, overrides, r, artifacts) for r in diverged]
     return [(r, f.result()) for r, f in zip(diverged, futures)]
 
@@ -442,7 +465,10 @@ def report(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], bu
         out += lines
     out.append("mean ep->ref: over the seeds that reached it (count in brackets); "
                "saved = max_epochs - epochs_run summed over the diverged / median-pruned trials")
-    return out + verdict(runs, seeds, budget)
+    # hpo and each variant against the reference (random by default; a variant against hpo with --reference hpo);
+    # the unpruned baselines are what is compared with, not candidates
+    candidates = [m for m in methods if m != REFERENCE and m not in ("random", "tpe")]
+    return out + [line for m in candidates for line in verdict(runs, seeds, budget, m)]
 
 
 def verdict(runs: dict[tuple[str, int], list[TrialRow]], seeds: Sequence[int], budget: int, method: str = "hpo") -> list[str]:
@@ -543,7 +569,11 @@ def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: S
     ax.axvline(budget, color="grey", ls=":", lw=1)
     ax.set_xlabel("training epochs used")
     ax.set_ylabel("best validation accuracy so far (complete trials)")
-    ax.set_title("Search efficiency: hpo (TPE + divergence/median pruning) vs random and TPE without pruning")
+    if set(methods) == set(METHODS):
+        ax.set_title("Search efficiency: hpo (TPE + divergence/median pruning) vs random and TPE without pruning")
+    else:  # a run of some methods or variants: name them, and what each paid before its first trial
+        costs = "".join(f"; {m} starts after {COSTS[m]} epochs (its cost)" for m in methods if COSTS.get(m))
+        ax.set_title(f"Search efficiency: {', '.join(methods)}{costs}")
     ax.title.set_fontsize(9)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
@@ -578,13 +608,23 @@ def read_csv(path: Path) -> dict[tuple[str, int], list[TrialRow]]:
 
 
 def main() -> None:
+    global REFERENCE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
     parser.add_argument("--budget-epochs", type=int, default=None, help=f"epochs per run (default {FULL_BUDGET}; --quick {QUICK_BUDGET})")
     parser.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs in parallel, each with cores/procs torch threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: cores / procs; 1 leaves a shared machine's other core free)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="also run hpo with these spec overrides under NAME, e.g. warm1:pruner.warmup_epochs=1")
+    parser.add_argument("--spec-variant", action="append", default=[], metavar="NAME:PATH",
+                        help="also run hpo on this spec file (the reduced setting on top) under NAME, e.g. lrfind:imdb-lrfind.toml")
+    parser.add_argument("--cost", action="append", default=[], metavar="NAME:EPOCHS",
+                        help="epochs NAME spent before its first trial (e.g. a range test's steps), counted in its budget")
+    parser.add_argument("--methods", default=None, metavar="M,M", help="run only these methods (default: all, and the variants)")
+    parser.add_argument("--reference", default=REFERENCE, help="the method whose final best the others must reach (default: random)")
+    parser.add_argument("--reruns", type=int, default=RERUNS, help=f"hpo's diverged trials re-run without pruning (default {RERUNS})")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the CSV, PNG and text file")
     parser.add_argument("--quick", action="store_true", help="tiny data and model: a smoke run in about a minute")
     parser.add_argument("--replay", metavar="CSV", help="no training: the replays and bands again, from a CSV this script wrote")
@@ -607,9 +647,22 @@ def main() -> None:
     for v in args.variant:
         name, _, sets = v.partition(":")
         VARIANTS[name] = sets.split(",")
-    methods = (*METHODS, *VARIANTS)
+    for v in args.spec_variant:
+        name, _, path = v.partition(":")
+        if not Path(path).is_file():
+            parser.error(f"--spec-variant {v}: no file {path}")
+        SPEC_VARIANTS[name] = path
+        VARIANTS.setdefault(name, [])
+    for v in args.cost:
+        name, _, epochs = v.partition(":")
+        COSTS[name] = int(epochs)
+    methods = tuple(args.methods.split(",")) if args.methods else (*METHODS, *VARIANTS)
+    REFERENCE = args.reference
+    unknown = [m for m in (*methods, REFERENCE, *COSTS) if m not in (*METHODS, *VARIANTS)]
+    if unknown or REFERENCE not in methods:
+        parser.error(f"unknown method {unknown[0]!r}" if unknown else f"--reference {REFERENCE} is not among --methods")
     procs = max(1, args.procs)
-    threads = max(1, (os.cpu_count() or 1) // procs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // procs)
     overrides = QUICK if args.quick else FULL
     budget = args.budget_epochs or (QUICK_BUDGET if args.quick else FULL_BUDGET)
     seeds = list(range(args.seeds))
@@ -625,7 +678,9 @@ def main() -> None:
         f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"# spec imdb + {' '.join(overrides)}; budget {budget} epochs; seeds {seeds}; "
         f"data {len(data.train)} train / {len(data.valid)} valid, vocab {data.vocab_size}",
-        *(f"# variant {name}: hpo + {' '.join(sets)}" for name, sets in VARIANTS.items()),
+        *(f"# variant {name}: hpo on {SPEC_VARIANTS.get(name, 'imdb')} + {' '.join(sets)}" for name, sets in VARIANTS.items()),
+        *(f"# cost {name}: {epochs} epochs before its first trial, within its budget" for name, epochs in COSTS.items()),
+        f"# methods {', '.join(methods)}; reference {REFERENCE}",
     ]
     print("\n".join(header), flush=True)
 
@@ -633,21 +688,26 @@ def main() -> None:
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="hpo-search-eff-") as artifacts, \
-            concurrent.futures.ProcessPoolExecutor(procs, ctx, initializer=_init_worker, initargs=(threads, VARIANTS)) as pool:
+            concurrent.futures.ProcessPoolExecutor(procs, ctx, initializer=_init_worker,
+                                                initargs=(threads, VARIANTS, SPEC_VARIANTS, COSTS, REFERENCE)) as pool:
         jobs = {pool.submit(_run_job, overrides, m, seed, budget, artifacts): (m, seed) for seed in seeds for m in methods}
         for future in concurrent.futures.as_completed(jobs):
             method, seed = jobs[future]
             rows = runs[(method, seed)] = future.result()
             print(f"{method} seed {seed}: {len(rows)} trials, {rows[-1].cumulative_epochs} epochs, "
                   f"best {fmt(rows[-1].best_so_far)} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-        pairs = rerun_diverged(pool, overrides, [r for s in seeds for r in runs[("hpo", s)]], artifacts)
+        pairs = rerun_diverged(pool, overrides, [r for s in seeds for r in runs.get(("hpo", s), [])], artifacts,
+                               args.reruns) if "hpo" in methods else []
     wall = time.perf_counter() - t0
 
     best = {s: runs[(REFERENCE, s)][-1].best_so_far for s in seeds}
+    # The replays read the unpruned random runs: without them there is nothing to replay
+    unpruned = "random" in methods
     lines = ["", *report(runs, seeds, budget, methods), *divergence_notes(runs, spec.divergence),
-             *false_positive_notes(pairs, spec.divergence, best),
-             *replay_pruner(runs, seeds, spec.train.max_epochs), *replay_divergence(runs, spec.divergence),
-             *lr_range_notes(runs),
+             *(false_positive_notes(pairs, spec.divergence, best) if args.reruns else []),
+             *(replay_pruner(runs, seeds, spec.train.max_epochs) if unpruned else []),
+             *(replay_divergence(runs, spec.divergence) if unpruned else []),
+             *(lr_range_notes(runs) if unpruned else []),
              "", f"wall time {wall / 60:.1f} min ({procs} processes x {threads} torch threads)"]
     print("\n".join(lines))
     all_rows = [r for s in seeds for m in methods for r in runs[(m, s)]] + [rerun for _, rerun in pairs]

@@ -8,7 +8,7 @@ after each trial, in order), and, for what happens while a trial runs, as the ob
 * :class:`FigureUpload`: the trial's figures (epoch curves; step telemetry, :mod:`hpo.analysis.steps`)
   onto its dashboard page as it ends (never fails it);
 * :class:`DashboardNotes`: each trial's dashboard note says what happened, the study's holds the
-  report's reading (throttled; never fails a trial);
+  report's reading and links to the top figures (throttled; never fails a trial);
 * :class:`CheckpointCleanup`: a finished trial's checkpoints are deleted (a FAILed one keeps
   them: its re-run resumes from them);
 * :class:`Budget`: stops the study once it has its budget of finished trials;
@@ -114,12 +114,17 @@ class DashboardNotes(TrialListener):
         try:
             from optuna_dashboard import save_note
 
-            from hpo.analysis.notes import study_note
+            from hpo.analysis.notes import study_note, top_figures
             from hpo.analysis.report import build_report
             from hpo.analysis.trials import load_study_data
 
             data = load_study_data(study.study_name, study._storage)
-            save_note(study, study_note(build_report(data).reading, len(data.finished)))
+            try:
+                links = top_figures(study, data.finished, data.best)
+            except Exception as exc:  # the reading is worth saving without its links
+                self._warn(f"study note: figure links left out: {exc}")
+                links = []
+            save_note(study, study_note(build_report(data).reading, len(data.finished), links))
         except Exception as exc:
             self._warn(f"study note not saved: {exc}")
 

@@ -77,7 +77,9 @@ class RangeTest:
     def describe(self) -> str:
         low, high = self.suggested()
         end = f"blew up at {self.blowup:.2g}" if self.blowup is not None else f"no blow-up up to {self.lrs[-1]:.2g}"
+        # The steps run are the test's cost: a study that uses its bounds pays them on top of its own epochs
         return (f"{self.group:<10} steepest {self.steepest:.2g}, minimum {self.minimum:.2g}, {end} "
+                f"({len(self.lrs)} steps) "
                 f"-> lr_{self.group} {low:.2g} to {high:.2g}")
 
 

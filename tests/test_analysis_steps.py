@@ -109,3 +109,38 @@ def test_notes_that_cannot_be_written_warn_and_never_raise(caplog):
         notes(study, None)
         notes(study, None)  # throttled: not tried again within the hour
     assert len(lines) == 1 and lines[0].startswith("  warning: study note not saved: study ")
+
+
+def test_the_study_note_links_the_best_and_the_diverged_trials_step_figures(diverged, tmp_path):
+    """The links are the dashboard's own artifact routes for the trials' uploaded PNGs."""
+    import dataclasses
+
+    import optuna
+
+    from hpo.analysis.notes import artifact_path, study_note, top_figures
+    from hpo.record import COMPLETE
+
+    trial, _ = diverged
+    study = optuna.create_study(direction="maximize")
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    ids = {}
+    for number, names in ((0, ["curves", "steps"]), (1, ["steps"])):
+        running = study.ask()
+        for name in names:
+            path = tmp_path / f"trial-{number}-{name}.png"
+            path.write_bytes(b"\x89PNG")
+            ids[number, name] = optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
+                                                                 study_or_trial=running, mimetype="image/png")
+        study.tell(running, 0.8)
+    best = dataclasses.replace(trial, number=0, state=COMPLETE)
+    jumped = dataclasses.replace(trial, number=1)
+    links = top_figures(study, [best, jumped], best)
+    trial_ids = [t._trial_id for t in study.trials]
+    assert [link.path for link in links] == [
+        artifact_path(study._study_id, trial_ids[0], ids[0, "steps"]),
+        artifact_path(study._study_id, trial_ids[0], ids[0, "curves"]),
+        artifact_path(study._study_id, trial_ids[1], ids[1, "steps"])]
+    assert [link.label.split(":")[0] for link in links] == ["best trial 0", "best trial 0", "diverged trial 1"]
+    note = study_note("reading", 2, links)
+    assert f"* [diverged trial 1: steps (lr_embedding 5, lr_encoder 5, lr_head 5)]({links[2].path})" in note
+    assert "### Figures" not in study_note("reading", 2)

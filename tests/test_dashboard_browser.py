@@ -128,6 +128,7 @@ def test_dashboard_shows_the_study_and_a_trial_figure(kind, small_spec, tmp_path
         assert trial_note.startswith("**") and "grad norm peaked" in trial_note and "rates: lr_embedding" in trial_note
         study_note = get_note(study)
         assert study_note.startswith("### Reading (2 finished trials") and "Of 2 finished trials" in study_note
+        assert "### Figures" in study_note and "](/artifacts/" in study_note  # links to the best trial's figures
         viewer = tmp_path / "viewer"
         viewer.mkdir()
         env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS" or kind == "sqlite"}
@@ -168,6 +169,13 @@ def _show_in_browser(url, viewer, env, artifact_id, steps_id, shots, sync_playwr
                 page.goto(study_url + "/note")  # the study's note page
                 page.get_by_text("Of 2 finished trials").first.wait_for(timeout=30_000)
                 page.screenshot(path=str(shots / "study-note.png"))
+                # its first figure link, as the browser resolved it, fetched over HTTP: an image
+                link = page.locator("a[href*='/artifacts/']").first
+                link.wait_for(timeout=30_000)
+                assert link.inner_text().startswith("best trial ")
+                with urllib.request.urlopen(link.evaluate("(a) => a.href"), timeout=10) as r:
+                    assert r.status == 200 and r.headers["Content-Type"] == "image/png"
+                    assert r.read(8) == b"\x89PNG\r\n\x1a\n"
                 page.goto(study_url + "/trials")
                 page.get_by_text("2 Trials").wait_for(timeout=30_000)
                 page.screenshot(path=str(viewer / "dashboard.png"))

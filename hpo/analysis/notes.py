@@ -11,16 +11,27 @@ two lines from the trial's record and step telemetry, e.g.::
 :class:`hpo.callbacks.DashboardNotes` writes them from a worker: a trial's note as it ends (a listener), the
 study's note after trials finish (an Optuna callback), at most once per ``every_s`` seconds per
 worker. A note that cannot be written costs a warning, never the trial.
+
+The study's note links to the top figures (:func:`top_figures`): the best trial's step-level
+figure and epoch curves, and the step-level figure of the diverged trial that got furthest before
+it jumped. They are the trials' own artifacts, linked by the path optuna-dashboard serves them
+under (``/artifacts/<study_id>/<trial_id>/<artifact_id>``, the image itself), so nothing is
+uploaded twice and a refresh adds nothing to the artifact store.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from hpo.record import TrialRecord
 from hpo.telemetry import StepTelemetry
+
+CURVES_SUFFIX = "-curves.png"  # hpo.analysis.plots.upload_trial_figure's file name
+STEPS_SUFFIX = "-steps.png"  # hpo.analysis.steps.upload_step_figure's
 
 
 def _g(x: float) -> str:
@@ -103,9 +114,61 @@ def trial_note(trial: TrialRecord, t: StepTelemetry | None = None) -> str:
     return f"{head}{'; ' + line if line else ''}  \nrates: {rates}"
 
 
-def study_note(reading: str, finished: int) -> str:
-    """The study's note: the report's reading, and when it was written."""
+@dataclass(frozen=True)
+class FigureLink:
+    """One figure the study's note links to: ``[label](path)``."""
+
+    label: str
+    path: str  # the dashboard's URL path of the image, from its root
+
+
+def artifact_path(study_id: int, trial_id: int, artifact_id: str) -> str:
+    """Where optuna-dashboard serves a trial's artifact (its ``/artifacts/<study>/<trial>/<id>`` route)."""
+    return f"/artifacts/{study_id}/{trial_id}/{artifact_id}"
+
+
+def most_informative_diverged(finished: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The diverged trial that got furthest before it jumped: the best validation accuracy it
+    reached (then the latest jump). Its rates were nearly right, so its steps show the boundary."""
+    diverged = [r for r in finished if r.diverged]
+    if not diverged:
+        return None
+    return max(diverged, key=lambda r: (r.accuracy or 0.0, r.diverged_epoch or 0, -r.number))
+
+
+def top_figures(study: Any, finished: Sequence[TrialRecord], best: TrialRecord | None) -> list[FigureLink]:
+    """Links to the best trial's step figure and epoch curves and to the most informative diverged
+    trial's step figure, as far as those trials uploaded them (one artifact listing per trial)."""
+    import optuna
+
+    storage = study._storage
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rates = lambda r: ", ".join(f"{k} {_g(v)}" for k, v in sorted(r.lrs.items()))  # noqa: E731
+    wanted: list[tuple[TrialRecord, str, str]] = []
+    if best is not None:
+        wanted += [(best, STEPS_SUFFIX, f"best trial {best.number}: steps ({rates(best)})"),
+                   (best, CURVES_SUFFIX, f"best trial {best.number}: epochs")]
+    diverged = most_informative_diverged(finished)
+    if diverged is not None:
+        wanted.append((diverged, STEPS_SUFFIX, f"diverged trial {diverged.number}: steps ({rates(diverged)})"))
+    links, listed = [], {}
+    for r, suffix, label in wanted:
+        t = frozen.get(r.number)
+        if t is None:
+            continue
+        if r.number not in listed:
+            listed[r.number] = optuna.artifacts.get_all_artifact_meta(t, storage=storage)
+        found = [m for m in listed[r.number] if m.filename.endswith(suffix)]
+        if found:  # the latest upload, should a re-run have uploaded twice
+            links.append(FigureLink(label, artifact_path(study._study_id, t._trial_id, found[-1].artifact_id)))
+    return links
+
+
+def study_note(reading: str, finished: int, links: Sequence[FigureLink] = ()) -> str:
+    """The study's note: the report's reading, when it was written, and links to the top figures."""
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    figures = "".join(f"* [{link.label}]({link.path})\n" for link in links)
     return (f"### Reading ({finished} finished trials, {stamp})\n\n{reading}\n\n"
-            "Each trial's page has its step-level figure (loss, gradient norms, update ratios and rates per step); "
+            + (f"### Figures\n\n{figures}\n" if figures else "")
+            + "Each trial's page has its step-level figure (loss, gradient norms, update ratios and rates per step); "
             "`hpo report` and `hpo plot` have the rest.")
