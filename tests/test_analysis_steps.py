@@ -144,3 +144,23 @@ def test_the_study_note_links_the_best_and_the_diverged_trials_step_figures(dive
     note = study_note("reading", 2, links)
     assert f"* [diverged trial 1: steps (lr_embedding 5, lr_encoder 5, lr_head 5)]({links[2].path})" in note
     assert "### Figures" not in study_note("reading", 2)
+
+
+def test_a_new_heads_first_steps_are_not_the_spike_a_note_names():
+    import numpy as np
+
+    from hpo.analysis.notes import spike
+    from hpo.telemetry import StepTelemetry
+
+    # 2 epochs of 100 steps, sampled every step: the random head's first steps are 50x the usual
+    # norm, a real spike 8x it comes right after the warm restart at step 100.
+    n, groups = 200, ("encoder", "head")
+    norms = np.ones((n, 2), dtype=np.float32)
+    norms[:3, 1] = 50.0
+    norms[102, 0] = 8.0
+    t = StepTelemetry(groups=groups, every=1, steps_per_epoch=100, step=np.arange(n), epoch=1 + np.arange(n) // 100,
+                      loss=np.ones(n, np.float32), loss_mean=np.ones(n, np.float32), clipped=np.zeros(n, bool),
+                      lr=np.full((n, 2), 1e-3, np.float32), grad_norm=norms, grad_norm_max=norms,
+                      update_ratio=np.full((n, 2), 1e-3, np.float32))
+    assert spike(t) == ("encoder", 8.0, 102)
+    assert spike(t, before=50) == ("encoder", 1.0, 10)  # nothing but the usual size before step 50

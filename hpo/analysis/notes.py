@@ -44,9 +44,14 @@ def spike(t: StepTelemetry, before: int | None = None) -> tuple[str, float, int]
     """(group, peak / median, step) of the largest gradient-norm spike up to step ``before``.
 
     The median is each group's over the whole run so far, a robust "usual size"; the peak is the
-    window maximum, so a spike between two samples counts.
+    window maximum, so a spike between two samples counts. The first tenth of the first epoch is
+    left out: a new head on a pretrained encoder starts with gradients many times their usual size
+    (the loss of random weights), which says nothing about the rates; a run that blows up that
+    early is caught by the divergence rules themselves (NaN/inf, the step guard).
     """
-    keep = t.step <= before if before is not None else np.ones(len(t), dtype=bool)
+    keep = t.step >= t.steps_per_epoch // 10
+    if before is not None:
+        keep &= t.step <= before
     if not keep.any():
         return None
     best: tuple[str, float, int] | None = None
