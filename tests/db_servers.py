@@ -92,7 +92,7 @@ class CuttableProxy:
 
         with CuttableProxy("127.0.0.1", 5432) as proxy:
             url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
-            proxy.cut(); time.sleep(10); proxy.restore()
+            proxy.cut(); time.sleep(4); proxy.restore()
     """
 
     def __init__(self, host: str, port: int) -> None:
