@@ -29,11 +29,15 @@ ADMIN_URLS = {
 }
 # A role with a password on each server, so tests can check that it never shows (PostgreSQL
 # trusts local connections, so there the password is carried but not needed; MariaDB checks it).
-PG_ROLE = "hpo_test_pw"
+# One per test session (the pid in its name): two sessions on one server would otherwise reset
+# each other's password. Dropped when the session's last database on that server is.
+PG_ROLE = f"hpo_test_pw_{os.getpid()}"
 PG_PASSWORD = f"pw-{secrets.token_hex(6)}"
-MYSQL_USER = "hpo_test_pw"
+MYSQL_USER = f"hpo_test_pw_{os.getpid()}"
 MYSQL_PASSWORD = f"pw-{secrets.token_hex(6)}"
 PASSWORDS = {"postgres": PG_PASSWORD, "mysql": MYSQL_PASSWORD}
+MYSQL_HOSTS = ("localhost", "127.0.0.1", "%%")  # %% : the driver's own escaping of %
+_open = {"postgres": 0, "mysql": 0}  # this session's databases on each server, not yet dropped
 
 
 def _admin_engine(kind: str) -> sqlalchemy.Engine:
@@ -66,19 +70,26 @@ def fresh_database(kind: str) -> Iterator[str]:
             url = admin.set(username=PG_ROLE, password=PG_PASSWORD, database=name)
         else:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
-            for host in ("localhost", "127.0.0.1", "%%"):  # %% : the driver's own escaping of %
+            for host in MYSQL_HOSTS:
                 conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS '{MYSQL_USER}'@'{host}' IDENTIFIED BY '{MYSQL_PASSWORD}'")
                 conn.exec_driver_sql(f"ALTER USER '{MYSQL_USER}'@'{host}' IDENTIFIED BY '{MYSQL_PASSWORD}'")
                 conn.exec_driver_sql(f"GRANT ALL ON {name}.* TO '{MYSQL_USER}'@'{host}'")
             url = admin.set(username=MYSQL_USER, password=MYSQL_PASSWORD, database=name)
+    _open[kind] += 1
     try:
         yield url.render_as_string(hide_password=False)
     finally:
+        _open[kind] -= 1
         with engine.connect() as conn:
             if kind == "postgres":
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                if not _open[kind]:
+                    conn.exec_driver_sql(f"DROP ROLE IF EXISTS {PG_ROLE}")
             else:
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+                if not _open[kind]:
+                    for host in MYSQL_HOSTS:
+                        conn.exec_driver_sql(f"DROP USER IF EXISTS '{MYSQL_USER}'@'{host}'")
         engine.dispose()
 
 
@@ -92,7 +103,7 @@ class CuttableProxy:
 
         with CuttableProxy("127.0.0.1", 5432) as proxy:
             url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
-            proxy.cut(); time.sleep(10); proxy.restore()
+            proxy.cut(); time.sleep(4); proxy.restore()
     """
 
     def __init__(self, host: str, port: int) -> None:

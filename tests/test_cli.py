@@ -20,7 +20,8 @@ def run(tmp_path, data_cache_dir, monkeypatch):
         extra = small if small_data and args and args[0] == "optimize" else []
         if args and args[0] == "optimize" and "--jobs" not in args:
             extra = [*extra, "--jobs", "1"]  # in this process, where the runner sees the output
-        return CliRunner().invoke(main, [*args, *extra])
+        # the small settings first: a test's own --set comes later, and the last setting of a key wins
+        return CliRunner().invoke(main, [*args[:1], *extra, *args[1:]])
 
     return invoke
 
@@ -56,11 +57,13 @@ def test_not_a_url_is_explained(run):
 
 
 def test_two_trial_study_resumes_to_three(run, tmp_path):
-    first = run("optimize", "--study", "imdb", "--trials", "2")
+    # the smallest subset that still trains in several batches: the test reads the study, not the accuracy
+    sets = ["--set", "data.max_train=256", "--set", "data.max_valid=128"]
+    first = run("optimize", "--study", "imdb", "--trials", "2", *sets)
     assert first.exit_code == 0, first.output + first.stderr
     assert f"storage: sqlite:///{tmp_path / 'hpo.db'} (default)" in first.output  # where it is, from anywhere
     assert "trial 1 epoch 2/2" in first.output and "2 finished trials (2 run now)" in first.output
-    second = run("optimize", "--study", "imdb", "--trials", "3")
+    second = run("optimize", "--study", "imdb", "--trials", "3", *sets)
     assert second.exit_code == 0, second.output + second.stderr
     assert "2 finished, running 1 more" in second.output and "(1 run now)" in second.output
     study = optuna.load_study(study_name="imdb", storage="sqlite:///hpo.db")
@@ -72,7 +75,7 @@ def test_two_trial_study_resumes_to_three(run, tmp_path):
         # Only a trial that was the best when it finished is evaluated on the test split.
         assert (r.test_accuracy is not None) <= (r.state == "COMPLETE")
     assert 0.0 <= TrialRecord.from_trial(study.best_trial).test_accuracy <= 1.0
-    third = run("optimize", "--study", "imdb", "--trials", "3")
+    third = run("optimize", "--study", "imdb", "--trials", "3", *sets)
     assert third.exit_code == 0 and "nothing to run" in third.output
     # finished trials keep no checkpoints; the summary says what the figures take
     assert list((tmp_path / "artifacts").glob("checkpoint-*")) == []

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.data import load_dataset
 from hpo.objective import Objective
 from hpo.record import TrialRecord
+from hpo.spec import load_spec
+from tests.conftest import SMALL
 
 STABLE = [
     "space.lr_embedding=0.002", "space.lr_encoder=0.002", "space.lr_head=0.002", "space.clip_norm=1.0",
@@ -43,8 +46,20 @@ def test_a_trial_that_ran_every_epoch_completes_even_below_the_median(small_spec
     assert 0.0 <= r.test_accuracy <= 1.0  # the study's best so far: evaluated on test
 
 
-def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -> None:
-    trial = _run_one(small_spec, tmp_path, _PruneFromEpoch(2))
+@pytest.fixture(scope="module")
+def pruned_after_epoch_2(data_cache_dir, tmp_path_factory):
+    """One trial pruned after epoch 2 of 3: (its study, the folder store it wrote to); two tests read it."""
+    folder = tmp_path_factory.mktemp("pruned")
+    spec = load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", *STABLE])
+    study = optuna.create_study(direction="maximize", pruner=_PruneFromEpoch(2))
+    study.set_user_attr("artifact_dir", str(folder))
+    study.optimize(Objective(spec, load_dataset(spec.data)), n_trials=1)
+    return study, folder
+
+
+def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(pruned_after_epoch_2) -> None:
+    study, _ = pruned_after_epoch_2
+    trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
     r = TrialRecord.from_trial(trial)
     assert r.epochs_run == 2 and len(r.epochs) == 2 and r.outcome.pruned_epoch == 2
@@ -52,17 +67,14 @@ def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(small_spec, tmp_path) -
     assert r.test_accuracy is None  # it can never be the reported best
 
 
-def test_a_trial_stores_its_step_telemetry_as_one_artifact(small_spec, tmp_path) -> None:
+def test_a_trial_stores_its_step_telemetry_as_one_artifact(pruned_after_epoch_2) -> None:
     from hpo.storage.artifacts import FolderStore
     from hpo.telemetry import load_telemetry
 
-    spec = small_spec(*STABLE)
-    study = optuna.create_study(direction="maximize", pruner=_PruneFromEpoch(2))  # pruned after epoch 2 of 3
-    study.set_user_attr("artifact_dir", str(tmp_path))
-    study.optimize(Objective(spec, load_dataset(spec.data)), n_trials=1)
+    study, folder = pruned_after_epoch_2  # pruned after epoch 2 of 3
     trial = study.trials[0]
     metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
     assert [m.filename for m in metas] == ["trial-0-steps.npz"]
-    t = load_telemetry(trial, study._storage, FolderStore(tmp_path))
+    t = load_telemetry(trial, study._storage, FolderStore(folder))
     assert t.groups == ("embedding", "encoder", "head") and set(t.epoch.tolist()) == {1, 2}
-    assert t.meta["lrs"]["head"] == 0.002 and (tmp_path / metas[0].artifact_id).stat().st_size < 20_000
+    assert t.meta["lrs"]["head"] == 0.002 and (folder / metas[0].artifact_id).stat().st_size < 20_000

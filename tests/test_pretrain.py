@@ -51,7 +51,9 @@ def _ensure(spec, folder: str, url: str, barrier, results) -> None:
 
 
 def test_two_workers_started_together_pretrain_once_and_share_it(small_spec, tmp_path) -> None:
-    spec = small_spec(*TINY_LM, "pretrain.epochs=1")
+    # ensure_encoder pretrains on the whole training split (a 30k-word softmax): the race needs
+    # only a short stream and a small held-out part, not the few million tokens' worth of work
+    spec = small_spec(*TINY_LM, "pretrain.epochs=1", "pretrain.max_tokens=12000", "pretrain.valid_fraction=0.005")
     load_dataset(spec.data)  # the data cache exists before the race
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()

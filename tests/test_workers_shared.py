@@ -41,6 +41,10 @@ STEADY = [
     "divergence.threshold=100.0", "train.max_epochs=4",
 ]
 
+# For tests that count trials and kill nothing: a smaller subset than SMALL (same shape, so the
+# cached calibration still applies), each trial a few batches.
+TINY = ["data.max_train=256", "data.max_valid=128"]
+
 
 class Workers:
     """Starts ``python -m hpo.cli optimize`` processes on one study and collects their output."""
@@ -157,7 +161,7 @@ def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cac
     with fresh_database(kind) as url:
         password = PASSWORDS[kind]
         assert password in url  # the workers must really carry a secret for the checks below to mean anything
-        workers = Workers(url, f"three-{kind}", tmp_path, data_cache_dir, ["train.max_epochs=1"])
+        workers = Workers(url, f"three-{kind}", tmp_path, data_cache_dir, ["train.max_epochs=1", *TINY])
         try:
             workers.start(6)
             parent = workers.start(6, "--jobs", "2")  # hpo starts these two worker processes itself
@@ -181,7 +185,7 @@ def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cac
 
 def test_four_processes_share_one_sqlite_file(tmp_path, data_cache_dir) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    workers = Workers(url, "jobs", tmp_path, data_cache_dir, ["train.max_epochs=1"])
+    workers = Workers(url, "jobs", tmp_path, data_cache_dir, ["train.max_epochs=1", *TINY])
     try:
         workers.start(8, "--jobs", "4")
         codes = workers.wait()
@@ -411,7 +415,9 @@ def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
             workers.start(4)
             workers.wait_for_running_trial(epochs=1)
             proxy.cut()  # what the workers see while PostgreSQL restarts
-            time.sleep(10)
+            # a few seconds are enough for retries to fail and back off (0.5, 1, 2 s...); a longer
+            # outage only waits longer for the next retry
+            time.sleep(4)
             proxy.restore()
             codes = workers.wait()
         finally:
