@@ -294,7 +294,7 @@ def split_reviews(spec: DataSpec) -> dict[str, list[Review]]:
     """The raw ``(text, label)`` reviews of ``train``, ``valid`` and ``test``, as hpo splits them.
 
     The same reviews in the same order as the numericalized splits of :func:`load_dataset`,
-    including its seeded ``max_train`` / ``max_valid`` subsets (the test split is always whole),
+    including its seeded ``max_train`` / ``max_valid`` / ``max_test`` subsets,
     for models that want the text rather than the truncated token ids, such as the classical
     baselines in ``benchmarks/baselines.py``. Reads and splits the source on every call (a few
     seconds); nothing is cached.
@@ -306,7 +306,7 @@ def split_reviews(spec: DataSpec) -> dict[str, list[Review]]:
         text, label = parts["valid"][0]   # label: 0 negative / 1 positive
     """
     parts, _ = _read_splits(spec)
-    for name, n in (("train", spec.max_train), ("valid", spec.max_valid)):
+    for name, n in (("train", spec.max_train), ("valid", spec.max_valid), ("test", spec.max_test)):
         keep = _subset_indices([y for _, y in parts[name]], n, spec.split_seed)
         parts[name] = [parts[name][i] for i in keep]
     return parts
@@ -361,7 +361,7 @@ def load_dataset(spec: DataSpec, log: Log = lambda msg: None) -> Dataset:
     return Dataset(
         train=stratified_subset(splits["train"], spec.max_train, spec.split_seed),
         valid=stratified_subset(splits["valid"], spec.max_valid, spec.split_seed),
-        test=splits["test"],
+        test=stratified_subset(splits["test"], spec.max_test, spec.split_seed),
         vocab=blob["vocab"],
         source=blob["source"],
         cache_key=key,

@@ -250,7 +250,7 @@ def ensure_encoder(spec: Spec, store: Any, storage_url: str | None, log: Log = l
     from hpo.storage.locks import creation_lock
 
     full = data if data is not None and not spec.data.max_train else load_dataset(
-        dataclasses.replace(spec.data, max_train=0, max_valid=0), log)
+        dataclasses.replace(spec.data, max_train=0, max_valid=0, max_test=0), log)
     key = encoder_key(spec, full)
     found = load(key, store)
     if found is None:

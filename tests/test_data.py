@@ -94,7 +94,10 @@ def test_subsets_are_seeded_and_stratified(full, data_cache_dir):
     assert int(small.train.labels.sum()) == 200
     again = load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=400, max_valid=100))
     assert torch.equal(small.train.tokens, again.train.tokens)
-    assert len(small.test) == len(full.test)  # the test split is never subset
+    assert len(small.test) == len(full.test)  # the test split is whole unless max_test says otherwise
+    quick = load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=400, max_valid=100, max_test=300))
+    assert len(quick.test) == 300 and int(quick.test.labels.sum()) == 150
+    assert torch.equal(quick.train.tokens, small.train.tokens) and torch.equal(quick.valid.tokens, small.valid.tokens)
 
 
 def test_bucketed_batches_cover_each_review_once_with_little_padding(full):

@@ -87,12 +87,13 @@ class DataSpec:
     split_seed: int = 0
     max_train: int = 0  # 0: all
     max_valid: int = 0  # 0: all
+    max_test: int = 0  # 0: all; a quick run's test accuracy on fewer reviews (reported only, never selects)
     bucket_batches: int = 50  # batches per sort-ish chunk
     cache_dir: str = ""  # empty: $HPO_CACHE_DIR, else ~/.cache/hpo
 
     def __post_init__(self) -> None:
         _positive(self, "data", "max_len", "min_freq", "max_size", "batch_size", "bucket_batches")
-        _non_negative(self, "data", "max_train", "max_valid")
+        _non_negative(self, "data", "max_train", "max_valid", "max_test")
         v, t = self.valid_fraction, self.test_fraction
         if not (0 < v < 1 and 0 <= t < 1 and v + t < 1):
             raise HpoError("spec: data.valid_fraction and data.test_fraction must be in (0, 1) and sum below 1")
