@@ -30,15 +30,15 @@ def baselines():
 
 
 def test_split_reviews_are_the_reviews_load_dataset_numericalizes(small_spec):
-    spec = small_spec().data  # max_train 600, max_valid 300, max_len 120: subsets and truncation
+    spec = small_spec().data  # max_train 600, max_valid 300, max_test 300, max_len 120: subsets and truncation
     ds = load_dataset(spec)
     parts = split_reviews(spec)
-    assert {k: len(v) for k, v in parts.items()} == {"train": 600, "valid": 300, "test": 2490}
+    assert {k: len(v) for k, v in parts.items()} == {"train": 600, "valid": 300, "test": 300}
     stoi = {t: i for i, t in enumerate(ds.vocab)}
     for name in ("train", "valid", "test"):
         split = getattr(ds, name)
         assert [y for _, y in parts[name]] == split.labels.tolist(), name
-        # Every review (about 3,400, under a second): a sample could miss two swapped reviews.
+        # Every review (1,200, under a second): a sample could miss two swapped reviews.
         for i, (text, _) in enumerate(parts[name]):
             ids = [stoi.get(t, UNK) for t in tokenize(text)[: spec.max_len]] or [UNK]
             assert split.tokens[split.offsets[i] : split.offsets[i + 1]].tolist() == ids, (name, i)
