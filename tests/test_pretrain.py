@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import math
+import multiprocessing
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,15 +51,12 @@ def _ensure(spec, folder: str, url: str, barrier, results) -> None:
     results.put((encoder.key, float(encoder.state["embedding.weight"].sum()), any("stored encoder" in l for l in lines)))
 
 
-def test_two_workers_started_together_pretrain_once_and_share_it(small_spec, tmp_path) -> None:
-    # ensure_encoder pretrains on the whole training split (a 30k-word softmax): the race needs
-    # only a short stream and a small held-out part, not the few million tokens' worth of work
-    spec = small_spec(*TINY_LM, "pretrain.epochs=1", "pretrain.max_tokens=12000", "pretrain.valid_fraction=0.005")
+def assert_two_workers_pretrain_once(spec, artifacts: Path, url: str) -> None:
+    """Two processes call ensure_encoder on ``url`` at the same moment: one trains, the other loads the same weights."""
     load_dataset(spec.data)  # the data cache exists before the race
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    procs = [ctx.Process(target=_ensure, args=(spec, str(tmp_path / "artifacts"), url, barrier, results)) for _ in range(2)]
+    procs = [ctx.Process(target=_ensure, args=(spec, str(artifacts), url, barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -67,7 +65,14 @@ def test_two_workers_started_together_pretrain_once_and_share_it(small_spec, tmp
     got = [results.get(timeout=5) for _ in procs]
     assert len({key for key, _, _ in got}) == 1 and len({s for _, s, _ in got}) == 1  # the same weights
     assert sorted(trained for _, _, trained in got) == [False, True]  # one trained it, the other loaded it
-    assert len(list((tmp_path / "artifacts").glob("encoder-*.pt"))) == 1
+    assert len(list(artifacts.glob("encoder-*.pt"))) == 1
+
+
+def test_two_workers_started_together_pretrain_once_and_share_it(small_spec, tmp_path) -> None:
+    # ensure_encoder pretrains on the whole training split (a 30k-word softmax): the race needs
+    # only a short stream and a small held-out part, not the few million tokens' worth of work
+    spec = small_spec(*TINY_LM, "pretrain.epochs=1", "pretrain.max_tokens=12000", "pretrain.valid_fraction=0.005")
+    assert_two_workers_pretrain_once(spec, tmp_path / "artifacts", f"sqlite:///{tmp_path / 'hpo.db'}")
 
 
 def test_a_fine_tuned_classifier_starts_from_the_language_model_s_weights(small_spec) -> None:

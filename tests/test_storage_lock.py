@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -13,14 +12,13 @@ import time
 import pytest
 
 from db_servers import fresh_database
-from hpo.data import load_dataset
 from hpo.errors import HpoError
 from hpo.storage.locks import creation_lock
 from hpo.storage.resilient import open_storage
 from hpo.storage.storage_lock import StorageLock, is_lock_study
 from hpo.study import load_existing
 from test_dashboard_browser import _free_port
-from test_pretrain import TINY_LM, _ensure
+from test_pretrain import TINY_LM, assert_two_workers_pretrain_once
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
 
@@ -166,20 +164,7 @@ def test_two_proxied_workers_started_together_pretrain_once(proxy_url, small_spe
     """As tests/test_pretrain.py's test for a direct database, with the workers knowing only ``grpc://``;
     a smaller language model (a 5,000-token stream, 0.2% held out) keeps it to seconds."""
     spec = small_spec(*TINY_LM, "pretrain.epochs=1", "pretrain.max_tokens=5000", "pretrain.valid_fraction=0.002")
-    load_dataset(spec.data)  # the data cache exists before the race
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_ensure, args=(spec, str(tmp_path / "artifacts"), proxy_url, barrier, results))
-             for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    assert [p.exitcode for p in procs] == [0, 0]
-    got = [results.get(timeout=5) for _ in procs]
-    assert len({key for key, _, _ in got}) == 1 and len({s for _, s, _ in got}) == 1  # the same weights
-    assert sorted(trained for _, _, trained in got) == [False, True]  # one trained it, the other loaded it
-    assert len(list((tmp_path / "artifacts").glob("encoder-*.pt"))) == 1
+    assert_two_workers_pretrain_once(spec, tmp_path / "artifacts", proxy_url)
     assert _lock_studies(proxy_url) == []
 
 

@@ -258,6 +258,36 @@ def _has_finished_a_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
                for t in study.get_trials(deepcopy=False))
 
 
+def _figures_of_both_workers(study: optuna.Study, store, retry: FrozenTrial) -> dict[int, list]:
+    """The complete trials' artifacts, by trial number: no checkpoint left, figures from both workers and the re-run."""
+    assert store.ids("checkpoint-") == []  # the finished study keeps no checkpoint
+    figures = {t.number: optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    by_worker = {study.trials[n].user_attrs["worker"] for n, metas in figures.items() if metas}
+    assert len(by_worker) == 2, figures  # figures from both workers' trials
+    assert figures[retry.number], "the resumed trial uploaded its figure"
+    return figures
+
+
+def _kill_one_of_two(workers: "Workers") -> tuple[list[int], FrozenTrial]:
+    """Two workers on a budget of 4; one is SIGKILLed in its second trial; (exit codes, the killed trial).
+
+    A budget of 4: after each worker's first trial, two more are needed, so the study cannot reach
+    its budget without the victim's (with 3 the survivor's second trial could complete it, and the
+    dead trial would rightly never be re-run). The victim is a worker's second trial, so that each
+    worker has finished one trial (and its figure), killed after its first checkpoint, three epochs
+    before it would end.
+    """
+    try:
+        workers.start(4)
+        workers.start(4)
+        victim = workers.wait_for_running_trial(epochs=1, where=_has_finished_a_trial)
+        _kill_worker_of(victim)
+        return workers.wait(), victim
+    finally:
+        workers.kill_all()
+
+
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
 def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
     """Two workers in folders of their own, no $HPO_ARTIFACTS: one is killed mid-trial, the other
@@ -270,19 +300,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
     with fresh_database(kind) as url:
         workers = Workers(url, f"one-url-{kind}", tmp_path, data_cache_dir, STEADY, grace=3, shared_folder=False)
-        try:
-            # A budget of 4: after each worker's first trial, two more are needed, so the study
-            # cannot reach its budget without the victim's (with 3 the survivor's second trial
-            # could complete it, and the dead trial would rightly never be re-run).
-            workers.start(4)
-            workers.start(4)
-            # a worker's second trial, so that each worker has finished one trial (and its figure);
-            # killed after its first checkpoint, three epochs before it would end
-            victim = workers.wait_for_running_trial(epochs=1, where=_has_finished_a_trial)
-            _kill_worker_of(victim)
-            codes = workers.wait()
-        finally:
-            workers.kill_all()
+        codes, victim = _kill_one_of_two(workers)
         assert sorted(codes) == [-signal.SIGKILL, 0], workers.output()
         retry = _assert_resumed(workers, victim, budget=4, checkpointed=1)
         assert "artifacts: " in workers.output() and "in database " in workers.output()
@@ -290,12 +308,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
         study = workers.study()
         store = artifact_store(study)
-        assert store.ids("checkpoint-") == []  # the finished study keeps no checkpoint
-        figures = {t.number: optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
-                   for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-        by_worker = {study.trials[n].user_attrs["worker"] for n, metas in figures.items() if metas}
-        assert len(by_worker) == 2, figures  # figures from both workers' trials
-        assert figures[retry.number], "the resumed trial uploaded its figure"
+        figures = _figures_of_both_workers(study, store, retry)
 
         viewer = tmp_path / "viewer"
         viewer.mkdir()
@@ -342,14 +355,7 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
         proxy, _ = _start_proxy(url, port, tmp_path, grace=3)
         proxied = f"grpc://127.0.0.1:{port}"
         workers = Workers(proxied, f"proxied-{kind}", tmp_path, data_cache_dir, STEADY, grace=3, shared_folder=False)
-        try:
-            workers.start(4)  # a budget of 4: see the test above
-            workers.start(4)
-            victim = workers.wait_for_running_trial(epochs=1, where=_has_finished_a_trial)
-            _kill_worker_of(victim)
-            codes = workers.wait()
-        finally:
-            workers.kill_all()
+        codes, victim = _kill_one_of_two(workers)
         try:
             assert sorted(codes) == [-signal.SIGKILL, 0], workers.output()
             retry = _assert_resumed(workers, victim, budget=4, checkpointed=1)
@@ -359,12 +365,7 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
             study = workers.study()
             store = artifact_store(study)
             assert isinstance(store, HttpArtifactStore) and store.port == port + 1
-            assert store.ids("checkpoint-") == []  # the finished study keeps no checkpoint
-            figures = {t.number: optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
-                       for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-            by_worker = {study.trials[n].user_attrs["worker"] for n, metas in figures.items() if metas}
-            assert len(by_worker) == 2, figures  # figures from both workers' trials
-            assert figures[retry.number], "the resumed trial uploaded its figure"
+            figures = _figures_of_both_workers(study, store, retry)
             for metas in figures.values():
                 for meta in metas:
                     with store.open_reader(meta.artifact_id) as f:  # checked against its sha256 at the end
