@@ -115,3 +115,20 @@ def test_the_proxy_fails_a_silent_trial_once_and_queues_its_rerun(tmp_path) -> N
     assert trials[2].params == trials[0].params and trials[2].system_attrs["failed_trial"] == dead.number
     assert said == ["storage proxy: study 'reap', trial 0: no heartbeat for 2 s; failed, and a re-run with its "
                     "parameters is queued"]
+
+
+def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_install(tmp_path) -> None:
+    """grpcio is an extra (hpo[proxy]), yet every hpo process imports the proxy module."""
+    code = (
+        "import sys; sys.modules['grpc'] = None\n"  # as if grpcio were not installed
+        "from hpo.errors import HpoError\n"
+        "from hpo.storage.resilient import open_storage\n"
+        f"print(type(open_storage('sqlite:///{tmp_path / 'hpo.db'}')).__name__)\n"
+        "try:\n"
+        "    open_storage('grpc://127.0.0.1:1')\n"
+        "except HpoError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ResilientStorage", "grpc:// storage needs grpcio: pip install 'hpo[proxy]'"]

@@ -78,9 +78,18 @@ HEARTBEAT_ATTR = "hpo:heartbeat"
 try:  # grpcio is optional (hpo[proxy]); without it grpc:// URLs are one clear error in open_grpc
     from optuna.storages import GrpcStorageProxy as _GrpcStorageProxy
     from optuna.storages._grpc.servicer import OptunaStorageProxyService as _Servicer
-except ImportError:  # pragma: no cover - grpcio missing
-    _GrpcStorageProxy = object  # type: ignore[misc,assignment]
-    _Servicer = object  # type: ignore[misc,assignment]
+
+    HAVE_GRPC = True
+except ImportError:
+    # Empty stand-ins, never instantiated, so that the classes below still define: every hpo
+    # process imports this module (open_storage parses URLs with it), grpcio or not.
+    class _GrpcStorageProxy:  # type: ignore[no-redef]
+        pass
+
+    class _Servicer:  # type: ignore[no-redef]
+        pass
+
+    HAVE_GRPC = False
 
 
 def grpc_address(url: str) -> tuple[str, int] | None:
@@ -146,7 +155,7 @@ def open_grpc(url: str, timeout_s: float | None = None, heartbeat_interval: int 
     """
     host, port = grpc_address(url) or ("", 0)
     timeout_s = READY_TIMEOUT_S if timeout_s is None else timeout_s
-    if _GrpcStorageProxy is object:
+    if not HAVE_GRPC:
         raise HpoError("grpc:// storage needs grpcio: pip install 'hpo[proxy]'")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable enough since Optuna 4.2
