@@ -38,3 +38,34 @@ def small_spec(data_cache_dir: str):
         return load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_data(data_cache_dir: str):
+    """600 / 200 reviews of at most 100 tokens: the telemetry and step-figure tests' data."""
+    from hpo.data import load_dataset
+    from hpo.spec import DataSpec
+
+    return load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=600, max_valid=200, max_len=100))
+
+
+@pytest.fixture(scope="session")
+def diverged_run(tiny_data):
+    """A real run with every group at a rate of 5 and no clipping, stopped inside an epoch by the
+    divergence monitor: (its TrainResult, the rates, steps per epoch). SGDR cycles of 1 epoch, 4 at most."""
+    import math
+
+    import torch
+
+    from hpo.divergence import DivergenceMonitor
+    from hpo.model import LSTMClassifier
+    from hpo.spec import DivergenceSpec
+    from hpo.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = LSTMClassifier(tiny_data.vocab_size, 16, 16)
+    lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
+    steps = math.ceil(len(tiny_data.train) / 64)
+    cfg = TrainConfig(lrs=lrs, clip_norm=0.0, cycle_len=1, max_epochs=4)
+    monitor = DivergenceMonitor(DivergenceSpec(step_warmup=3), steps)
+    return train(model, tiny_data, cfg, torch.device("cpu"), monitor=monitor), lrs, steps

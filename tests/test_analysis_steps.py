@@ -1,34 +1,21 @@
 """The step-level trial figure, from real telemetry, and ``hpo plot --trial``."""
 
 import io
-import math
 
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from hpo.analysis.steps import divergence_step, restart_steps, step_figure, step_figure_png, title
 from hpo.cli import main
-from hpo.data import load_dataset
-from hpo.divergence import DivergenceMonitor
-from hpo.model import LSTMClassifier
 from hpo.record import PRUNED, Outcome, TrialRecord
-from hpo.spec import DataSpec, DivergenceSpec
-from hpo.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def diverged(data_cache_dir):
+def diverged(diverged_run):
     """A real run at a rate of 5, stopped by the divergence monitor, as its trial record and telemetry."""
-    data = load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=600, max_valid=200, max_len=100))
-    torch.manual_seed(0)
-    model = LSTMClassifier(data.vocab_size, 16, 16)
-    lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
-    steps = math.ceil(len(data.train) / 64)
-    cfg = TrainConfig(lrs=lrs, clip_norm=0.0, cycle_len=1, max_epochs=4)
-    result = train(model, data, cfg, torch.device("cpu"), monitor=DivergenceMonitor(DivergenceSpec(step_warmup=3), steps))
+    result, lrs, steps = diverged_run
     assert result.verdict is not None
     record = TrialRecord(
         number=7, state=PRUNED, params={}, distributions={}, accuracy=0.5, epochs=tuple(result.history),
@@ -109,6 +96,7 @@ def test_notes_that_cannot_be_written_warn_and_never_raise(caplog):
         notes(study, None)
         notes(study, None)  # throttled: not tried again within the hour
     assert len(lines) == 1 and lines[0].startswith("  warning: study note not saved: study ")
+    assert [r.getMessage() for r in caplog.records] == [lines[0].strip().removeprefix("warning: ")]  # logged once too
 
 
 def test_the_study_note_links_the_best_and_the_diverged_trials_step_figures(diverged, tmp_path):
@@ -147,8 +135,6 @@ def test_the_study_note_links_the_best_and_the_diverged_trials_step_figures(dive
 
 
 def test_a_new_heads_first_steps_are_not_the_spike_a_note_names():
-    import numpy as np
-
     from hpo.analysis.notes import spike
     from hpo.telemetry import StepTelemetry
 

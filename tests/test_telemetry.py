@@ -1,14 +1,11 @@
 """Step telemetry from the real training loop: what is sampled, what it says, and that it survives a resume."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from hpo.checkpoints import TrialCheckpoints
-from hpo.data import load_dataset
-from hpo.divergence import DivergenceMonitor
 from hpo.errors import HpoError
 from hpo.model import LSTMClassifier
 from hpo.spec import DivergenceSpec
@@ -20,10 +17,8 @@ GROUPS = ("embedding", "encoder", "head")
 
 
 @pytest.fixture(scope="module")
-def small(data_cache_dir):
-    from hpo.spec import DataSpec
-
-    return load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=600, max_valid=200, max_len=100))
+def small(tiny_data):
+    return tiny_data
 
 
 def _cfg(**kw):
@@ -100,11 +95,8 @@ def test_a_resumed_run_keeps_the_earlier_epochs_telemetry(small, tmp_path):
     np.testing.assert_allclose(resumed.update_ratio, whole.update_ratio, rtol=1e-3)
 
 
-def test_a_run_stopped_inside_an_epoch_keeps_the_steps_before_the_blow_up(small):
-    lrs = {"embedding": 5.0, "encoder": 5.0, "head": 5.0}
-    steps = math.ceil(len(small.train) / 64)
-    monitor = DivergenceMonitor(DivergenceSpec(step_warmup=3), steps)
-    result = train(_model(small), small, _cfg(lrs=lrs, clip_norm=0.0, max_epochs=3), torch.device("cpu"), monitor=monitor)
+def test_a_run_stopped_inside_an_epoch_keeps_the_steps_before_the_blow_up(diverged_run):
+    result, _, steps = diverged_run
     assert result.verdict is not None and result.cut_mid_epoch
     t = result.telemetry
     assert len(t) >= steps and t.epoch.max() <= result.verdict.epoch  # every=1: epoch 1 whole
