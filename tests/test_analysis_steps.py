@@ -150,3 +150,25 @@ def test_a_new_heads_first_steps_are_not_the_spike_a_note_names():
                       update_ratio=np.full((n, 2), 1e-3, np.float32))
     assert spike(t) == ("encoder", 8.0, 102)
     assert spike(t, before=50) == ("encoder", 1.0, 10)  # nothing but the usual size before step 50
+
+
+def test_a_diverged_trials_note_reads_the_update_ratios_up_to_its_verdict_only():
+    import numpy as np
+
+    from hpo.analysis.notes import telemetry_line
+    from hpo.record import Verdict
+    from hpo.telemetry import StepTelemetry
+
+    # 2 epochs of 100 steps; judged diverged at the end of epoch 1 (action "record" trains on),
+    # the head's |dw|/|w| 5e-2 before it and 0.9 after it
+    n = 200
+    ratios = np.full((n, 2), 1e-3, np.float32)
+    ratios[50, 1], ratios[150, 1] = 0.05, 0.9
+    t = StepTelemetry(groups=("encoder", "head"), every=1, steps_per_epoch=100, step=np.arange(n),
+                      epoch=1 + np.arange(n) // 100, loss=np.ones(n, np.float32), loss_mean=np.ones(n, np.float32),
+                      clipped=np.zeros(n, bool), lr=np.full((n, 2), 1e-3, np.float32),
+                      grad_norm=np.ones((n, 2), np.float32), grad_norm_max=np.ones((n, 2), np.float32), update_ratio=ratios)
+    trial = TrialRecord(number=3, state=PRUNED, params={}, distributions={}, accuracy=0.5, epochs=(),
+                        outcome=Outcome(Verdict("jump", 1, 2.0), 1, 2, 100, "fp32"), lrs={})
+    assert trial.diverged
+    assert "head |dw|/|w| up to 5e-2 (healthy ~1e-3)" in telemetry_line(trial, t)

@@ -86,13 +86,16 @@ def telemetry_line(trial: TrialRecord, t: StepTelemetry | None) -> str:
     from hpo.analysis.steps import divergence_step
 
     parts = []
-    found = spike(t, divergence_step(trial, t))
+    cut = divergence_step(trial, t)  # a study that records verdicts trains on: what came after is not the cause
+    found = spike(t, cut)
     if found is not None:
         group, ratio, step = found
         # An overflowed norm (inf) has no ratio to its median worth printing
         size = "overflowed (inf)" if not np.isfinite(ratio) else f"peaked {ratio:.0f}x its median"
         parts.append(f"{group} grad norm {size} at step {step}{_after_restart(t, step)}")
     ratios = np.where(np.isfinite(t.update_ratio) & (t.update_ratio > 0), t.update_ratio, np.nan)
+    if cut is not None:
+        ratios = ratios[t.step <= cut]
     if trial.diverged and np.isfinite(ratios).any():
         g = int(np.nanargmax(np.nanmax(ratios, axis=0)))
         parts.append(f"{t.groups[g]} |dw|/|w| up to {_g(np.nanmax(ratios[:, g]))} (healthy ~1e-3)")
