@@ -174,9 +174,12 @@ class DatabaseStore:
             with conn.begin():
                 yield conn
 
-    def open_reader(self, artifact_id: str) -> BinaryIO:
-        """A buffered binary reader that fetches one chunk at a time; ArtifactNotFound when absent."""
-        header = self.header(artifact_id)
+    def open_reader(self, artifact_id: str, header: Header | None = None) -> BinaryIO:
+        """A buffered binary reader that fetches one chunk at a time; ArtifactNotFound when absent.
+
+        ``header``: the version already read (and promised to a client); by default, the current one.
+        """
+        header = self.header(artifact_id) if header is None else header
         if header is None:
             raise ArtifactNotFound(f"artifact {artifact_id!r} is not in the database store")
         raw = _ChunkReader(self.engine, artifact_id, header, self.retry_s)

@@ -160,7 +160,7 @@ class HttpArtifactStore:
         """
         start, delay = time.monotonic(), 0.5
         while True:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s, blocksize=CHUNK_BYTES)
             try:
                 conn.request(method, path, body=body() if callable(body) else body, headers=headers or {})
                 return conn, conn.getresponse()
@@ -353,7 +353,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not with_body:
             return
         try:
-            with self.store.open_reader(artifact_id) as reader:
+            # the version whose size and sha256 went out above, even if it is overwritten meanwhile
+            with self.store.open_reader(artifact_id, header) as reader:
                 while block := reader.read(CHUNK_BYTES):
                     self.wfile.write(block)
         except (ArtifactCorrupted, ArtifactNotFound, ConnectionError):
