@@ -18,6 +18,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from hpo.errors import HpoError
 from hpo.storage.db_artifacts import ArtifactCorrupted, DatabaseStore, artifacts
 from hpo.storage.http_artifacts import HttpArtifactStore, serve_artifacts
+from test_dashboard_browser import _free_port
 
 
 @pytest.fixture
@@ -90,12 +91,8 @@ def test_a_damaged_download_raises_at_its_end(served) -> None:
         client.open_reader("a").read()
 
 
-def test_no_server_is_one_line(tmp_path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_no_server_is_one_line() -> None:
+    port = _free_port()  # free: nothing listens there
     with pytest.raises(HpoError, match=rf"artifact store http://127.0.0.1:{port} \(the storage proxy's --artifact-port\) does not answer"):
         HttpArtifactStore("127.0.0.1", port, retry_s=0).size("a")
 

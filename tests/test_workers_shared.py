@@ -355,8 +355,8 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
         proxy, _ = _start_proxy(url, port, tmp_path, grace=3)
         proxied = f"grpc://127.0.0.1:{port}"
         workers = Workers(proxied, f"proxied-{kind}", tmp_path, data_cache_dir, STEADY, grace=3, shared_folder=False)
-        codes, victim = _kill_one_of_two(workers)
-        try:
+        try:  # the proxy is stopped however the workers end
+            codes, victim = _kill_one_of_two(workers)
             assert sorted(codes) == [-signal.SIGKILL, 0], workers.output()
             retry = _assert_resumed(workers, victim, budget=4, checkpointed=1)
             assert not list(tmp_path.glob("machine-*/*artifacts*"))  # nothing written beside the workers
