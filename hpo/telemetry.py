@@ -227,16 +227,9 @@ def upload_telemetry(telemetry: StepTelemetry, trial: Any, store: Any) -> str:
 
     A finished trial can no longer take artifacts, so the objective calls this as the trial ends.
     """
-    import tempfile
-    from pathlib import Path
+    from hpo.storage.artifacts import upload_bytes
 
-    import optuna
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / artifact_name(trial.number)
-        path.write_bytes(telemetry.to_bytes())
-        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
-                                                mimetype=MIMETYPE)
+    return upload_bytes(telemetry.to_bytes(), artifact_name(trial.number), trial, store, MIMETYPE)
 
 
 def load_telemetry(trial: Any, storage: Any, store: Any) -> StepTelemetry | None:

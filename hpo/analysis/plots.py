@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -333,10 +332,6 @@ def upload_trial_figure(trial: TrialRecord, running: optuna.Trial, store: Any) -
     runs as the trial ends. Returns the artifact id; optuna-dashboard shows the PNG on the
     trial's page.
     """
-    png = trial_figure_png(trial)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial-{trial.number}-curves.png"
-        path.write_bytes(png)
-        return optuna.artifacts.upload_artifact(
-            artifact_store=store, file_path=str(path), study_or_trial=running, mimetype="image/png"
-        )
+    from hpo.storage.artifacts import upload_bytes
+
+    return upload_bytes(trial_figure_png(trial), f"trial-{trial.number}-curves.png", running, store, "image/png")

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import io
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,13 +189,9 @@ def step_figure_png(trial: TrialRecord, t: StepTelemetry) -> bytes:
 
 def upload_step_figure(trial: TrialRecord, t: StepTelemetry, running: Any, store: Any) -> str:
     """Upload the PNG as an artifact of ``running`` (the live ``optuna.Trial``); returns its id."""
-    import optuna
+    from hpo.storage.artifacts import upload_bytes
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"trial-{trial.number}-{PNG_NAME}"
-        path.write_bytes(step_figure_png(trial, t))
-        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=running,
-                                                mimetype="image/png")
+    return upload_bytes(step_figure_png(trial, t), f"trial-{trial.number}-{PNG_NAME}", running, store, "image/png")
 
 
 def write_trial_figures(trial: TrialRecord, t: StepTelemetry, out_dir: str | Path) -> list[Path]:

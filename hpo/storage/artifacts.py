@@ -98,6 +98,20 @@ class PrefixedStore:
         return self.shown
 
 
+def upload_bytes(data: bytes, filename: str, trial: Any, store: Any, mimetype: str) -> str:
+    """Upload ``data`` as the artifact ``filename`` of ``trial``, a live ``optuna.Trial``; returns its id.
+
+    Optuna uploads files; a finished trial takes no artifacts any more, so callers run as it ends.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(data)
+        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
+                                                mimetype=mimetype)
+
+
 def default_artifact_dir() -> str:
     return str(Path(os.environ.get(ENV_VAR) or DEFAULT_DIR).expanduser().resolve())
 
