@@ -27,11 +27,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hpo.analysis import plots, steps
 from hpo.record import TrialRecord
 from hpo.telemetry import StepTelemetry
 
-CURVES_SUFFIX = "-curves.png"  # hpo.analysis.plots.upload_trial_figure's file name
-STEPS_SUFFIX = "-steps.png"  # hpo.analysis.steps.upload_step_figure's
+CURVES_SUFFIX = "-" + plots.PNG_NAME  # the file names the trials' figures were uploaded under
+STEPS_SUFFIX = "-" + steps.PNG_NAME
 
 
 def _g(x: float) -> str:
@@ -70,9 +71,7 @@ def spike(t: StepTelemetry, before: int | None = None) -> tuple[str, float, int]
 
 
 def _after_restart(t: StepTelemetry, step: int) -> str:
-    from hpo.analysis.steps import restart_steps
-
-    before = [r for r in restart_steps(t) if r <= step]
+    before = [r for r in steps.restart_steps(t) if r <= step]
     if not before:
         return ""
     gap = step - before[-1]
@@ -83,10 +82,8 @@ def telemetry_line(trial: TrialRecord, t: StepTelemetry | None) -> str:
     """What the gradients and updates did: the largest spike, and the update ratios."""
     if t is None or not len(t):
         return ""
-    from hpo.analysis.steps import divergence_step
-
     parts = []
-    cut = divergence_step(trial, t)  # a study that records verdicts trains on: what came after is not the cause
+    cut = steps.divergence_step(trial, t)  # a study that records verdicts trains on: what came after is not the cause
     found = spike(t, cut)
     if found is not None:
         group, ratio, step = found

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 _COLORS = {"complete": "tab:blue", "pruned": "0.6", "diverged": "tab:red"}
 _MAX_LINES = 200  # per category: beyond that a plot shows a sample, and says so
 _DPI = 100
+PNG_NAME = "curves.png"  # a trial's epoch curves are trial-N-curves.png (hpo.analysis.notes links them)
 
 
 def _kind(t: TrialRecord) -> str:
@@ -334,4 +335,4 @@ def upload_trial_figure(trial: TrialRecord, running: optuna.Trial, store: Any) -
     """
     from hpo.storage.artifacts import upload_bytes
 
-    return upload_bytes(trial_figure_png(trial), f"trial-{trial.number}-curves.png", running, store, "image/png")
+    return upload_bytes(trial_figure_png(trial), f"trial-{trial.number}-{PNG_NAME}", running, store, "image/png")
