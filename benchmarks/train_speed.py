@@ -133,7 +133,7 @@ def _adamw(impl: str) -> None:
     hpo.train.make_optimizer = patched
 
 
-def _calibrated(data: Dataset, device: torch.device) -> tuple[str, bool, str, float]:
+def _calibrated(device: torch.device) -> tuple[str, bool, str, float]:
     """(precision, oneDNN on, the calibration's description, its cost in s), measured afresh."""
     from hpo.spec import load_spec
 
@@ -223,7 +223,7 @@ def _run_variant(variant: str, batches: int, batch_size: int) -> dict:
         if variant in ("hpo-foreach", "hpo-fused"):
             _adamw(variant.split("-")[1])
         if variant == "calibrated":
-            precision, torch.backends.mkldnn.enabled, extra["choice"], extra["calibration_s"] = _calibrated(data, device)
+            precision, torch.backends.mkldnn.enabled, extra["choice"], extra["calibration_s"] = _calibrated(device)
         every = -1 if variant.endswith("-notelemetry") else 1 if variant.endswith("-telemetry1") else \
             auto_every(math.ceil(full_reviews / batch_size))
         out = _hpo(data, device, batch_size, precision, compiled=variant.endswith("-compile"),
