@@ -202,13 +202,18 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
 @click.option("--out", "out_dir", default=None, help="Folder for lr_find.png (default: figures/STUDY).")
 @click.option("--write-spec", "write_spec", default=None, metavar="PATH",
               help="Write the spec with each tested group's rate searched over its suggested range.")
+@click.option("--storage", default=None,
+              help="Database URL whose artifact store holds (or gets) a pretraining study's encoder "
+                   "(default: $HPO_STORAGE, else sqlite:///hpo.db); unused when the study does not pretrain.")
 def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], steps: int, lr_min: float, lr_max: float,
-            out_dir: str | None, write_spec: str | None) -> None:
+            out_dir: str | None, write_spec: str | None, storage: str | None) -> None:
     """The learning-rate range test per layer group (Smith 2015, fastai's lr_find).
 
     Each group's rate rises exponentially over --steps steps while the others stay at the middle
     of their range; the smoothed loss is plotted against the rate, and a search range is suggested
-    per group: from a tenth of the steepest descent to the rate at the lowest loss.
+    per group: from a tenth of the steepest descent to the rate at the lowest loss. A study that
+    pretrains starts the test from its pretrained encoder, as its trials do (trained first and
+    stored in the study's artifact store when missing).
     """
     from pathlib import Path
 
@@ -222,11 +227,10 @@ def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], ste
     lrfind.check_arguments(spec, chosen, lr_min, lr_max)  # before the data is read
     configure_threads(spec.train.threads)
     data = load_dataset(spec.data, _echo)
-    if spec.pretrain.epochs:
-        _echo("note: the range test trains from scratch, not from the study's pretrained encoder")
+    encoder = _study_encoder(spec, storage, data) if spec.pretrain.epochs else None
     results = []
     for group in chosen:
-        result = lrfind.range_test(spec, data, group, steps, lr_min, lr_max)
+        result = lrfind.range_test(spec, data, group, steps, lr_min, lr_max, encoder=encoder)
         _echo(result.describe())
         results.append(result)
     out = Path(out_dir or f"figures/{spec.name}")
@@ -237,6 +241,19 @@ def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], ste
     if write_spec:
         header = f"{spec.name} with lr ranges from: hpo lr-find --study {study} " + " ".join(f"--set {o}" for o in overrides)
         _echo(str(lrfind.write_spec(spec, results, write_spec, header)))
+
+
+def _study_encoder(spec: Any, storage: str | None, data: Any) -> Any:
+    """The study's pretrained encoder, from (or trained into) the store its trials use."""
+    from hpo.pretrain import ensure_encoder
+    from hpo.storage.artifacts import store_for
+    from hpo.storage.resilient import open_storage
+
+    url, origin = resolve_storage_url(storage)
+    _echo(f"storage: {display_url(url)} ({origin}), for the pretrained encoder")
+    encoder = ensure_encoder(spec, store_for(spec.name, open_storage(url)), url, _echo, data=data)
+    _echo(f"range test from pretrained encoder {encoder.key}, as the study's trials start")
+    return encoder
 
 
 @main.command()

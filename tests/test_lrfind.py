@@ -47,3 +47,24 @@ def test_hpo_lr_find_plots_suggests_and_writes_a_spec_that_loads(tmp_path, monke
 def test_an_unknown_group_is_one_line():
     result = CliRunner().invoke(main, ["lr-find", "--study", "imdb", "--group", "decoder", "--set", "data.max_train=64"])
     assert result.exit_code == 2 and result.stderr.strip().startswith("error: no layer group 'decoder'")
+
+
+def test_lr_find_on_a_pretraining_study_starts_from_the_encoder_its_trials_use(tmp_path, monkeypatch, data_cache_dir):
+    from tests.test_pretrain import TINY_LM
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
+    overrides = [*SMALL, f"data.cache_dir={data_cache_dir!r}", *TINY_LM, "pretrain.epochs=1",
+                 "pretrain.max_tokens=12000", "pretrain.valid_fraction=0.005"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    storage = ["--storage", f"sqlite:///{tmp_path / 'hpo.db'}"]
+    found = CliRunner().invoke(main, ["lr-find", "--study", "imdb-ulmfit", *sets, *storage,
+                                      "--group", "encoder2", "--steps", "20"])
+    assert found.exit_code == 0, found.output
+    key = next(l for l in found.output.splitlines() if l.startswith("range test from pretrained encoder")).split()[5].rstrip(",")
+    assert any(l.startswith("encoder2 ") for l in found.output.splitlines())  # a layer group of the 2-layer encoder
+    # The encoder went where the study's workers look for it: `hpo pretrain` loads it, trains nothing.
+    again = CliRunner().invoke(main, ["pretrain", "--study", "imdb-ulmfit", *sets, *storage])
+    assert again.exit_code == 0, again.output
+    assert f"pretrain: encoder {key} from the study's artifact store" in again.output
+    assert "pretrain epoch" not in again.output

@@ -171,6 +171,15 @@ def artifact_store(study: optuna.Study) -> Any:
     return open_location(artifact_location(study), study._storage)
 
 
+def store_for(name: str, storage: Any) -> Any:
+    """The store of the study ``name`` in ``storage``, or the one it will get when created; records
+    nothing, creates no study (for commands that share the study's artifacts before it exists)."""
+    names = {s.study_name for s in storage.get_all_studies()}
+    if name in names:
+        return open_location(artifact_location(optuna.load_study(study_name=name, storage=storage), record=False), storage)
+    return open_location(default_location(storage), storage)
+
+
 def describe_location(location: str) -> str:
     return "the study's database" if location == DATABASE else location
 
