@@ -11,9 +11,11 @@ check each verdict against what the run did afterwards::
 
 It prints, per head rate: runs, mean and max best validation accuracy, runs the rules flagged as
 diverged and the epoch of each jump (and whether it came right after a warm restart), runs that
-never came back (their last validation loss more than the threshold above their best) and the
-counts the issue asks for: never-recovered runs the rules caught, and flagged runs that did
-recover (false positives). Then the epochs that stopping at the verdict would have saved against
+never came back (their last validation loss more than the threshold above their best *and* their
+last train loss above its best by the rules' ``train_rise``: the model broke, as the seed's did)
+and the counts the issue asks for: never-recovered runs the rules caught, and flagged runs that
+did recover (false positives). Runs whose validation loss ended high while their train loss kept
+falling overfitted; they are counted apart, since the rules leave overfitting to the pruner. Then the epochs that stopping at the verdict would have saved against
 running every schedule to its end. It writes ``seed_sweep.txt`` and ``seed_sweep.png`` (validation
 loss of every run by head rate, jumps marked; mean best accuracy and divergence rate per head
 rate, like the seed's own table).
@@ -31,16 +33,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpo.analysis.trials import load_study_data  # noqa: E402
+from hpo.divergence import CHANCE_LOSS  # noqa: E402
 from hpo.record import TrialRecord  # noqa: E402
 from hpo.spec.schema import DivergenceSpec  # noqa: E402
 from hpo.storage.resilient import open_storage  # noqa: E402
 
 
-def never_recovered(t: TrialRecord, threshold: float) -> bool:
+def ended_above_best(t: TrialRecord, threshold: float) -> bool:
     """The run ended with its validation loss more than ``threshold`` above its own best (or not finite)."""
     losses = t.series("val_loss")
     finite = [x for x in losses if math.isfinite(x)]
     return not finite or not math.isfinite(losses[-1]) or losses[-1] > min(finite) * (1 + threshold)
+
+
+def never_recovered(t: TrialRecord, rules: DivergenceSpec) -> bool:
+    """The seed's failure: the run ended with *both* losses above their bests, the validation loss by
+    more than ``threshold`` and the train loss by more than ``train_rise`` x ln 2 (or a loss not finite).
+
+    A run whose validation loss ended high while its train loss kept falling overfitted: the model
+    still fits its data, it did not break, and the rules leave it to the pruner on purpose.
+    """
+    if not ended_above_best(t, rules.threshold):
+        return False
+    train = t.series("train_loss")
+    finite = [x for x in train if math.isfinite(x)]
+    return not finite or not math.isfinite(train[-1]) or train[-1] > min(finite) + rules.train_rise * CHANCE_LOSS
+
+
+def overfitted(t: TrialRecord, rules: DivergenceSpec) -> bool:
+    """Validation loss ended more than ``threshold`` above its best, train loss did not rise: overfitting."""
+    return ended_above_best(t, rules.threshold) and not never_recovered(t, rules)
 
 
 def after_restart(epoch: int, cycle_len: int) -> bool:
@@ -65,14 +87,15 @@ def table(data) -> list[str]:
            f"divergence rules: threshold {rules.threshold:g}, train_rise {rules.train_rise:g}", "",
            f"  {'lr_head':>8} {'runs':>4} {'mean best acc':>13} {'max':>6} {'diverged':>8} {'jumps (epoch; r = right after a restart)':<42} "
            f"{'never back':>10} {'last val loss / best':<22}"]
-    caught = missed = false_pos = never = saved = 0
+    caught = missed = false_pos = never = saved = overfit = 0
     for rate in sorted(by_rate):
         runs = sorted(by_rate[rate], key=lambda t: t.params.get("seed", 0))
         accs = [t.accuracy for t in runs if t.accuracy is not None]
         flagged = [t for t in runs if t.diverged]
         jumps = ", ".join(f"{t.verdict.epoch}{'r' if after_restart(t.verdict.epoch, cycle) else ''}"
                           f" ({t.verdict.reason}{f' {t.verdict.ratio:.1f}x' if t.verdict.ratio else ''})" for t in flagged)
-        gone = [t for t in runs if never_recovered(t, rules.threshold)]
+        gone = [t for t in runs if never_recovered(t, rules)]
+        overfit += sum(1 for t in runs if overfitted(t, rules))
         ratios = " ".join(f"{t.series('val_loss')[-1] / min(x for x in t.series('val_loss') if math.isfinite(x)):.2f}"
                           if math.isfinite(t.series('val_loss')[-1]) else "nan" for t in runs)
         out.append(f"  {rate:>8g} {len(runs):>4} {statistics.fmean(accs):>13.4f} {max(accs):>6.4f} {len(flagged):>8} "
@@ -80,10 +103,13 @@ def table(data) -> list[str]:
         never += len(gone)
         caught += sum(1 for t in gone if t.diverged)
         missed += sum(1 for t in gone if not t.diverged)
-        false_pos += sum(1 for t in flagged if not never_recovered(t, rules.threshold))
+        false_pos += sum(1 for t in flagged if not never_recovered(t, rules))
         saved += sum(t.epochs_run - t.verdict.epoch for t in flagged)
     total = sum(t.epochs_run for t in data.finished)
-    out += ["", f"runs that never came back: {never}; caught by the rules: {caught}; missed: {missed}",
+    out += ["", f"runs that never came back (train and validation loss ended above their bests): {never}; "
+            f"caught by the rules: {caught}; missed: {missed}",
+            f"runs that overfitted instead (validation loss ended {rules.threshold:.0%}+ above its best, train loss did not rise; "
+            f"left to the pruner by design): {overfit}",
             f"runs flagged as diverged that did come back (false positives): {false_pos}",
             f"stopping at the verdict saves {saved} of {total} epochs ({100 * saved / max(total, 1):.0f}%) against running "
             "every schedule to its end (hpo replay --study ... shows the same with other rules and pruners)"]
