@@ -85,6 +85,7 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     from hpo.spec import load_spec
     from hpo.storage.resilient import open_storage
     from hpo.study import open_study
+    from hpo.train import precision_note, resolve_device
     from hpo.workers import auto_jobs, run_worker, run_workers
 
     n_jobs = _jobs(jobs)
@@ -101,6 +102,9 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     # an unreachable database, or a study made with another spec, fails here, before anything is measured
     open_study(spec, open_storage(url), seed)
     precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
+    note = precision_note(spec.train.precision, resolve_device(spec.train.device))
+    if note:
+        _echo(note)
     why = ""
     if n_jobs == "auto":
         n_jobs, reason = auto_jobs(spec, measured)

@@ -151,14 +151,28 @@ def _native_bf16(device_type: str) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the device runs bf16 natively, else ``fp32``; others unchanged.
+    """``auto`` -> ``bf16`` where the device runs bf16 natively, else ``fp32``; ``bf16`` on a CPU
+    without bf16 instructions -> ``fp32``; others unchanged.
 
     On this project's 2-core AVX512-BF16 CPU, bf16 autocast trained 1.5x faster than fp32
     (benchmarks/train_speed.py).
     """
-    if precision != "auto":
-        return precision
-    return "bf16" if _native_bf16(device.type) else "fp32"
+    if precision == "auto":
+        return "bf16" if _native_bf16(device.type) else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not _native_bf16("cpu"):
+        # oneDNN's LSTM refuses bf16 on a CPU without bf16 instructions (AVX2 only: "could not
+        # create a primitive descriptor"), and without oneDNN the LSTM runs in fp32 anyway
+        return "fp32"
+    return precision
+
+
+def precision_note(precision: str, device: torch.device) -> str | None:
+    """A line for the user when the precision they asked for is not the one that will run."""
+    actual = resolve_precision(precision, device)
+    if precision != "auto" and actual != precision:
+        return (f"note: precision {precision} asked for, but this CPU has no bf16 instructions (oneDNN's LSTM "
+                f"refuses bf16 here): training in {actual}")
+    return None
 
 
 def _autocast(device: torch.device, precision: str):

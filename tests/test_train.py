@@ -7,7 +7,7 @@ from hpo.data import load_dataset
 from hpo.divergence import DivergenceMonitor
 from hpo.model import LSTMClassifier
 from hpo.spec import DivergenceSpec
-from hpo.train import TrainConfig, make_optimizer, sgdr_factor, train
+from hpo.train import TrainConfig, _native_bf16, make_optimizer, precision_note, resolve_precision, sgdr_factor, train
 
 
 def test_sgdr_schedule_values():
@@ -89,9 +89,15 @@ def test_huge_learning_rate_is_stopped_at_the_first_step_after_the_first_epoch(s
         assert result.epochs_run == 2  # the partial epoch counts
 
 
-def test_bf16_autocast_trains_too(small):
+def test_bf16_autocast_trains_too_and_falls_back_to_fp32_on_a_cpu_without_bf16(small):
     result = train(_model(small), small, _cfg(precision="bf16", max_epochs=1))
     assert math.isfinite(result.history[0].train_loss) and result.history[0].val_accuracy > 0
+    cpu = torch.device("cpu")
+    if _native_bf16("cpu"):
+        assert resolve_precision("bf16", cpu) == "bf16" and precision_note("bf16", cpu) is None
+    else:  # oneDNN's LSTM refuses bf16 here: without the fallback, train() raised
+        assert resolve_precision("bf16", cpu) == "fp32" and "training in fp32" in precision_note("bf16", cpu)
+    assert precision_note("auto", cpu) is None and precision_note("fp32", cpu) is None
 
 
 def test_record_only_divergence_keeps_training_and_keeps_the_first_verdict(small):
