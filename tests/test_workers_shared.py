@@ -414,14 +414,20 @@ def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
     with fresh_database("postgres") as direct, CuttableProxy(admin.host or "127.0.0.1", admin.port or 5432) as proxy:
         url = make_url(direct).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         workers = Workers(url, "restart", tmp_path, data_cache_dir, ["train.max_epochs=2"])
+        workers.env["PYTHONUNBUFFERED"] = "1"  # their "storage unreachable" line shows as it is written
         try:
             workers.start(4)
             workers.start(4)
             workers.wait_for_running_trial(epochs=1)
             proxy.cut()  # what the workers see while PostgreSQL restarts
-            # a few seconds are enough for retries to fail and back off (0.5, 1, 2 s...); a longer
-            # outage only waits longer for the next retry
-            time.sleep(4)
+            # the outage lasts until a worker has met it, then 2 s more: its retries after 0.5 and
+            # 1.5 s fail too and it backs off (the next after 3.5 s reconnects); a fixed sleep
+            # instead either ended before a worker touched the database or waited for the 7.5 s retry
+            deadline = time.monotonic() + 60
+            while "storage unreachable (" not in workers.output():
+                assert time.monotonic() < deadline, f"no worker met the outage in 60 s:\n{workers.output()}"
+                time.sleep(0.05)
+            time.sleep(2)
             proxy.restore()
             codes = workers.wait()
         finally:
