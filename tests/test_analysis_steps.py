@@ -191,6 +191,6 @@ def test_notes_are_written_as_optuna_dashboard_reads_them():
     save_note(trials[1], "trial 1")
     assert (get_note(study), get_note(trials[0]), get_note(trials[1])) == ("**study** note", long, "trial 1")
     save_note(trials[0], "shorter")
-    assert get_note(trials[0]) == "shorter" and get_note(trials[1]) == "trial 1" and get_note(study) == "**study** note"
+    assert (get_note(study), get_note(trials[0]), get_note(trials[1])) == ("**study** note", "shorter", "trial 1")
     attrs = study._storage.get_study_system_attrs(study._study_id)
     assert attrs[f"dashboard:{trials[0]._trial_id}:note_ver"] == 2 and attrs["dashboard:note_ver"] == 1

@@ -236,7 +236,8 @@ def test_four_processes_hammering_one_sqlite_file_never_see_it_locked(tmp_path) 
     assert [t for t in trials if t.state == TrialState.FAIL] == []
 
 
-def _assert_resumed(workers: Workers, victim: FrozenTrial, budget: int, checkpointed: int = 1, epochs: int = 3) -> FrozenTrial:
+def _assert_resumed(workers: Workers, victim: FrozenTrial, budget: int, checkpointed: int = 1,
+                    epochs: int = 3) -> FrozenTrial:
     """The victim FAILed; its one re-run has its parameters, resumed from its checkpoint and completed."""
     output = workers.output()
     trials = assert_budget_kept(workers.study(), budget=budget, workers=2)

@@ -1,8 +1,8 @@
 """Dashboard notes: each trial's page says what happened; the study's page holds the report's reading.
 
 optuna-dashboard shows a Markdown note on every trial and study page (kept in the study's system
-attributes, so any storage works; written by :func:`save_note`, as ``optuna_dashboard.save_note`` would). :func:`trial_note` writes one or
-two lines from the trial's record and step telemetry, e.g.::
+attributes, so any storage works; written by :func:`save_note`, as ``optuna_dashboard.save_note``
+would). :func:`trial_note` writes one or two lines from the trial's record and step telemetry, e.g.::
 
     **diverged**: loss jumped 2.40x above its best at epoch 11; head grad norm peaked 40x its
     median at step 4211, 2 steps after a warm restart; head |dw|/|w| up to 3e-2 (healthy ~1e-3)
