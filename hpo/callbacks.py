@@ -95,9 +95,7 @@ class DashboardNotes(TrialListener):
 
     def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
         try:
-            from optuna_dashboard import save_note
-
-            from hpo.analysis.notes import trial_note
+            from hpo.analysis.notes import save_note, trial_note
 
             save_note(trial, trial_note(ending, ending.steps))
         except Exception as exc:
@@ -112,9 +110,7 @@ class DashboardNotes(TrialListener):
         """Rewrite the study's note now (the worker calls it once more when it stops, past the throttle)."""
         self._last = time.monotonic()
         try:
-            from optuna_dashboard import save_note
-
-            from hpo.analysis.notes import study_note, top_figures
+            from hpo.analysis.notes import save_note, study_note, top_figures
             from hpo.analysis.report import build_report
             from hpo.analysis.trials import load_study_data
 

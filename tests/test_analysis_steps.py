@@ -172,3 +172,25 @@ def test_a_diverged_trials_note_reads_the_update_ratios_up_to_its_verdict_only()
                         outcome=Outcome(Verdict("jump", 1, 2.0), 1, 2, 100, "fp32"), lrs={})
     assert trial.diverged
     assert "head |dw|/|w| up to 5e-2 (healthy ~1e-3)" in telemetry_line(trial, t)
+
+
+def test_notes_are_written_as_optuna_dashboard_reads_them():
+    """hpo writes notes without importing optuna_dashboard; its own get_note reads them back: study
+    and trial notes apart, a long note in chunks, and a shorter rewrite leaves no old tail."""
+    import optuna
+    from optuna_dashboard import get_note
+
+    from hpo.analysis.notes import NOTE_CHUNK, save_note
+
+    study = optuna.create_study()
+    trials = [study.ask() for _ in range(2)]
+    long = "".join(f"line {i}: {'x' * 70}\n" for i in range(2 * NOTE_CHUNK // 70))  # three chunks
+    assert len(long) > 2 * NOTE_CHUNK
+    save_note(study, "**study** note")
+    save_note(trials[0], long)
+    save_note(trials[1], "trial 1")
+    assert (get_note(study), get_note(trials[0]), get_note(trials[1])) == ("**study** note", long, "trial 1")
+    save_note(trials[0], "shorter")
+    assert (get_note(study), get_note(trials[0]), get_note(trials[1])) == ("**study** note", "shorter", "trial 1")
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert attrs[f"dashboard:{trials[0]._trial_id}:note_ver"] == 2 and attrs["dashboard:note_ver"] == 1

@@ -1,8 +1,8 @@
 """Dashboard notes: each trial's page says what happened; the study's page holds the report's reading.
 
-optuna-dashboard shows a Markdown note on every trial and study page (``optuna_dashboard.save_note``,
-kept in the study's system attributes, so any storage works). :func:`trial_note` writes one or
-two lines from the trial's record and step telemetry, e.g.::
+optuna-dashboard shows a Markdown note on every trial and study page (kept in the study's system
+attributes, so any storage works; written by :func:`save_note`, as ``optuna_dashboard.save_note``
+would). :func:`trial_note` writes one or two lines from the trial's record and step telemetry, e.g.::
 
     **diverged**: loss jumped 2.40x above its best at epoch 11; head grad norm peaked 40x its
     median at step 4211, 2 steps after a warm restart; head |dw|/|w| up to 3e-2 (healthy ~1e-3)
@@ -33,6 +33,34 @@ from hpo.telemetry import StepTelemetry
 
 CURVES_SUFFIX = "-" + plots.PNG_NAME  # the file names the trials' figures were uploaded under
 STEPS_SUFFIX = "-" + steps.PNG_NAME
+
+# optuna-dashboard's note format (optuna_dashboard/_note.py, unchanged since 0.8): in the study's
+# system attributes, a version under "dashboard:note_ver" ("dashboard:<trial_id>:note_ver" for a
+# trial's note) and the Markdown in chunks of at most 2045 characters under "dashboard:note_str:<i>"
+# ("dashboard:<trial_id>:note_str:<i>"); a shorter note blanks the chunks it no longer needs.
+NOTE_CHUNK = 2045
+
+
+def save_note(study_or_trial: Any, body: str) -> None:
+    """``optuna_dashboard.save_note``, without importing optuna_dashboard: that imports its web app
+    and, through ``optuna.importance``, scikit-learn and SciPy, ~2 s of CPU in every worker process
+    (on a quiet core; as much as PyTorch's import) for one function that writes a few attributes.
+    tests/test_analysis_steps.py reads what this writes with optuna-dashboard's own ``get_note``."""
+    import optuna
+
+    if isinstance(study_or_trial, optuna.Study):
+        storage, study_id, prefix = study_or_trial._storage, study_or_trial._study_id, "dashboard:"
+    else:
+        trial = study_or_trial
+        storage, study_id, prefix = trial.storage, trial.study._study_id, f"dashboard:{trial._trial_id}:"
+    attrs = storage.get_study_system_attrs(study_id)
+    storage.set_study_system_attr(study_id, prefix + "note_ver", attrs.get(prefix + "note_ver", 0) + 1)
+    chunks = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
+    for i, chunk in enumerate(chunks):
+        storage.set_study_system_attr(study_id, f"{prefix}note_str:{i}", chunk)
+    before = sum(key.startswith(prefix + "note_str:") for key in attrs)
+    for i in range(len(chunks), before):
+        storage.set_study_system_attr(study_id, f"{prefix}note_str:{i}", "")
 
 
 def _g(x: float) -> str:
