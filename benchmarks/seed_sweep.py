@@ -6,11 +6,12 @@ divergence rules as it trains, but trains on to the end of its 14 epochs, so thi
 check each verdict against what the run did afterwards::
 
     hpo optimize --study imdb-seed --trials 15 --set name=imdb-seed-sweep \\
-        --set data.max_train=5000 --set data.max_valid=1000 --set divergence.action=record
+        --set data.max_train=3000 --set data.max_valid=1000 --set divergence.action=record
     python benchmarks/seed_sweep.py --study imdb-seed-sweep --storage sqlite:///hpo.db
 
 It prints, per head rate: runs, mean and max best validation accuracy, runs the rules flagged as
-diverged and the epoch of each jump (and whether it came right after a warm restart), runs that
+diverged and the epoch of each jump (and whether it came right after a warm restart), the worst
+bump right after a warm restart (validation and train loss over their best before it), runs that
 never came back (their last validation loss more than the threshold above their best *and* their
 last train loss above its best by the rules' ``train_rise``: the model broke, as the seed's did)
 and the counts the issue asks for: never-recovered runs the rules caught, and flagged runs that
@@ -70,6 +71,14 @@ def after_restart(epoch: int, cycle_len: int) -> bool:
     return epoch > 1 and (epoch - 1) % cycle_len == 0
 
 
+def restart_bump(t: TrialRecord, series: str, cycle_len: int) -> float:
+    """The largest loss right after a warm restart, relative to the run's best before it (1.0: no bump)."""
+    losses = t.series(series)
+    bumps = [losses[e - 1] / min(losses[: e - 1]) for e in range(2, len(losses) + 1)
+             if after_restart(e, cycle_len) and all(math.isfinite(x) for x in losses[:e])]
+    return max(bumps, default=1.0)
+
+
 def _rules(data) -> DivergenceSpec:
     stored = dict((data.spec or {}).get("divergence") or {})
     stored.pop("action", None)
@@ -86,7 +95,7 @@ def table(data) -> list[str]:
            f"(SGDR cycles of {cycle}: warm restarts before epochs {', '.join(str(e) for e in range(cycle + 1, data.max_epochs + 1, cycle))}); "
            f"divergence rules: threshold {rules.threshold:g}, train_rise {rules.train_rise:g}", "",
            f"  {'lr_head':>8} {'runs':>4} {'mean best acc':>13} {'max':>6} {'diverged':>8} {'jumps (epoch; r = right after a restart)':<42} "
-           f"{'never back':>10} {'last val loss / best':<22}"]
+           f"{'never back':>10} {'worst restart bump val/train':>28}  {'last val loss / best':<22}"]
     caught = missed = false_pos = never = saved = overfit = 0
     for rate in sorted(by_rate):
         runs = sorted(by_rate[rate], key=lambda t: t.params.get("seed", 0))
@@ -98,8 +107,10 @@ def table(data) -> list[str]:
         overfit += sum(1 for t in runs if overfitted(t, rules))
         ratios = " ".join(f"{t.series('val_loss')[-1] / min(x for x in t.series('val_loss') if math.isfinite(x)):.2f}"
                           if math.isfinite(t.series('val_loss')[-1]) else "nan" for t in runs)
+        bump = (f"{max(restart_bump(t, 'val_loss', cycle) for t in runs):.2f}x / "
+                f"{max(restart_bump(t, 'train_loss', cycle) for t in runs):.2f}x")
         out.append(f"  {rate:>8g} {len(runs):>4} {statistics.fmean(accs):>13.4f} {max(accs):>6.4f} {len(flagged):>8} "
-                   f"{jumps or '-':<42} {len(gone):>10} {ratios:<22}")
+                   f"{jumps or '-':<42} {len(gone):>10} {bump:>28}  {ratios:<22}")
         never += len(gone)
         caught += sum(1 for t in gone if t.diverged)
         missed += sum(1 for t in gone if not t.diverged)
@@ -165,13 +176,28 @@ def figure(data, path: Path) -> None:
     fig.savefig(path)
 
 
+def joined(studies: list) -> object:
+    """One sweep from several studies of the same spec but for the head rates they try."""
+    import dataclasses
+
+    first = studies[0]
+    if len(studies) == 1:
+        return first
+    return dataclasses.replace(first, name=" + ".join(d.name for d in studies),
+                               finished=[t for d in studies for t in d.finished],
+                               max_epochs=max(d.max_epochs for d in studies))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default="imdb-seed-sweep")
+    parser.add_argument("--study", action="append", default=None,
+                        help="The sweep's study (default imdb-seed-sweep); repeat to join sweeps that extend one "
+                             "another's head rates (same spec otherwise)")
     parser.add_argument("--storage", default="sqlite:///hpo.db")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    data = load_study_data(args.study, open_storage(args.storage, create=False))
+    storage = open_storage(args.storage, create=False)
+    data = joined([load_study_data(name, storage) for name in args.study or ["imdb-seed-sweep"]])
     lines = table(data)
     print("\n".join(lines))
     out = Path(args.out)
