@@ -33,6 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from optuna.trial import TrialState  # noqa: E402
+
 from hpo.analysis.trials import load_study_data  # noqa: E402
 from hpo.divergence import CHANCE_LOSS  # noqa: E402
 from hpo.record import TrialRecord  # noqa: E402
@@ -188,6 +190,30 @@ def joined(studies: list) -> object:
                                max_epochs=max(d.max_epochs for d in studies))
 
 
+def join_into(names: list[str], target: str, storage) -> None:
+    """Copy the finished trials of sweeps ``names`` into one new study ``target`` (lr_head's choices
+    joined), so that ``hpo report --study TARGET`` reads the whole range of head rates at once."""
+    import optuna
+
+    from hpo.study import SPEC_ATTR
+
+    studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
+    trials = [t for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    rates = sorted({t.params["lr_head"] for t in trials})
+    joined_study = optuna.create_study(study_name=target, storage=storage, direction="maximize")
+    for key, value in studies[0].user_attrs.items():
+        if key == SPEC_ATTR:
+            value = {**value, "space": {**value["space"], "lr_head": {"type": "categorical", "choices": rates}}}
+        joined_study.set_user_attr(key, value)
+    for t in sorted(trials, key=lambda t: t.datetime_start):
+        distributions = {**t.distributions, "lr_head": optuna.distributions.CategoricalDistribution(rates)}
+        joined_study.add_trial(optuna.trial.create_trial(
+            state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=t.params,
+            distributions=distributions, user_attrs=t.user_attrs, system_attrs=t.system_attrs,
+            intermediate_values=t.intermediate_values))
+    print(f"joined {len(trials)} trials of {', '.join(names)} into study {target!r}: hpo report --study {target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", action="append", default=None,
@@ -195,8 +221,12 @@ def main() -> None:
                              "another's head rates (same spec otherwise)")
     parser.add_argument("--storage", default="sqlite:///hpo.db")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--join-as", default=None, metavar="NAME",
+                        help="Also copy the studies' finished trials into one new study NAME, for hpo report")
     args = parser.parse_args()
     storage = open_storage(args.storage, create=False)
+    if args.join_as:
+        join_into(args.study or ["imdb-seed-sweep"], args.join_as, storage)
     data = joined([load_study_data(name, storage) for name in args.study or ["imdb-seed-sweep"]])
     lines = table(data)
     print("\n".join(lines))
