@@ -49,6 +49,7 @@ from hpo.train import _native_bf16, available_cores
 Log = Callable[[str], None]
 FORMAT = 1
 _FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+BUSY_LOAD = 0.75  # load average per core above which the CPU is too busy to time candidates
 _SECONDS_PER_CANDIDATE = 1.5  # after warm-up; at least MIN_BATCHES batches
 _MIN_BATCHES = 3
 
@@ -78,10 +79,14 @@ class Calibration:
     seconds: float = 0.0  # what the calibration cost
     when: str = ""
     cached: bool = False
+    busy: float = 0.0  # the load average that kept it from measuring (the defaults, not cached); 0: measured
 
     def describe(self) -> str:
         how = f"{self.jobs} processes x {self.threads} thread{'s' if self.threads > 1 else ''}" if self.jobs > 1 \
             else f"1 process x {self.threads} thread{'s' if self.threads > 1 else ''}"
+        if self.busy:
+            return (f"{self.precision}, {how}: the defaults, not measured: other work keeps the cores busy (load "
+                    f"average {self.busy:.1f}), and timings taken now would describe it; a later quiet start measures")
         others = "; ".join(f"{label} {tps / 1000:.0f}k" for label, tps in self.measured.items())
         source = f"cached from {self.when}" if self.cached else f"measured in {self.seconds:.1f} s"
         return (f"{self.precision}{'' if self.mkldnn else ' without oneDNN'}, {how}: "
@@ -220,14 +225,41 @@ def calibrate(spec: Spec, data: Dataset, device: torch.device, log: Log = lambda
     return Calibration(calibration_key(spec, device), best.precision, best.mkldnn, jobs, threads, total, labels, seconds, when)
 
 
-def ensure_calibration(spec: Spec, data: Dataset, device: torch.device | None = None, log: Log = lambda m: None) -> Calibration:
-    """The cached calibration for this machine and model shape, measured (once, under a file lock) when missing."""
+def load_average() -> float:
+    """The 1-minute load average (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def defaults(spec: Spec, device: torch.device, busy: float) -> Calibration:
+    """What runs when nothing was measured: bf16 where native, oneDNN on, one 1-thread process per core."""
+    cores = available_cores() if device.type == "cpu" else 1
+    precision = "bf16" if _native_bf16(device.type) else "fp32"
+    jobs, threads = (cores, 1) if cores > 1 else (1, cores)
+    when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return Calibration(calibration_key(spec, device), precision, True, jobs, threads, 0.0, {}, 0.0, when, busy=busy)
+
+
+def ensure_calibration(spec: Spec, data: Dataset, device: torch.device | None = None, log: Log = lambda m: None,
+                       load: Callable[[], float] = load_average) -> Calibration:
+    """The cached calibration for this machine and model shape, measured (once, under a file lock) when missing.
+
+    Not on a busy CPU (a load average above ``BUSY_LOAD`` per core): with other work on the cores
+    a candidate's timing says more about that work than about the candidate (one measured under
+    load here put oneDNN's LSTM at 1.7k tokens/s, 1.4x *faster* than without it when timed fairly),
+    and a cached choice would last. Then the defaults run, uncached, and a later quiet start measures.
+    """
     from hpo.train import resolve_device
 
     device = device or resolve_device(spec.train.device)
     key = calibration_key(spec, device)
     path = cache_file(spec)
     found = _read(path).get(key)
+    busy = load() if found is None and device.type == "cpu" else 0.0
+    if busy > BUSY_LOAD * available_cores():
+        return defaults(spec, device, busy)
     if found is None:
         with file_lock(path.with_suffix(".lock")):
             found = _read(path).get(key)  # another worker may have measured while we waited

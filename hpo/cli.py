@@ -140,7 +140,8 @@ def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None, bool
     calibration = ensure_calibration(spec, load_dataset(spec.data, _echo), log=_echo)
     _echo(f"calibration: {calibration.describe()}")
     # oneDNN was measured per precision: its choice goes with the calibrated precision only
-    return calibration.precision, calibration.jobs, calibration.mkldnn or spec.train.precision != "auto"
+    jobs = None if calibration.busy else calibration.jobs  # the defaults measured nothing: one per core
+    return calibration.precision, jobs, calibration.mkldnn or spec.train.precision != "auto"
 
 
 def resume_command(study: str, trials: int, overrides: tuple[str, ...], url: str, origin: str, jobs: str) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import optuna
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -13,7 +14,7 @@ from hpo.calibrate import Calibration, cache_file, calibration_key, candidates, 
 from hpo.cli import main
 from hpo.data import load_dataset
 from hpo.record import TrialRecord
-from hpo.train import _native_bf16
+from hpo.train import _native_bf16, available_cores
 from tests.conftest import SMALL
 
 
@@ -21,7 +22,7 @@ def test_it_measures_once_then_reads_the_cache(small_spec, tmp_path, monkeypatch
     monkeypatch.setenv("HPO_CALIBRATION_FILE", str(tmp_path / "calibration.json"))
     spec = small_spec("data.max_train=200")
     data = load_dataset(spec.data)
-    first = ensure_calibration(spec, data, torch.device("cpu"))
+    first = ensure_calibration(spec, data, torch.device("cpu"), load=lambda: 0.0)  # a quiet machine, whatever runs beside
     assert not first.cached and first.seconds > 0 and first.tokens_per_second > 0
     assert first.precision in ("fp32", "bf16") and first.jobs >= 1
     # every candidate was measured (and, on several cores, the best one in one process per core)
@@ -29,11 +30,23 @@ def test_it_measures_once_then_reads_the_cache(small_spec, tmp_path, monkeypatch
     assert first.tokens_per_second == max(first.measured.values())
     stored = json.loads(cache_file(spec).read_text())
     assert calibration_key(spec, torch.device("cpu")) in stored
-    second = ensure_calibration(spec, data, torch.device("cpu"))
+    second = ensure_calibration(spec, data, torch.device("cpu"), load=lambda: 99.0)  # cached: the load is not read
     assert second.cached and dataclasses.replace(second, cached=False) == first
     # another model shape is another calibration
     other = dataclasses.replace(spec, model=dataclasses.replace(spec.model, hidden_size=40))
     assert calibration_key(other, torch.device("cpu")) != calibration_key(spec, torch.device("cpu"))
+
+
+def test_a_busy_cpu_runs_the_defaults_uncached_and_says_why(small_spec, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HPO_CALIBRATION_FILE", str(tmp_path / "calibration.json"))
+    spec = small_spec("data.max_train=200")
+    cores = available_cores()
+    busy = ensure_calibration(spec, load_dataset(spec.data), torch.device("cpu"), load=lambda: 0.8 * cores + 0.5)
+    assert busy.busy == pytest.approx(0.8 * cores + 0.5) and busy.measured == {} and busy.seconds == 0
+    assert busy.mkldnn and busy.precision == ("bf16" if _native_bf16("cpu") else "fp32")
+    assert busy.jobs == (cores if cores > 1 else 1) and busy.threads == 1
+    assert "not measured: other work keeps the cores busy (load average" in busy.describe()
+    assert not cache_file(spec).exists()  # nothing cached: a later quiet start measures
 
 
 def _plant(spec, precision: str, mkldnn: bool = True) -> None:
