@@ -57,19 +57,31 @@ def check_divergence(
     """The first epoch at which the history shows divergence, or None for a stable run.
 
     ``grad_norm_max[e]`` is the largest pre-clip gradient norm of any layer group in epoch ``e``.
+    With ``rules.confirm_epochs = k`` a jump is returned (with its own epoch) only once the
+    validation loss is still above the threshold k epochs later; one that comes back first was a
+    bump, and the run's best moves on as if it had not happened.
     """
     best = best_train = math.inf
+    pending: tuple[int, float, float] | None = None  # a jump waiting for confirmation: (epoch, ratio, best before it)
     for e, val in enumerate(val_loss):
         epoch = e + 1
         train = train_loss[e] if e < len(train_loss) else 0.0
         if not (_finite(val) and _finite(train)):
             return Verdict("nan", epoch)
-        if (
+        if pending is not None:
+            jumped, ratio, before = pending
+            if val <= before * (1 + rules.threshold):
+                pending = None  # back within the threshold: a bump
+            elif epoch - jumped >= rules.confirm_epochs:
+                return Verdict("jump", jumped, ratio)
+        elif (
             e >= rules.warmup_epochs
             and val > best * (1 + rules.threshold)
             and (rules.train_rise <= 0 or train > best_train + rules.train_rise * CHANCE_LOSS)
         ):
-            return Verdict("jump", epoch, val / best)
+            if not rules.confirm_epochs:
+                return Verdict("jump", epoch, val / best)
+            pending = (epoch, val / best, best)
         best, best_train = min(best, val), min(best_train, train)
         if (
             rules.no_progress_epochs
@@ -173,8 +185,9 @@ class DivergenceMonitor:
         self.val_loss.append(val_loss)
         self.train_loss.append(train_loss)
         self.max_grad_norm.append(max_grad_norm)
+        # A confirmed jump carries the epoch it jumped at, up to confirm_epochs before this one.
         verdict = check_divergence(self.val_loss, self.train_loss, self.max_grad_norm, self.rules)
-        return self._first(verdict if verdict is not None and verdict.epoch == len(self.val_loss) else None)
+        return self._first(verdict)
 
     def stops(self, verdict: Verdict) -> bool:
         """Whether training stops on ``verdict``: always for NaN, else unless the rules only record."""

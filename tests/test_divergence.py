@@ -5,6 +5,7 @@ import pytest
 
 from hpo.divergence import CHANCE_LOSS, DivergenceMonitor, StepGuard, check_divergence
 from hpo.pruning import DivergencePruner, record_epoch, verdict_of
+from hpo.record import Verdict
 from hpo.spec import DivergenceSpec
 
 RULES = DivergenceSpec()
@@ -161,3 +162,20 @@ def test_a_monitor_restored_from_its_state_judges_like_the_uninterrupted_one():
     assert second.on_epoch(5, 0.759, 0.759, 2.0).reason == "jump"
     # without the history the jump has nothing to be measured against
     assert DivergenceMonitor(RULES, steps_per_epoch=4).on_epoch(1, 0.759, 0.759, 2.0) is None
+
+
+def test_confirm_epochs_lets_a_restart_bump_come_back_and_still_catches_a_jump_that_stays():
+    # lr_head 0.5 in the seed sweep: the warm restart before epoch 13 lifted val loss 1.61x, and
+    # the cycle's low-rate end brought it back to its best; the seed's own run stayed up
+    bump_val, bump_train = [0.61, 0.55, 0.51, 0.82, 0.50], [0.76, 0.61, 0.57, 0.81, 0.57]
+    stay_val, stay_train = [0.61, 0.55, 0.51, 0.82, 0.79, 0.80], [0.76, 0.61, 0.57, 0.81, 0.78, 0.77]
+    norms = [1.0] * 6
+    at_once, confirmed = DivergenceSpec(), DivergenceSpec(confirm_epochs=1)
+    assert check_divergence(bump_val, bump_train, norms, at_once) == Verdict("jump", 4, pytest.approx(0.82 / 0.51))
+    assert check_divergence(bump_val, bump_train, norms, confirmed) is None
+    assert check_divergence(stay_val[:4], stay_train[:4], norms, confirmed) is None  # not yet: one epoch up
+    assert check_divergence(stay_val, stay_train, norms, confirmed) == Verdict("jump", 4, pytest.approx(0.82 / 0.51))
+    # the monitor stops at the confirming epoch, with the epoch of the jump in its verdict
+    monitor = DivergenceMonitor(confirmed, steps_per_epoch=10)
+    seen = [monitor.on_epoch(e + 1, t, v, 1.0) for e, (v, t) in enumerate(zip(stay_val, stay_train))]
+    assert seen[:4] == [None] * 4 and seen[4] == Verdict("jump", 4, pytest.approx(0.82 / 0.51)) and seen[5] is None

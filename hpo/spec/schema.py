@@ -189,6 +189,10 @@ class DivergenceSpec:
     threshold: float = 0.5  # relative rise of val loss above the trial's own best
     train_rise: float = 0.1  # ...while train loss rose this much * ln 2 above its best (else: overfitting); 0: val alone
     warmup_epochs: int = 1
+    # A jump counts once the validation loss is still above the threshold this many epochs later:
+    # at high rates an SGDR warm restart can lift it 1.6x for an epoch that the cycle's low-rate
+    # end brings back to its best (benchmarks/results/seed_sweep.txt); 0 judges at once.
+    confirm_epochs: int = 0
     step_explosion: float = 5.0  # a train step this many times its running mean stops the trial
     step_warmup: int = 20  # steps before the step guard judges; never fewer than one epoch
     no_progress_epochs: int = 2
@@ -203,7 +207,7 @@ class DivergenceSpec:
         _positive(self, "divergence", "threshold", "step_explosion", "grad_norm_limit")
         _choice(self, "divergence", "action")
         _non_negative(self, "divergence", "train_rise", "warmup_epochs", "step_warmup", "no_progress_epochs",
-                      "chance_margin")
+                      "chance_margin", "confirm_epochs")
 
 
 @dataclass(frozen=True)
