@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import uuid
 import warnings
@@ -115,7 +117,22 @@ def spec_diff(stored: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[str, t
         key: (a.get(key, missing), b.get(key, missing))
         for key in sorted(set(a) | set(b))
         if a.get(key, missing) != b.get(key, missing) and not any(key == k or key.startswith(k + ".") for k in LOCAL_KEYS)
+        and not (key not in a and b[key] == _newer_default(key, missing))
     }
+
+
+def _newer_default(key: str, missing: Any) -> Any:
+    """The default of a section setting (``divergence.confirm_epochs``): a study stored by an
+    older hpo lacks settings added since, and their defaults keep the behaviour it had."""
+    from hpo.spec.schema import Spec
+
+    section, _, name = key.partition(".")
+    kinds = {f.name: f.default_factory for f in dataclasses.fields(Spec) if f.default_factory is not dataclasses.MISSING}
+    kind = kinds.get(section)
+    if not dataclasses.is_dataclass(kind) or "." in name:
+        return missing
+    defaults = {f.name: f.default for f in dataclasses.fields(kind) if f.default is not dataclasses.MISSING}
+    return _plain({"v": defaults[name]})["v"] if name in defaults else missing
 
 
 def _mismatch_message(name: str, differing: Mapping[str, tuple[Any, Any]]) -> str:

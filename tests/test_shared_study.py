@@ -40,6 +40,17 @@ def test_the_creating_workers_spec_is_stored_and_others_must_match(small_spec, t
     assert "threads" not in message and "cache_dir" not in message
 
 
+def test_a_study_stored_before_a_setting_existed_joins_at_its_default_only(small_spec, tmp_path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")
+    study = open_study(small_spec("name=older"), storage)
+    stored = study.user_attrs[SPEC_ATTR]
+    del stored["divergence"]["confirm_epochs"]  # as an hpo before divergence.confirm_epochs wrote it
+    study.set_user_attr(SPEC_ATTR, stored)
+    assert open_study(small_spec("name=older"), storage).study_name == "older"  # the default: same behaviour
+    with pytest.raises(HpoError, match=r"divergence.confirm_epochs: study \(unset\), yours 1"):
+        open_study(small_spec("name=older", "divergence.confirm_epochs=1"), storage)
+
+
 def test_a_worker_with_another_spec_is_refused_in_one_line(small_spec, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     open_study(small_spec("name=cli-shared"), open_storage("sqlite:///hpo.db"))
