@@ -270,8 +270,9 @@ def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
         top = [t for t in complete[: max(3, len(complete) // 10)] if focus and focus in t.lrs]
         if focus and len(top) >= 2 and focus not in constants:
             lo, hi = min(t.lrs[focus] for t in top), max(t.lrs[focus] for t in top)
+            span = f"{_g(lo)} to {_g(hi)}" if _g(lo) != _g(hi) else f"{_g(lo)}, all of them"
             parts.append(
-                f"The best {len(top)} trials used {focus} {_g(lo)} to {_g(hi)} "
+                f"The best {len(top)} trials used {focus} {span} "
                 f"(best: trial {best.number}, {best.val_accuracy:.4f} validation{test} accuracy)."
             )
         else:
