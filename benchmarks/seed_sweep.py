@@ -16,8 +16,8 @@ never came back (their last validation loss more than the threshold above their 
 last train loss above its best by the rules' ``train_rise``: the model broke, as the seed's did)
 and the counts the issue asks for: never-recovered runs the rules caught, and flagged runs that
 did recover (false positives). Runs whose validation loss ended high while their train loss kept
-falling overfitted; they are counted apart, since the rules leave overfitting to the pruner. Then the epochs that stopping at the verdict would have saved against
-running every schedule to its end. It writes ``seed_sweep.txt`` and ``seed_sweep.png`` (validation
+falling overfitted; they are counted apart, since the rules leave overfitting to the pruner. Then
+the epochs that stopping at the verdict would have saved against running every schedule to its end. It writes ``seed_sweep.txt`` and ``seed_sweep.png`` (validation
 loss of every run by head rate, jumps marked; mean best accuracy and divergence rate per head
 rate, like the seed's own table).
 """
@@ -25,6 +25,7 @@ rate, like the seed's own table).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from optuna.trial import TrialState  # noqa: E402
 
-from hpo.analysis.trials import load_study_data  # noqa: E402
+from hpo.analysis.trials import StudyData, load_study_data  # noqa: E402
 from hpo.divergence import CHANCE_LOSS  # noqa: E402
 from hpo.record import TrialRecord  # noqa: E402
 from hpo.spec.schema import DivergenceSpec  # noqa: E402
@@ -178,10 +179,8 @@ def figure(data, path: Path) -> None:
     fig.savefig(path)
 
 
-def joined(studies: list) -> object:
+def joined(studies: list[StudyData]) -> StudyData:
     """One sweep from several studies of the same spec but for the head rates they try."""
-    import dataclasses
-
     first = studies[0]
     if len(studies) == 1:
         return first

@@ -237,9 +237,8 @@ def defaults(spec: Spec, device: torch.device, busy: float) -> Calibration:
     """What runs when nothing was measured: bf16 where native, oneDNN on, one 1-thread process per core."""
     cores = available_cores() if device.type == "cpu" else 1
     precision = "bf16" if _native_bf16(device.type) else "fp32"
-    jobs, threads = (cores, 1) if cores > 1 else (1, cores)
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    return Calibration(calibration_key(spec, device), precision, True, jobs, threads, 0.0, {}, 0.0, when, busy=busy)
+    return Calibration(calibration_key(spec, device), precision, True, cores, 1, 0.0, {}, 0.0, when, busy=busy)
 
 
 def ensure_calibration(spec: Spec, data: Dataset, device: torch.device | None = None, log: Log = lambda m: None,
