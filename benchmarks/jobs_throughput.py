@@ -111,11 +111,12 @@ def run_once(jobs: int, trials: int, epochs: int, sets: list[str], folder: Path)
     sampler.join()
     import optuna
 
+    from hpo.record import TrialRecord
     from hpo.storage.resilient import open_storage
 
     study = optuna.load_study(study_name=f"jobs{jobs}", storage=open_storage(url))
     done = [t for t in study.trials if t.state.is_finished()]
-    return Run(jobs, seconds, len(done), sum(int(t.user_attrs.get("epochs_run", 0)) for t in done),
+    return Run(jobs, seconds, len(done), sum(TrialRecord.from_trial(t).epochs_run for t in done),
                sampler.peak_one, sampler.peak_total, code)
 
 
