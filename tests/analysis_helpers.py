@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.analysis import synthetic
+import synthetic
 
 SERVERS = {
     "postgresql": ("127.0.0.1", 5432, "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
@@ -31,7 +31,7 @@ def server_url(kind: str) -> str:
 
 
 def known_study(storage, lr_heads, name: str | None = None, failed: int = 0, seed: int = 0) -> optuna.Study:
-    """A maximize study whose trials follow :mod:`hpo.analysis.synthetic`, plus ``failed`` FAIL trials."""
+    """A maximize study whose trials follow :mod:`synthetic`, plus ``failed`` FAIL trials."""
     study = optuna.create_study(storage=storage, study_name=name or f"known-{uuid.uuid4().hex[:8]}", direction="maximize")
     synthetic.add_known_trials(study, lr_heads, seed=seed)
     for _ in range(failed):

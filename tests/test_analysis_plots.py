@@ -5,11 +5,11 @@ import matplotlib.image
 import optuna
 import pytest
 
-from hpo.analysis import synthetic
+import synthetic
 from hpo.analysis.plots import grad_norm_figure, lr_accuracy_figure, lr_schedule_figure, trial_figure_png, val_loss_figure
 from hpo.analysis.trials import load_study_data
 from hpo.record import TrialRecord
-from tests.analysis_helpers import known_study
+from analysis_helpers import known_study
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,9 @@ def test_trial_figure_is_a_small_png():
 def test_a_failed_upload_does_not_fail_the_trial(tmp_path, caplog, small_spec):
     from optuna.artifacts import FileSystemArtifactStore
 
-    from hpo.callbacks import FigureUpload
+    from hpo.search.callbacks import FigureUpload
     from hpo.data import load_dataset
-    from hpo.objective import Objective
+    from hpo.search.objective import Objective
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")

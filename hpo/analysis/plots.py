@@ -30,12 +30,19 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import optuna
 from matplotlib.figure import Figure
 
-from hpo import record
+from hpo.analysis.importance import param_importances
+from hpo.analysis.report import divergence_rule
 from hpo.analysis.trials import StudyData, TrialRecord
-from hpo.record import LAYER_GROUPS, best_trial
+from hpo.errors import HpoError
+from hpo.record import best_trial, rates_text
+from hpo.spec import LAYER_GROUPS, TrainSpec
+from hpo.storage.artifacts.stores import upload_bytes
+from hpo.training.lrfind import RangeTest
+from hpo.training.schedule import sgdr_factor
 
 logger = logging.getLogger(__name__)
 _COLORS = {"complete": "tab:blue", "pruned": "0.6", "diverged": "tab:red"}
@@ -54,7 +61,7 @@ _NAMED = 4  # up to this many trials of a kind get a legend entry each, with the
 def _label(kind: str, t: TrialRecord, members: Sequence[TrialRecord], i: int) -> str | None:
     """A legend entry: each of a few trials by number and rates, or one entry for many."""
     if len(members) <= _NAMED and kind != "complete":
-        rates = ", ".join(f"{k} {v:.2g}" for k, v in sorted(t.lrs.items()))
+        rates = rates_text(t.lrs)
         return f"{kind}: trial {t.number} ({rates})"
     return f"{kind} ({len(members)} trials)" if i == 0 else None
 
@@ -114,7 +121,7 @@ def grad_norm_figure(data: StudyData) -> Figure:
                 ax.plot(t.diverged_epoch, norms[t.diverged_epoch - 1], "x", color="darkred", ms=6)
         if best is not None and best.epochs:
             norms = _finite(best.group_series("grad_norm_mean", group))
-            rates = ", ".join(f"{k} {v:.2g}" for k, v in sorted(best.lrs.items()))
+            rates = rates_text(best.lrs)
             ax.plot(range(1, len(norms) + 1), norms, color="black", lw=2.5, label=f"best (trial {best.number}: {rates})")
         ax.set_yscale("log")
         ax.set_title(group)
@@ -180,8 +187,6 @@ def lr_schedule_figure(data: StudyData, trial: TrialRecord | None = None) -> Fig
     for i, group in enumerate(_groups([trial]) or LAYER_GROUPS):
         color = f"C{i}"
         if group in peaks and cycle_len:
-            from hpo.train import sgdr_factor  # torch: imported only when drawing a schedule
-
             xs = [k / per_epoch for k in range(epochs * per_epoch)]
             ax.plot([1 + x for x in xs], [peaks[group] * sgdr_factor(x, cycle_len, cycle_mult, min_ratio) for x in xs],
                     color=color, lw=1.5, label=f"{group} (peak {peaks[group]:.2g})")
@@ -199,18 +204,11 @@ def lr_schedule_figure(data: StudyData, trial: TrialRecord | None = None) -> Fig
 
 
 def _schedule_settings(data: StudyData, trial: TrialRecord) -> tuple[int | None, int, float, str]:
-    from hpo.spec import TrainSpec
-
     spec = data.spec
-    train = (spec or {}).get("train") or {}
-    cycle = trial.params.get("cycle_len", ((spec or {}).get("space") or {}).get("cycle_len"))
-    assumed = "" if spec else "default cycle_mult, lr_min_ratio"
-    return (
-        int(cycle) if isinstance(cycle, (int, float)) else None,
-        int(train.get("cycle_mult", TrainSpec.cycle_mult)),
-        float(train.get("lr_min_ratio", TrainSpec.lr_min_ratio)),
-        assumed,
-    )
+    train = spec.train if spec is not None else TrainSpec()
+    cycle = trial.params.get("cycle_len", spec.space.get("cycle_len") if spec is not None else None)
+    assumed = "" if spec is not None else "default cycle_mult, lr_min_ratio"
+    return (int(cycle) if isinstance(cycle, (int, float)) else None, train.cycle_mult, train.lr_min_ratio, assumed)
 
 
 def _groups(trials: Sequence[TrialRecord]) -> list[str]:
@@ -226,7 +224,6 @@ def _precomputed(importances: Mapping[str, float]) -> Any:
     Built on demand: ``optuna.importance`` imports scikit-learn (a second or more), which the
     per-trial figure, drawn in every trial, does not need.
     """
-
     class _Precomputed(optuna.importance.BaseImportanceEvaluator):
         def evaluate(self, study: optuna.Study, params: list[str] | None = None, *, target: Callable | None = None) -> dict[str, float]:
             return dict(importances)
@@ -236,10 +233,6 @@ def _precomputed(importances: Mapping[str, float]) -> Any:
 
 def write_study_figures(data: StudyData, study: optuna.Study, out_dir: str | Path) -> list[Path]:
     """Write every study figure into ``out_dir``; returns the paths written."""
-    from hpo.analysis.importance import param_importances
-    from hpo.analysis.report import divergence_rule
-    from hpo.errors import HpoError
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rule = divergence_rule(data.finished)
@@ -333,6 +326,34 @@ def upload_trial_figure(trial: TrialRecord, running: optuna.Trial, store: Any) -
     runs as the trial ends. Returns the artifact id; optuna-dashboard shows the PNG on the
     trial's page.
     """
-    from hpo.storage.artifacts import upload_bytes
-
     return upload_bytes(trial_figure_png(trial), f"trial-{trial.number}-{PNG_NAME}", running, store, "image/png")
+
+
+def lr_find_figure(results: Sequence[RangeTest], title: str) -> Figure:
+    """`hpo lr-find`: smoothed loss against rate (log) per group; steepest (o), minimum (v), blow-up (x),
+    the suggested range shaded."""
+    fig = Figure(figsize=(4.2 * len(results), 4), dpi=100)
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, r in zip(axes, results):
+        ax.plot(r.lrs, r.losses, color="tab:blue", lw=1.5)
+        ax.plot(r.lrs, r.raw, color="tab:blue", lw=0.5, alpha=0.3)
+        low, high = r.suggested()
+        ax.axvspan(low, high, color="tab:green", alpha=0.12, label=f"suggested {low:.2g} to {high:.2g}")
+        at = lambda lr: float(np.interp(np.log(lr), np.log(r.lrs), r.losses))  # noqa: E731
+        ax.plot(r.steepest, at(r.steepest), "o", color="tab:green", label=f"steepest {r.steepest:.2g}")
+        ax.plot(r.minimum, at(r.minimum), "v", color="tab:orange", label=f"minimum {r.minimum:.2g}")
+        if r.blowup is not None:
+            ax.axvline(r.blowup, color="tab:red", ls="--", lw=1, label=f"blow-up {r.blowup:.2g}")
+        ax.set_xscale("log")
+        finite = r.losses[np.isfinite(r.losses)]
+        if len(finite):
+            ax.set_ylim(min(finite) * 0.95, min(max(finite), 3 * min(finite)) * 1.05)
+        held = rates_text({f"lr_{k}": v for k, v in r.held.items()})
+        ax.set_title(f"{r.group} (held: {held})", fontsize=8)
+        ax.set_xlabel(f"lr_{r.group}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("train loss (smoothed; faint: raw)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

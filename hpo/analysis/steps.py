@@ -27,8 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from hpo.errors import HpoError
 from hpo.record import TrialRecord
-from hpo.telemetry import StepTelemetry
+from hpo.storage.artifacts.stores import artifact_store, read_upload, upload_bytes
+from hpo.storage.database.studies import load_existing
+from hpo.training.telemetry import StepTelemetry, artifact_name
 
 HEALTHY_UPDATE_RATIO = 1e-3
 PNG_NAME = "steps.png"
@@ -110,7 +113,7 @@ def title(trial: TrialRecord) -> str:
     if verdict is not None:
         where = f"epoch {verdict.epoch}" + (f", step {verdict.step}" if verdict.step is not None else "")
         state += f" ({verdict.reason} at {where})"
-    rates = ", ".join(f"{k} {v:.2g}" for k, v in sorted(trial.lrs.items()))
+    rates = trial.rates_text()
     return f"trial {trial.number}: {state} | {rates}"
 
 
@@ -189,8 +192,6 @@ def step_figure_png(trial: TrialRecord, t: StepTelemetry) -> bytes:
 
 def upload_step_figure(trial: TrialRecord, t: StepTelemetry, running: Any, store: Any) -> str:
     """Upload the PNG as an artifact of ``running`` (the live ``optuna.Trial``); returns its id."""
-    from hpo.storage.artifacts import upload_bytes
-
     return upload_bytes(step_figure_png(trial, t), f"trial-{trial.number}-{PNG_NAME}", running, store, "image/png")
 
 
@@ -204,16 +205,17 @@ def write_trial_figures(trial: TrialRecord, t: StepTelemetry, out_dir: str | Pat
     return [html, png]
 
 
+def load_telemetry(trial: Any, storage: Any, store: Any) -> StepTelemetry | None:
+    """The step telemetry a finished trial (``FrozenTrial``) uploaded, or None when it has none."""
+    data = read_upload(trial, storage, store, artifact_name(trial.number))
+    return StepTelemetry.from_bytes(data) if data is not None else None
+
+
 def trial_step_figures(study_name: str, storage: Any, number: int, out_dir: str | Path) -> list[Path]:
     """``hpo plot --trial N``: read trial ``number``'s telemetry from its study and write its figures.
 
     An HpoError when the study or trial does not exist, or the trial stored no telemetry.
     """
-    from hpo.errors import HpoError
-    from hpo.storage.artifacts import artifact_store
-    from hpo.study import load_existing
-    from hpo.telemetry import load_telemetry
-
     study = load_existing(study_name, storage)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:

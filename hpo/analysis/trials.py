@@ -15,15 +15,16 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import optuna
 
 from hpo import record
 from hpo.errors import HpoError
-from hpo.record import Tally, TrialRecord, best_trial
-from hpo.study import SPEC_ATTR, load_existing
+from hpo.record import StudyRecord, Tally, TrialRecord, best_trial
+from hpo.spec import Spec
+from hpo.storage.database.studies import load_existing
 
 __all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message"]
 
@@ -37,7 +38,7 @@ class StudyData:
     states: Mapping[str, int]  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING -> count
     max_epochs: int
     max_epochs_source: str  # "spec" or "longest trial"
-    user_attrs: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    spec: Spec | None = None  # the spec the study was created with, when it stored one
     tally: Tally | None = None
 
     @property
@@ -48,11 +49,6 @@ class StudyData:
     def best(self) -> TrialRecord | None:
         return best_trial(self.finished)
 
-    @property
-    def spec(self) -> Mapping[str, Any] | None:
-        stored = self.user_attrs.get(SPEC_ATTR)
-        return stored if isinstance(stored, Mapping) else None
-
 
 def load_study_data(name: str, storage: optuna.storages.BaseStorage) -> StudyData:
     """Read study ``name``; an HpoError when it does not exist or has no finished trial."""
@@ -62,8 +58,12 @@ def load_study_data(name: str, storage: optuna.storages.BaseStorage) -> StudyDat
     finished = [r for r in records if r.finished]
     if not finished:
         raise HpoError(no_finished_message(name, states))
-    max_epochs, source = _max_epochs(study.user_attrs, finished)
-    return StudyData(name, finished, dict(states), max_epochs, source, dict(study.user_attrs), Tally.of(records))
+    try:
+        spec = StudyRecord.of(study).parsed_spec()
+    except HpoError:  # a spec of another hpo version: analysis goes on with the defaults
+        spec = None
+    max_epochs, source = _max_epochs(spec, finished)
+    return StudyData(name, finished, dict(states), max_epochs, source, spec, Tally.of(records))
 
 
 def no_finished_message(name: str, states: Mapping[str, int]) -> str:
@@ -76,10 +76,7 @@ def no_finished_message(name: str, states: Mapping[str, int]) -> str:
     return f"study {name!r} has {what}: run `hpo optimize --study {name} --trials N` first"
 
 
-def _max_epochs(study_attrs: Mapping[str, Any], trials: list[TrialRecord]) -> tuple[int, str]:
-    spec = study_attrs.get(SPEC_ATTR)
-    if isinstance(spec, dict):
-        value = (spec.get("train") or {}).get("max_epochs")
-        if isinstance(value, int) and value > 0:
-            return value, "spec"
+def _max_epochs(spec: Spec | None, trials: list[TrialRecord]) -> tuple[int, str]:
+    if spec is not None:
+        return spec.train.max_epochs, "spec"
     return max((t.epochs_run for t in trials), default=0), "longest trial"
