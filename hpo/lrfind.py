@@ -157,33 +157,40 @@ def range_test(spec: Spec, data: Any, group: str, steps: int = 200, lr_min: floa
 
 
 def figure(results: Sequence[RangeTest], title: str) -> Any:
-    """Smoothed loss against rate (log) per group; steepest (o), minimum (v), blow-up (x), suggested range shaded."""
+    """Smoothed loss against rate (log) per group; steepest (o), minimum (v), blow-up (x), suggested range shaded.
+
+    One panel per group on the same rate axis; each panel's numbers sit in a legend below it,
+    outside the curve; the loss axis ends a little above the starting loss, cutting off the blow-up.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(results), 4), dpi=100)
-    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    fig = Figure(figsize=(0.6 + 4.2 * len(results), 4.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False, sharex=True)[0]
     for ax, r in zip(axes, results):
-        ax.plot(r.lrs, r.losses, color="tab:blue", lw=1.5)
+        ax.plot(r.lrs, r.losses, color="tab:blue", lw=1.5, label="smoothed loss (faint: raw)")
         ax.plot(r.lrs, r.raw, color="tab:blue", lw=0.5, alpha=0.3)
         low, high = r.suggested()
         ax.axvspan(low, high, color="tab:green", alpha=0.12, label=f"suggested {low:.2g} to {high:.2g}")
         at = lambda lr: float(np.interp(np.log(lr), np.log(r.lrs), r.losses))  # noqa: E731
-        ax.plot(r.steepest, at(r.steepest), "o", color="tab:green", label=f"steepest {r.steepest:.2g}")
+        ax.plot(r.steepest, at(r.steepest), "o", color="tab:green", label=f"steepest descent {r.steepest:.2g}")
         ax.plot(r.minimum, at(r.minimum), "v", color="tab:orange", label=f"minimum {r.minimum:.2g}")
         if r.blowup is not None:
             ax.axvline(r.blowup, color="tab:red", ls="--", lw=1, label=f"blow-up {r.blowup:.2g}")
         ax.set_xscale("log")
         finite = r.losses[np.isfinite(r.losses)]
         if len(finite):
-            ax.set_ylim(min(finite) * 0.95, min(max(finite), 3 * min(finite)) * 1.05)
+            # up to the starting loss (or 3x the minimum): the whole way down shows, the blow-up is cut
+            low_y, high_y = min(finite), min(max(finite), max(3 * min(finite), 1.1 * finite[0]))
+            pad = 0.06 * (high_y - low_y or low_y)  # room for the minimum's marker at the bottom
+            ax.set_ylim(low_y - pad, high_y + pad)
         held = ", ".join(f"{k} {v:.2g}" for k, v in r.held.items())
-        ax.set_title(f"{r.group} (held: {held})", fontsize=8)
+        ax.set_title(f"{r.group}\n(others held: {held})", fontsize=9)
         ax.set_xlabel(f"lr_{r.group}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-    axes[0].set_ylabel("train loss (smoothed; faint: raw)")
+        # below the axes, where constrained layout makes room: the curve runs through every corner
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
+    axes[0].set_ylabel("train loss")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
