@@ -90,6 +90,15 @@ def _texts(fig) -> list[str]:
 
 
 def assert_legends_fit(fig) -> None:
+    """At the figure's own resolution and at 80 dpi (the docs' copies), where hinting widens small text."""
+    own = fig.get_dpi()
+    for dpi in (own, 80):
+        fig.set_dpi(dpi)
+        _assert_legends_fit(fig)
+    fig.set_dpi(own)
+
+
+def _assert_legends_fit(fig) -> None:
     renderer = _drawn(fig)
     legends = _legends(fig)
     assert legends, "no legend"

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
+from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
@@ -49,6 +51,7 @@ _DPI = 100
 PNG_NAME = "curves.png"  # a trial's epoch curves are trial-N-curves.png (hpo.analysis.notes links them)
 DIVERGENCE_MARK = "x = divergence detected"  # in a title only where such a mark is drawn
 _MARK = {"marker": "x", "color": "darkred", "ms": 7, "mew": 1.5, "ls": "none"}
+_MEASURE = RendererAgg(1, 1, 72)  # measures legend labels in points
 
 
 def _kind(t: TrialRecord) -> str:
@@ -131,20 +134,23 @@ def _proxy(color: str, label: str, marker: str | None = None) -> Line2D:
     return Line2D([], [], color=color, label=label, marker=marker, ms=3.5)
 
 
-def _figure_legend(fig: Figure, handles: Sequence[Any], where: str = "lower center", ncols: int | None = None,
-                   fontsize: float = 8) -> Any:
+def _figure_legend(fig: Figure, handles: Sequence[Any], where: str = "lower center", fontsize: float = 8) -> Any:
     """One legend for the whole figure, outside every axes (constrained layout makes room for it).
 
-    Without ``ncols``: one row when the entries fit across the figure, else as many columns as
-    the longest entry allows (a rough width: half an em per character, a handle of four).
+    One row when the entries fit across the figure, else as many columns as the widest entry
+    allows: the labels are measured in the font they are drawn in, with a tenth to spare, since
+    hinting makes small text a little wider at some resolutions.
     """
     if not handles:
         return None
-    if ncols is None:
-        width = fig.get_figwidth() * 72 * 0.95  # points
-        em = fontsize * 0.52
-        sizes = [(len(h.get_label()) + 4) * em for h in handles]
-        ncols = len(handles) if sum(sizes) <= width else max(1, min(len(handles), int(width // max(sizes))))
+    font = FontProperties(size=fontsize)
+    texts = [1.1 * _MEASURE.get_text_width_height_descent(h.get_label(), font, ismath=False)[0] for h in handles]
+    # handle 2 em, pad 0.8 em, column gap 2 em (matplotlib's defaults); points, as the renderer is at 72 dpi
+    width = fig.get_figwidth() * 72 - 4 * fontsize
+    if sum(texts) + len(texts) * 4.8 * fontsize <= width:
+        ncols = len(handles)
+    else:
+        ncols = max(1, min(len(handles), int(width // (max(texts) + 4.8 * fontsize))))
     return fig.legend(handles=list(handles), loc=f"outside {where}", ncols=ncols, fontsize=fontsize, frameon=False)
 
 
