@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpo.analysis.steps import divergence_step, restart_steps, step_figure, step_figure_png, title
+from hpo.analysis.steps import divergence_step, restart_steps, step_figure, step_figure_png, title, visible_restarts
 from hpo.cli import main
 from hpo.record import PRUNED, Outcome, TrialRecord
 
@@ -43,12 +43,15 @@ def test_the_figure_has_four_panels_on_one_step_axis_with_the_marks(diverged):
     lines = [s for s in fig.layout.shapes if s.x0 == s.x1]
     red = [s for s in lines if s.line.color == "red"]
     assert len(red) == 4 and {s.x0 for s in red} == {divergence_step(trial, t)}  # across all four panels
-    assert len(lines) - len(red) == 4 * len(restart_steps(t))
+    # only the restarts the run reached: it stopped before its fourth epoch
+    visible = visible_restarts(trial, t)
+    assert visible == [s for s in restart_steps(t) if s <= divergence_step(trial, t)] and len(visible) < len(restart_steps(t))
+    assert len(lines) - len(red) == 4 * len(visible_restarts(trial, t))
     assert divergence_step(trial, t) >= t.step.max()  # the mark is where the samples end
     assert list(fig.layout.xaxis4.ticktext)[:1] == ["epoch 1"]
     png = step_figure_png(trial, t)
     height, width, _ = matplotlib.image.imread(io.BytesIO(png)).shape
-    assert (width, height) == (720, 648)
+    assert (width, height) == (720, 648)  # constrained layout keeps the size
 
 
 def test_hpo_plot_trial_writes_the_step_figure_and_refuses_unknown_trials(small_spec, tmp_path, monkeypatch):
