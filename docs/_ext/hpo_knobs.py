@@ -2,9 +2,9 @@
 
 ``.. hpo-spec-section:: train`` is a table of every key of that section of a study spec: its
 name, type and default read from the frozen dataclass in :mod:`hpo.spec.schema`, its allowed
-values from ``CHOICES``, and what it means from the comments beside (and above) the field in the
-source. A key whose field has no comment takes its meaning from the directive's content, one
-``key: meaning`` line each. A key with neither, or a line naming a key that does not exist, is an
+values from ``CHOICES``, and what it means from the class docstring (````key``: meaning``) or else
+the comments beside (and above) the field in the source. A key described in neither takes its
+meaning from the directive's content, one ``key: meaning`` line each. A key with neither, or a line naming a key that does not exist, is an
 error, so a new field cannot reach the docs unexplained (CI builds them with ``-W``).
 ``.. hpo-space-knobs::`` is the table of tunable ``[space]`` knobs of the default model, with each
 knob's rule, from :mod:`hpo.spec.knobs`.
@@ -22,6 +22,7 @@ import ast
 import dataclasses
 import inspect
 import io
+import re
 import textwrap
 import tokenize
 from typing import Any
@@ -55,6 +56,25 @@ def field_comments(cls: type) -> dict[str, str]:
             beside = [comments[node.lineno]] if node.lineno in code_lines and node.lineno in comments else []
             out[node.target.id] = " ".join(above + beside)
     return out
+
+
+def docstring_meanings(cls: type) -> dict[str, str]:
+    """Field name -> what the class docstring says of it, as ````name``: meaning`` (up to the next
+    such entry or the paragraph's end), its reST markup reduced to plain text."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for paragraph in re.split(r"\n\s*\n", doc):
+        text = " ".join(paragraph.split())
+        for match in re.finditer(r"``(\w+)``: (.*?)(?=\s``\w+``: |$)", text):
+            if match.group(1) in names:
+                out[match.group(1)] = _plain(match.group(2))
+    return out
+
+
+def _plain(text: str) -> str:
+    text = re.sub(r":\w+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", text)  # :mod:`x` -> x
+    return text.replace("``", "")
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -110,15 +130,19 @@ class SpecSection(Directive):
         if cls is None:
             raise self.error(f"hpo-spec-section: unknown section {section!r} (known: {', '.join(schema.SECTIONS)})")
         comments = field_comments(cls)
+        documented = docstring_meanings(cls)
         fields = dataclasses.fields(cls)
         given = self._given_meanings({f.name for f in fields})
         hints = {f.name: str(f.type) for f in fields}
         rows = []
         for f in fields:
-            meaning = " ".join(m for m in (comments.get(f.name, ""), given.get(f.name, "")) if m)
+            # The class docstring says most; else the comment beside the field; then the page's line.
+            code = documented.get(f.name) or comments.get(f.name, "")
+            meaning = " ".join(m for m in (code, given.get(f.name, "")) if m)
             if not meaning:
-                raise self.error(f"hpo-spec-section {section}: {section}.{f.name} has no comment in "
-                                 f"{cls.__module__} and no '{f.name}: meaning' line here")
+                raise self.error(f"hpo-spec-section {section}: {section}.{f.name} is described neither in "
+                                 f"{cls.__module__}.{cls.__name__} (docstring or comment) nor by a "
+                                 f"'{f.name}: meaning' line here")
             allowed = schema.CHOICES.get(f"{section}.{f.name}")
             if allowed:
                 meaning = f"one of {', '.join(allowed)}" + (f". {meaning}" if meaning else "")
