@@ -20,7 +20,7 @@ from hpo.search.study import FINISHED
 from hpo.search.workers import work
 from test_dashboard_browser import _free_port
 
-pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
+pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 
 
 def _start_proxy(url: str, port: int, cwd: Path, grace: int | None = None) -> tuple[subprocess.Popen[str], list[str]]:
