@@ -21,11 +21,12 @@ from typing import Any, Mapping
 import optuna
 
 from hpo import record
+from hpo.analysis.logs import TrainingLog, from_trial_record
 from hpo.errors import HpoError
 from hpo.record import Tally, TrialRecord, best_trial
 from hpo.study import SPEC_ATTR, load_existing
 
-__all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message"]
+__all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message", "trial_log"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,17 @@ def _max_epochs(study_attrs: Mapping[str, Any], trials: list[TrialRecord]) -> tu
         if isinstance(value, int) and value > 0:
             return value, "spec"
     return max((t.epochs_run for t in trials), default=0), "longest trial"
+
+
+def trial_log(name: str, storage: optuna.storages.BaseStorage, number: int) -> tuple[TrainingLog, Mapping[str, Any] | None]:
+    """Trial ``number`` of study ``name`` as a training log (``hpo diagnose --study --trial``), and
+    the divergence rules the study ran with (its stored spec's table; None when it has none)."""
+    study = load_existing(name, storage)
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.number == number:
+            spec = study.user_attrs.get(SPEC_ATTR)
+            rules = spec.get("divergence") if isinstance(spec, Mapping) else None
+            return from_trial_record(TrialRecord.from_trial(t), name), rules
+    have = f"{trials[0].number}-{trials[-1].number}" if trials else "none yet"
+    raise HpoError(f"study {name!r} has no trial {number} (its trials: {have})")
