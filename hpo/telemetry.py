@@ -25,6 +25,22 @@ Example::
     ...  # inside train(): recorder.wants(step), recorder.snapshot(...), recorder.record(...)
     telemetry = recorder.result()
     telemetry.steps, telemetry.grad_norm[:, telemetry.groups.index("head")]
+
+In your own loop, :func:`param_groups` names your optimizer's parameter groups and
+:func:`group_grad_norms` measures them, as hpo's loop does (``examples/own_loop.py``)::
+
+    groups = param_groups(optimizer)                    # {"embedding": [...], "head": [...]}
+    recorder = StepRecorder(list(groups), steps_per_epoch=len(loader))
+    for step, batch in enumerate(loader):
+        loss = ...; loss.backward()
+        norms = group_grad_norms(groups)                # before clipping
+        recorder.track(loss, norms)
+        if recorder.wants(step):
+            recorder.snapshot(groups)
+        optimizer.step()
+        if recorder.wants(step):
+            recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, norms, clipped, groups)
+    recorder.end_epoch()
 """
 
 from __future__ import annotations
@@ -241,3 +257,36 @@ def load_telemetry(trial: Any, storage: Any, store: Any) -> StepTelemetry | None
             with store.open_reader(meta.artifact_id) as f:
                 return StepTelemetry.from_bytes(f.read())
     return None
+
+
+def param_groups(optimizer: torch.optim.Optimizer) -> dict[str, list[torch.nn.Parameter]]:
+    """An optimizer's parameter groups by name, in its order: what :class:`StepRecorder` and
+    :func:`group_grad_norms` take in your own loop.
+
+    A group's name is its ``"name"`` entry (``{"params": ..., "lr": 1e-3, "name": "head"}``; the
+    PyTorch optimizers keep extra keys), else ``group0``, ``group1``...; an HpoError for a
+    name used twice.
+    """
+    out: dict[str, list[torch.nn.Parameter]] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        name = str(group.get("name", f"group{i}"))
+        if name in out:
+            raise HpoError(f"two parameter groups are named {name!r}: give each group its own 'name'")
+        out[name] = list(group["params"])
+    return out
+
+
+def group_grad_norms(groups: Mapping[str, Sequence[torch.nn.Parameter]]) -> torch.Tensor:
+    """Each group's gradient norm (call it before clipping), as one tensor on the gradients' device:
+    no host synchronisation, so calling it every step costs no wait on a GPU. A group without
+    gradients (frozen) reads 0.
+
+    ``float(norms.max())`` after an epoch is the ``max_grad_norm`` that
+    :meth:`hpo.divergence.DivergenceMonitor.on_epoch` takes (keep a running ``torch.maximum``).
+    """
+    norms = []
+    for params in groups.values():
+        grads = [p.grad for p in params if p.grad is not None]
+        norms.append(torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(()))
+    device = next((n.device for n in norms if n.device.type != "cpu"), torch.device("cpu"))
+    return torch.stack([n.to(device) for n in norms])
