@@ -493,7 +493,7 @@ def diagnose_command(log_file: str | None, fmt: str, out_dir: str | None, rules:
             raise HpoError("--study and --trial go together, without a FILE: hpo diagnose --study S --trial N")
         log, stored = trial_log(study, _read_storage(storage), trial_number)
     elif log_file == "-":
-        log = parse_log(click.get_text_stream("stdin").read())
+        log = parse_log(sys.stdin.read())
     elif log_file:
         log = read_log(log_file)
     else:

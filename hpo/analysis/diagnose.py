@@ -58,6 +58,7 @@ VERDICTS = ("diverged", "overfitting", "stable", "cannot judge")
 OVERFIT_RISE = 0.2
 OVERFIT_EPOCHS = 2
 RESTART_RISE = 2.0  # a group's rate at least doubled since the epoch before: a warm restart
+MOVED_RISE = 10.0  # a group's gradient norm this many times its median before the jump: it moved
 # --rules keys: the epoch rules (the step guard's keys need step losses, which a log does not have)
 RULE_KEYS = ("threshold", "train_rise", "warmup_epochs", "confirm_epochs", "no_progress_epochs", "chance_margin",
              "grad_norm_limit")
@@ -315,20 +316,23 @@ def _divergence_advice(verdict: Verdict, c: _Curves, cols: Columns, log: Trainin
 
 
 def _lower_rate(c: _Curves, cols: Columns, log: TrainingLog, j: int) -> str:
-    """Name the group that moved: the largest rise of a group's gradient norm against its own
-    median before the jump; without norms, the group with the highest rate there."""
+    """Name the groups that moved: those whose gradient norm rose :data:`MOVED_RISE` times its own
+    median before the jump or more (else the one that rose most); without norms, the group with
+    the highest rate there."""
     row = c.rows[j]
-    named = {g: col for g, col in cols.grad_norm.items() if g != "all"}
     rises = []
-    for group, col in named.items():
+    for group, col in cols.grad_norm.items():
         before = [v for v in (log.columns[col][i] for i in c.rows[:j]) if v is not None and v > 0]
         now = log.columns[col][row]
-        if before and now is not None and math.isfinite(now):
+        if group != "all" and before and now is not None and math.isfinite(now):
             rises.append((now / statistics.median(before), group))
-    if len(named) >= 2 and rises:
-        rise, group = max(rises)
-        return (f"lower the learning rate of group {group!r} (e.g. 3x): its gradient norm rose {rise:.3g}x its "
-                f"earlier median at epoch {c.epochs[j]}, the most of any group")
+    if len(cols.grad_norm) >= 2 and rises:
+        rises.sort(reverse=True)
+        moved = [(r, g) for r, g in rises if r >= MOVED_RISE] or rises[:1]
+        names = " and ".join(f"{g!r}" for _, g in moved)
+        how = ", ".join(f"{r:.3g}x" for r, _ in moved)
+        return (f"lower the learning rate of group {names} (e.g. 3x): gradient norm up {how} against its earlier "
+                f"median at epoch {c.epochs[j]}" + ("" if len(moved) > 1 else ", the most of any group"))
     rates = {g: log.columns[col][row] for g, col in cols.lr.items() if g != "all"}
     top = sorted((r, g) for g, r in rates.items() if r is not None and math.isfinite(r))
     if len(top) >= 2 and top[-1][0] > top[-2][0]:  # a tie names no group

@@ -294,8 +294,8 @@ def _keras_console(lines: Sequence[str], source: str) -> TrainingLog:
         metrics = {m.group(1): float(m.group(2)) for m in _KERAS_METRIC.finditer(line)}
         if epoch is not None and metrics:
             rows[-1] = (epoch, metrics)  # the bar's last state holds the epoch's numbers
-    if not rows:
-        raise HpoError(f"cannot read {source}: Epoch k/N lines without metrics; expected {EXPECTED}")
+    if not any(metrics for _, metrics in rows):
+        raise HpoError(f"cannot read {source}: Epoch k/N lines without '- loss: ...' lines; expected {EXPECTED}")
     names = list(dict.fromkeys(name for _, metrics in rows for name in metrics))
     cells = [[float(e), *(metrics.get(n) for n in names)] for e, metrics in rows]
     # every Epoch line is an epoch of its own: a second fit call's "Epoch 1/N" starts the count again
@@ -377,8 +377,9 @@ def _from_table(table: _Table, source: str) -> TrainingLog:
     """Rows -> one value per epoch and column (see the module docstring for how rows combine)."""
     norms = [normalise(h) for h in table.header]
     epoch_at = next((i for i, n in enumerate(norms) if n in ("epoch", "epochs")), None)
+    # numeric columns, and empty ones (fastai's valid_loss is all #na# without a validation set)
     keep = [i for i, n in enumerate(norms) if n not in _NOT_METRICS
-            and any(isinstance(row[i], float) for row in table.rows)]
+            and all(row[i] is None or isinstance(row[i], float) for row in table.rows)]
     notes = list(table.notes)
     rows = list(zip(table.rows, table.parts))
     if epoch_at is None:
