@@ -464,7 +464,7 @@ def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int 
 @main.command("diagnose")
 @click.argument("log_file", required=False, metavar="FILE|-")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--out", "out_dir", default=None, help="Folder for a figure of the curves with the verdict marked.")
+@click.option("--out", "out_dir", default=None, metavar="DIR", help="Folder for a figure of the curves with the verdict marked.")
 @click.option("--rules", "rules", multiple=True, metavar="KEY=VALUE",
               help="Set a divergence rule, e.g. --rules threshold=1.0 (repeatable; keys: threshold, train_rise, "
                    "warmup_epochs, confirm_epochs, no_progress_epochs, chance_margin, grad_norm_limit).")

@@ -7,5 +7,7 @@ never trains. One module per question:
 * :mod:`hpo.analysis.importance`: which hyperparameters matter, for accuracy or for divergence;
 * :mod:`hpo.analysis.report`: the stability report (learning-rate bins, states, savings, reading);
 * :mod:`hpo.analysis.plots`: PNG figures, Optuna's plotly views, and the per-trial figure;
-* :mod:`hpo.analysis.dashboard`: optuna-dashboard on the study's storage and artifact store.
+* :mod:`hpo.analysis.dashboard`: optuna-dashboard on the study's storage and artifact store;
+* :mod:`hpo.analysis.logs` and :mod:`hpo.analysis.diagnose`: a training log from anywhere (fastai,
+  Keras, Lightning, TensorBoard, any table, or a trial) judged by the same divergence rules.
 """

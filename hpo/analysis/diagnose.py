@@ -310,7 +310,7 @@ def _divergence_advice(verdict: Verdict, c: _Curves, cols: Columns, log: Trainin
         advice.append(f"if the learning rate restarted (SGDR) just before epoch {epoch}: shorten the restart "
                       "cycle, or restart at a lower peak")
     if back:
-        advice.append(f"it came back: with --rules confirm_epochs=1 the rules wait an epoch before calling a jump "
+        advice.append("it came back: with --rules confirm_epochs=1 the rules wait an epoch before calling a jump "
                       "(a bump that an SGDR cycle's end brings back passes)")
     return tuple(advice)
 
@@ -329,10 +329,14 @@ def _lower_rate(c: _Curves, cols: Columns, log: TrainingLog, j: int) -> str:
     if len(cols.grad_norm) >= 2 and rises:
         rises.sort(reverse=True)
         moved = [(r, g) for r, g in rises if r >= MOVED_RISE] or rises[:1]
+        if len(moved) == 1:
+            rise, group = moved[0]
+            return (f"lower the learning rate of group {group!r} (e.g. 3x): its gradient norm rose {rise:.3g}x its "
+                    f"earlier median at epoch {c.epochs[j]}, the most of any group")
         names = " and ".join(f"{g!r}" for _, g in moved)
-        how = ", ".join(f"{r:.3g}x" for r, _ in moved)
-        return (f"lower the learning rate of group {names} (e.g. 3x): gradient norm up {how} against its earlier "
-                f"median at epoch {c.epochs[j]}" + ("" if len(moved) > 1 else ", the most of any group"))
+        how = " and ".join(f"{r:.3g}x" for r, _ in moved)
+        return (f"lower the learning rates of groups {names} (e.g. 3x): their gradient norms rose {how} their "
+                f"earlier medians at epoch {c.epochs[j]}")
     rates = {g: log.columns[col][row] for g, col in cols.lr.items() if g != "all"}
     top = sorted((r, g) for g, r in rates.items() if r is not None and math.isfinite(r))
     if len(top) >= 2 and top[-1][0] > top[-2][0]:  # a tie names no group

@@ -391,8 +391,8 @@ def _from_table(table: _Table, source: str) -> TrainingLog:
                  if label is not None and math.isfinite(label)]
     epochs, index_of, restarts = _number([label for label, _, _ in named], [part for _, part, _ in named])
     if restarts:
-        notes.append(f"the log numbers its epochs from the start again {restarts} time(s) (a table per fit call): "
-                     f"the later ones are numbered on here, {epochs[0]}-{epochs[-1]}")
+        notes.append(f"the log has {restarts + 1} tables (one per fit call?), each numbering its epochs from the start: "
+                     f"here they are numbered on, {epochs[0]}-{epochs[-1]}")
     points = {table.header[i]: [(index_of[r], row[i] if isinstance(row[i], float) else None)
                                 for r, (_, _, row) in enumerate(named)] for i in keep}
     return TrainingLog(epochs, _combine_columns(points, len(epochs)), table.format, source, tuple(notes))

@@ -51,7 +51,6 @@ import os
 import pty
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -430,7 +429,7 @@ def main() -> None:
                 suffix = "txt" if tool == "fastai" else "log"
                 in_terminal([sys.executable, __file__, "--child", tool, name], HERE / f"{tool}-{name}.{suffix}",
                             raw=tool == "keras" and name == "nan")
-                if tool == "fastai" and name != "nan":
+                if tool == "fastai":
                     write_fastai1(name, HERE)
             else:
                 {"torch": run_torch, "lightning": run_lightning}[tool](RUNS[name], HERE)
