@@ -221,9 +221,9 @@ def run_fastai(run: Run, out: Path) -> None:
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
     from fastai.optimizer import SGD, Adam
-    from fastai.torch_core import params
+    from fastai.torch_core import params, set_seed
 
-    torch.manual_seed(0)
+    set_seed(0, reproducible=True)  # fastai's DataLoader shuffles with Python's random, not torch's
     data, vocab = reviews(run.train)
     model = bag_model(vocab, run.dropout, n_out=2)
     dsets = [list(zip(x, y.long())) for x, y in (data["train"], data["valid"])]
