@@ -134,8 +134,10 @@ _CANDIDATES: dict[str, tuple[str, ...]] = {
                  "validation_epoch_accuracy", "epoch_val_accuracy",
                  "eval_accuracy", "accuracy", "acc", "train_accuracy", "train_acc", "epoch_accuracy"),
 }
-_LR = re.compile(r"^(?:lr|learning_rate)(?:_(.+))?$")
-_GRAD_NORM = re.compile(r"^grad_(?:\d+_\d+_)?norm(?:_(max|mean))?(?:_(.+))?$")
+# Matched against normalised names; "group" is where the group's name starts (in the original too).
+_LR = re.compile(r"^(?:lr|learning_rate)(?:_(?P<group>.+))?$")
+_GRAD_NORM = re.compile(r"^grad_(?:\d+_\d+_)?norm(?:_(?P<kind>max|mean))?(?:_(?P<group>.+))?$")
+_KIND_ORDER = {"max": 0, None: 1, "mean": 2}
 _NOT_METRICS = {"epoch", "epochs", "step", "global_step", "time", "wall_time", "walltime"}
 
 
@@ -175,15 +177,12 @@ def _groups(names: Iterable[str], pattern: re.Pattern[str], taken: set[str | Non
     """Group -> column for the columns ``pattern`` matches; of a group's ``max``, plain and ``mean``
     gradient norm the first there (the rules judge the largest norm of an epoch)."""
     found: dict[str, tuple[int, str]] = {}
-    rank = {"max": 0, None: 1, "mean": 2}
     for name in names:
         match = pattern.match(normalise(name))
         if not match or name in taken:
             continue
-        kind = match.group(1) if pattern is _GRAD_NORM else None
-        tail_at = match.start(match.lastindex) if match.lastindex and match.group(match.lastindex) else None
-        group = _group_name(name[tail_at:] if tail_at is not None and match.group(match.lastindex) != kind else "")
-        order = rank.get(kind, 1)
+        group = _group_name(name[match.start("group"):] if match.group("group") else "")
+        order = _KIND_ORDER[match.groupdict().get("kind")]
         if group not in found or order < found[group][0]:
             found[group] = (order, name)
     return {g: name for g, (_, name) in found.items()}
