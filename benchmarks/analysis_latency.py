@@ -28,10 +28,11 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # synthetic studies: test scaffolding
 
-from hpo.analysis import synthetic  # noqa: E402
-from hpo.storage.resilient import open_storage  # noqa: E402
-from hpo.storage.urls import mask_url  # noqa: E402
+import synthetic  # noqa: E402
+from hpo.storage.database.resilient import open_storage  # noqa: E402
+from hpo.storage.database.urls import mask_url  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_S = 10.0

@@ -12,7 +12,7 @@ blob grows by the blob's size or more).
         --storage mysql+pymysql://root@127.0.0.1:3306/test               # add the servers (fresh databases)
 
 What it printed on this machine is in benchmarks/results/artifact_store.txt; the SQLite default in
-:mod:`hpo.storage.artifacts` (``SQLITE_CHOICE``) follows from it.
+:mod:`hpo.storage.artifacts.stores` (``SQLITE_CHOICE``) follows from it.
 """
 
 from __future__ import annotations
@@ -47,13 +47,13 @@ def _rss_mib() -> float:
 def _case(kind: str, where: str, blob: str) -> dict[str, float]:
     """One write + read + remove in this process; what it took."""
     if kind == "folder":
-        from hpo.storage.artifacts import FolderStore
+        from hpo.storage.artifacts.stores import FolderStore
 
         store = FolderStore(where)
     else:
         import sqlalchemy
 
-        from hpo.storage.db_artifacts import DatabaseStore
+        from hpo.storage.artifacts.database_store import DatabaseStore
 
         store = DatabaseStore(sqlalchemy.create_engine(where))
     artifact_id = f"bench-{uuid.uuid4().hex}"
@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--storage", action="append", default=[], help="a server's URL (repeatable); a fresh database is made on it")
     args = parser.parse_args()
-    from hpo.storage.urls import mask_url
+    from hpo.storage.database.urls import mask_url
 
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("folder", os.path.join(tmp, "artifacts"), "folder"),

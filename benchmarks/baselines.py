@@ -179,7 +179,7 @@ def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def machine() -> str:
-    from hpo.calibrate import cpu_info
+    from hpo.training.calibrate import cpu_info
 
     cpu = cpu_info()[0]
     return (f"{os.cpu_count()} cores, {cpu}, python {platform.python_version()}, scikit-learn {sklearn.__version__}, "

@@ -1,7 +1,7 @@
 """Database growth per 100 finished trials of the default spec: Optuna's tables and the artifact store.
 
 Writes 100 trials with the default spec's ``train.max_epochs`` (the same trial records a real
-run writes: epoch rows with losses, gradient norms, rates; from :mod:`hpo.analysis.synthetic`,
+run writes: epoch rows with losses, gradient norms, rates; from tests/synthetic.py,
 whose mix of complete, pruned and diverged trials follows ``lr_head``) into a fresh database on
 each server, uploads each trial's figure (the real PNG ``hpo`` draws) to the database artifact
 store, and measures the tables before and after. Checkpoints are not counted: a finished trial's
@@ -22,12 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # synthetic studies: test scaffolding
 
-from hpo.analysis import synthetic  # noqa: E402
+import synthetic  # noqa: E402
 from hpo.analysis.plots import trial_figure_png  # noqa: E402
 from hpo.record import TrialRecord  # noqa: E402
 from hpo.spec import load_spec  # noqa: E402
-from hpo.storage.db_artifacts import ARTIFACTS_TABLE, CHUNKS_TABLE, DatabaseStore  # noqa: E402
+from hpo.storage.artifacts.database_store import ARTIFACTS_TABLE, CHUNKS_TABLE, DatabaseStore  # noqa: E402
 
 SERVERS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",

@@ -112,7 +112,7 @@ def run_once(jobs: int, trials: int, epochs: int, sets: list[str], folder: Path)
     import optuna
 
     from hpo.record import TrialRecord
-    from hpo.storage.resilient import open_storage
+    from hpo.storage.database.resilient import open_storage
 
     study = optuna.load_study(study_name=f"jobs{jobs}", storage=open_storage(url))
     done = [t for t in study.trials if t.state.is_finished()]

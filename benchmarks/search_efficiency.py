@@ -1,7 +1,7 @@
 """Search efficiency: best validation accuracy per training epoch spent, with and without pruning.
 
 Three methods search the default ``imdb`` spec (on a reduced but real setting: fewer, shorter
-reviews) with the real :class:`hpo.objective.Objective`, each under the same budget counted in
+reviews) with the real :class:`hpo.search.objective.Objective`, each under the same budget counted in
 training EPOCHS, not trials, because epochs are what a trial costs and what pruning saves:
 
 * ``hpo``: hpo's default, the spec's TPE sampler and its median pruner inside the DivergencePruner;
@@ -64,7 +64,6 @@ import csv
 import dataclasses
 import datetime
 import json
-import math
 import multiprocessing
 import os
 import shlex
@@ -78,19 +77,19 @@ from typing import Callable, Sequence
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpo.analysis.replay import Curve, Policy, replay
 from hpo.analysis.replay import recovered as replay_recovered
 from hpo.data import Dataset, load_dataset
 from hpo.divergence import check_divergence
-from hpo.objective import Objective
+from hpo.search.objective import Objective
 from hpo.pruning import make_pruner
 from hpo.record import TrialRecord, Verdict
 from hpo.spec import DivergenceSpec, Spec, load_spec
-from hpo.study import make_sampler
-from hpo.train import configure_threads
-from hpo.workers import quiet_optuna_logging
+from hpo.search.study import make_sampler
+from hpo.training.device import configure_threads
+from hpo.search.workers import quiet_optuna_logging
 
 METHODS = ("hpo", "random", "tpe")
 REFERENCE = "random"  # "reached random's final best" is measured against this method (--reference)
@@ -583,7 +582,7 @@ def write_plot(path: Path, runs: dict[tuple[str, int], list[TrialRow]], seeds: S
 
 
 def machine(procs: int, threads: int) -> str:
-    from hpo.calibrate import cpu_info
+    from hpo.training.calibrate import cpu_info
 
     cpu = cpu_info()[0]
     return (f"{os.cpu_count()} cores ({procs} processes x {threads} torch threads), {cpu}, "

@@ -40,7 +40,7 @@ from hpo.analysis.trials import StudyData, load_study_data  # noqa: E402
 from hpo.divergence import CHANCE_LOSS  # noqa: E402
 from hpo.record import TrialRecord  # noqa: E402
 from hpo.spec.schema import DivergenceSpec  # noqa: E402
-from hpo.storage.resilient import open_storage  # noqa: E402
+from hpo.storage.database.resilient import open_storage  # noqa: E402
 
 
 def ended_above_best(t: TrialRecord, threshold: float) -> bool:
@@ -83,14 +83,17 @@ def restart_bump(t: TrialRecord, series: str, cycle_len: int) -> float:
 
 
 def _rules(data) -> DivergenceSpec:
-    stored = dict((data.spec or {}).get("divergence") or {})
-    stored.pop("action", None)
-    return DivergenceSpec(**stored)
+    return dataclasses.replace(data.spec.divergence, action="stop") if data.spec else DivergenceSpec()
+
+
+def _cycle(data) -> int:
+    cycle = data.spec.space.get("cycle_len", 2) if data.spec else 2
+    return int(cycle) if isinstance(cycle, (int, float)) else 2
 
 
 def table(data) -> list[str]:
     rules = _rules(data)
-    cycle = int(((data.spec or {}).get("space") or {}).get("cycle_len", 2))
+    cycle = _cycle(data)
     by_rate: dict[float, list[TrialRecord]] = defaultdict(list)
     for t in data.finished:
         by_rate[float(t.params["lr_head"])].append(t)
@@ -149,7 +152,7 @@ def figure(data, path: Path) -> None:
             e = t.verdict.epoch
             if e <= len(losses):
                 ax_loss.plot(e, losses[e - 1], "x", color="black", ms=8, mew=2)
-    cycle = int(((data.spec or {}).get("space") or {}).get("cycle_len", 2))
+    cycle = _cycle(data)
     for e in range(cycle, data.max_epochs, cycle):
         ax_loss.axvline(e + 0.5, color="0.85", lw=0.8, zorder=0)
     ax_loss.set_yscale("log")
@@ -194,7 +197,7 @@ def join_into(names: list[str], target: str, storage) -> None:
     joined), so that ``hpo report --study TARGET`` reads the whole range of head rates at once."""
     import optuna
 
-    from hpo.study import SPEC_ATTR
+    from hpo.record import SPEC_ATTR
 
     studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
     trials = [t for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]

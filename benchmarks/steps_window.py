@@ -18,10 +18,11 @@ import numpy as np
 
 from hpo.analysis.steps import divergence_step, restart_steps
 from hpo.record import TrialRecord
-from hpo.storage.artifacts import artifact_store
-from hpo.storage.resilient import open_storage
-from hpo.study import load_existing
-from hpo.telemetry import StepTelemetry, load_telemetry
+from hpo.storage.artifacts.stores import artifact_store
+from hpo.storage.database.resilient import open_storage
+from hpo.storage.database.studies import load_existing
+from hpo.training.telemetry import StepTelemetry
+from hpo.analysis.steps import load_telemetry
 
 
 def _g(x: float) -> str:

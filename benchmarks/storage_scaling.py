@@ -8,7 +8,7 @@ cost grows with the study and would hide the storage), in one fresh study per ru
 * plain: ``RDBStorage`` + ``study.optimize`` with ``MaxTrialsCallback`` counting COMPLETE and
   PRUNED trials (the closest plain equivalent of a global budget);
 * hpo: ``open_storage(grace_period=60)`` (retrying storage, a heartbeat thread per trial) +
-  ``hpo.workers.work`` (counts the study before every trial);
+  ``hpo.search.workers.work`` (counts the study before every trial);
 * hpo+proxy: the same workers on ``grpc://`` through ``hpo storage-proxy`` (one process, one
   connection pool; the workers' heartbeats pass through it and it checks for stale trials).
 
@@ -67,8 +67,8 @@ def _worker(mode: str, url: str, name: str, budget: int, start_at: float, out) -
     error = ""
     try:
         if mode.startswith("hpo"):
-            from hpo.storage.resilient import open_storage
-            from hpo.workers import work
+            from hpo.storage.database.resilient import open_storage
+            from hpo.search.workers import work
 
             study = optuna.load_study(study_name=name, storage=open_storage(url, grace_period=60), sampler=sampler)
             time.sleep(max(0.0, start_at - time.time()))
@@ -157,7 +157,7 @@ def run(mode: str, url: str, budget: int, workers: int) -> Result:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.storage.resilient import open_storage
+    from hpo.storage.database.resilient import open_storage
 
     name = f"bench-{mode}-{workers}-{uuid.uuid4().hex[:8]}"
     storage = open_storage(url)
@@ -230,7 +230,7 @@ def main() -> None:
 
     import optuna
 
-    from hpo.storage.urls import mask_url
+    from hpo.storage.database.urls import mask_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     modes = args.modes.split(",")

@@ -54,7 +54,7 @@ def _counting_storage(url: str) -> tuple[optuna.storages.RDBStorage, Counter]:
 
 
 def measure(url: str, epochs: int, artifacts: str) -> Counter:
-    from hpo.objective import Objective
+    from hpo.search.objective import Objective
 
     spec = load_spec("imdb", [*TINY, f"train.max_epochs={epochs}"])
     data = load_dataset(spec.data)

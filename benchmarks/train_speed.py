@@ -6,12 +6,12 @@ memory is its own:
 
 * ``naive``: random batches padded to the batch maximum, ``clip_grad_norm_``, a ``loss.item()``
   every step: what a first training script does;
-* ``hpo``: ``hpo.train.train`` on ``hpo.data``'s length-bucketed batches (fp32);
+* ``hpo``: ``hpo.training.loop.train`` on ``hpo.data``'s length-bucketed batches (fp32);
 * ``hpo-bf16``: the same under bf16 autocast (``train.precision = "bf16"``);
 * ``hpo-nodnn``, ``hpo-bf16-nodnn``: fp32 and bf16 with oneDNN off (PyTorch's own LSTM kernels);
 * ``hpo-foreach``, ``hpo-fused``: fp32 with AdamW's multi-tensor (``foreach``) or fused
   implementation instead of the per-parameter loop PyTorch picks on CPU;
-* ``calibrated``: what ``hpo.calibrate`` picks on this machine for this model (measured afresh
+* ``calibrated``: what ``hpo.training.calibrate`` picks on this machine for this model (measured afresh
   in the same run, its cost printed): the setting ``hpo optimize`` trains with;
 * ``hpo-bf16-compile``: that, with the model wrapped in ``torch.compile`` (its compile time
   included: a trial pays it once per model);
@@ -57,13 +57,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hpo.data import Dataset, _pad, load_dataset, padding_fraction
-from hpo.model import LSTMClassifier
+from hpo.data import Dataset, iter_batches, load_dataset, pad_batch, padding_fraction
+from hpo.training.models import LSTMClassifier
 from hpo.spec import DataSpec
-import hpo.train
-from hpo.calibrate import _FLAGS, calibrate, cpu_info
-from hpo.telemetry import auto_every
-from hpo.train import TrainConfig, configure_threads, resolve_device, train
+import hpo.training.loop
+from hpo.training.calibrate import _FLAGS, calibrate, cpu_info
+from hpo.training.step import group_norms, make_optimizer
+from hpo.training.telemetry import StepRecorder, auto_every
+from hpo.training.config import TrainConfig
+from hpo.training.device import configure_threads, resolve_device
+from hpo.training.loop import train
 
 VARIANTS = ("naive", "hpo", "hpo-bf16", "hpo-nodnn", "hpo-bf16-nodnn", "hpo-foreach", "hpo-fused", "calibrated")
 EXTRA = ("hpo-bf16-compile", "hpo-bf16-bucket200", "hpo-notelemetry", "hpo-bf16-notelemetry", "hpo-telemetry1")
@@ -89,7 +92,7 @@ def _naive(data: Dataset, device: torch.device, batch_size: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     order = list(range(len(data.train)))
     random.Random(1).shuffle(order)
-    batches = [_pad(data.train, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    batches = [pad_batch(data.train, order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
     t0 = time.perf_counter()
     tokens = 0
     for b in batches:
@@ -116,21 +119,19 @@ def _hpo(data: Dataset, device: torch.device, batch_size: int, precision: str, c
         model = torch.compile(model, dynamic=True)  # review lengths differ per batch
     result = train(model, data, cfg, device)
     stats = result.history[0]
-    from hpo.data import iter_batches
-
     batches = list(iter_batches(data.train, batch_size, shuffle=True, seed=1, bucket_batches=bucket_batches))
     return {"tokens_per_second": stats.tokens_per_second, "seconds": stats.seconds, "padding": padding_fraction(data.train, batches)}
 
 
 def _adamw(impl: str) -> None:
     """Make hpo's loop build AdamW with ``foreach=True`` or ``fused=True`` (this process only)."""
-    make = hpo.train.make_optimizer
+    make = hpo.training.loop.make_optimizer
 
     def patched(model, cfg):
         opt = make(model, cfg)
         return torch.optim.AdamW(opt.param_groups, betas=cfg.betas, weight_decay=cfg.weight_decay, **{impl: True})
 
-    hpo.train.make_optimizer = patched
+    hpo.training.loop.make_optimizer = patched
 
 
 def _calibrated(device: torch.device) -> tuple[str, bool, str, float]:
@@ -179,9 +180,6 @@ def _telemetry_ab(rounds: int, batches: int, batch_size: int, precision: str, th
 def _recorder_count(vocab_size: int, every: int, repeats: int = 20) -> None:
     """The recorder's own CPU time per step, counted directly around a real AdamW step (gradients
     drawn at random): steadier than any A/B on a busy machine."""
-    from hpo.telemetry import StepRecorder
-    from hpo.train import _group_norms, make_optimizer
-
     model = _model(vocab_size)
     cfg = TrainConfig(lrs={"embedding": LR, "encoder": LR, "head": LR}, clip_norm=5.0, cycle_len=1, max_epochs=1)
     optimizer, groups = make_optimizer(model, cfg), model.layer_groups()
@@ -191,10 +189,8 @@ def _recorder_count(vocab_size: int, every: int, repeats: int = 20) -> None:
     loss, clipped = torch.tensor(0.5), torch.tensor(False)
 
     def step(sampled: bool) -> None:
-        norms = _group_norms(groups)
-        recorder.track(loss, norms)
-        if sampled:
-            recorder.snapshot(groups)
+        norms = group_norms(groups)
+        recorder.observe(loss, norms, groups, sampled)
         optimizer.step()
         if sampled:
             recorder.record(0, 1, [LR] * 3, loss, norms, clipped, groups)

@@ -1,6 +1,6 @@
 """Where a trial's wall time goes: training forward/backward versus everything else.
 
-Runs one real worker (``hpo.workers.run_worker``: SQLite study, data from the disk cache, the
+Runs one real worker (``hpo.search.workers.run_worker``: SQLite study, data from the disk cache, the
 Objective with its checkpoints, storage writes, test evaluation and figure upload) under
 ``cProfile`` and splits its wall time into phases, from the profiler's cumulative times:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from hpo.spec import load_spec
-from hpo.workers import quiet_optuna_logging, run_worker
+from hpo.search.workers import quiet_optuna_logging, run_worker
 
 FIXED = [
     "space.lr_embedding=0.003", "space.lr_encoder=0.003", "space.lr_head=0.003", "space.clip_norm=1.0",

@@ -7,15 +7,16 @@ after the first epoch:
 * ``sensible``: the head restarts at 3e-3;
 * ``too high``: the head restarts at 1.0, 330x higher.
 
-What hpo adds to the loop, in five lines marked ``# hpo``:
+What hpo adds to the loop, in the lines marked ``# hpo``:
 
 * :class:`hpo.divergence.DivergenceMonitor`: its step guard watches the train loss inside an
   epoch, its epoch rules (the ones ``hpo diagnose`` applies to finished logs) judge each epoch;
   the loop stops on its verdict;
-* :func:`hpo.telemetry.param_groups` and :func:`hpo.telemetry.group_grad_norms`: your
-  optimizer's groups by name, and their gradient norms before clipping (no host sync);
-* :class:`hpo.telemetry.StepRecorder`: every few steps, each group's rate, gradient norm and
-  update-to-weight ratio, so you can see which group moved.
+* :func:`hpo.training.step.param_groups`: your optimizer's groups by their names, and
+  :func:`hpo.training.step.update`, hpo's own update: backward, each group's gradient norm
+  before clipping (no host sync), clipping, the optimizer step;
+* :class:`hpo.training.telemetry.StepRecorder`: every few steps, each group's rate, gradient norm
+  and update-to-weight ratio, so you can see which group moved.
 
 Run it: ``python examples/own_loop.py`` (a few seconds on 2 cores).
 """
@@ -33,7 +34,8 @@ from torch import nn
 from hpo.data import split_reviews, tokenize
 from hpo.divergence import DivergenceMonitor
 from hpo.spec import DataSpec, DivergenceSpec
-from hpo.telemetry import StepRecorder, group_grad_norms, param_groups
+from hpo.training.step import param_groups, update
+from hpo.training.telemetry import StepRecorder
 
 MAX_LEN, BATCH, EPOCHS, CLIP = 200, 32, 5, 5.0
 RESTART = 3  # the epoch of the warm restart
@@ -93,19 +95,14 @@ def train(name: str, head_lr: float, data: dict, vocab: int) -> None:
             verdict = monitor.on_step(epoch, step, loss.item())  # hpo: the step guard
             if verdict is not None and monitor.stops(verdict):
                 break
-            optimizer.zero_grad()
-            loss.backward()
-            norms = group_grad_norms(groups)  # hpo: per group, before clipping
-            total_norm = torch.linalg.vector_norm(norms)
-            clipped = total_norm > CLIP
-            torch.nn.utils.clip_grads_with_norm_(model.parameters(), CLIP, total_norm)
-            epoch_max = torch.maximum(epoch_max, norms)
-            recorder.track(loss, norms)
-            if recorder.wants(step):
-                recorder.snapshot(groups)
-            optimizer.step()
-            if recorder.wants(step):
-                recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, norms, clipped, groups)
+            sampled = recorder.wants(step)
+            stats = update(loss, optimizer, groups, CLIP,  # hpo: backward, norms per group, clip, step
+                           before_step=lambda _: recorder.snapshot(groups) if sampled else None)
+            epoch_max = torch.maximum(epoch_max, stats.norms)
+            recorder.track(loss, stats.norms)  # hpo
+            if sampled:
+                recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, stats.norms,
+                                stats.clipped, groups)
             total += loss.item()
         recorder.end_epoch()
         if verdict is not None:

@@ -1,16 +1,24 @@
-"""hpo: find stable, accurate training settings for LSTM text classifiers, and explain divergence.
+"""hpo: find stable, accurate training settings for text classifiers, and explain why others diverge.
 
-Data flows one way; each stage is a module, usable and tested without the CLI::
+The package is layered; each layer is a folder that imports only from the layers below it
+(``benchmarks/import_graph.py`` prints the graph, ``tests/test_layers.py`` keeps it so)::
 
-    spec/ (TOML + --set, validated) ─> data.py (IMDB, split, vocab, cache; batches by length)
-      ─> pretrain.py (the encoder as a language model, once per configuration, in the artifact store)
-      ─> model.py (Encoder + classifier head, layer groups by name)
-      ─> train.py (one loop: per-group rates, clipping, SGDR, unfreezing; divergence.py's monitor decides)
-      ─> objective.py (sample -> train -> record) ─> record.py (EpochRecord per epoch, one write;
-         Outcome once) ─> storage/ (URLs, locks, resilient database, artifacts)
-    workers.py + callbacks.py: budget, progress, figures, checkpoint clean-up around each trial
-    analysis/: reads studies through record.py: report, importance, plots, replay, dashboard
-    cli.py: parses, delegates, and turns an HpoError into one line
+    errors, spec/ (what a study tunes), record (what a trial leaves), divergence (the rules),
+    pruning -> storage/ (database, artifacts, proxy) -> data/ -> training/ (model, loop, step,
+    pretraining, lr-find, calibration; no Optuna) -> analysis/ (report, importance, figures,
+    dashboard; never trains) -> search/ (study, objective, callbacks, workers) -> cli
 
-The training loop never imports Optuna; analysis never trains.
+The names below are the library's front door; every command of the CLI is a thin shell over them.
+
+Example::
+
+    spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
+    monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
 """
+
+from hpo.divergence import DivergenceMonitor, check_divergence
+from hpo.errors import HpoError
+from hpo.record import TrialRecord
+from hpo.spec import Spec, load_spec
+
+__all__ = ["DivergenceMonitor", "HpoError", "Spec", "TrialRecord", "check_divergence", "load_spec"]

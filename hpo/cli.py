@@ -6,13 +6,39 @@ Every command is a thin shell over functions that are usable and tested without 
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
+import optuna
 
+from hpo.analysis import dashboard as dashboard_app
+from hpo.analysis import replay as replays
+from hpo.analysis import report as reports
+from hpo.analysis.importance import format_importance, param_importances
+from hpo.analysis.plots import lr_find_figure, write_study_figures
+from hpo.analysis.steps import trial_step_figures
+from hpo.analysis.tensorboard import require_tensorboard
+from hpo.analysis.trials import load_study_data
+from hpo.data import load_dataset
 from hpo.errors import HpoError
-from hpo.storage.urls import display_url, mask_url, resolve_storage_url
+from hpo.search.study import open_study
+from hpo.search.workers import auto_jobs, quiet_optuna_logging, run_worker, run_workers
+from hpo.spec import builtin_studies, load_spec
+from hpo.storage.artifacts.cleanup import clean_study
+from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
+from hpo.storage.artifacts.usage import usage, usage_summary
+from hpo.storage.database.resilient import open_storage
+from hpo.storage.database.studies import load_existing
+from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
+from hpo.storage.proxy import server as proxy_server
+from hpo.training import lrfind
+from hpo.training.calibrate import ensure_calibration
+from hpo.training.device import configure_threads, precision_note, resolve_device
+from hpo.training.pretrain import ensure_encoder
 
 
 class _Group(click.Group):
@@ -28,8 +54,6 @@ class _Group(click.Group):
 @click.version_option(package_name="hpo")
 def main() -> None:
     """Find stable, accurate training settings for recurrent text classifiers."""
-    from hpo.workers import quiet_optuna_logging
-
     quiet_optuna_logging()
 
 
@@ -39,10 +63,7 @@ def _echo(message: str) -> None:
 
 class _ListsStudies(click.Command):
     """Ends its help with the built-in studies, read when the help is shown (not at import)."""
-
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from hpo.spec import builtin_studies
-
         with formatter.section("Built-in studies (a ./studies/NAME.toml of the same name wins)"):
             formatter.write_dl(sorted(builtin_studies().items()))
 
@@ -67,8 +88,8 @@ def _jobs(value: str) -> str | int:
 @click.option("--seed", type=int, default=None, help="Sampler seed (overrides sampler.seed).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a spec key, e.g. --set train.max_epochs=2 (repeatable).")
 @click.option("--jobs", default="auto", show_default=True, metavar="N|auto",
-              help="Worker processes on this machine, the cores split between them. auto: one per core on CPU "
-                   "(1.31x the trials per hour of one 2-thread process on 2 cores), as memory allows (~1.5 GiB each); "
+              help="Worker processes on this machine, the cores split between them. auto: what this machine's "
+                   "calibration measured fastest (else one per core) on a CPU, as memory allows (~1.5 GiB each); "
                    "1 on a GPU.")
 @click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
               help="Seconds without a heartbeat after which a worker's trial is failed and re-run elsewhere ($HPO_GRACE_PERIOD).")
@@ -82,18 +103,9 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     Several workers (--jobs, or this command on several machines with one --storage) share the
     one budget. Running the same command again continues the study.
     """
-    from hpo.spec import load_spec
-    from hpo.storage.resilient import open_storage
-    from hpo.study import open_study
-    from hpo.train import precision_note, resolve_device
-    from hpo.workers import auto_jobs, run_worker, run_workers
-
     n_jobs = _jobs(jobs)
     spec = load_spec(study, overrides)
     if tensorboard:
-        from pathlib import Path
-
-        from hpo.tensorboard import require_tensorboard
 
         require_tensorboard()
         tensorboard = str(Path(tensorboard).resolve())
@@ -130,12 +142,10 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
 
 def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None, bool]:
     """(precision for train.precision = auto, worker processes for --jobs auto, oneDNN on) from
-    this machine's calibration (hpo.calibrate), measured once per machine and model shape;
+    this machine's calibration (hpo.training.calibrate), measured once per machine and model shape;
     (None, None, True) when both are given explicitly."""
     if spec.train.precision != "auto" and not jobs_auto:
         return None, None, True
-    from hpo.calibrate import ensure_calibration
-    from hpo.data import load_dataset
 
     calibration = ensure_calibration(spec, load_dataset(spec.data, _echo), log=_echo)
     _echo(f"calibration: {calibration.describe()}")
@@ -146,8 +156,6 @@ def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None, bool
 
 def resume_command(study: str, trials: int, overrides: tuple[str, ...], url: str, origin: str, jobs: str) -> str:
     """The command that continues the same study in the same storage, password masked."""
-    import shlex
-
     parts = ["hpo", "optimize", "--study", study, "--trials", str(trials)]
     note = ""
     if origin == "--storage" or origin == "default":
@@ -174,14 +182,6 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
     The encoder is stored in the study's artifact store, keyed by the data, the encoder's
     configuration and the [pretrain] settings; run again, it is loaded, not retrained.
     """
-    from hpo.data import load_dataset
-    from hpo.pretrain import ensure_encoder
-    from hpo.spec import load_spec
-    from hpo.storage.artifacts import artifact_store
-    from hpo.storage.resilient import open_storage
-    from hpo.study import open_study
-    from hpo.train import configure_threads
-
     spec = load_spec(study, overrides)
     if not spec.pretrain.epochs:
         raise HpoError(f"study {spec.name!r} does not pretrain (pretrain.epochs = 0): --set pretrain.epochs=N")
@@ -220,12 +220,6 @@ def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], ste
     pretrains starts the test from its pretrained encoder, as its trials do (trained first and
     stored in the study's artifact store when missing).
     """
-    from pathlib import Path
-
-    from hpo import lrfind
-    from hpo.data import load_dataset
-    from hpo.spec import load_spec
-    from hpo.train import configure_threads
 
     spec = load_spec(study, overrides)
     chosen = list(groups) or list(spec.model.groups)
@@ -241,7 +235,7 @@ def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], ste
     out = Path(out_dir or f"figures/{spec.name}")
     out.mkdir(parents=True, exist_ok=True)
     title = f"{spec.name}: learning-rate range test, {steps} steps per group, {len(data.train):,} reviews"
-    lrfind.figure(results, title).savefig(out / "lr_find.png")
+    lr_find_figure(results, title).savefig(out / "lr_find.png")
     _echo(str(out / "lr_find.png"))
     if write_spec:
         header = f"{spec.name} with lr ranges from: hpo lr-find --study {study} " + " ".join(f"--set {o}" for o in overrides)
@@ -250,10 +244,6 @@ def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], ste
 
 def _study_encoder(spec: Any, storage: str | None, data: Any) -> Any:
     """The study's pretrained encoder, from (or trained into) the store its trials use."""
-    from hpo.pretrain import ensure_encoder
-    from hpo.storage.artifacts import store_for
-    from hpo.storage.resilient import open_storage
-
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin}), for the pretrained encoder")
     encoder = ensure_encoder(spec, store_for(spec.name, open_storage(url)), url, _echo, data=data)
@@ -264,9 +254,6 @@ def _study_encoder(spec: Any, storage: str | None, data: Any) -> Any:
 @main.command()
 def studies() -> None:
     """List the built-in study specs (hpo optimize --study NAME)."""
-    from pathlib import Path
-
-    from hpo.spec import builtin_studies
 
     for name, description in builtin_studies().items():
         local = Path("studies") / f"{name}.toml"
@@ -304,14 +291,11 @@ _STORAGE = click.option("--storage", default=None, help="Database URL (default: 
 
 def _read_storage(storage: str | None) -> Any:
     """The storage of a read-only command: opened without creating anything."""
-    from hpo.storage.resilient import open_storage
-
     url, _ = resolve_storage_url(storage)
     return open_storage(url, create=False)
 
 
 def _study_data(study: str, storage: str | None) -> Any:
-    from hpo.analysis.trials import load_study_data
 
     return load_study_data(study, _read_storage(storage))
 
@@ -327,8 +311,6 @@ def _study_data(study: str, storage: str | None) -> Any:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random forests.")
 def importance(study: str, storage: str | None, target: str, evaluator: str | None, seed: int) -> None:
     """Which hyperparameters matter, on the log scale they were sampled on, pruned trials included."""
-    from hpo.analysis.importance import format_importance, param_importances
-
     _echo(format_importance(param_importances(_study_data(study, storage), target, evaluator, seed)))
 
 
@@ -339,18 +321,11 @@ def importance(study: str, storage: str | None, target: str, evaluator: str | No
               help="csv holds the per-bin rows; json everything.")
 def report(study: str, storage: str | None, fmt: str) -> None:
     """Stability report: divergence and accuracy by learning rate, states, best trial, epochs saved."""
-    import dataclasses
-
-    import optuna
-
-    from hpo.analysis.report import build_report, render
-    from hpo.analysis.trials import load_study_data
-    from hpo.storage.artifacts import usage_summary
 
     opened = _read_storage(storage)
-    built = build_report(load_study_data(study, opened))
+    built = reports.build_report(load_study_data(study, opened))
     built = dataclasses.replace(built, artifacts=usage_summary(optuna.load_study(study_name=study, storage=opened)))
-    _echo(render(built, fmt))
+    _echo(reports.render(built, fmt))
 
 
 @main.command()
@@ -360,10 +335,6 @@ def clean(study: str, storage: str | None) -> None:
     """Delete what the study's artifact store keeps for nothing: checkpoints of trials that cannot
     resume any more, and (in a database store) artifacts no study refers to. Run it when no worker
     is starting: a dead worker's trial keeps its checkpoints only once its re-run is queued."""
-    from hpo.storage.artifacts import artifact_store, usage
-    from hpo.storage.cleanup import clean_study
-    from hpo.study import load_existing
-
     opened = load_existing(study, _read_storage(storage))
     store = artifact_store(opened)
     freed = clean_study(opened, store)
@@ -383,15 +354,9 @@ def plot(study: str, storage: str | None, out_dir: str | None, trial_number: int
 
     With --trial N: that trial's step-level figure, as interactive HTML and as PNG.
     """
-    import optuna
-
-    from hpo.analysis.plots import write_study_figures
-    from hpo.analysis.trials import load_study_data
 
     opened = _read_storage(storage)
     if trial_number is not None:
-        from hpo.analysis.steps import trial_step_figures
-
         for path in trial_step_figures(study, opened, trial_number, out_dir or f"figures/{study}"):
             _echo(str(path))
         return
@@ -413,10 +378,8 @@ def plot(study: str, storage: str | None, out_dir: str | None, trial_number: int
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def replay(study: str, storage: str | None, pruners: tuple[str, ...], divergence: tuple[str, ...], fmt: str) -> None:
     """Replay pruners offline over a finished study's stored curves: what would each have cut?"""
-    from hpo.analysis.replay import render, replay_study
-
-    header, results = replay_study(_study_data(study, storage), pruners, divergence)
-    _echo(render(results, fmt, header))
+    header, results = replays.replay_study(_study_data(study, storage), pruners, divergence)
+    _echo(replays.render(results, fmt, header))
 
 
 @main.command()
@@ -426,11 +389,8 @@ def replay(study: str, storage: str | None, pruners: tuple[str, ...], divergence
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
     """Start optuna-dashboard on the study's storage and artifact store (trial figures)."""
-    from hpo.analysis.dashboard import plan_dashboard, serve
-
     url, origin = resolve_storage_url(storage)
-    plan = plan_dashboard(study, url, host, port)
-    from hpo.storage.artifacts import describe_location
+    plan = dashboard_app.plan_dashboard(study, url, host, port)
 
     _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {describe_location(plan.artifact_location)}")
     if plan.note:
@@ -438,7 +398,7 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
     _echo(f"dashboard: {plan.url}  (Ctrl-C stops it)")
     sys.stdout.flush()
     try:
-        serve(plan)
+        dashboard_app.serve(plan)
     except KeyboardInterrupt:
         pass
 
@@ -454,10 +414,8 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
 def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int | None, grace_period: int) -> None:
     """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT),
     with heartbeats and the database's artifact store."""
-    from hpo.storage.proxy import serve
-
     url, _ = resolve_storage_url(storage)
-    serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()), artifact_port=artifact_port,
+    proxy_server.serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()), artifact_port=artifact_port,
           grace_period=grace_period)
 
 

@@ -10,11 +10,10 @@ Three failure modes, each with its own ``reason``:
     run's own best so far, and the train loss rose too, by more than ``train_rise`` times the
     chance loss above its own best (0.1: 0.07; ``train_rise = 0`` drops this condition). An
     absolute rise, because an overfit model's train loss doubles from 0.03 to 0.06 at a warm
-    restart without anything diverging. The default 0.5 tolerates the 6.5% and 11%
-    bumps that SGDR warm restarts cause and catches the 0.315 -> 0.759 (2.4x) jump that this
-    project exists for, where train and validation loss jumped together. A validation loss that climbs while the train loss keeps
-    falling is overfitting, not divergence: the best epoch is kept and the wrapped pruner judges
-    it. Inside an epoch, :class:`StepGuard` catches a train loss that explodes.
+    restart without anything diverging. The default 0.5 tolerates the bumps that SGDR warm
+    restarts cause (6-11%) and catches a jump such as 0.315 -> 0.759 (2.4x), where train and
+    validation loss rise together. A validation loss that climbs while the train loss keeps
+    falling is overfitting, not divergence: the best epoch is kept and the wrapped pruner judges it. Inside an epoch, :class:`StepGuard` catches a train loss that explodes.
 ``no_progress``
     the run never got below chance (``ln 2`` for two balanced classes) by ``no_progress_epochs``
     while its pre-clip gradient norm blew past ``grad_norm_limit``: a learning rate so high that

@@ -54,15 +54,15 @@ def record_epoch(
     ``grad_norm_max`` (the largest pre-clip gradient norm per layer group) feeds the
     ``no_progress`` rule; without it that rule never fires.
     """
-    rows = record.epoch_rows(trial.user_attrs)
+    rows = record.epochs_of(trial)
     norms = dict(grad_norm_max or {})
     rows.append(EpochRecord(epoch, float(train_loss), float(val_loss), float(val_accuracy), norms, norms, 0.0, {}, 0.0))
-    trial.set_user_attr(record.EPOCHS, [r.to_attr() for r in rows])
+    record.write_epochs(trial, rows)
 
 
 def verdict_of(trial: FrozenTrial, rules: DivergenceSpec) -> Verdict | None:
     """The divergence verdict for a trial's recorded epochs."""
-    rows = record.epoch_rows(trial.user_attrs)
+    rows = record.epochs_of(trial)
     return check_divergence([r.val_loss for r in rows], [r.train_loss for r in rows],
                             [r.max_grad_norm for r in rows], rules)
 

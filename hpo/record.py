@@ -37,9 +37,18 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
 from hpo.errors import HpoError
+from hpo.spec.files import spec_from_dict
+from hpo.spec.knobs import lr_param
+from hpo.spec.schema import Spec
 
 SCHEMA_VERSION = 2
-SCHEMA_ATTR = "hpo_schema"  # study user attribute
+
+# Study user attributes.
+SCHEMA_ATTR = "hpo_schema"
+SPEC_ATTR = "spec"  # the resolved spec the study was created with, as plain data
+UID_ATTR = "uid"  # tells apart studies that reuse a name after one was deleted (checkpoint keys)
+ARTIFACT_DIR_ATTR = "artifact_dir"  # a folder artifact store's absolute path
+ARTIFACT_STORE_ATTR = "artifact_store"  # any other store: "database", or "s3://bucket/prefix"
 
 # Trial user attributes.
 EPOCHS = "epochs"
@@ -53,25 +62,6 @@ PRETRAINED = "pretrained_encoder"
 # Trial states by name (optuna.trial.TrialState.X.name), so this module needs no Optuna.
 COMPLETE, PRUNED, FAIL, RUNNING, WAITING = "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"
 FINISHED = (COMPLETE, PRUNED)
-
-
-def layer_groups(num_layers: int = 1, per_layer: bool = False) -> tuple[str, ...]:
-    """Names of the model's layer groups, bottom to top: what gets its own learning rate.
-
-    ``("embedding", "encoder", "head")``; with ``per_layer`` each LSTM layer is a group of its
-    own: ``("embedding", "encoder1", "encoder2", "head")``.
-    """
-    if per_layer and num_layers > 1:
-        return ("embedding", *(f"encoder{i}" for i in range(1, num_layers + 1)), "head")
-    return ("embedding", "encoder", "head")
-
-
-LAYER_GROUPS = layer_groups()
-
-
-def lr_param(group: str) -> str:
-    """The knob and report column of a group's learning rate: ``head`` -> ``lr_head``."""
-    return f"lr_{group}"
 
 
 @dataclass(frozen=True)
@@ -198,9 +188,12 @@ class TrialRecord:
     epochs: tuple[EpochRecord, ...]
     outcome: Outcome | None
     lrs: Mapping[str, float]
-    user_attrs: Mapping[str, Any] = field(repr=False, default_factory=dict)
-    # hpo.telemetry.StepTelemetry: the sampled steps, when the objective hands the record to its
-    # listeners as the trial ends; from_trial leaves it None (it lives in an artifact: load_telemetry)
+    checkpoint: str | None = None  # its checkpoint key; a re-run inherits the key of the trial it re-runs
+    worker: str | None = None  # "host:pid" of the process that ran it
+    resumed_at: int | None = None  # the epoch a re-run resumed at from its checkpoint
+    pretrained: Mapping[str, Any] | None = None  # the pretrained encoder it started from (key, perplexity...)
+    # hpo.training.telemetry.StepTelemetry: the sampled steps, when the objective hands the record to
+    # its listeners as the trial ends; from_trial leaves it None (it lives in an artifact)
     steps: Any = field(repr=False, compare=False, default=None)
 
     @classmethod
@@ -223,7 +216,10 @@ class TrialRecord:
             epochs=epochs,
             outcome=outcome_of(attrs, epochs),
             lrs=_learning_rates(trial.params, attrs),
-            user_attrs=attrs,
+            checkpoint=attrs.get(CHECKPOINT),
+            worker=attrs.get(WORKER),
+            resumed_at=attrs.get(RESUMED_AT),
+            pretrained=attrs.get(PRETRAINED),
         )
 
     @property
@@ -266,6 +262,10 @@ class TrialRecord:
         """One number per epoch: ``series("val_loss")``."""
         return [getattr(e, name) for e in self.epochs]
 
+    def rates_text(self, exclude: Iterable[str] = ()) -> str:
+        """``lr_embedding 1e-3, lr_head 2.9e-1``: the trial's group rates, as a person writes them."""
+        return rates_text(self.lrs, exclude)
+
     def group_series(self, name: str, group: str) -> list[float]:
         """One group's number per epoch: ``group_series("grad_norm_mean", "head")``."""
         return [getattr(e, name).get(group, math.nan) for e in self.epochs]
@@ -276,6 +276,23 @@ class TrialRecord:
         for e in self.epochs:
             seen.update(dict.fromkeys(e.grad_norm_mean))
         return tuple(seen) or tuple(g.removeprefix("lr_") for g in self.lrs)
+
+
+def rate_text(x: float) -> str:
+    """0.0025 -> '2.5e-3', 0.01 -> '1e-2', 0.5 -> '5e-1': the way learning rates are written here."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    exp = math.floor(math.log10(abs(x)))
+    mantissa = round(x / 10**exp, 1)
+    if abs(mantissa) >= 10:
+        mantissa, exp = mantissa / 10, exp + 1
+    return f"{mantissa:g}" if exp == 0 else f"{mantissa:g}e{exp}"
+
+
+def rates_text(lrs: Mapping[str, float], exclude: Iterable[str] = ()) -> str:
+    """``lr_embedding 1e-3, lr_head 2.9e-1``: rates by name, in name order (the one way they are shown)."""
+    skip = set(exclude)
+    return ", ".join(f"{name} {rate_text(value)}" for name, value in sorted(lrs.items()) if name not in skip)
 
 
 def best_trial(records: Iterable[TrialRecord]) -> TrialRecord | None:
@@ -326,20 +343,130 @@ def check_schema(study_name: str, study_attrs: Mapping[str, Any], *, writing: bo
     A study without the attribute but with a stored spec was written by schema 1. A new, empty
     study has neither: the caller records :data:`SCHEMA_VERSION` on it.
     """
-    version = study_attrs.get(SCHEMA_ATTR)
-    if version is None:
-        version = 1 if "spec" in study_attrs else SCHEMA_VERSION
-    if version > SCHEMA_VERSION:
-        raise HpoError(
-            f"study {study_name!r} was written by a newer hpo (trial record schema {version}, this hpo reads "
-            f"up to {SCHEMA_VERSION}): upgrade hpo"
-        )
-    if writing and version < SCHEMA_VERSION:
-        raise HpoError(
-            f"study {study_name!r} was written by an older hpo (trial record schema {version}): report, plot, "
-            f"importance and replay still read it; to run more trials start a new study with --set name=NEW_NAME"
-        )
-    return int(version)
+    return StudyRecord.from_attrs(study_name, study_attrs).check(writing=writing)
+
+
+# --- writing a live trial's record (the objective, the worker, the pruner adapter) ------------
+
+
+def write_epochs(trial: Any, rows: Sequence[EpochRecord]) -> None:
+    """Every epoch so far, as one attribute: one storage write per epoch however many numbers it has."""
+    trial.set_user_attr(EPOCHS, [r.to_attr() for r in rows])
+
+
+def write_outcome(trial: Any, outcome: Outcome) -> None:
+    trial.set_user_attr(OUTCOME, outcome.to_attr())
+
+
+def write_lr_groups(trial: Any, lrs: Mapping[str, float]) -> None:
+    """The peak rate per layer group, derived ones (``lr_div``) included."""
+    trial.set_user_attr(LR_GROUPS, dict(lrs))
+
+
+def write_checkpoint(trial: Any, key: str) -> None:
+    trial.set_user_attr(CHECKPOINT, key)
+
+
+def write_worker(trial: Any, worker: str) -> None:
+    trial.set_user_attr(WORKER, worker)
+
+
+def write_resumed_at(trial: Any, epoch: int) -> None:
+    trial.set_user_attr(RESUMED_AT, epoch)
+
+
+def write_pretrained(trial: Any, encoder: Mapping[str, Any]) -> None:
+    trial.set_user_attr(PRETRAINED, dict(encoder))
+
+
+def checkpoint_of(trial: Any) -> str | None:
+    """A live or frozen trial's checkpoint key (a queued re-run carries its predecessor's)."""
+    return trial.user_attrs.get(CHECKPOINT)
+
+
+def epochs_of(trial: Any) -> list[EpochRecord]:
+    """A live or frozen trial's epochs so far."""
+    return epoch_rows(trial.user_attrs)
+
+
+# --- the study's record --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What hpo keeps on a study: its schema, the spec it was created with, its uid, its artifact store.
+
+    ``spec`` is the stored plain data (what a worker's spec is compared with); :meth:`parsed_spec`
+    reads it back as a :class:`~hpo.spec.Spec`.
+    """
+
+    name: str
+    schema: int | None
+    spec: Mapping[str, Any] | None
+    uid: str | None
+    artifact_dir: str | None
+    artifact_store: str | None
+
+    @classmethod
+    def of(cls, study: Any) -> "StudyRecord":
+        """From an ``optuna.Study`` (one read of its attributes)."""
+        return cls.from_attrs(study.study_name, study.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, name: str, attrs: Mapping[str, Any]) -> "StudyRecord":
+        spec = attrs.get(SPEC_ATTR)
+        return cls(name, attrs.get(SCHEMA_ATTR), spec if isinstance(spec, Mapping) else None, attrs.get(UID_ATTR),
+                   attrs.get(ARTIFACT_DIR_ATTR), attrs.get(ARTIFACT_STORE_ATTR))
+
+    @property
+    def key(self) -> str:
+        """What names the study's checkpoints: its uid (a study made before uids: its name)."""
+        return self.uid or self.name
+
+    @property
+    def artifact_location(self) -> str | None:
+        """The recorded store: a folder, ``database`` or ``s3://...``; None before one is recorded."""
+        return self.artifact_store or self.artifact_dir
+
+    def parsed_spec(self) -> Spec | None:
+        """The stored spec as a Spec (schema 1's renamed keys translated); None when none is stored."""
+        if self.spec is None:
+            return None
+        return spec_from_dict(_v1_spec(self.spec))
+
+    def check(self, *, writing: bool) -> int:
+        """The schema version; an HpoError when this hpo cannot read the study, or (``writing``) extend it."""
+        version = self.schema
+        if version is None:
+            version = 1 if self.spec is not None else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise HpoError(
+                f"study {self.name!r} was written by a newer hpo (trial record schema {version}, this hpo reads "
+                f"up to {SCHEMA_VERSION}): upgrade hpo"
+            )
+        if writing and version < SCHEMA_VERSION:
+            raise HpoError(
+                f"study {self.name!r} was written by an older hpo (trial record schema {version}): report, plot, "
+                f"importance and replay still read it; to run more trials start a new study with --set name=NEW_NAME"
+            )
+        return int(version)
+
+
+def write_schema(study: Any) -> None:
+    study.set_user_attr(SCHEMA_ATTR, SCHEMA_VERSION)
+
+
+def write_spec(study: Any, spec: Mapping[str, Any]) -> None:
+    study.set_user_attr(SPEC_ATTR, dict(spec))
+
+
+def write_uid(study: Any, uid: str) -> None:
+    study.set_user_attr(UID_ATTR, uid)
+
+
+def write_artifact_location(study: Any, location: str, *, folder: bool) -> None:
+    """A folder store under ``artifact_dir`` (as every study made before database stores), others under ``artifact_store``."""
+    study.set_user_attr(ARTIFACT_DIR_ATTR if folder else ARTIFACT_STORE_ATTR, location)
 
 
 # --- schema 1 -------------------------------------------------------------------------------
@@ -376,6 +503,16 @@ def _v1_outcome(attrs: Mapping[str, Any], epochs: Sequence[EpochRecord]) -> Outc
         precision=str(attrs.get("precision") or ""),
         test_accuracy=attrs.get("test_accuracy"),
     )
+
+
+def _v1_spec(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    pruner = raw.get("pruner")
+    if not isinstance(pruner, Mapping) or "n_warmup_steps" not in pruner:
+        return raw
+    # schema 1 counted 1-based epochs as steps: n_warmup_steps 1 meant no warm-up
+    table = {k: v for k, v in pruner.items() if k != "n_warmup_steps"}
+    table["warmup_epochs"] = max(0, int(pruner["n_warmup_steps"]) - 1)
+    return {**raw, "pruner": table}
 
 
 def _learning_rates(params: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, float]:

@@ -58,9 +58,10 @@ def diverged_run(tiny_data):
     import torch
 
     from hpo.divergence import DivergenceMonitor
-    from hpo.model import LSTMClassifier
+    from hpo.training.models import LSTMClassifier
     from hpo.spec import DivergenceSpec
-    from hpo.train import TrainConfig, train
+    from hpo.training.config import TrainConfig
+    from hpo.training.loop import train
 
     torch.manual_seed(0)
     model = LSTMClassifier(tiny_data.vocab_size, 16, 16)

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from hpo.storage.urls import mask_url
+from hpo.storage.database.urls import mask_url
 
 ADMIN_URLS = {
     "postgres": os.environ.get("HPO_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),

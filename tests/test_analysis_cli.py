@@ -6,11 +6,11 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from hpo.analysis import synthetic
+import synthetic
 from hpo.analysis.dashboard import plan_dashboard
 from hpo.cli import main
 from hpo.record import TrialRecord
-from tests.analysis_helpers import known_study, server_url
+from analysis_helpers import known_study, server_url
 
 COMMANDS = {
     "report": ["report"],

@@ -5,11 +5,12 @@ import matplotlib.image
 import optuna
 import pytest
 
-from hpo.analysis import synthetic
+import synthetic
+from hpo.record import rates_text
 from hpo.analysis.plots import grad_norm_figure, lr_accuracy_figure, lr_schedule_figure, trial_figure_png, val_loss_figure
 from hpo.analysis.trials import load_study_data
 from hpo.record import TrialRecord
-from tests.analysis_helpers import known_study
+from analysis_helpers import known_study
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +33,22 @@ def test_gradient_jump_is_marked_at_the_divergence_epoch(data):
     assert marks == sorted(((t.diverged_epoch,), (t.epochs[t.diverged_epoch - 1].grad_norm_mean["head"],)) for t in diverged)
     best_line = [line for line in head.get_lines() if line.get_label().startswith("best")]
     best = max(data.complete, key=lambda t: t.accuracy)
-    assert best_line and best_line[0].get_label().startswith(f"best (trial {best.number}: lr_embedding ")
+    assert best_line and best_line[0].get_label().startswith(f"best: trial {best.number} (lr_embedding ")
 
 
 def test_val_loss_and_lr_figures_separate_diverged_trials(data):
-    legend = [t.get_text() for t in val_loss_figure(data).axes[0].get_legend().get_texts()]
+    legend = [t.get_text() for t in val_loss_figure(data).legends[0].get_texts()]
     diverged = sorted((t for t in data.finished if t.diverged), key=lambda t: t.number)
-    assert legend[0] == "complete (2 trials)"
-    assert legend[1:] == [f"diverged: trial {t.number} (lr_embedding {t.lrs['lr_embedding']:.2g}, "
-                          f"lr_encoder {t.lrs['lr_encoder']:.2g}, lr_head {t.lrs['lr_head']:.2g})" for t in diverged]
+    best = max(data.complete, key=lambda t: t.accuracy)
+    assert legend[0].startswith(f"best: trial {best.number} (") and legend[1] == "complete (2 trials)"
+    assert legend[2:] == [f"diverged: trial {t.number} ({rates_text(t.lrs)})" for t in diverged] + [
+                          "divergence detected"]
     fig = lr_accuracy_figure(data, {"lr_head": 6e-3})
     head = next(ax for ax in fig.axes if ax.get_xlabel() == "lr_head")
     assert head.get_xscale() == "log"
     assert any(line.get_linestyle() == "--" and line.get_xdata()[0] == 6e-3 for line in head.get_lines())
-    # the boundary is in that axis's legend, and each diverged trial has a marker where it ended
-    assert "diverges above 0.006" in [t.get_text() for t in head.get_legend().get_texts()]
+    # the boundary is in the figure's legend, and each diverged trial has a marker where it ended
+    assert "lr_head diverges above 0.006" in [t.get_text() for t in fig.legends[0].get_texts()]
     ends = [c for c in head.collections if c.get_offsets().shape[0] == len(diverged)
             and c.get_paths() and c.get_offsets()[:, 1].max() <= 0.5 + 1e-9]
     assert ends, "no 'where it ended' markers at the diverged trials' last accuracy (0.5)"
@@ -71,15 +73,15 @@ def test_trial_figure_is_a_small_png():
     synthetic.add_known_trials(study, [8e-3])
     png = trial_figure_png(TrialRecord.from_trial(study.trials[0]))
     height, width, _ = matplotlib.image.imread(io.BytesIO(png)).shape
-    assert (width, height) == (720, 230) and len(png) < 100_000
+    assert (width, height) == (720, 244) and len(png) < 100_000
 
 
 def test_a_failed_upload_does_not_fail_the_trial(tmp_path, caplog, small_spec):
     from optuna.artifacts import FileSystemArtifactStore
 
-    from hpo.callbacks import FigureUpload
+    from hpo.search.callbacks import FigureUpload
     from hpo.data import load_dataset
-    from hpo.objective import Objective
+    from hpo.search.objective import Objective
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")

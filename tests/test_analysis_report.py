@@ -5,12 +5,14 @@ import statistics
 import optuna
 import pytest
 
-from hpo.analysis import synthetic
+import synthetic
 from hpo.analysis.report import bin_edges, build_report, divergence_rule, render
 from hpo.analysis.trials import load_study_data
 from hpo.errors import HpoError
+from hpo import record
+from hpo.spec import load_spec
 from hpo.record import TrialRecord
-from tests.analysis_helpers import known_study
+from analysis_helpers import known_study
 
 # lr_head alone decides each trial: 1.5e-4 pruned at epoch 2; 7e-3, 9e-3 diverge at epoch 3;
 # 1.5e-2, 2.5e-2 at epoch 2; the rest complete 6 epochs.
@@ -87,7 +89,7 @@ def test_states_best_trial_and_epochs_are_exact(known):
 
 def test_stored_spec_sets_max_epochs(known):
     storage, study = known
-    study.set_user_attr("spec", {"train": {"max_epochs": 10}})
+    record.write_spec(study, load_spec("imdb", ["train.max_epochs=10"]).to_dict())
     report = build_report(load_study_data("known", storage))
     assert report.max_epochs_source == "spec"
     assert report.epochs_saved == (10 - 3) * 2 + (10 - 2) * 2 + (10 - 2)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpo.analysis.steps import divergence_step, restart_steps, step_figure, step_figure_png, title
+from hpo.analysis.steps import divergence_step, restart_steps, step_figure, step_figure_png, title, visible_restarts
 from hpo.cli import main
 from hpo.record import PRUNED, Outcome, TrialRecord
 
@@ -43,16 +43,19 @@ def test_the_figure_has_four_panels_on_one_step_axis_with_the_marks(diverged):
     lines = [s for s in fig.layout.shapes if s.x0 == s.x1]
     red = [s for s in lines if s.line.color == "red"]
     assert len(red) == 4 and {s.x0 for s in red} == {divergence_step(trial, t)}  # across all four panels
-    assert len(lines) - len(red) == 4 * len(restart_steps(t))
+    # only the restarts the run reached: it stopped before its fourth epoch
+    visible = visible_restarts(trial, t)
+    assert visible == [s for s in restart_steps(t) if s <= divergence_step(trial, t)] and len(visible) < len(restart_steps(t))
+    assert len(lines) - len(red) == 4 * len(visible_restarts(trial, t))
     assert divergence_step(trial, t) >= t.step.max()  # the mark is where the samples end
     assert list(fig.layout.xaxis4.ticktext)[:1] == ["epoch 1"]
     png = step_figure_png(trial, t)
     height, width, _ = matplotlib.image.imread(io.BytesIO(png)).shape
-    assert (width, height) == (720, 648)
+    assert (width, height) == (720, 648)  # constrained layout keeps the size
 
 
 def test_hpo_plot_trial_writes_the_step_figure_and_refuses_unknown_trials(small_spec, tmp_path, monkeypatch):
-    from hpo.workers import run_worker
+    from hpo.search.workers import run_worker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -87,7 +90,7 @@ def test_notes_that_cannot_be_written_warn_and_never_raise(caplog):
 
     import optuna
 
-    from hpo.callbacks import DashboardNotes
+    from hpo.search.callbacks import DashboardNotes
 
     lines = []
     notes = DashboardNotes(every_s=3600, log=lines.append)
@@ -136,7 +139,7 @@ def test_the_study_note_links_the_best_and_the_diverged_trials_step_figures(dive
 
 def test_a_new_heads_first_steps_are_not_the_spike_a_note_names():
     from hpo.analysis.notes import spike
-    from hpo.telemetry import StepTelemetry
+    from hpo.training.telemetry import StepTelemetry
 
     # 2 epochs of 100 steps, sampled every step: the random head's first steps are 50x the usual
     # norm, a real spike 8x it comes right after the warm restart at step 100.
@@ -157,7 +160,7 @@ def test_a_diverged_trials_note_reads_the_update_ratios_up_to_its_verdict_only()
 
     from hpo.analysis.notes import telemetry_line
     from hpo.record import Verdict
-    from hpo.telemetry import StepTelemetry
+    from hpo.training.telemetry import StepTelemetry
 
     # 2 epochs of 100 steps; judged diverged at the end of epoch 1 (action "record" trains on),
     # the head's |dw|/|w| 5e-2 before it and 0.9 after it

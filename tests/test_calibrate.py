@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hpo.calibrate import Calibration, cache_file, calibration_key, candidates, ensure_calibration
+from hpo.training.calibrate import Calibration, cache_file, calibration_key, candidates, ensure_calibration
 from hpo.cli import main
 from hpo.data import load_dataset
 from hpo.record import TrialRecord
-from hpo.train import _native_bf16, available_cores
-from tests.conftest import SMALL
+from hpo.training.device import native_bf16 as _native_bf16, available_cores
+from conftest import SMALL
 
 
 def test_it_measures_once_then_reads_the_cache(small_spec, tmp_path, monkeypatch) -> None:

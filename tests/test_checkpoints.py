@@ -9,11 +9,11 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 
-from hpo.checkpoints import TrialCheckpoints
+from hpo.training.checkpoints import TrialCheckpoints
 from hpo.data import load_dataset
-from hpo.objective import build_model
-from hpo.spec import train_config
-from hpo.train import train
+from hpo.training.models import build_model
+from hpo.training.config import train_config
+from hpo.training.loop import train
 
 VALUES = {"lr_embedding": 3e-3, "lr_encoder": 3e-3, "lr_head": 3e-3, "clip_norm": 1.0, "cycle_len": 2,
           "dropout": 0.2, "weight_decay": 1e-4}

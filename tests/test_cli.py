@@ -5,8 +5,10 @@ import pytest
 from click.testing import CliRunner
 
 from hpo.cli import main
+from hpo.divergence import check_divergence
 from hpo.record import TrialRecord
-from tests.conftest import SMALL
+from hpo.spec import load_spec
+from conftest import SMALL
 
 
 @pytest.fixture
@@ -88,10 +90,16 @@ def test_huge_learning_rates_end_as_diverged_within_two_of_five_epochs(run):
     assert result.exit_code == 0, result.output + result.stderr
     study = optuna.load_study(study_name="imdb", storage="sqlite:///hpo.db")
     assert len(study.trials) == 2
+    rules = load_spec("imdb").divergence
     for t in study.trials:
         r = TrialRecord.from_trial(t)
-        assert r.diverged and r.verdict.reason in ("jump", "nan", "no_progress")
-        assert r.verdict.epoch <= 2 and r.epochs_run <= 2  # of 5: stopped early, not at the end
+        assert r.diverged and r.verdict.epoch <= 2 and r.epochs_run <= 2  # of 5: stopped early, not at the end
+        if r.verdict.step is None:  # the epoch rules fired: they say the same of the stored epochs
+            assert check_divergence(r.series("val_loss"), r.series("train_loss"),
+                                    [e.max_grad_norm for e in r.epochs], rules) == r.verdict
+        else:  # the step guard stopped it inside the epoch it names, before that epoch was recorded
+            assert len(r.epochs) == r.verdict.epoch - 1 and r.verdict.reason in ("jump", "nan")
+        assert f"diverged: {r.verdict.describe()}" in result.output
     assert "pruned-diverged 2" in result.output
     assert "lr_head 5" in result.output  # the rates of a diverged trial are on its line
 

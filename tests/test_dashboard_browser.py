@@ -17,9 +17,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.storage.artifacts import artifact_store
-from hpo.storage.resilient import open_storage
-from hpo.workers import run_worker
+from hpo.storage.artifacts.stores import artifact_store
+from hpo.storage.database.resilient import open_storage
+from hpo.search.workers import run_worker
 
 from db_servers import study_database
 

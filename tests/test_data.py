@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import hpo.data as data
+import hpo.data.cache as cache
 from hpo.data import (
-    PAD, UNK, build_vocab, drop_duplicates, iter_batches, load_dataset, numericalize,
+    PAD, UNK, build_vocab, drop_duplicates, iter_batches, load_dataset, numericalize, pad_batch,
     padding_fraction, read_packaged, stratified_split, tokenize,
 )
 from hpo.errors import HpoError
@@ -80,7 +80,7 @@ def test_second_load_comes_from_the_cache(full, data_cache_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("rebuilt instead of reading the cache")
 
-    monkeypatch.setattr(data, "_build", boom)
+    monkeypatch.setattr(cache, "_build", boom)
     again = load_dataset(DataSpec(cache_dir=data_cache_dir))
     assert torch.equal(again.train.tokens, full.train.tokens) and again.vocab == full.vocab
     # a setting that changes the tensors is a different cache entry
@@ -105,7 +105,7 @@ def test_bucketed_batches_cover_each_review_once_with_little_padding(full):
     assert sum(len(b.labels) for b in batches) == len(full.train)
     assert sorted(int(n) for b in batches for n in b.lengths) == sorted(full.train.lengths.tolist())
     random_order = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(0)).tolist()
-    naive = [data._pad(full.train, random_order[i : i + 64]) for i in range(0, len(random_order), 64)]
+    naive = [pad_batch(full.train, random_order[i : i + 64]) for i in range(0, len(random_order), 64)]
     assert padding_fraction(full.train, batches) < 0.05 < padding_fraction(full.train, naive)
     first = [b.lengths.tolist() for b in iter_batches(full.train, 64, shuffle=True, seed=4)][:5]
     assert first != [b.lengths.tolist() for b in batches][:5]  # a fresh order every epoch

@@ -20,11 +20,13 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.engine import make_url
 
 from db_servers import fresh_database, study_database
-from hpo.storage import artifacts
-from hpo.storage.artifacts import FolderStore, artifact_location, artifact_store, usage
-from hpo.storage.db_artifacts import CHUNKS_TABLE, ArtifactCorrupted, DatabaseStore
-from hpo.storage.resilient import open_storage
-from hpo.study import open_study
+from hpo import record
+from hpo.storage.artifacts.keys import checkpoint_prefix
+from hpo.storage.artifacts.stores import FolderStore, artifact_location, artifact_store
+from hpo.storage.artifacts.usage import usage
+from hpo.storage.artifacts.database_store import CHUNKS_TABLE, ArtifactCorrupted, DatabaseStore
+from hpo.storage.database.resilient import open_storage
+from hpo.search.study import open_study
 
 KINDS = ["sqlite", "postgres", "mysql"]
 
@@ -130,15 +132,15 @@ def test_a_server_study_records_its_database_as_store(kind, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     with fresh_database(kind) as url:
         study = open_study(small_spec("name=db-store"), open_storage(url))
-        assert study.user_attrs[artifacts.STORE_ATTR] == "database" and artifacts.ATTR not in study.user_attrs
+        assert study.user_attrs[record.ARTIFACT_STORE_ATTR] == "database" and record.ARTIFACT_DIR_ATTR not in study.user_attrs
         store = artifact_store(study)
         assert isinstance(store, DatabaseStore)
         assert make_url(url).password not in repr(store)  # shown in summaries: masked
-        store.write(f"{artifacts.checkpoint_prefix(study)}0-a.pt", io.BytesIO(b"x" * 1000))
+        store.write(f"{checkpoint_prefix(study)}0-a.pt", io.BytesIO(b"x" * 1000))
         assert usage(study, store).checkpoints == 1000
         # another process, another directory, another storage object: the same store
         again = optuna.load_study(study_name="db-store", storage=open_storage(url))
-        assert artifact_store(again).size(f"{artifacts.checkpoint_prefix(study)}0-a.pt") == 1000
+        assert artifact_store(again).size(f"{checkpoint_prefix(study)}0-a.pt") == 1000
         artifact_store(again).engine.dispose()
         store.engine.dispose()
     assert not (tmp_path / "hpo-artifacts").exists()  # nothing on this machine's disk
@@ -150,7 +152,7 @@ def test_sqlite_studies_keep_a_folder_beside_the_file_and_the_env_overrides(tmp_
     (tmp_path / "db").mkdir()
     study = _study(f"sqlite:///{tmp_path / 'db' / 'runs.db'}", "s")
     assert artifact_location(study) == str(tmp_path / "db" / "runs-artifacts")
-    assert study.user_attrs[artifacts.ATTR] == str(tmp_path / "db" / "runs-artifacts")
+    assert study.user_attrs[record.ARTIFACT_DIR_ATTR] == str(tmp_path / "db" / "runs-artifacts")
     assert isinstance(artifact_store(study), FolderStore)
 
     monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "elsewhere"))
@@ -166,7 +168,7 @@ def test_a_study_made_with_a_folder_store_keeps_it_on_a_server(tmp_path, monkeyp
         study.set_user_attr("artifact_dir", str(tmp_path / "nfs"))  # as every study before database stores
         store = artifact_store(study)
         assert isinstance(store, FolderStore) and store.folder == tmp_path / "nfs"
-        assert artifacts.STORE_ATTR not in study.user_attrs
+        assert record.ARTIFACT_STORE_ATTR not in study.user_attrs
 
 
 def test_s3_locations_need_boto3_or_say_so(tmp_path, monkeypatch) -> None:
@@ -187,7 +189,7 @@ def _finished_study_with_leftovers(url: str, name: str, folder: Path) -> tuple[o
 
     study = _study(url, name)
     store = artifact_store(study)
-    prefix = artifacts.checkpoint_prefix(study)
+    prefix = checkpoint_prefix(study)
     for i in range(2):
         trial = study.ask()
         optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(_png(folder, i)), study_or_trial=trial)
@@ -230,7 +232,7 @@ def test_report_counts_and_clean_frees_the_study_artifacts(kind, tmp_path, monke
         assert result.exit_code == 0, result.output
         assert "removed 2 checkpoints (10.0 kB), 1 orphaned artifact (700 B), 0 stray chunks (0 B): 10.7 kB freed" in result.output
         # the running trial keeps its two slots; the finished trials keep their figures
-        assert store.ids("checkpoint-") == [f"{artifacts.checkpoint_prefix(study)}3-{s}.pt" for s in "ab"]
+        assert store.ids("checkpoint-") == [f"{checkpoint_prefix(study)}3-{s}.pt" for s in "ab"]
         assert usage(study, store).figures == 2008
         again = CliRunner().invoke(main, ["clean", "--study", "leftovers", "--storage", url])
         assert "removed 0 checkpoints (0 B), 0 orphaned artifacts (0 B), 0 stray chunks (0 B): 0 B freed" in again.output

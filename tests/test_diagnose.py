@@ -15,8 +15,8 @@ from hpo.analysis.diagnose import (JSON_KEYS, OVERFIT_EPOCHS, OVERFIT_RISE, colu
 from hpo.analysis.logs import from_trial_record, parse_log, read_log
 from hpo.cli import main
 from hpo.errors import HpoError
-from hpo.record import EPOCHS, OUTCOME, EpochRecord, Outcome, TrialRecord, Verdict
-from hpo.spec import DivergenceSpec
+from hpo.record import EPOCHS, OUTCOME, EpochRecord, Outcome, TrialRecord, Verdict, write_spec
+from hpo.spec import DivergenceSpec, load_spec
 
 LOGS = Path(__file__).parent / "data" / "logs"
 # Every format's runs; a folder is a Lightning run (metrics.csv) or a TensorBoard run (torch-*).
@@ -126,7 +126,7 @@ def test_the_figure_is_drawn_into_the_folder(tmp_path: Path) -> None:
 
 
 def test_rules_and_columns_options_name_what_is_allowed() -> None:
-    rules = rules_from_pairs(["threshold=1.0", "confirm_epochs=2"], {"threshold": 0.3, "action": "record"})
+    rules = rules_from_pairs(["threshold=1.0", "confirm_epochs=2"], DivergenceSpec(threshold=0.3, action="record"))
     assert (rules.threshold, rules.confirm_epochs, rules.action) == (1.0, 2, "record")
     for bad, match in (("foo=1", "known key.*threshold, train_rise"), ("threshold", "KEY=VALUE"),
                        ("threshold=x", "'x' is not a number"), ("confirm_epochs=1.5", "whole number"),
@@ -159,20 +159,27 @@ def _row(e: int, val: float, head_norm: float = 1.0) -> EpochRecord:
                        {"embedding": 0.2, "head": head_norm}, 0.0, {"embedding": 1e-4, "head": 1e-2}, 1.0)
 
 
-def test_an_hpo_trial_by_its_study_and_number(tmp_path: Path) -> None:
+def test_an_hpo_trial_by_its_study_and_number_with_the_studys_rules(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     study = optuna.create_study(study_name="s", storage=url)
-    study.set_user_attr("spec", {"divergence": {"threshold": 0.5, "confirm_epochs": 0, "action": "stop"}})
+    write_spec(study, load_spec("imdb", ["divergence.threshold=1.5"]).to_dict())  # passes a 2.25x rise
     rows = [_row(1, 0.5), _row(2, 0.4), _row(3, 0.9, head_norm=40.0)]
-    outcome = Outcome(Verdict("jump", 3, 2.25), 2, 3, 10, "fp32")
+    outcome = Outcome(Verdict("jump", 3, 2.25), 2, 3, 10, "fp32")  # what a study at 0.5 recorded
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.PRUNED, params={}, distributions={}, intermediate_values={1: 0.7, 2: 0.8},
         user_attrs={EPOCHS: [r.to_attr() for r in rows], OUTCOME: outcome.to_attr()}))
-    result = CliRunner().invoke(main, ["diagnose", "--study", "s", "--trial", "0", "--storage", url, "--format", "json"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
-    assert (out["verdict"], out["epoch"], out["best_epoch"]) == ("diverged", 3, 2)
-    assert "group 'head'" in out["advice"][0]
+
+    def run(*extra: str) -> dict:
+        result = CliRunner().invoke(main, ["diagnose", "--study", "s", "--trial", "0", "--storage", url,
+                                           "--format", "json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    own = run()  # the study's threshold: the epochs pass, the recorded verdict stands
+    assert (own["verdict"], own["epoch"]) == ("diverged", 3) and own["reason"].startswith("stopped while training")
+    strict = run("--rules", "threshold=0.5")  # the epoch rules see the jump themselves
+    assert (strict["verdict"], strict["epoch"], strict["best_epoch"]) == ("diverged", 3, 2)
+    assert strict["reason"].startswith("validation loss jumped 2.25x") and "group 'head'" in strict["advice"][0]
     missing = CliRunner().invoke(main, ["diagnose", "--study", "s", "--trial", "7", "--storage", url])
     assert missing.exit_code == 2 and "has no trial 7 (its trials: 0-0)" in missing.output
     typo = CliRunner().invoke(main, ["diagnose", "--study", "typo", "--trial", "0", "--storage", url])

@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
-from hpo.storage.db_artifacts import ArtifactCorrupted, DatabaseStore, artifacts
-from hpo.storage.http_artifacts import HttpArtifactStore, serve_artifacts
+from hpo.storage.artifacts.database_store import ArtifactCorrupted, DatabaseStore, artifacts
+from hpo.storage.artifacts.http_store import HttpArtifactStore
+from hpo.storage.proxy.artifact_server import serve_artifacts
 from test_dashboard_browser import _free_port
 
 

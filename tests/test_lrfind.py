@@ -5,9 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from hpo.cli import main
-from hpo.lrfind import RangeTest, middle_value
+from hpo.training.lrfind import RangeTest, middle_value
 from hpo.spec import FloatParam, IntParam, load_spec
-from tests.conftest import SMALL
+from conftest import SMALL
 
 
 def test_a_curve_is_read_as_steepest_minimum_and_blow_up():
@@ -50,7 +50,7 @@ def test_an_unknown_group_is_one_line():
 
 
 def test_lr_find_on_a_pretraining_study_starts_from_the_encoder_its_trials_use(tmp_path, monkeypatch, data_cache_dir):
-    from tests.test_pretrain import TINY_LM
+    from test_pretrain import TINY_LM
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HPO_ARTIFACTS", raising=False)

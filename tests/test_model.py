@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from hpo.model import LAYER_GROUPS, LSTMClassifier, reverse_within_length
+from hpo.spec import LAYER_GROUPS
+from hpo.training.models import LSTMClassifier, reverse_within_length
 
 
 def test_layer_groups_partition_the_parameters():

@@ -8,10 +8,10 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.data import load_dataset
-from hpo.objective import Objective
+from hpo.search.objective import Objective
 from hpo.record import TrialRecord
 from hpo.spec import load_spec
-from tests.conftest import SMALL
+from conftest import SMALL
 
 STABLE = [
     "space.lr_embedding=0.002", "space.lr_encoder=0.002", "space.lr_head=0.002", "space.clip_norm=1.0",
@@ -68,8 +68,8 @@ def test_a_pruned_trial_stops_at_the_epoch_it_was_pruned(pruned_after_epoch_2) -
 
 
 def test_a_trial_stores_its_step_telemetry_as_one_artifact(pruned_after_epoch_2) -> None:
-    from hpo.storage.artifacts import FolderStore
-    from hpo.telemetry import load_telemetry
+    from hpo.storage.artifacts.stores import FolderStore
+    from hpo.analysis.steps import load_telemetry
 
     study, folder = pruned_after_epoch_2  # pruned after epoch 2 of 3
     trial = study.trials[0]

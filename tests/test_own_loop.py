@@ -14,7 +14,7 @@ import torch
 from hpo.data import iter_batches
 from hpo.errors import HpoError
 from hpo.spec import DivergenceSpec
-from hpo.telemetry import group_grad_norms, param_groups
+from hpo.training.step import group_norms, param_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def test_param_groups_by_name_and_their_gradient_norms() -> None:
     groups = param_groups(opt)
     assert list(groups) == ["body", "group1", "frozen"]
     head(torch.relu(body(torch.randn(8, 3)))).sum().backward()
-    norms = group_grad_norms(groups)
+    norms = group_norms(groups)
     expected = [torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in m.parameters()])) for m in (body, head)]
     assert norms[:2].tolist() == pytest.approx([float(e) for e in expected])
     assert norms[2].item() == 0.0  # no gradients: a frozen group

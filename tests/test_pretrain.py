@@ -7,14 +7,15 @@ import math
 import multiprocessing
 from pathlib import Path
 
-import pytest
 import torch
 
 from hpo.data import load_dataset
-from hpo.objective import build_model
-from hpo.pretrain import LanguageModel, ensure_encoder, lm_streams, perplexity, pretrain
-from hpo.storage.artifacts import FolderStore
-from hpo.train import TrainConfig, first_epochs, make_optimizer, train
+from hpo.training.models import build_model
+from hpo.training.pretrain import LanguageModel, ensure_encoder, lm_streams, perplexity, pretrain
+from hpo.storage.artifacts.stores import FolderStore
+from hpo.training.config import TrainConfig
+from hpo.training.loop import first_epochs, train
+from hpo.training.step import make_optimizer
 
 TINY_LM = ["pretrain.epochs=2", "pretrain.max_tokens=60000", "pretrain.bptt=30", "pretrain.batch_size=16",
            "pretrain.lr=0.01", "pretrain.precision=fp32",
@@ -86,12 +87,12 @@ def test_a_fine_tuned_classifier_starts_from_the_language_model_s_weights(small_
         assert not torch.equal(value, scratch.encoder.state_dict()[name]), name
     # a different pretraining setting is a different encoder
     other = dataclasses.replace(spec, pretrain=dataclasses.replace(spec.pretrain, lr=1e-3))
-    from hpo.pretrain import encoder_key
+    from hpo.training.pretrain import encoder_key
     assert encoder_key(other, data) != encoder.key
 
 
 def _per_layer_model(vocab: int) -> torch.nn.Module:
-    from hpo.model import LSTMClassifier
+    from hpo.training.models import LSTMClassifier
 
     torch.manual_seed(0)
     return LSTMClassifier(vocab, 8, 8, num_layers=2, group_per_layer=True)

@@ -17,6 +17,11 @@ def _pruned_at(pruner: optuna.pruners.BasePruner, curve: list[float]) -> int | N
         for epoch in (1, 2, 3):
             good.report(0.9, epoch)
         study.tell(good, 0.9)
+    return _run(study, curve)
+
+
+def _run(study: optuna.Study, curve: list[float]) -> int | None:
+    """The epoch a trial reporting ``curve`` is pruned at; None when it completes."""
     trial = study.ask()
     for epoch, value in enumerate(curve, start=1):
         trial.report(value, epoch)
@@ -35,9 +40,15 @@ def test_warmup_epochs_delay_pruning_by_whole_epochs(kind: str) -> None:
     assert _pruned_at(make_pruner(PrunerSpec(type=kind, n_startup_trials=1, warmup_epochs=2), 3), bad) == 3
 
 
-def test_successive_halving_and_hyperband_start_after_the_warmup() -> None:
-    for kind in ("successive_halving", "hyperband"):
-        pruner = make_pruner(PrunerSpec(type=kind, warmup_epochs=1, reduction_factor=2), max_epochs=3)
-        at = _pruned_at(pruner, [0.5, 0.5, 0.5])
-        assert at is None or at >= 2, kind
+@pytest.mark.parametrize("kind, warmup, first", [("successive_halving", 0, 1), ("successive_halving", 1, 2),
+                                                 ("hyperband", 1, 2)])
+def test_successive_halving_and_hyperband_prune_a_bad_trial_first_after_the_warmup(kind: str, warmup: int,
+                                                                                  first: int) -> None:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0),
+                                pruner=make_pruner(PrunerSpec(type=kind, warmup_epochs=warmup, reduction_factor=2), 3))
+    assert [_run(study, [0.9, 0.9, 0.9]) for _ in range(4)] == [None] * 4  # good trials finish
+    assert _run(study, [0.1, 0.1, 0.1]) == first  # a bad one is stopped at the first rung after the warm-up
+
+
+def test_no_pruner_is_optunas_nop_pruner() -> None:
     assert isinstance(make_pruner(PrunerSpec(type="none"), 3), optuna.pruners.NopPruner)

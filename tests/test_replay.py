@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 
 import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from hpo.analysis import synthetic
+import synthetic
 from hpo.analysis.replay import Curve, Policy, curves_from_records, replay
 from hpo.analysis.trials import load_study_data
 from hpo.cli import main
 from hpo.errors import HpoError
 from hpo.pruning import make_pruner, record_epoch
-from hpo.spec import DivergenceSpec, PrunerSpec
-from tests.analysis_helpers import known_study
+from hpo.spec import DivergenceSpec, PrunerSpec, load_spec
+from analysis_helpers import known_study
 
 RULES = DivergenceSpec()
 
@@ -108,5 +107,5 @@ def test_a_record_only_study_replays_with_its_rules() -> None:
     thresholds still apply, its action does not: the replay cuts at each verdict."""
     from hpo.analysis.replay import stored_rules
 
-    rules = stored_rules({"divergence": {"action": "record", "threshold": 0.3}})
+    rules = stored_rules(load_spec("imdb", ["divergence.action=record", "divergence.threshold=0.3"]))
     assert rules.threshold == 0.3 and rules.action == "stop"

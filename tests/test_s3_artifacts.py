@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from hpo.storage.artifacts import artifact_location, artifact_store
+from hpo.storage.artifacts.stores import artifact_location, artifact_store
 
 pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
 
@@ -88,7 +88,7 @@ def s3_stub(monkeypatch, tmp_path) -> Iterator[dict[str, bytes]]:
 
 
 def test_an_s3_location_stores_figures_and_checkpoints_under_its_prefix(s3_stub, tmp_path, monkeypatch) -> None:
-    from hpo.checkpoints import TrialCheckpoints
+    from hpo.training.checkpoints import TrialCheckpoints
 
     monkeypatch.setenv("HPO_ARTIFACTS", "s3://hpo-bucket/runs/")
     study = optuna.create_study(study_name="s3", storage=f"sqlite:///{tmp_path / 'hpo.db'}")

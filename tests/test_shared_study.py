@@ -13,8 +13,9 @@ from db_servers import fresh_database
 from hpo.cli import main
 from hpo.errors import HpoError
 from hpo.spec import Spec
-from hpo.storage.resilient import open_storage
-from hpo.study import SPEC_ATTR, open_study
+from hpo.storage.database.resilient import open_storage
+from hpo.record import SPEC_ATTR
+from hpo.search.study import open_study
 
 
 def test_the_creating_workers_spec_is_stored_and_others_must_match(small_spec, tmp_path) -> None:

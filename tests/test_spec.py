@@ -4,21 +4,7 @@ import warnings
 import pytest
 
 from hpo.errors import HpoError
-from hpo.spec import (
-    DataSpec,
-    DivergenceSpec,
-    FloatParam,
-    IntParam,
-    ModelSpec,
-    PrunerSpec,
-    Spec,
-    TrainSpec,
-    apply_overrides,
-    builtin_studies,
-    group_lrs,
-    load_spec,
-    spec_from_dict,
-)
+from hpo.spec import DataSpec, DivergenceSpec, FloatParam, IntParam, ModelSpec, PrunerSpec, Spec, TrainSpec, apply_overrides, builtin_studies, group_lrs, load_spec, spec_from_dict
 
 IMDB_TOML = importlib.resources.files("hpo.studies").joinpath("imdb.toml")
 
@@ -151,8 +137,8 @@ def test_builtin_studies_are_listed_and_a_local_spec_wins(tmp_path, monkeypatch)
 
 
 def test_building_a_sampler_or_opening_a_storage_leaves_warning_filters_alone(tmp_path):
-    from hpo.storage.resilient import open_storage
-    from hpo.study import make_sampler
+    from hpo.storage.database.resilient import open_storage
+    from hpo.search.study import make_sampler
 
     before = list(warnings.filters)
     make_sampler(load_spec("imdb").sampler, seed=0)

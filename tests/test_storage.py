@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine
 from hpo.cli import main
 from hpo.errors import HpoError
-from hpo.storage.resilient import is_transient, open_storage
-from hpo.storage.urls import mask_url, resolve_storage_url
+from hpo.storage.database.resilient import is_transient, open_storage
+from hpo.storage.database.urls import mask_url, resolve_storage_url
 from sqlalchemy.engine import make_url
 
 
@@ -126,7 +126,7 @@ def test_the_password_can_come_from_a_secret_file(tmp_path, monkeypatch: pytest.
 
 
 def test_a_mysql_creation_lock_that_cannot_be_had_is_an_error_not_a_silent_go_ahead() -> None:
-    from hpo.storage.locks import _lock_key, creation_lock
+    from hpo.storage.database.locks import _lock_key, creation_lock
 
     engine = _admin_engine("mysql")
     url = ADMIN_URLS["mysql"]

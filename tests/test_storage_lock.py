@@ -13,10 +13,10 @@ import pytest
 
 from db_servers import fresh_database
 from hpo.errors import HpoError
-from hpo.storage.locks import creation_lock
-from hpo.storage.resilient import open_storage
-from hpo.storage.storage_lock import StorageLock, is_lock_study
-from hpo.study import load_existing
+from hpo.storage.database.locks import creation_lock
+from hpo.storage.database.resilient import open_storage
+from hpo.storage.database.proxied_lock import StorageLock, is_lock_study
+from hpo.storage.database.studies import load_existing
 from test_dashboard_browser import _free_port
 from test_pretrain import TINY_LM, assert_two_workers_pretrain_once
 
@@ -66,8 +66,8 @@ def test_threads_taking_one_lock_through_the_proxy_never_overlap(proxy_url) -> N
 
 _HOLD_FOR_EVER = """
 import sys, time
-from hpo.storage.resilient import open_storage
-from hpo.storage.storage_lock import StorageLock
+from hpo.storage.database.resilient import open_storage
+from hpo.storage.database.proxied_lock import StorageLock
 StorageLock(open_storage(sys.argv[1]), "killed", stale_s=2).acquire(timeout_s=30)
 print("held", flush=True)
 time.sleep(600)
@@ -133,7 +133,8 @@ def test_creation_lock_on_a_grpc_url_is_the_storage_lock(proxy_url) -> None:
 
 def test_proxied_workers_starting_together_with_different_specs_make_one_study_of_one_spec(proxy_url, small_spec) -> None:
     """Without the lock each of them found no spec recorded and recorded its own."""
-    from hpo.study import SPEC_ATTR, open_study
+    from hpo.record import SPEC_ATTR
+    from hpo.search.study import open_study
 
     specs = [small_spec("name=raced", f"train.max_epochs={2 + i % 2}") for i in range(4)]
     barrier, outcomes = threading.Barrier(4), []
@@ -171,7 +172,7 @@ def test_two_proxied_workers_started_together_pretrain_once(proxy_url, small_spe
 def test_a_study_cannot_take_a_lock_s_name(small_spec) -> None:
     import optuna
 
-    from hpo.study import open_study
+    from hpo.search.study import open_study
 
     with pytest.raises(HpoError, match=r"names starting 'hpo-lock:' are hpo's locks"):
         open_study(small_spec("name='hpo-lock:x'"), optuna.storages.InMemoryStorage())

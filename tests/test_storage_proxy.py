@@ -15,9 +15,9 @@ from sqlalchemy.engine import make_url
 
 from db_servers import fresh_database
 from hpo.cli import main
-from hpo.storage.resilient import open_storage
-from hpo.study import FINISHED
-from hpo.workers import work
+from hpo.storage.database.resilient import open_storage
+from hpo.search.study import FINISHED
+from hpo.search.workers import work
 from test_dashboard_browser import _free_port
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
@@ -68,7 +68,7 @@ def test_workers_run_one_budget_through_the_proxy(tmp_path) -> None:
 
 
 def test_a_proxy_nobody_runs_and_bad_addresses_are_one_line(monkeypatch) -> None:
-    monkeypatch.setattr("hpo.storage.proxy.READY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("hpo.storage.database.proxy_client.READY_TIMEOUT_S", 1.0)
     port = _free_port()
     result = CliRunner().invoke(main, ["report", "--study", "s", "--storage", f"grpc://127.0.0.1:{port}"])
     assert result.exit_code == 2 and f"no storage proxy answers at grpc://127.0.0.1:{port}" in result.stderr, result.output
@@ -80,7 +80,7 @@ def test_a_proxy_nobody_runs_and_bad_addresses_are_one_line(monkeypatch) -> None
 
 def test_workers_find_the_artifact_store_next_to_the_proxy() -> None:
     from hpo.errors import HpoError
-    from hpo.storage.proxy import artifact_address, grpc_address
+    from hpo.storage.database.proxy_client import artifact_address, grpc_address
 
     assert grpc_address("grpc://proxy:13000?artifact_port=14000") == ("proxy", 13000)
     assert artifact_address("grpc://proxy:13000") == ("proxy", 13001)
@@ -97,7 +97,7 @@ def test_the_proxy_fails_a_silent_trial_once_and_queues_its_rerun(tmp_path) -> N
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from hpo.storage.proxy import reap
+    from hpo.storage.proxy.server import reap
 
     storage = open_storage(f"sqlite:///{tmp_path / 'reap.db'}", grace_period=2)
     study = optuna.create_study(study_name="reap", storage=storage)
@@ -122,7 +122,7 @@ def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_insta
     code = (
         "import sys; sys.modules['grpc'] = None\n"  # as if grpcio were not installed
         "from hpo.errors import HpoError\n"
-        "from hpo.storage.resilient import open_storage\n"
+        "from hpo.storage.database.resilient import open_storage\n"
         f"print(type(open_storage('sqlite:///{tmp_path / 'hpo.db'}')).__name__)\n"
         "try:\n"
         "    open_storage('grpc://127.0.0.1:1')\n"

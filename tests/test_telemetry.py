@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from hpo.checkpoints import TrialCheckpoints
+from hpo.training.checkpoints import TrialCheckpoints
 from hpo.errors import HpoError
-from hpo.model import LSTMClassifier
-from hpo.spec import DivergenceSpec
-from hpo.storage.artifacts import FolderStore
-from hpo.telemetry import StepTelemetry, auto_every
-from hpo.train import TrainConfig, sgdr_factor, train
+from hpo.training.models import LSTMClassifier
+from hpo.storage.artifacts.stores import FolderStore
+from hpo.training.telemetry import StepTelemetry, auto_every
+from hpo.training.config import TrainConfig
+from hpo.training.schedule import sgdr_factor
+from hpo.training.loop import train
 
 GROUPS = ("embedding", "encoder", "head")
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from hpo.data import load_dataset
-from hpo.model import LSTMClassifier
+from hpo.training.models import LSTMClassifier
 from hpo.record import COMPLETE, TrialRecord
 from hpo.spec import DataSpec
-from hpo.train import TrainConfig, train
+from hpo.training.config import TrainConfig
+from hpo.training.loop import train
 
 pytest.importorskip("tensorboard", reason="the optional extra: pip install -e '.[tensorboard]'")
 
@@ -15,7 +16,7 @@ pytest.importorskip("tensorboard", reason="the optional extra: pip install -e '.
 def test_a_trials_telemetry_reads_back_from_tensorboard(tmp_path, data_cache_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hpo.tensorboard import write_trial
+    from hpo.analysis.tensorboard import write_trial
 
     data = load_dataset(DataSpec(cache_dir=data_cache_dir, max_train=320, max_valid=100, max_len=80))
     torch.manual_seed(0)
@@ -37,7 +38,7 @@ def test_a_trials_telemetry_reads_back_from_tensorboard(tmp_path, data_cache_dir
 
 
 def test_a_worker_writes_one_run_per_trial(small_spec, tmp_path, monkeypatch):
-    from hpo.workers import run_worker
+    from hpo.search.workers import run_worker
 
     monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
     spec = small_spec("name='tb-worker'", "train.max_epochs=1", "data.max_train=200", "data.max_valid=100")

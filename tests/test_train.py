@@ -5,9 +5,13 @@ import torch
 
 from hpo.data import load_dataset
 from hpo.divergence import DivergenceMonitor
-from hpo.model import LSTMClassifier
+from hpo.training.models import LSTMClassifier
 from hpo.spec import DivergenceSpec
-from hpo.train import TrainConfig, _native_bf16, make_optimizer, precision_note, resolve_precision, sgdr_factor, train
+from hpo.training.config import TrainConfig
+from hpo.training.device import native_bf16 as _native_bf16, precision_note, resolve_precision
+from hpo.training.step import make_optimizer
+from hpo.training.schedule import sgdr_factor
+from hpo.training.loop import train
 
 
 def test_sgdr_schedule_values():

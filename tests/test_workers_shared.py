@@ -23,13 +23,13 @@ from sqlalchemy.engine import make_url
 
 from conftest import SMALL
 from db_servers import ADMIN_URLS, PASSWORDS, CuttableProxy, _admin_engine, fresh_database
-from hpo.checkpoints import TrialCheckpoints
+from hpo.training.checkpoints import TrialCheckpoints
 from hpo.pruning import record_epoch
 from hpo.record import TrialRecord, epoch_rows
-from hpo.storage.artifacts import artifact_location, artifact_store, open_location
-from hpo.storage.resilient import open_storage
-from hpo.study import FINISHED
-from hpo.workers import run_worker, work
+from hpo.storage.artifacts.stores import artifact_location, artifact_store, open_location
+from hpo.storage.database.resilient import open_storage
+from hpo.search.study import FINISHED
+from hpo.search.workers import run_worker, work
 
 pytestmark = pytest.mark.slow
 
@@ -354,7 +354,7 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
     from test_dashboard_browser import _free_port
     from test_storage_proxy import _start_proxy
 
-    from hpo.storage.http_artifacts import HttpArtifactStore
+    from hpo.storage.artifacts.http_store import HttpArtifactStore
 
     with fresh_database(kind) as url:
         port = _free_port()

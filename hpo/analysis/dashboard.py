@@ -24,8 +24,9 @@ import optuna
 
 from hpo.analysis.trials import no_finished_message
 from hpo.errors import HpoError
-from hpo.storage.resilient import open_storage
-from hpo.study import load_existing
+from hpo.storage.artifacts.stores import artifact_location, open_location
+from hpo.storage.database.resilient import open_storage
+from hpo.storage.database.studies import load_existing
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,6 @@ class DashboardPlan:
 
 def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> DashboardPlan:
     """Open the storage and find the study; an HpoError when either is wrong."""
-    from hpo.storage.artifacts import artifact_location
-
     storage = open_storage(storage_url, create=False)
     study = load_existing(study_name, storage)
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
@@ -71,8 +70,6 @@ def plan_dashboard(study_name: str, storage_url: str, host: str = "127.0.0.1", p
 def serve(plan: DashboardPlan) -> None:
     """Run optuna-dashboard until interrupted; a port in use becomes an HpoError."""
     import optuna_dashboard
-
-    from hpo.storage.artifacts import open_location
 
     store = open_location(plan.artifact_location, plan.storage)
     try:

@@ -363,10 +363,10 @@ def _restart_before(c: _Curves, cols: Columns, log: TrainingLog, j: int) -> str 
 # --- options ----------------------------------------------------------------------------------------------
 
 
-def rules_from_pairs(pairs: Sequence[str], base: Mapping[str, Any] | None = None) -> DivergenceSpec:
-    """``["threshold=1.0", "confirm_epochs=1"]`` over ``base`` (a stored spec's divergence table)."""
+def rules_from_pairs(pairs: Sequence[str], base: DivergenceSpec | None = None) -> DivergenceSpec:
+    """``["threshold=1.0", "confirm_epochs=1"]`` over ``base`` (default: the project's rules)."""
     known = {f.name: f for f in dataclasses.fields(DivergenceSpec)}
-    values = {k: v for k, v in (base or {}).items() if k in known}
+    values = dataclasses.asdict(base) if base is not None else {}
     allowed = f"rules: {', '.join(RULE_KEYS)}"
     for pair in pairs:
         key, sep, text = pair.partition("=")

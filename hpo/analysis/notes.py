@@ -8,7 +8,7 @@ would). :func:`trial_note` writes one or two lines from the trial's record and s
     median at step 4211, 2 steps after a warm restart; head |dw|/|w| up to 3e-2 (healthy ~1e-3)
     rates: lr_embedding 1e-3, lr_encoder 1e-3, lr_head 1e-2
 
-:class:`hpo.callbacks.DashboardNotes` writes them from a worker: a trial's note as it ends (a listener), the
+:class:`hpo.search.callbacks.DashboardNotes` writes them from a worker: a trial's note as it ends (a listener), the
 study's note after trials finish (an Optuna callback), at most once per ``every_s`` seconds per
 worker. A note that cannot be written costs a warning, never the trial.
 
@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import optuna
 
 from hpo.analysis import plots, steps
-from hpo.record import TrialRecord
-from hpo.telemetry import StepTelemetry
+from hpo.record import TrialRecord, rate_text
+from hpo.storage.optuna_private import storage_of, study_id, trial_id
+from hpo.training.telemetry import StepTelemetry
 
 CURVES_SUFFIX = "-" + plots.PNG_NAME  # the file names the trials' figures were uploaded under
 STEPS_SUFFIX = "-" + steps.PNG_NAME
@@ -46,27 +48,19 @@ def save_note(study_or_trial: Any, body: str) -> None:
     and, through ``optuna.importance``, scikit-learn and SciPy, ~2 s of CPU in every worker process
     (on a quiet core; as much as PyTorch's import) for one function that writes a few attributes.
     tests/test_analysis_steps.py reads what this writes with optuna-dashboard's own ``get_note``."""
-    import optuna
-
     if isinstance(study_or_trial, optuna.Study):
-        storage, study_id, prefix = study_or_trial._storage, study_or_trial._study_id, "dashboard:"
+        study, prefix = study_or_trial, "dashboard:"
     else:
-        trial = study_or_trial
-        storage, study_id, prefix = trial.storage, trial.study._study_id, f"dashboard:{trial._trial_id}:"
-    attrs = storage.get_study_system_attrs(study_id)
-    storage.set_study_system_attr(study_id, prefix + "note_ver", attrs.get(prefix + "note_ver", 0) + 1)
+        study, prefix = study_or_trial.study, f"dashboard:{trial_id(study_or_trial)}:"
+    storage, sid = storage_of(study), study_id(study)
+    attrs = storage.get_study_system_attrs(sid)
+    storage.set_study_system_attr(sid, prefix + "note_ver", attrs.get(prefix + "note_ver", 0) + 1)
     chunks = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
     for i, chunk in enumerate(chunks):
-        storage.set_study_system_attr(study_id, f"{prefix}note_str:{i}", chunk)
+        storage.set_study_system_attr(sid, f"{prefix}note_str:{i}", chunk)
     before = sum(key.startswith(prefix + "note_str:") for key in attrs)
     for i in range(len(chunks), before):
-        storage.set_study_system_attr(study_id, f"{prefix}note_str:{i}", "")
-
-
-def _g(x: float) -> str:
-    from hpo.analysis.report import _g as g
-
-    return g(float(x))
+        storage.set_study_system_attr(sid, f"{prefix}note_str:{i}", "")
 
 
 def spike(t: StepTelemetry, before: int | None = None) -> tuple[str, float, int] | None:
@@ -123,9 +117,9 @@ def telemetry_line(trial: TrialRecord, t: StepTelemetry | None) -> str:
         ratios = ratios[t.step <= cut]
     if trial.diverged and np.isfinite(ratios).any():
         g = int(np.nanargmax(np.nanmax(ratios, axis=0)))
-        parts.append(f"{t.groups[g]} |dw|/|w| up to {_g(np.nanmax(ratios[:, g]))} (healthy ~1e-3)")
+        parts.append(f"{t.groups[g]} |dw|/|w| up to {rate_text(float(np.nanmax(ratios[:, g])))} (healthy ~1e-3)")
     elif np.isfinite(ratios).any():
-        medians = ", ".join(f"{group} {_g(np.nanmedian(ratios[:, g]))}" for g, group in enumerate(t.groups)
+        medians = ", ".join(f"{group} {rate_text(float(np.nanmedian(ratios[:, g])))}" for g, group in enumerate(t.groups)
                             if np.isfinite(ratios[:, g]).any())
         parts.append(f"median |dw|/|w| {medians}")
     return "; ".join(parts)
@@ -137,20 +131,19 @@ def trial_note(trial: TrialRecord, t: StepTelemetry | None = None) -> str:
         head = f"**diverged**: {trial.verdict.describe()}"
     elif trial.pruned:
         pruned = trial.outcome.pruned_epoch if trial.outcome else None
-        head = f"**pruned** as underperforming" + (f" after epoch {pruned}" if pruned else "") + \
+        head = "**pruned** as underperforming" + (f" after epoch {pruned}" if pruned else "") + \
             (f" (best validation accuracy {trial.accuracy:.4f})" if trial.accuracy is not None else "")
     else:
         best = f" at epoch {trial.best_epoch}" if trial.best_epoch else ""
         head = f"**{trial.state.lower()}**" + (f": validation accuracy {trial.accuracy:.4f}{best}" if trial.accuracy is not None else "")
     line = telemetry_line(trial, t)
-    rates = ", ".join(f"{k} {_g(v)}" for k, v in sorted(trial.lrs.items()))
+    rates = trial.rates_text()
     return f"{head}{'; ' + line if line else ''}  \nrates: {rates}"
 
 
 @dataclass(frozen=True)
 class FigureLink:
     """One figure the study's note links to: ``[label](path)``."""
-
     label: str
     path: str  # the dashboard's URL path of the image, from its root
 
@@ -172,18 +165,15 @@ def most_informative_diverged(finished: Sequence[TrialRecord]) -> TrialRecord | 
 def top_figures(study: Any, finished: Sequence[TrialRecord], best: TrialRecord | None) -> list[FigureLink]:
     """Links to the best trial's step figure and epoch curves and to the most informative diverged
     trial's step figure, as far as those trials uploaded them (one artifact listing per trial)."""
-    import optuna
-
-    storage = study._storage
+    storage = storage_of(study)
     frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
-    rates = lambda r: ", ".join(f"{k} {_g(v)}" for k, v in sorted(r.lrs.items()))  # noqa: E731
     wanted: list[tuple[TrialRecord, str, str]] = []
     if best is not None:
-        wanted += [(best, STEPS_SUFFIX, f"best trial {best.number}: steps ({rates(best)})"),
+        wanted += [(best, STEPS_SUFFIX, f"best trial {best.number}: steps ({best.rates_text()})"),
                    (best, CURVES_SUFFIX, f"best trial {best.number}: epochs")]
     diverged = most_informative_diverged(finished)
     if diverged is not None:
-        wanted.append((diverged, STEPS_SUFFIX, f"diverged trial {diverged.number}: steps ({rates(diverged)})"))
+        wanted.append((diverged, STEPS_SUFFIX, f"diverged trial {diverged.number}: steps ({diverged.rates_text()})"))
     links, listed = [], {}
     for r, suffix, label in wanted:
         t = frozen.get(r.number)
@@ -193,7 +183,7 @@ def top_figures(study: Any, finished: Sequence[TrialRecord], best: TrialRecord |
             listed[r.number] = optuna.artifacts.get_all_artifact_meta(t, storage=storage)
         found = [m for m in listed[r.number] if m.filename.endswith(suffix)]
         if found:  # the latest upload, should a re-run have uploaded twice
-            links.append(FigureLink(label, artifact_path(study._study_id, t._trial_id, found[-1].artifact_id)))
+            links.append(FigureLink(label, artifact_path(study_id(study), trial_id(t), found[-1].artifact_id)))
     return links
 
 

@@ -37,7 +37,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -49,7 +49,7 @@ from hpo.errors import HpoError
 from hpo.pruning import make_pruner
 from hpo.record import TrialRecord, Verdict
 from hpo.spec.files import apply_overrides
-from hpo.spec.schema import DivergenceSpec, PrunerSpec
+from hpo.spec.schema import DivergenceSpec, PrunerSpec, Spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -279,9 +279,9 @@ def default_policies(own: PrunerSpec | None) -> list[Policy]:
     return policies
 
 
-def stored_rules(spec: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> DivergenceSpec:
+def stored_rules(spec: Spec | None, overrides: Sequence[str] = ()) -> DivergenceSpec:
     """The study's divergence rules (its stored spec, else the defaults) with ``KEY=VALUE`` overrides."""
-    base = dict((spec or {}).get("divergence") or {})
+    base = dataclasses.asdict(spec.divergence if spec is not None else DivergenceSpec())
     raw = apply_overrides({"divergence": base}, [f"divergence.{o}" if not o.startswith("divergence.") else o
                                                  for o in overrides])["divergence"]
     # a replay asks what stopping at each verdict would have saved, whatever the study's action
@@ -296,15 +296,9 @@ def stored_rules(spec: Mapping[str, Any] | None, overrides: Sequence[str] = ()) 
     return DivergenceSpec(**{k: (float(v) if fields[k].type == "float" else int(v)) for k, v in raw.items()})
 
 
-def stored_pruner(spec: Mapping[str, Any] | None) -> PrunerSpec | None:
-    """The study's own wrapped pruner, from its stored spec (schema 1's n_warmup_steps translated)."""
-    table = dict((spec or {}).get("pruner") or {})
-    if not table:
-        return None
-    if "n_warmup_steps" in table:  # schema 1: 1-based epochs, so n_warmup_steps 1 meant no warm-up
-        table["warmup_epochs"] = max(0, int(table.pop("n_warmup_steps")) - 1)
-    known = {f.name for f in dataclasses.fields(PrunerSpec)}
-    return PrunerSpec(**{k: v for k, v in table.items() if k in known})
+def stored_pruner(spec: Spec | None) -> PrunerSpec | None:
+    """The study's own wrapped pruner, from its stored spec."""
+    return spec.pruner if spec is not None else None
 
 
 def replay_study(data: StudyData, pruners: Sequence[str] = (), divergence: Sequence[str] = ()) -> tuple[str, list[PolicyResult]]:

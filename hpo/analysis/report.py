@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from hpo import record
 from hpo.analysis.trials import StudyData, TrialRecord
 from hpo.errors import HpoError
-from hpo.record import Tally, best_trial
+from hpo.record import Tally, best_trial, rate_text, rates_text
 
 FORMATS = ("table", "markdown", "csv", "json")
 _GRID = (1.0, 3.0)  # bin edges within each decade
@@ -244,7 +244,7 @@ def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
         parts.append(f"With {n} trial{'s' if n != 1 else ''}, read what follows as a first look, not a finding.")
     constants = _constant_rates(trials)
     if constants:
-        fixed = ", ".join(f"{name} {_g(value)}" for name, value in constants.items())
+        fixed = ", ".join(f"{name} {rate_text(value)}" for name, value in constants.items())
         parts.append(f"Fixed in every trial: {fixed}.")
     rule = divergence_rule(trials)
     focus = rule.param if rule else next((p for p in ("lr_head", *sorted({k for t in trials for k in t.lrs}))
@@ -259,7 +259,7 @@ def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
     else:
         few = min(rule.above, rule.below) < FEW // 2
         parts.append(
-            f"{rule.param} above {_g(rule.threshold)} diverged in {rule.above_diverged} of {rule.above} trials, "
+            f"{rule.param} above {rate_text(rule.threshold)} diverged in {rule.above_diverged} of {rule.above} trials, "
             f"at or below it in {rule.below_diverged} of {rule.below}"
             + (" (too few trials on one side to call it a boundary yet)." if few else ".")
         )
@@ -270,13 +270,13 @@ def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
         top = [t for t in complete[: max(3, len(complete) // 10)] if focus and focus in t.lrs]
         if focus and len(top) >= 2 and focus not in constants:
             lo, hi = min(t.lrs[focus] for t in top), max(t.lrs[focus] for t in top)
-            span = f"{_g(lo)} to {_g(hi)}" if _g(lo) != _g(hi) else f"{_g(lo)}, all of them"
+            span = f"{rate_text(lo)} to {rate_text(hi)}" if rate_text(lo) != rate_text(hi) else f"{rate_text(lo)}, all of them"
             parts.append(
                 f"The best {len(top)} trials used {focus} {span} "
                 f"(best: trial {best.number}, {best.val_accuracy:.4f} validation{test} accuracy)."
             )
         else:
-            rates = ", ".join(f"{k} {_g(v)}" for k, v in sorted(complete[0].lrs.items()) if k not in constants)
+            rates = rates_text(complete[0].lrs, exclude=constants)
             parts.append(f"The best trial, {best.number}, reached {best.val_accuracy:.4f} validation{test} accuracy"
                          + (f" with {rates}." if rates else "."))
     elif not complete:
@@ -292,17 +292,6 @@ def _reading(report: Report, trials: Sequence[TrialRecord]) -> str:
 
 def _pct(a: int, b: int) -> str:
     return f"{100 * a / b:.0f}%" if b else "0%"
-
-
-def _g(x: float) -> str:
-    """0.0025 -> '2.5e-3', 0.01 -> '1e-2': the way learning rates are written."""
-    if x == 0:
-        return "0"
-    exp = math.floor(math.log10(abs(x)))
-    mantissa = round(x / 10**exp, 1)
-    if abs(mantissa) >= 10:
-        mantissa, exp = mantissa / 10, exp + 1
-    return f"{mantissa:g}" if exp == 0 else f"{mantissa:g}e{exp}"
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -327,7 +316,7 @@ def _bin_row(b: Bin) -> list[str]:
         return "-" if x is None else format(x, f)
 
     return [
-        f"{_g(b.low)} - {_g(b.high)}", str(b.trials), num(b.mean_accuracy, ".4f"), num(b.max_accuracy, ".4f"),
+        f"{rate_text(b.low)} - {rate_text(b.high)}", str(b.trials), num(b.mean_accuracy, ".4f"), num(b.max_accuracy, ".4f"),
         str(b.diverged), num(b.divergence_rate, ".0%"), num(b.median_diverged_epoch, "g"),
     ]
 

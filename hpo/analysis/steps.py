@@ -3,7 +3,7 @@
 Four panels on one shared step axis (ticks at epoch starts): the train loss (each sampled step,
 and the mean since the sample before), each group's pre-clip gradient norm (log; dotted: the
 maximum since the sample before), each group's update-to-weight ratio ``|dw|/|w|`` (log; the
-dashed line at 1e-3 is the usual healthy size), and each group's learning rate (log). Dashed grey
+dash-dot line at 1e-3 is the usual healthy size), and each group's learning rate (log). Dashed grey
 lines mark SGDR warm restarts, a red line the divergence point. The title names the trial, its
 state and its group rates.
 
@@ -27,8 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from hpo.errors import HpoError
 from hpo.record import TrialRecord
-from hpo.telemetry import StepTelemetry
+from hpo.storage.artifacts.stores import artifact_store, read_upload, upload_bytes
+from hpo.storage.database.studies import load_existing
+from hpo.training.telemetry import StepTelemetry, artifact_name
 
 HEALTHY_UPDATE_RATIO = 1e-3
 PNG_NAME = "steps.png"
@@ -48,7 +51,7 @@ class Panel:
     title: str
     log: bool
     series: tuple[Series, ...]
-    reference: float | None = None  # a dashed horizontal line
+    reference: float | None = None  # a dash-dot horizontal line
 
 
 def restart_steps(t: StepTelemetry) -> list[int]:
@@ -63,6 +66,18 @@ def restart_steps(t: StepTelemetry) -> list[int]:
         length *= mult
         start += length
     return out
+
+
+def visible_restarts(trial: TrialRecord, t: StepTelemetry) -> list[int]:
+    """The warm restarts the trial reached: a run stopped early never saw the later ones, and a
+    line there would only stretch the step axis past the data."""
+    return [s for s in restart_steps(t) if s <= _last_step(trial, t)]
+
+
+def _last_step(trial: TrialRecord, t: StepTelemetry) -> int:
+    last = int(t.step.max()) if len(t) else 0
+    diverged = divergence_step(trial, t)
+    return max(last, diverged) if diverged is not None else last
 
 
 def divergence_step(trial: TrialRecord, t: StepTelemetry) -> int | None:
@@ -91,7 +106,7 @@ def panels(t: StepTelemetry) -> list[Panel]:
         Panel("train loss (dots: mean since the last sample)", False,
               (Series("loss", x, t.loss, None), Series("loss (mean)", x, t.loss_mean, None, dotted=True))),
         Panel("pre-clip gradient norm (dotted: max since the last sample)", True, per_group("grad_norm", "grad_norm_max")),
-        Panel("update |dw|/|w| (dashed: 1e-3)", True, per_group("update_ratio"), HEALTHY_UPDATE_RATIO),
+        Panel("update |dw|/|w| (dash-dot: 1e-3)", True, per_group("update_ratio"), HEALTHY_UPDATE_RATIO),
         Panel("learning rate", True, per_group("lr")),
     ]
 
@@ -110,7 +125,7 @@ def title(trial: TrialRecord) -> str:
     if verdict is not None:
         where = f"epoch {verdict.epoch}" + (f", step {verdict.step}" if verdict.step is not None else "")
         state += f" ({verdict.reason} at {where})"
-    rates = ", ".join(f"{k} {v:.2g}" for k, v in sorted(trial.lrs.items()))
+    rates = trial.rates_text()
     return f"trial {trial.number}: {state} | {rates}"
 
 
@@ -139,8 +154,8 @@ def step_figure(trial: TrialRecord, t: StepTelemetry) -> Any:
         if p.log:
             fig.update_yaxes(type="log", row=row, col=1)
         if p.reference is not None:
-            fig.add_hline(y=p.reference, line={"dash": "dash", "color": "grey", "width": 1}, row=row, col=1)
-    for step in restart_steps(t):
+            fig.add_hline(y=p.reference, line={"dash": "dashdot", "color": "green", "width": 1}, row=row, col=1)
+    for step in visible_restarts(trial, t):
         fig.add_vline(x=step, line={"dash": "dash", "color": "grey", "width": 1})
     diverged = divergence_step(trial, t)
     if diverged is not None:
@@ -148,49 +163,72 @@ def step_figure(trial: TrialRecord, t: StepTelemetry) -> Any:
                       annotation_font_color="red")
     tickvals, ticktext = _epoch_ticks(t)
     fig.update_xaxes(tickvals=tickvals, ticktext=ticktext, showgrid=True)
-    fig.update_xaxes(title_text=f"step (sampled every {t.every}; dashed: warm restarts)", row=len(ps), col=1)
+    marks = "; dashed: warm restarts" if visible_restarts(trial, t) else ""
+    fig.update_xaxes(title_text=f"step (sampled every {t.every}{marks})", row=len(ps), col=1)
     fig.update_layout(title=title(trial), height=900, hovermode="x unified", template="plotly_white")
     return fig
 
 
 def step_figure_png(trial: TrialRecord, t: StepTelemetry) -> bytes:
     """The same panels as a PNG (matplotlib, no display): what the dashboard shows."""
+    buf = io.BytesIO()
+    static_step_figure(trial, t).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def static_step_figure(trial: TrialRecord, t: StepTelemetry) -> Any:
+    """The matplotlib ``Figure`` behind :func:`step_figure_png`.
+
+    One legend below the panels names the groups and the marks that are drawn; the step axis
+    ends where the samples (or the divergence mark) do.
+    """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     ps = panels(t)
-    fig = Figure(figsize=(10, 9), dpi=72)
+    fig = Figure(figsize=(10, 9), dpi=72, layout="constrained")
     axes = fig.subplots(len(ps), 1, sharex=True)
     diverged = divergence_step(trial, t)
+    restarts = visible_restarts(trial, t)
+    handles: dict[str, Any] = {}
     for ax, p in zip(axes, ps):
         for s in p.series:
             color = "black" if s.group is None else f"C{s.group}"
-            ax.plot(s.x, s.y, ls=":" if s.dotted else "-", lw=0.8 if s.dotted else 1.2, color=color,
-                    label=None if s.dotted else s.name)
+            (line,) = ax.plot(s.x, s.y, ls=":" if s.dotted else "-", lw=0.8 if s.dotted else 1.2, color=color,
+                              label=None if s.dotted else s.name)
+            if not s.dotted:
+                if s.group is None:
+                    line.set_label("train loss")
+                handles.setdefault(line.get_label(), line)
         if p.log and any(np.isfinite(s.y).any() for s in p.series):
             ax.set_yscale("log")
         if p.reference is not None:
-            ax.axhline(p.reference, ls="--", color="grey", lw=1)
-        for step in restart_steps(t):
+            handles["reference"] = ax.axhline(p.reference, ls="-.", color="tab:green", lw=1,
+                                              label=f"healthy |dw|/|w| {p.reference:g}")
+        for step in restarts:
             ax.axvline(step, ls="--", color="grey", lw=0.8)
         if diverged is not None:
             ax.axvline(diverged, color="red", lw=1.5)
         ax.set_title(p.title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left")
+    handles["dotted"] = Line2D([], [], ls=":", color="0.3", label="dotted: mean / max since the last sample")
+    if restarts:
+        handles["restart"] = Line2D([], [], ls="--", color="grey", lw=0.8, label="SGDR warm restart")
+    if diverged is not None:
+        handles["diverged"] = Line2D([], [], color="red", lw=1.5, label=f"judged diverged (step {diverged})")
     tickvals, ticktext = _epoch_ticks(t)
     axes[-1].set_xticks(tickvals, ticktext)
-    axes[-1].set_xlabel(f"step (sampled every {t.every}; dashed: warm restarts; red: divergence)")
-    fig.suptitle(title(trial), fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    pad = max(1, _last_step(trial, t) // 50)
+    axes[-1].set_xlim(-pad, _last_step(trial, t) + pad)
+    axes[-1].set_xlabel(f"step (sampled every {t.every})")
+    fig.suptitle(title(trial), fontsize=11)
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=min(len(handles), 4), fontsize=9,
+               frameon=False)
+    return fig
 
 
 def upload_step_figure(trial: TrialRecord, t: StepTelemetry, running: Any, store: Any) -> str:
     """Upload the PNG as an artifact of ``running`` (the live ``optuna.Trial``); returns its id."""
-    from hpo.storage.artifacts import upload_bytes
-
     return upload_bytes(step_figure_png(trial, t), f"trial-{trial.number}-{PNG_NAME}", running, store, "image/png")
 
 
@@ -204,16 +242,17 @@ def write_trial_figures(trial: TrialRecord, t: StepTelemetry, out_dir: str | Pat
     return [html, png]
 
 
+def load_telemetry(trial: Any, storage: Any, store: Any) -> StepTelemetry | None:
+    """The step telemetry a finished trial (``FrozenTrial``) uploaded, or None when it has none."""
+    data = read_upload(trial, storage, store, artifact_name(trial.number))
+    return StepTelemetry.from_bytes(data) if data is not None else None
+
+
 def trial_step_figures(study_name: str, storage: Any, number: int, out_dir: str | Path) -> list[Path]:
     """``hpo plot --trial N``: read trial ``number``'s telemetry from its study and write its figures.
 
     An HpoError when the study or trial does not exist, or the trial stored no telemetry.
     """
-    from hpo.errors import HpoError
-    from hpo.storage.artifacts import artifact_store
-    from hpo.study import load_existing
-    from hpo.telemetry import load_telemetry
-
     study = load_existing(study_name, storage)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:

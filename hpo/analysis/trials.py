@@ -15,16 +15,17 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import optuna
 
 from hpo import record
 from hpo.analysis.logs import TrainingLog, from_trial_record
 from hpo.errors import HpoError
-from hpo.record import Tally, TrialRecord, best_trial
-from hpo.study import SPEC_ATTR, load_existing
+from hpo.record import StudyRecord, Tally, TrialRecord, best_trial
+from hpo.spec import DivergenceSpec, Spec
+from hpo.storage.database.studies import load_existing
 
 __all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message", "trial_log"]
 
@@ -38,7 +39,7 @@ class StudyData:
     states: Mapping[str, int]  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING -> count
     max_epochs: int
     max_epochs_source: str  # "spec" or "longest trial"
-    user_attrs: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    spec: Spec | None = None  # the spec the study was created with, when it stored one
     tally: Tally | None = None
 
     @property
@@ -49,11 +50,6 @@ class StudyData:
     def best(self) -> TrialRecord | None:
         return best_trial(self.finished)
 
-    @property
-    def spec(self) -> Mapping[str, Any] | None:
-        stored = self.user_attrs.get(SPEC_ATTR)
-        return stored if isinstance(stored, Mapping) else None
-
 
 def load_study_data(name: str, storage: optuna.storages.BaseStorage) -> StudyData:
     """Read study ``name``; an HpoError when it does not exist or has no finished trial."""
@@ -63,8 +59,12 @@ def load_study_data(name: str, storage: optuna.storages.BaseStorage) -> StudyDat
     finished = [r for r in records if r.finished]
     if not finished:
         raise HpoError(no_finished_message(name, states))
-    max_epochs, source = _max_epochs(study.user_attrs, finished)
-    return StudyData(name, finished, dict(states), max_epochs, source, dict(study.user_attrs), Tally.of(records))
+    try:
+        spec = StudyRecord.of(study).parsed_spec()
+    except HpoError:  # a spec of another hpo version: analysis goes on with the defaults
+        spec = None
+    max_epochs, source = _max_epochs(spec, finished)
+    return StudyData(name, finished, dict(states), max_epochs, source, spec, Tally.of(records))
 
 
 def no_finished_message(name: str, states: Mapping[str, int]) -> str:
@@ -77,24 +77,23 @@ def no_finished_message(name: str, states: Mapping[str, int]) -> str:
     return f"study {name!r} has {what}: run `hpo optimize --study {name} --trials N` first"
 
 
-def _max_epochs(study_attrs: Mapping[str, Any], trials: list[TrialRecord]) -> tuple[int, str]:
-    spec = study_attrs.get(SPEC_ATTR)
-    if isinstance(spec, dict):
-        value = (spec.get("train") or {}).get("max_epochs")
-        if isinstance(value, int) and value > 0:
-            return value, "spec"
+def _max_epochs(spec: Spec | None, trials: list[TrialRecord]) -> tuple[int, str]:
+    if spec is not None:
+        return spec.train.max_epochs, "spec"
     return max((t.epochs_run for t in trials), default=0), "longest trial"
 
 
-def trial_log(name: str, storage: optuna.storages.BaseStorage, number: int) -> tuple[TrainingLog, Mapping[str, Any] | None]:
+def trial_log(name: str, storage: optuna.storages.BaseStorage, number: int) -> tuple[TrainingLog, DivergenceSpec | None]:
     """Trial ``number`` of study ``name`` as a training log (``hpo diagnose --study --trial``), and
-    the divergence rules the study ran with (its stored spec's table; None when it has none)."""
+    the divergence rules the study ran with (None when it stored no spec this hpo reads)."""
     study = load_existing(name, storage)
     trials = study.get_trials(deepcopy=False)
     for t in trials:
         if t.number == number:
-            spec = study.user_attrs.get(SPEC_ATTR)
-            rules = spec.get("divergence") if isinstance(spec, Mapping) else None
-            return from_trial_record(TrialRecord.from_trial(t), name), rules
+            try:
+                spec = StudyRecord.of(study).parsed_spec()
+            except HpoError:  # a spec of another hpo version: the default rules
+                spec = None
+            return from_trial_record(TrialRecord.from_trial(t), name), spec.divergence if spec else None
     have = f"{trials[0].number}-{trials[-1].number}" if trials else "none yet"
     raise HpoError(f"study {name!r} has no trial {number} (its trials: {have})")

@@ -3,8 +3,8 @@
 * :mod:`hpo.spec.schema`: the frozen dataclasses (``Spec`` and its sections), each validating
   itself when built;
 * :mod:`hpo.spec.files`: built-in and local TOML files, ``--set KEY=VALUE`` overrides;
-* :mod:`hpo.spec.knobs`: the tunable knobs of ``[space]``, their rules, and the training
-  configuration a trial's values give.
+* :mod:`hpo.spec.params`: what a knob takes: a distribution (float, int, categorical) or a constant;
+* :mod:`hpo.spec.knobs`: the tunable knobs of ``[space]`` and their rules.
 
 Example::
 
@@ -13,25 +13,23 @@ Example::
 """
 
 from hpo.spec.files import apply_overrides, builtin_studies, load_spec, spec_from_dict
-from hpo.spec.knobs import group_lrs, knobs, train_config
+from hpo.spec.knobs import group_lrs, knobs, lr_param
+from hpo.spec.params import CategoricalParam, FloatParam, IntParam, Param, SpaceEntry
 from hpo.spec.schema import (
-    CategoricalParam,
+    LAYER_GROUPS,
     DataSpec,
     DivergenceSpec,
-    FloatParam,
-    IntParam,
     ModelSpec,
-    Param,
     PretrainSpec,
     PrunerSpec,
     SamplerSpec,
-    SpaceEntry,
     Spec,
     TrainSpec,
+    layer_groups,
 )
 
 __all__ = [
-    "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
+    "LAYER_GROUPS", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
     "PrunerSpec", "SamplerSpec", "SpaceEntry", "Spec", "TrainSpec", "apply_overrides", "builtin_studies",
-    "group_lrs", "knobs", "load_spec", "spec_from_dict", "train_config",
+    "group_lrs", "knobs", "layer_groups", "load_spec", "lr_param", "spec_from_dict",
 ]

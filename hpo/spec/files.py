@@ -27,15 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hpo.errors import HpoError
-from hpo.spec.schema import (
-    CHOICES,
-    SECTIONS,
-    CategoricalParam,
-    FloatParam,
-    IntParam,
-    Spec,
-    SpaceEntry,
-)
+from hpo.spec.params import CategoricalParam, FloatParam, IntParam, SpaceEntry
+from hpo.spec.schema import CHOICES, SECTIONS, Spec
 
 if sys.version_info >= (3, 11):
     import tomllib

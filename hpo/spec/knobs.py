@@ -1,8 +1,8 @@
 """The tunable knobs: what may appear in ``[space]``, what values each allows, where each goes.
 
 A knob is a name in the spec's ``[space]`` section, sampled per trial (a distribution) or fixed
-(a constant). Every knob has one row here: its rule, and (in :func:`train_config`) the
-:class:`~hpo.train.TrainConfig` field it sets. Learning rates are per layer group: ``lr_<group>``
+(a constant). Every knob has one row here, its rule; :func:`hpo.training.config.train_config`
+turns a trial's values into the training loop's configuration. Learning rates are per layer group: ``lr_<group>``
 for each group of the model (``lr_embedding``, ``lr_encoder``, ``lr_head``; with
 ``model.group_per_layer`` ``lr_encoder1``, ``lr_encoder2``...), or ULMFiT's discriminative
 rates ``lr_head`` and ``lr_div``: each group one level further from the head gets the rate
@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from hpo.errors import HpoError
-from hpo.record import lr_param
+from hpo.spec.params import CategoricalParam, FloatParam, IntParam, SpaceEntry
 
-if TYPE_CHECKING:
-    from hpo.spec.schema import Spec, SpaceEntry
-    from hpo.train import TrainConfig
+
+def lr_param(group: str) -> str:
+    """The knob and report column of a group's learning rate: ``head`` -> ``lr_head``."""
+    return f"lr_{group}"
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def knobs(groups: Sequence[str]) -> dict[str, Knob]:
     return {**rates, **STATIC_KNOBS}
 
 
-def check_space(space: Mapping[str, "SpaceEntry"], groups: Sequence[str]) -> None:
+def check_space(space: Mapping[str, SpaceEntry], groups: Sequence[str]) -> None:
     """Every ``[space]`` entry is a known knob with allowed values, and the rates are complete."""
     table = knobs(groups)
     for key, entry in space.items():
@@ -81,9 +82,7 @@ def check_space(space: Mapping[str, "SpaceEntry"], groups: Sequence[str]) -> Non
         )
 
 
-def _check_values(knob: Knob, entry: "SpaceEntry") -> None:
-    from hpo.spec.schema import CategoricalParam, FloatParam, IntParam
-
+def _check_values(knob: Knob, entry: SpaceEntry) -> None:
     if isinstance(entry, (FloatParam, IntParam)):
         values: list[Any] = [entry.low, entry.high]
     elif isinstance(entry, CategoricalParam):
@@ -112,31 +111,3 @@ def cycle_epochs(cycle_len: int, cycle_mult: int, cycles: int, max_epochs: int) 
     if not cycles:
         return max_epochs
     return min(max_epochs, sum(cycle_len * cycle_mult**i for i in range(cycles)))
-
-
-def train_config(spec: "Spec", values: Mapping[str, Any], precision: str | None = None) -> "TrainConfig":
-    """The training loop's configuration for one trial's knob ``values`` (sampled or fixed).
-
-    ``precision``: what the machine's calibration chose for ``train.precision = "auto"``.
-    """
-    from hpo.train import TrainConfig
-
-    t = spec.train
-    cycle_len = int(values["cycle_len"])
-    return TrainConfig(
-        lrs=group_lrs(values, spec.model.groups),
-        clip_norm=float(values["clip_norm"]),
-        cycle_len=cycle_len,
-        cycle_mult=t.cycle_mult,
-        lr_min_ratio=t.lr_min_ratio,
-        max_epochs=cycle_epochs(cycle_len, t.cycle_mult, t.cycles, t.max_epochs),
-        weight_decay=float(values["weight_decay"]),
-        optimizer=t.optimizer,
-        betas=(t.adam_beta1, t.adam_beta2),
-        unfreeze_every=t.unfreeze_every,
-        batch_size=spec.data.batch_size,
-        bucket_batches=spec.data.bucket_batches,
-        precision=precision or t.precision,
-        seed=int(values.get("seed", t.seed)),
-        telemetry_every=t.telemetry_every,
-    )

@@ -14,35 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 from hpo.errors import HpoError
-from hpo.record import layer_groups
-
-
-@dataclass(frozen=True)
-class FloatParam:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-
-
-@dataclass(frozen=True)
-class IntParam:
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-
-
-@dataclass(frozen=True)
-class CategoricalParam:
-    choices: tuple[Any, ...]
-
-
-Param = Union[FloatParam, IntParam, CategoricalParam]
-SpaceEntry = Union[Param, float, int, str, bool]
+from hpo.spec.knobs import check_space
+from hpo.spec.params import FloatParam, IntParam, SpaceEntry, entry_to_dict
 
 # Allowed values of string settings, by dotted key.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -97,6 +73,20 @@ class DataSpec:
         v, t = self.valid_fraction, self.test_fraction
         if not (0 < v < 1 and 0 <= t < 1 and v + t < 1):
             raise HpoError("spec: data.valid_fraction and data.test_fraction must be in (0, 1) and sum below 1")
+
+
+def layer_groups(num_layers: int = 1, per_layer: bool = False) -> tuple[str, ...]:
+    """The built-in LSTM's layer groups, bottom to top: what gets its own learning rate.
+
+    ``("embedding", "encoder", "head")``; with ``per_layer`` each LSTM layer is a group of its
+    own: ``("embedding", "encoder1", "encoder2", "head")``.
+    """
+    if per_layer and num_layers > 1:
+        return ("embedding", *(f"encoder{i}" for i in range(1, num_layers + 1)), "head")
+    return ("embedding", "encoder", "head")
+
+
+LAYER_GROUPS = layer_groups()  # the default model's
 
 
 @dataclass(frozen=True)
@@ -259,8 +249,6 @@ class Spec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        from hpo.spec.knobs import check_space
-
         if not isinstance(self.name, str) or not self.name:
             raise HpoError("spec: 'name' must be a non-empty string")
         check_space(self.space, self.model.groups)
@@ -290,16 +278,3 @@ SECTIONS: dict[str, type] = {
     "divergence": DivergenceSpec,
     "pretrain": PretrainSpec,
 }
-
-
-def entry_to_dict(entry: SpaceEntry) -> Any:
-    if isinstance(entry, FloatParam):
-        out = {"type": "float", "low": entry.low, "high": entry.high, "log": entry.log}
-        if entry.step is not None:
-            out["step"] = entry.step
-        return out
-    if isinstance(entry, IntParam):
-        return {"type": "int", "low": entry.low, "high": entry.high, "log": entry.log, "step": entry.step}
-    if isinstance(entry, CategoricalParam):
-        return {"type": "categorical", "choices": list(entry.choices)}
-    return entry

@@ -1,18 +1,15 @@
-"""Where studies live: the database, its URL and secrets, its locks, and the files beside it.
+"""Where studies live: the database (and how to reach it), and the files kept beside the trials.
 
-* :mod:`hpo.storage.urls`: ``--storage`` / ``$HPO_STORAGE`` / default, password files, masking;
-* :mod:`hpo.storage.locks`: a file lock and a database-wide lock for creating things once;
-* :mod:`hpo.storage.storage_lock`: that lock made of Optuna storage calls, for ``grpc://`` workers;
-* :mod:`hpo.storage.resilient`: opening a storage strictly and riding out database outages;
-* :mod:`hpo.storage.artifacts`: the study's artifact store (checkpoints, figures).
-
-Nothing is imported here: the data cache takes :func:`~hpo.storage.locks.file_lock` without
-pulling Optuna into the training process's imports.
+* :mod:`hpo.storage.database`: storage URLs and secrets, opening a database strictly and riding
+  out its outages, the locks that make workers create things once, the studies it holds, and the
+  client of `hpo storage-proxy`;
+* :mod:`hpo.storage.artifacts`: the study's artifact store (a folder, the database itself, S3, or
+  the proxy's artifact port), how hpo names what it keeps there, what it takes, and clean-up;
+* :mod:`hpo.storage.proxy`: the server side of `hpo storage-proxy`; workers never import it;
+* :mod:`hpo.storage.optuna_private`: the few uses of Optuna's private API, each with why.
 
 Example::
 
-    from hpo.storage.urls import resolve_storage_url
-    from hpo.storage.resilient import open_storage
     url, origin = resolve_storage_url(None)       # ("sqlite:///hpo.db", "default")
     storage = open_storage(url)                   # a ResilientStorage, or a clear HpoError
 """

@@ -9,7 +9,7 @@ The callback drives a :class:`~hpo.divergence.DivergenceMonitor`, as hpo's own l
   second epoch on), read from what ``training_step`` returns;
 * each optimizer step's per-group gradient norms are measured before clipping (Lightning calls
   ``on_before_optimizer_step`` before it clips), by the parameter groups' ``"name"`` entries
-  (else ``group0``, ``group1``...: :func:`hpo.telemetry.param_groups`);
+  (else ``group0``, ``group1``...: :func:`hpo.training.step.param_groups`);
 * after each epoch that validated, the epoch rules judge the mean of the epoch's step losses,
   the validation loss you log (``self.log("val_loss", ...)``; another name: ``val_loss=``) and
   the epoch's largest gradient norm.
@@ -38,7 +38,7 @@ from hpo.divergence import DivergenceMonitor
 from hpo.errors import HpoError
 from hpo.record import Verdict
 from hpo.spec.schema import DivergenceSpec
-from hpo.telemetry import group_grad_norms, param_groups
+from hpo.training.step import group_norms, param_groups
 
 try:  # the one import of the optional package
     import lightning.pytorch as pl
@@ -77,7 +77,7 @@ class DivergenceCallback(pl.Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        norms = group_grad_norms(param_groups(optimizer))
+        norms = group_norms(param_groups(optimizer))
         self._norm_max = max(self._norm_max, float(norms.max())) if len(norms) else self._norm_max
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

@@ -214,7 +214,6 @@ def _rename_events(folder: Path, name: str) -> None:
 def run_fastai(run: Run, out: Path) -> None:
     """In the child process under a pseudo-terminal: the console is the log."""
     import numpy as np
-    import torch
     from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner as FastLearner

@@ -1,0 +1,373 @@
+"""Run workers on a study until the study as a whole has its budget of finished trials.
+
+``trials`` is the study's total, not this call's and not one worker's: a study with 60
+finished trials (COMPLETE or PRUNED; FAILed ones do not count and are re-run) and a budget of
+100 runs 40 more, shared by however many workers, on however many machines, join it.
+
+Before each trial a worker counts the study's finished and running trials. It stops once the
+finished ones reach the budget. When the running ones would make up the rest, it waits instead
+of starting another trial, checking for trials of dead workers (heartbeats older than the grace
+period): those are failed and queued again, and a waiting worker runs them. Two workers that
+count at the same moment may both start a trial, so a study can end with up to (workers - 1)
+trials more than its budget, never fewer.
+
+A worker interrupted by Ctrl-C or SIGTERM marks its running trial FAIL and queues a copy with the
+same parameters, which resumes from the trial's last checkpoint (see :mod:`hpo.training.checkpoints`).
+
+Example::
+
+    outcome = run_worker(spec, "sqlite:///hpo.db", trials=20, log=print)
+    outcome.tally.best.value
+    run_workers(spec, "sqlite:///hpo.db", trials=20, jobs=4, log=print)   # 4 processes
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import record
+from hpo.data import load_dataset
+from hpo.errors import HpoError, WorkerError
+from hpo.record import Tally
+from hpo.search.callbacks import (
+    Budget,
+    CheckpointCleanup,
+    DashboardNotes,
+    FigureUpload,
+    Progress,
+    TensorBoardExport,
+)
+from hpo.search.objective import Objective
+from hpo.search.study import FINISHED, open_study, tally
+from hpo.spec import Spec
+from hpo.storage.artifacts.keys import sweep_checkpoints
+from hpo.storage.artifacts.stores import artifact_store
+from hpo.storage.artifacts.usage import usage
+from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
+from hpo.training.device import available_cores, configure_threads, resolve_device
+from hpo.training.pretrain import ensure_encoder
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WorkerOutcome:
+    study_name: str
+    tally: Tally
+    ran: int  # trials this worker ran
+    artifacts: str = ""  # what the study's artifacts take, where
+
+
+def auto_jobs(spec: Spec, measured: int | None = None) -> tuple[int, str]:
+    """Worker processes for ``--jobs auto``, and why: 1 on CUDA; on CPU what the calibration
+    measured fastest (``measured``; else one per core), as memory allows.
+
+    The default model's operations are too small to keep several threads busy, so processes beat
+    threads (benchmarks/jobs_throughput.py). A worker peaks at about 1.1 GiB on the full data;
+    1.5 GiB each leaves room.
+    """
+    if resolve_device(spec.train.device).type == "cuda":
+        return 1, "one process drives the GPU"
+    cores = measured or available_cores()
+    try:
+        free_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        free_gib = float("inf")
+    jobs = max(1, min(cores, int(free_gib // 1.5)))
+    if jobs < cores:
+        why = f"{free_gib:.1f} GiB free memory, ~1.5 GiB per worker"
+    elif measured is not None:
+        why = "the fastest measured by the calibration"
+    else:
+        why = f"one per core on {cores} cores"
+    return jobs, why
+
+
+def _finish(study: optuna.Study, budget: int, ran: int) -> WorkerOutcome:
+    """The outcome, after deleting checkpoints nothing can resume once the study is done."""
+
+    final = tally(study)
+    store = artifact_store(study)
+    if final.finished >= budget and final.running == final.waiting == 0:
+        sweep_checkpoints(study, store)
+    return WorkerOutcome(study.study_name, final, ran, f"{usage(study, store).describe()} in {store!r}")
+
+
+def work(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    budget: int | Budget,
+    timeout: float | None = None,
+    log: Log = lambda m: None,
+    poll_s: float = 1.0,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    progress: Progress | None = None,
+) -> int:
+    """Run trials of ``objective`` until ``study`` has ``budget`` finished trials; returns how many ran here.
+
+    Works for any objective (the benchmarks use a cheap synthetic one). ``callbacks`` run after
+    each trial, before the budget check and the progress line. Heartbeats and the re-run of dead
+    workers' trials come from the study's storage (``open_storage(grace_period=)``).
+    """
+    budget = budget if isinstance(budget, Budget) else Budget(budget)
+    progress = progress or Progress(budget, max_epochs=0, log=log)
+    current: list[int] = []
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def tracked(trial: optuna.Trial) -> float:
+        current[:] = [trial.number]
+        record.write_worker(trial, worker_id)  # which machine and process ran it, for the dashboard
+        return objective(trial)
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    waiting = False
+    try:
+        with _sigterm_as_interrupt():
+            while True:
+                if budget.last is not None:  # counted just now, after the trial this worker ran
+                    finished, running = budget.last.finished, budget.last.running
+                    budget.last = None
+                else:
+                    finished, running = _counts(study)
+                if finished >= budget.budget or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                if finished + running >= budget.budget:
+                    if not waiting:
+                        log(f"{finished}/{budget.budget} finished, {running} running elsewhere: waiting for them to finish (or to die and be re-run)")
+                        waiting = True
+                    _fail_stale_trials(study)
+                    time.sleep(poll_s)
+                    continue
+                waiting = False
+                current.clear()
+                study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
+    except KeyboardInterrupt:
+        if current:
+            with _signals_ignored():  # a second Ctrl-C must not cut the hand-over short
+                _requeue(study, current[0])
+        raise
+    return progress.ran
+
+
+def run_worker(
+    spec: Spec,
+    storage_url: str,
+    trials: int,
+    timeout: float | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    log: Log = lambda m: None,
+    grace_period: int = GRACE_PERIOD_S,
+    precision: str | None = None,
+    onednn: bool = True,
+    tensorboard: str | None = None,
+) -> WorkerOutcome:
+    """Optimize ``spec``'s study in this process until it has ``trials`` finished trials.
+
+    ``precision``, ``onednn``: what this machine's calibration chose for ``train.precision =
+    "auto"`` (oneDNN's fused LSTM on or off: process-wide, so set here, where a worker starts).
+    ``tensorboard``: a folder to write each trial's step telemetry to as TensorBoard scalars.
+    """
+    storage = open_storage(storage_url, grace_period=grace_period, log=log)
+    study = open_study(spec, storage, seed)
+    done = tally(study).finished
+    if done >= trials:
+        log(f"study {spec.name!r} already has {done} finished trials (budget {trials}): nothing to run")
+        return WorkerOutcome(spec.name, tally(study), 0)
+    n_threads = configure_threads(spec.train.threads if threads is None else threads)
+    torch.backends.mkldnn.enabled = onednn
+    device = resolve_device(spec.train.device)
+    data = load_dataset(spec.data, log)
+    log(
+        f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
+        f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
+    )
+    budget = Budget(trials)
+    progress = Progress(budget, spec.train.max_epochs, log)
+    store = artifact_store(study)
+    encoder = ensure_encoder(spec, store, storage_url, log, data=data)
+    notes = DashboardNotes(log=log)
+    listeners = [progress, FigureUpload(store, log), notes]
+    if tensorboard:
+        listeners.append(TensorBoardExport(tensorboard, log))
+    objective = Objective(spec, data, device, listeners=listeners, store=store,
+                          encoder=encoder, precision=precision)
+    callbacks = [CheckpointCleanup(objective), notes]
+    ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
+    if ran:
+        notes.refresh(study)  # the throttle may have skipped the last trials
+    return _finish(study, trials, ran)
+
+
+def run_workers(
+    spec: Spec,
+    storage_url: str,
+    trials: int,
+    jobs: int,
+    timeout: float | None = None,
+    seed: int | None = None,
+    log: Log = lambda m: None,
+    grace_period: int = GRACE_PERIOD_S,
+    why: str = "",
+    precision: str | None = None,
+    onednn: bool = True,
+    tensorboard: str | None = None,
+) -> WorkerOutcome:
+    """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
+
+    The study is created (and the spec checked) here, once; each process then joins it as any
+    other worker would. Processes are spawned, not forked (a forked PyTorch or database
+    connection is unsafe), and get the storage URL through a pipe, never on a command line.
+    Seeds differ per process: ``seed + i``, or fresh entropy without ``seed``.
+    """
+    study = open_study(spec, open_storage(storage_url, grace_period=grace_period, log=log), seed)
+    before = tally(study).finished
+    if before < trials:  # pretrain here, on every core, before the workers need it
+        ensure_encoder(spec, artifact_store(study), storage_url, log)
+    threads = max(1, (spec.train.threads or available_cores()) // jobs)
+    log(f"starting {jobs} worker processes with {threads} thread(s) each{why}")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker_process,
+            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision,
+                  onednn, tensorboard),
+            name=f"hpo-worker-{i}",
+        )
+        for i in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        with _sigterm_as_interrupt():
+            for p in procs:
+                p.join()
+    except KeyboardInterrupt:
+        with _signals_ignored():
+            for p in procs:  # Ctrl-C in a terminal reached them already; a SIGTERM to us did not
+                if p.is_alive() and p.pid is not None:
+                    os.kill(p.pid, signal.SIGTERM)
+            for p in procs:
+                p.join()
+        raise
+    codes = [p.exitcode for p in procs]
+    if any(code == 2 for code in codes):
+        raise HpoError(f"a worker process stopped on an error (exit codes {codes}); see its message above")
+    killed = [f"worker {i} by {signal.Signals(-c).name}" for i, c in enumerate(codes) if c is not None and c < 0]
+    if killed or any(codes):
+        t = tally(study)
+        why = "; ".join(killed) or f"exit codes {codes}"
+        raise WorkerError(
+            f"worker processes died ({why}{'; out of memory?' if 'SIGKILL' in why else ''}); the study has "
+            f"{t.finished}/{trials} finished trials and a dead worker's trial is re-run by the next worker; "
+            "run the same command again to continue"
+        )
+    return _finish(study, trials, tally(study).finished - before)
+
+
+def _worker_process(
+    spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
+    precision: str | None = None, onednn: bool = True, tensorboard: str | None = None,
+) -> None:
+    def log(message: str) -> None:
+        print(f"[worker {index}] {message}", flush=True)
+
+    quiet_optuna_logging()
+    try:
+        run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
+                   precision=precision, onednn=onednn, tensorboard=tensorboard)
+    except HpoError as exc:
+        print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        log("interrupted: its running trial is queued to run again")
+        sys.exit(130)
+
+
+class _NotRepeated(logging.Filter):
+    """Drops Optuna's log lines that repeat ours: a trial's end, and an interrupt's traceback.
+
+    The worker prints one line per finished trial and explains Ctrl-C/SIGTERM itself; Optuna's
+    "Trial 2 failed with value None." after an interrupt would only confuse. Real errors (an
+    exception in a trial) still come through, with their traceback.
+    """
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        if "KeyboardInterrupt" in message and "failed with parameters" in message:
+            return False
+        return not (message.startswith("Trial ") and " failed with value " in message)
+
+
+def quiet_optuna_logging() -> None:
+    """Warnings only (our progress lines replace Optuna's), without the lines that repeat ours."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NotRepeated) for f in handler.filters):
+            handler.addFilter(_NotRepeated())
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return len(trials) - running, running
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _requeue(study: optuna.Study, number: int) -> None:
+    """Queue a copy of this worker's interrupted trial (now FAIL), as for a dead worker's."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number == number:
+            retry_callback()(study, trial)
+            return
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``docker stop``, ``kill``) behaves like Ctrl-C: the running trial is handed over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

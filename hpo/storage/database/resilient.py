@@ -1,0 +1,297 @@
+"""Opening a study's database, strictly, and riding out its outages once open.
+
+SQLite runs in WAL mode with a long busy timeout so several local workers can share one file;
+PostgreSQL (``postgresql+psycopg://``) and MySQL/MariaDB (``mysql+pymysql://``) are for several
+machines on one study.
+
+Opening a storage is strict and fast: a database that is unreachable or misspelt is one
+:class:`~hpo.errors.HpoError` line within about ``CONNECT_TIMEOUT_S`` seconds. Once open, the
+storage is patient: every database call that fails with a connection error (a restarting
+server, a dropped connection, SQLite's "database is locked") is retried with exponential
+backoff for up to ``retry_s`` seconds, so a database restart pauses the workers instead of
+killing them. With ``grace_period`` set, a running trial whose worker stopped sending
+heartbeats for that long is failed by another worker and queued again.
+
+Example::
+
+    storage = open_storage("sqlite:///hpo.db")                  # a ResilientStorage, or a clear HpoError
+    storage = open_storage(url, grace_period=60)                  # ...that also re-runs dead workers' trials
+    open_storage("sqlite:///elsewhere.db", create=False)          # HpoError: no such database (nothing created)
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+import optuna
+import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from hpo.errors import HpoError
+from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
+from hpo.storage.database.proxy_client import grpc_address, open_grpc
+from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
+from hpo.storage.optuna_private import RDB_SESSION_METHODS
+
+Log = Callable[[str], None]
+
+RETRY_S = 300.0  # how long a worker waits for its database to come back before giving up
+GRACE_PERIOD_S = 60  # silence after which a running trial's worker is taken for dead
+MAX_RETRY = 3  # re-runs of one trial whose workers keep dying (e.g. it runs out of memory)
+_DRIVER_HINT = {
+    "postgresql": "pip install 'hpo[postgres]' (psycopg 3) and use postgresql+psycopg://",
+    "mysql": "pip install 'hpo[mysql]' (PyMySQL) and use mysql+pymysql://",
+}
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    # One worker needs two connections: its trial and its heartbeat thread. No pre-ping: it
+    # costs a round trip on every call (~10 ms per trial, benchmarks/storage_scaling.py), and a
+    # connection that died while idle fails on first use, before anything ran, so
+    # ResilientStorage retries the call on a fresh one.
+    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 2, "max_overflow": 2, "pool_recycle": 3600}
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    elif backend in ("mysql", "mariadb"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return kwargs
+
+
+def heartbeat_interval(grace_period: int) -> int:
+    """Seconds between heartbeats: several per grace period, so one late beat is not a death."""
+    return max(1, min(10, grace_period // 4))
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Queues a copy of a failed trial (same parameters, history so far) to be run again.
+
+    ``inherit_intermediate_values`` keeps the reported curve, so a retry that resumes from its
+    checkpoint continues the curve the pruner has already seen.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+
+
+def open_storage(
+    url: str,
+    *,
+    grace_period: int | None = None,
+    retry_s: float = RETRY_S,
+    log: Log = lambda m: None,
+    create: bool = True,
+) -> Any:
+    """A :class:`ResilientStorage` for ``url`` (for ``grpc://host:port``, the
+    :class:`~hpo.storage.database.proxy_client.ProxiedStorage` of `hpo storage-proxy`); any failure becomes one
+    HpoError line without the password.
+
+    ``grace_period`` (seconds) turns on heartbeats: trials of workers silent that long are
+    failed and queued again. ``log`` hears about database outages and recoveries. With
+    ``create=False`` (the read-only commands) nothing is created: no SQLite file, no lock file,
+    no tables; a SQLite file that does not exist is an HpoError naming its absolute path.
+    """
+    if grpc_address(url) is not None:
+        # `hpo storage-proxy` records the heartbeats and fails the trials of silent workers, by
+        # its own --grace-period; this worker only beats, as often as its grace period asks.
+        return open_grpc(url, heartbeat_interval=None if grace_period is None else heartbeat_interval(grace_period))
+    hb: dict[str, Any] = {}
+    if grace_period is not None:
+        hb = {
+            "heartbeat_interval": heartbeat_interval(grace_period),
+            "grace_period": grace_period,
+            "heartbeat_stale_trial_callback": retry_callback(),
+        }
+    try:
+        backend = make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        raise HpoError(
+            f"storage URL {mask_url(url)!r} is not a database URL "
+            "(e.g. sqlite:///hpo.db, postgresql+psycopg://user@host/db, mysql+pymysql://user@host/db)"
+        ) from None
+    path = sqlite_path(url)
+    if not create and path is not None and not path.is_file():
+        raise HpoError(
+            f"no study database at {display_url(url)}: pass --storage URL or set $HPO_STORAGE "
+            "to the database the study was run with (nothing was created)"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna 4 but stable in practice: say it once, here.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if not create:
+                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log,
+                                        skip_table_creation=True, **hb)
+            # Tables, schema version and alembic stamp are created by the first opener; ten workers
+            # starting at once would race on them, so creation happens under a database-wide lock.
+            with creation_lock(url):
+                if backend == "sqlite":
+                    _enable_wal(url)
+                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
+    except HpoError:
+        raise
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        hint = _DRIVER_HINT.get(backend, "install the database driver")
+        raise HpoError(f"no driver for storage {mask_url(url)}: {scrub(str(exc), url)}; {hint}") from None
+    except Exception as exc:  # OperationalError, ProgrammingError... from the driver
+        reason = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
+        raise HpoError(
+            f"cannot open storage {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
+        ) from None
+
+
+def _enable_wal(url: str) -> None:
+    # WAL lets readers (the dashboard, other workers) proceed while one worker writes; the mode
+    # is stored in the database file. It is set before Optuna opens the file: SQLite ignores the
+    # switch while another connection of the process holds a transaction.
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs(url))
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    finally:
+        engine.dispose()
+    if str(mode).lower() not in ("wal", "memory"):  # e.g. a network file system without shared memory
+        raise HpoError(f"SQLite storage {url}: cannot switch to WAL mode (got {mode!r}); use a file on a local disk")
+
+
+# --- Riding out database outages ---------------------------------------------------------------
+
+_TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that say "the database is not there right now", not "your request is wrong".
+
+    Optuna wraps SQLAlchemy errors raised at commit in ``StorageInternalError``; the cause tells.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, _TRANSIENT):
+            orig = getattr(seen, "orig", None)
+            if type(orig).__module__ == "sqlite3":
+                # SQLite reports "no such table" and friends as OperationalError too; only a busy
+                # or locked file goes away by waiting.
+                return any(word in str(orig).lower() for word in ("locked", "busy"))
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class ResilientStorage(optuna.storages.RDBStorage):
+    """An RDBStorage whose calls survive a database restart: connection errors are retried.
+
+    Each call that fails with a connection error is tried again after 0.5, 1, 2, 4, 8, 8...
+    seconds (with jitter, so workers do not reconnect in lockstep) until ``retry_s`` have
+    passed; then the error is raised. The first failure of an outage and the recovery are
+    logged once. A write whose commit reached the database just before the connection broke is
+    recognised on retry: finishing a trial that is already finished in the same state is success.
+
+    Example::
+
+        storage = open_storage("postgresql+psycopg://hpo@db/hpo", log=print)
+        # the database restarts: "storage unreachable (...): retrying for up to 300 s" ...
+        #                        "storage reachable again after 11.2 s"
+    """
+
+    def __init__(self, url: str, *, retry_s: float = RETRY_S, log: Log = lambda m: None, **kwargs: Any) -> None:
+        self._retry_s = retry_s
+        self._log = log
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None
+        super().__init__(url, **kwargs)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        del state["_outage_lock"]
+        state["_log"] = _quiet  # a closure need not pickle; a copy in another process stays quiet
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._outage_lock = threading.Lock()
+        self._outage_since = None
+
+    def _call(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        depth = getattr(_nesting, "depth", 0)
+        if depth:
+            return method(self, *args, **kwargs)
+        _nesting.depth = 1
+        try:
+            return self._retrying(name, method, *args, **kwargs)
+        finally:
+            _nesting.depth = 0
+
+    def _retrying(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        delay = 0.5
+        attempt = 0
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if attempt and name == "set_trial_state_values" and self._already_set(*args, **kwargs):
+                    return True  # the first attempt committed, only its answer was lost
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() - start + delay > self._retry_s:
+                    raise
+                self._outage_started(exc)
+                time.sleep(delay * random.uniform(0.75, 1.25))
+                delay = min(delay * 2, 8.0)
+                attempt += 1
+                continue
+            if attempt:
+                self._outage_ended()
+            return result
+
+    def _already_set(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        return super().get_trial(trial_id).state == state
+
+    def _outage_started(self, exc: BaseException) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
+            self._outage_since = time.monotonic()
+        reason = scrub(str(getattr(exc, "orig", None) or exc.__cause__ or exc), self.url).strip().splitlines()
+        self._log(
+            f"storage unreachable ({reason[0] if reason else type(exc).__name__}): "
+            f"retrying for up to {self._retry_s:.0f} s"
+        )
+
+    def _outage_ended(self) -> None:
+        with self._outage_lock:
+            since, self._outage_since = self._outage_since, None
+        if since is not None:
+            self._log(f"storage reachable again after {time.monotonic() - since:.1f} s")
+
+
+_nesting = threading.local()
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _make_retrying(name: str) -> Callable[..., Any]:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def wrapper(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, method, *args, **kwargs)
+
+    return wrapper
+
+
+for _name in RDB_SESSION_METHODS:
+    setattr(ResilientStorage, _name, _make_retrying(_name))

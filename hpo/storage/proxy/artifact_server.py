@@ -1,0 +1,190 @@
+"""The server side of the artifact port of `hpo storage-proxy`: the study database's artifact
+store over plain HTTP, for the workers behind the proxy (their client:
+:class:`~hpo.storage.artifacts.http_store.HttpArtifactStore`, whose docstring gives the protocol).
+
+An upload is hashed as it goes into the database, and a mismatch (or a client that vanishes
+mid-body) raises inside the store's write transaction, which is rolled back: the previous content
+stays. There is no TLS: serve it on a private network.
+
+Example::
+
+    server = serve_artifacts(DatabaseStore(engine), "127.0.0.1", 13001)   # a thread; server.shutdown()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from hpo.errors import HpoError
+from hpo.storage.artifacts.database_store import CHUNK_BYTES, ArtifactCorrupted
+from hpo.storage.artifacts.http_store import SHA_HEADER
+from hpo.storage.database.urls import scrub
+
+
+class _Body(io.RawIOBase):
+    """An upload's body: exactly Content-Length bytes, whose sha256 must match the client's header.
+
+    Read by the store inside its write transaction: raising here (wrong sha256, a body cut short)
+    rolls the write back.
+    """
+
+    def __init__(self, rfile: BinaryIO, length: int, sha256: str) -> None:
+        self.rfile, self.left, self.sha256 = rfile, length, sha256
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            return 0
+        data = self.rfile.read(min(len(buffer), self.left))
+        if not data:
+            raise ConnectionError(f"the upload stopped with {self.left} bytes still to come")
+        n = len(data)
+        buffer[:n] = data
+        self.digest.update(data)
+        self.left -= n
+        if self.left == 0 and self.digest.hexdigest() != self.sha256:
+            raise _Mismatch(f"upload damaged on the way: sha256 {self.digest.hexdigest()[:12]}..., "
+                            f"the client sent {self.sha256[:12]}...")
+        return n
+
+
+class _Mismatch(Exception):
+    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    store: Any  # set on the subclass serve_artifacts makes
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # one line per request would drown the proxy's log
+        pass
+
+    def _one_line(self, exc: BaseException) -> str:
+        """The error in one line, without the database password (a driver may quote the URL)."""
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {reason[0][:200] if reason else ''}"
+        engine = getattr(self.store, "engine", None)
+        return scrub(text, engine.url.render_as_string(hide_password=False)) if engine is not None else text
+
+    def _artifact_id(self) -> str | None:
+        path = urlsplit(self.path).path
+        if not path.startswith("/artifacts/") or len(path) <= len("/artifacts/"):
+            return None
+        return unquote(path[len("/artifacts/"):])
+
+    def _reply(self, status: int, text: str = "", headers: dict[str, str] | None = None) -> None:
+        body = (text + "\n").encode() if text else b""
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == "/sizes":
+            prefix = parse_qs(parts.query).get("prefix", [""])[-1]
+            try:
+                sizes = {k: v for k, v in self.store.sizes().items() if k.startswith(prefix)}
+            except Exception as exc:
+                return self._reply(500, self._one_line(exc))
+            body = json.dumps(sizes).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self._send_artifact(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._send_artifact(with_body=False)
+
+    def _send_artifact(self, with_body: bool) -> None:
+        artifact_id = self._artifact_id()
+        if artifact_id is None:
+            return self._reply(404, "no such path: use /artifacts/ID or /sizes")
+        try:
+            header = self.store.header(artifact_id)
+        except Exception as exc:
+            return self._reply(500, self._one_line(exc))
+        if header is None:
+            return self._reply(404, f"artifact {artifact_id!r} is not in the database store")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(header.size))
+        self.send_header(SHA_HEADER, header.sha256)
+        self.end_headers()
+        if not with_body:
+            return
+        try:
+            # the version whose size and sha256 went out above, even if it is overwritten meanwhile
+            with self.store.open_reader(artifact_id, header) as reader:
+                while block := reader.read(CHUNK_BYTES):
+                    self.wfile.write(block)
+        except (ArtifactCorrupted, ArtifactNotFound, ConnectionError):
+            # The headers are out: cutting the connection is how the client learns (its read
+            # stops short of Content-Length and raises ArtifactCorrupted).
+            self.close_connection = True
+
+    def do_PUT(self) -> None:
+        artifact_id = self._artifact_id()
+        length, sha = self.headers.get("Content-Length"), self.headers.get(SHA_HEADER)
+        if artifact_id is None or length is None or not length.isdigit() or not sha:
+            self.close_connection = True
+            return self._reply(400, "PUT /artifacts/ID needs Content-Length and X-Sha256")
+        try:
+            self.store.write(artifact_id, io.BufferedReader(_Body(self.rfile, int(length), sha), CHUNK_BYTES))
+        except _Mismatch as exc:
+            return self._reply(409, str(exc))
+        except ConnectionError:
+            self.close_connection = True
+            return
+        except HpoError as exc:
+            return self._reply(400, str(exc))
+        except Exception as exc:  # the database failed: one line back, never its statement or data
+            return self._reply(500, self._one_line(exc))
+        self._reply(204)
+
+    def do_DELETE(self) -> None:
+        artifact_id = self._artifact_id()
+        if artifact_id is None:
+            return self._reply(404, "no such path: use /artifacts/ID")
+        try:
+            self.store.remove(artifact_id)
+        except ArtifactNotFound as exc:
+            return self._reply(404, str(exc))
+        except Exception as exc:
+            return self._reply(500, self._one_line(exc))
+        self._reply(204)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a download in progress does not hold up the proxy's stop
+    allow_reuse_address = True
+
+
+def serve_artifacts(store: Any, host: str, port: int) -> ThreadingHTTPServer:
+    """Serves ``store`` (a DatabaseStore) on ``host:port`` from a thread; ``.shutdown()`` stops it."""
+    handler = type("ArtifactHandler", (_Handler,), {"store": store})
+    server_class = type("Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
+    try:
+        server = server_class((host, port), handler)
+    except OSError as exc:
+        raise HpoError(f"cannot serve artifacts on {host}:{port}: {exc.strerror or exc}; choose another --artifact-port") from None
+    threading.Thread(target=server.serve_forever, name="hpo-artifact-server", daemon=True).start()
+    return server

@@ -1,0 +1,198 @@
+"""``hpo storage-proxy``: Optuna's gRPC storage proxy in front of the study's database, with
+heartbeats and the database artifact store passed through.
+
+Workers then use ``grpc://HOST:PORT`` as their storage and need nothing else: one process holds
+the database connections (at most the pool of :func:`~hpo.storage.database.resilient.engine_kwargs`: 2,
+plus 2 in bursts) however many workers there are, and it caches trials for them. The proxy opens
+the database as every hpo process does (strictly, with tables created under the database lock,
+and riding out database restarts).
+
+Optuna 4's proxy protocol (``optuna/storages/_grpc``) has no heartbeat call, and its client
+(``GrpcStorageProxy``) is no ``BaseHeartbeat``, so behind plain Optuna a killed worker's trial
+stays RUNNING for ever. Two small additions make a proxied worker's death end as a direct one's:
+
+* **Heartbeats ride on a call the protocol has.** :class:`ProxiedStorage` (the worker's side) is
+  a ``BaseHeartbeat``, so ``study.optimize`` runs Optuna's own heartbeat thread for it; each beat
+  is a ``SetTrialSystemAttribute`` call with the key :data:`HEARTBEAT_ATTR`. The proxy's servicer
+  turns exactly that key into ``record_heartbeat`` on its database storage instead of storing an
+  attribute, so the beat lands in Optuna's ``trial_heartbeats`` table, where a direct worker's
+  would: direct and proxied workers can share a study and fail each other's dead trials.
+* **The proxy reaps.** Every few seconds it looks for RUNNING trials whose heartbeat is older
+  than its ``--grace-period`` and runs Optuna's ``fail_stale_trials`` on their studies, with the
+  retry callback every hpo worker uses (:func:`~hpo.storage.database.resilient.retry_callback`): the trial
+  is failed once (a row lock decides between the proxy and any direct worker reaping at the same
+  time; the loser sees ``UpdateFinishedTrialError`` and does nothing) and one copy with its
+  parameters is queued, which the next free worker runs, resuming from its checkpoint.
+
+  The proxy reaps rather than the workers because a worker cannot ask the proxy for stale trials
+  (no call for it) and one reaper per database needs no coordination; the workers' own check
+  before each trial is empty for a proxied storage.
+
+Alternatives weighed: an hpo-level heartbeat (a timestamp attribute written by a thread, reaped
+by live workers) works over any storage but duplicates what Optuna already does, in the worker's
+clock rather than the database's, with a reaping race per worker pair; here the database's
+clock, Optuna's row lock and Optuna's retry callback do all of it.
+
+**The creation lock passes through too.** Creating a study (and recording its spec) and
+pretraining an encoder happen under :func:`~hpo.storage.database.locks.creation_lock`, a database lock a
+proxied worker cannot take. For ``grpc://`` it is a :class:`~hpo.storage.database.proxied_lock.StorageLock`,
+made of plain storage calls (a study ``hpo-lock:NAME`` whose first trial is the token), so it
+needs nothing from the proxy; a worker killed while holding it holds the others up for the
+lock's stale time (2 min) instead of releasing it at once as a database session would. Direct
+workers keep the database's lock (released at once by a dead worker), so a direct and a proxied
+worker starting at the same moment are not kept apart: start a shared study's first worker alone.
+
+The proxy also serves the database's artifact store (:mod:`hpo.storage.artifacts.http_store`) over
+plain HTTP on ``--artifact-port`` (default: the gRPC port + 1), so a proxied worker reaches its
+checkpoints, figures and pretrained encoders through the same machine. A worker on
+``grpc://host:PORT`` looks for it at ``host:PORT+1``, or at the port of ``?artifact_port=N`` in its
+storage URL. Neither port has a login or TLS: keep them on a private network.
+
+Example::
+
+    hpo storage-proxy --storage postgresql+psycopg://hpo@db/hpo --host 0.0.0.0 --port 13000   # and 13001
+    HPO_STORAGE=grpc://proxy-host:13000 hpo optimize --study imdb --trials 100
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, Callable
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from hpo.errors import HpoError
+from hpo.storage import optuna_private
+from hpo.storage.artifacts.database_store import DatabaseStore
+from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, grpc_address
+from hpo.storage.database.resilient import (
+    GRACE_PERIOD_S,
+    heartbeat_interval,
+    open_storage,
+)
+from hpo.storage.database.urls import display_url
+from hpo.storage.proxy.artifact_server import serve_artifacts
+
+Log = Callable[[str], None]
+THREADS = 16  # concurrent calls served; each takes a database connection from the pool while it runs
+
+try:  # grpcio is optional (hpo[proxy]): without it `hpo storage-proxy` is one clear error in serve
+    import grpc
+
+    _Servicer = optuna_private.grpc_servicer()
+    _api_pb2, _api_pb2_grpc = optuna_private.grpc_api()
+except ImportError:
+    grpc = None
+
+    class _Servicer:  # type: ignore[no-redef]  # never instantiated: serve() stops first
+        pass
+
+
+class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
+    """Optuna's servicer, where a write of :data:`HEARTBEAT_ATTR` records the trial's heartbeat."""
+
+    def SetTrialSystemAttribute(self, request: Any, context: Any) -> Any:
+        if request.key != HEARTBEAT_ATTR:
+            return super().SetTrialSystemAttribute(request, context)
+        try:
+            self._backend.record_heartbeat(request.trial_id)
+        except Exception as exc:  # a trial id that does not exist (its row is referenced)
+            context.abort(code=grpc.StatusCode.NOT_FOUND, details=f"heartbeat of trial {request.trial_id}: {exc}")
+        return _api_pb2.SetTrialSystemAttributeReply()
+
+
+def stale_studies(storage: Any, grace_period: int) -> set[int]:
+    """Ids of studies with a RUNNING trial whose last heartbeat is over ``grace_period`` s old.
+
+    One query over every study (by the database's clock, as Optuna's own check), so that the
+    proxy looks at a study only when one of its trials looks dead.
+    """
+    models = optuna_private.rdb_models()
+    trial, beat = models.TrialModel, models.TrialHeartbeatModel
+    with storage.engine.connect() as conn:
+        now = conn.execute(sa.select(sa.func.now())).scalar()
+        rows = conn.execute(
+            sa.select(trial.study_id, beat.heartbeat)
+            .join(beat, beat.trial_id == trial.trial_id)
+            .where(trial.state == TrialState.RUNNING)
+        ).all()
+    now = now.replace(tzinfo=None)  # PostgreSQL answers with a time zone, the column has none
+    return {study_id for study_id, at in rows if now - at > timedelta(seconds=grace_period)}
+
+
+def reap(storage: Any, grace_period: int, log: Log = lambda m: None) -> int:
+    """Fails the stale trials of every study in ``storage`` and queues their re-runs; how many.
+
+    ``storage`` is the proxy's own (a ResilientStorage opened with ``grace_period``, whose
+    heartbeat-stale callback is hpo's retry). Optuna's ``fail_stale_trials`` does the failing, so
+    a trial another reaper fails first is skipped, not re-run twice.
+    """
+    failed = 0
+    for study_id in sorted(stale_studies(storage, grace_period)):
+        name = storage.get_study_name_from_id(study_id)
+        study = optuna.Study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        now_failed = sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+        for number in now_failed:
+            log(f"storage proxy: study {name!r}, trial {number}: no heartbeat for {grace_period} s; "
+                "failed, and a re-run with its parameters is queued")
+        failed += len(now_failed)
+    return failed
+
+
+def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: threading.Event | None = None,
+          artifact_port: int | None = None, grace_period: int | None = None) -> None:
+    """Serve the database at ``url`` on ``host:port`` (gRPC) and its artifact store on
+    ``host:artifact_port`` (HTTP; default port + 1) until SIGTERM or Ctrl-C.
+
+    Trials whose heartbeat is ``grace_period`` seconds old (default: a worker's default) are
+    failed and queued again, checked every :func:`~hpo.storage.database.resilient.heartbeat_interval`.
+    """
+    if grpc is None:
+        raise HpoError("hpo storage-proxy needs grpcio: pip install 'hpo[proxy]'")
+
+    if grpc_address(url) is not None:
+        raise HpoError("hpo storage-proxy needs the database URL itself, not another proxy's grpc:// address")
+    grace_period = GRACE_PERIOD_S if grace_period is None else grace_period
+    artifact_port = port + 1 if artifact_port is None else artifact_port
+    if artifact_port == port:
+        raise HpoError(f"--artifact-port {artifact_port} is the gRPC --port: choose another (workers look at {port + 1})")
+    storage = open_storage(url, grace_period=grace_period, log=log)
+    server = grpc.server(ThreadPoolExecutor(max_workers=THREADS))
+    _api_pb2_grpc.add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
+    try:
+        server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpc cannot bind the port
+        raise HpoError(f"cannot serve on {host}:{port}: {exc}; choose another --port") from None
+    artifacts = serve_artifacts(DatabaseStore.for_storage(storage), host, artifact_port)  # HpoError if taken
+    server.start()
+    shown = f"[{host}]" if ":" in host else host
+    log(f"storage proxy: grpc://{shown}:{port} -> {display_url(url)} (workers: --storage grpc://HOST:{port}); "
+        f"artifacts: http://{shown}:{artifact_port}; trials silent for {grace_period} s are re-run")
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if ready is not None:
+        ready.set()
+    interval = heartbeat_interval(grace_period)
+    try:
+        while not stop.wait(interval):
+            try:
+                reap(storage, grace_period, log)
+            except Exception as exc:  # the database is away: the next round tries again
+                log(f"storage proxy: could not check for dead workers' trials ({type(exc).__name__}); retrying")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        artifacts.shutdown()
+        server.stop(grace=5).wait()
+        log("storage proxy: stopped")

@@ -1,0 +1,64 @@
+"""Per-trial training checkpoints in the study's artifact store, so a retried trial resumes.
+
+After every epoch a trial writes its :class:`~hpo.training.loop.Checkpoint` (weights, optimizer
+moments, best epoch so far) to the study's artifact store (a shared folder, the study's database,
+or any Optuna ``ArtifactStore`` such as ``Boto3ArtifactStore``), under the ids of
+:mod:`hpo.storage.artifacts.keys`. A trial whose worker died is re-run by another worker with the same
+parameters and the same checkpoint key (Optuna's retry copies the user attributes), and resumes
+after the last epoch that was saved.
+
+Two slots alternate (odd and even epochs): a worker killed in the middle of writing one leaves
+the other intact, and loading picks the newest slot that reads back whole.
+
+Example::
+
+    ckpts = TrialCheckpoints(artifact_store(study), key="3f2a9c1e07b4-trial-12")
+    train(model, data, cfg, resume=ckpts.load(), on_checkpoint=ckpts.save)
+    ckpts.remove()      # the trial finished: nothing to resume any more
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import torch
+
+from hpo.storage.artifacts.keys import SLOTS, checkpoint_id
+from hpo.training.loop import Checkpoint
+
+
+class TrialCheckpoints:
+    """Save, load and remove one trial's checkpoints under ``key`` in an Optuna artifact store."""
+
+    def __init__(self, store: Any, key: str) -> None:
+        self.store = store
+        self.key = key
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        buffer = io.BytesIO()
+        # Plain containers and tensors: they load with weights_only=True, so a file in a shared
+        # store cannot run code in the worker that reads it.
+        torch.save({f.name: getattr(checkpoint, f.name) for f in dataclasses.fields(checkpoint)}, buffer)
+        buffer.seek(0)
+        self.store.write(checkpoint_id(self.key, SLOTS[checkpoint.epoch % 2]), buffer)
+
+    def load(self) -> Checkpoint | None:
+        """The newest readable checkpoint, or None when there is none (the trial starts over)."""
+        found: list[Checkpoint] = []
+        for slot in SLOTS:
+            try:
+                with self.store.open_reader(checkpoint_id(self.key, slot)) as f:
+                    data = f.read()
+                found.append(Checkpoint(**torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)))
+            except Exception:  # missing, or cut short by a kill: the other slot may do
+                continue
+        return max(found, key=lambda c: c.epoch, default=None)
+
+    def remove(self) -> None:
+        for slot in SLOTS:
+            try:
+                self.store.remove(checkpoint_id(self.key, slot))
+            except Exception:  # never written, or already gone
+                pass
