@@ -26,20 +26,21 @@ Example::
     telemetry = recorder.result()
     telemetry.steps, telemetry.grad_norm[:, telemetry.groups.index("head")]
 
-In your own loop, :func:`param_groups` names your optimizer's parameter groups and
-:func:`group_grad_norms` measures them, as hpo's loop does (``examples/own_loop.py``)::
+In your own loop, :func:`hpo.training.step.param_groups` names your optimizer's groups and
+:func:`hpo.training.step.update` measures them before clipping, as hpo's loop does
+(``examples/own_loop.py``)::
 
     groups = param_groups(optimizer)                    # {"embedding": [...], "head": [...]}
     recorder = StepRecorder(list(groups), steps_per_epoch=len(loader))
     for step, batch in enumerate(loader):
-        loss = ...; loss.backward()
-        norms = group_grad_norms(groups)                # before clipping
-        recorder.track(loss, norms)
-        if recorder.wants(step):
-            recorder.snapshot(groups)
-        optimizer.step()
-        if recorder.wants(step):
-            recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, norms, clipped, groups)
+        loss = ...
+        sampled = recorder.wants(step)
+        stats = update(loss, optimizer, groups, clip_norm,
+                       before_step=lambda _: recorder.snapshot(groups) if sampled else None)
+        recorder.track(loss, stats.norms)
+        if sampled:
+            recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, stats.norms,
+                            stats.clipped, groups)
     recorder.end_epoch()
 """
 
