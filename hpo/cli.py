@@ -18,11 +18,13 @@ import optuna
 from hpo.analysis import dashboard as dashboard_app
 from hpo.analysis import replay as replays
 from hpo.analysis import report as reports
+from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
 from hpo.analysis.importance import format_importance, param_importances
+from hpo.analysis.logs import parse_log, read_log
 from hpo.analysis.plots import lr_find_figure, write_study_figures
 from hpo.analysis.steps import trial_step_figures
 from hpo.analysis.tensorboard import require_tensorboard
-from hpo.analysis.trials import load_study_data
+from hpo.analysis.trials import load_study_data, trial_log
 from hpo.data import load_dataset
 from hpo.errors import HpoError
 from hpo.search.study import open_study
@@ -440,13 +442,8 @@ def diagnose_command(log_file: str | None, fmt: str, out_dir: str | None, rules:
     CSVLogger file, a Lightning metrics.csv (or its folder), TensorBoard event files (or their
     folder); - reads stdin. Exit 0 for any verdict, 2 when the input cannot be read.
     """
-    from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
-    from hpo.analysis.logs import parse_log, read_log
-
     stored = None  # a study's own divergence rules, which --rules then changes
     if study is not None or trial_number is not None:
-        from hpo.analysis.trials import trial_log
-
         if study is None or trial_number is None or log_file is not None:
             raise HpoError("--study and --trial go together, without a FILE: hpo diagnose --study S --trial N")
         log, stored = trial_log(study, _read_storage(storage), trial_number)
