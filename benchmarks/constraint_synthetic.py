@@ -79,7 +79,7 @@ def _suggest(trial: optuna.Trial, space: Mapping[str, SpaceEntry]) -> dict[str, 
         if isinstance(entry, FloatParam):
             values[name] = trial.suggest_float(name, entry.low, entry.high, log=entry.log, step=entry.step)
         elif isinstance(entry, IntParam):
-            values[name] = trial.suggest_int(name, entry.low, entry.high, log=entry.log, step=entry.step or 1)
+            values[name] = trial.suggest_int(name, entry.low, entry.high, log=entry.log, step=entry.step)
         elif isinstance(entry, CategoricalParam):
             values[name] = trial.suggest_categorical(name, list(entry.choices))
         else:  # a constant: the knob is fixed
