@@ -25,16 +25,21 @@ import functools
 import random
 import threading
 import time
+import uuid
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.storages._base import DEFAULT_STUDY_NAME_PREFIX
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
+from hpo.storage.database import trial_writes
 from hpo.storage.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.urls import display_url, mask_url, scrub, sqlite_path
 
@@ -58,9 +63,7 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     # connection that died while idle fails on first use, before anything ran, so
     # ResilientStorage retries the call on a fresh one.
     kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 2, "max_overflow": 2, "pool_recycle": 3600}
-    if backend == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    elif backend in ("mysql", "mariadb"):
+    if backend == "postgresql" or backend in ("mysql", "mariadb"):
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return kwargs
 
@@ -188,17 +191,23 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-# The RDBStorage methods that open a database session. Others call these, and only the outermost
-# call retries, so one outage costs one backoff, not a product of nested ones.
+# The RDBStorage methods that open a database session and may simply run again after a connection
+# error: reads, and writes that land the same however often they run (upserts of attributes,
+# intermediate values, parameters and heartbeats). Others call these, and only the outermost call
+# retries, so one outage costs one backoff, not a product of nested ones.
 _RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
-    "get_trial_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param",
-    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "get_trial_system_attrs", "get_all_studies", "_set_trial_param",
+    "get_trial_param", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "_get_trials", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
 )
+# Writes whose first attempt may have committed when the connection broke (creating a study or a
+# trial, deleting a study, changing a trial's state) are never run blindly again: ResilientStorage
+# overrides each to check, after a connection error, whether the attempt landed.
+_NOT_LANDED = object()
 
 
 class ResilientStorage(optuna.storages.RDBStorage):
@@ -207,8 +216,10 @@ class ResilientStorage(optuna.storages.RDBStorage):
     Each call that fails with a connection error is tried again after 0.5, 1, 2, 4, 8, 8...
     seconds (with jitter, so workers do not reconnect in lockstep) until ``retry_s`` have
     passed; then the error is raised. The first failure of an outage and the recovery are
-    logged once. A write whose commit reached the database just before the connection broke is
-    recognised on retry: finishing a trial that is already finished in the same state is success.
+    logged once. A write that may have committed before the connection broke is not run again
+    blindly: a new trial or a state change carries a token (:mod:`hpo.storage.database.trial_writes`)
+    that tells whether it landed, a study is looked up by its name; and a trial's state changes by one
+    conditional update, so two workers never both claim a WAITING trial, on SQLite either.
 
     Example::
 
@@ -235,41 +246,87 @@ class ResilientStorage(optuna.storages.RDBStorage):
         self._outage_lock = threading.Lock()
         self._outage_since = None
 
-    def _call(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # --- writes that are checked before they are tried again ---
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        token = trial_writes.new_token()
+
+        def landed() -> Any:
+            trial_id = trial_writes.created_trial(self, study_id, token)
+            return _NOT_LANDED if trial_id is None else self.get_trial(trial_id)
+
+        return self._call("_create_new_trial", lambda: trial_writes.create_trial(self, study_id, template_trial, token),
+                          landed)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        token = trial_writes.new_token()
+        return self._call(
+            "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, token),
+            lambda: True if trial_writes.last_write(self, trial_id) == token else _NOT_LANDED,
+        )
+
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        # Named here, not inside each attempt, so that a retry looks for the study the first attempt made.
+        name = study_name or f"{DEFAULT_STUDY_NAME_PREFIX}{uuid.uuid4()}"
+
+        def landed() -> Any:
+            try:  # the name is ours: studies are created under hpo's creation lock
+                return optuna.storages.RDBStorage.get_study_id_from_name(self, name)
+            except KeyError:
+                return _NOT_LANDED
+
+        return self._call("create_new_study",
+                          lambda: optuna.storages.RDBStorage.create_new_study(self, directions, name), landed)
+
+    def delete_study(self, study_id: int) -> None:
+        def landed() -> Any:
+            try:
+                optuna.storages.RDBStorage.get_study_name_from_id(self, study_id)
+            except KeyError:
+                return None  # gone: deleted by the attempt whose reply was lost
+            return _NOT_LANDED
+
+        return self._call("delete_study", lambda: optuna.storages.RDBStorage.delete_study(self, study_id), landed)
+
+    # --- retrying ---
+
+    def _call(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None = None) -> Any:
+        """``attempt()``, retried after connection errors by the outermost call only.
+
+        ``landed``: for a write that may have committed before its connection broke, called before
+        each retry; what it returns (unless ``_NOT_LANDED``) is the write's result, and no retry runs.
+        """
         depth = getattr(_nesting, "depth", 0)
         if depth:
-            return method(self, *args, **kwargs)
+            return attempt()
         _nesting.depth = 1
         try:
-            return self._retrying(name, method, *args, **kwargs)
+            return self._retrying(name, attempt, landed)
         finally:
             _nesting.depth = 0
 
-    def _retrying(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _retrying(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None) -> Any:
         start = time.monotonic()
         delay = 0.5
-        attempt = 0
+        tries = 0
         while True:
             try:
-                result = method(self, *args, **kwargs)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if attempt and name == "set_trial_state_values" and self._already_set(*args, **kwargs):
-                    return True  # the first attempt committed, only its answer was lost
-                raise
+                result = _NOT_LANDED
+                if tries and landed is not None:
+                    result = landed()
+                if result is _NOT_LANDED:
+                    result = attempt()
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() - start + delay > self._retry_s:
                     raise
                 self._outage_started(exc)
                 time.sleep(delay * random.uniform(0.75, 1.25))
                 delay = min(delay * 2, 8.0)
-                attempt += 1
+                tries += 1
                 continue
-            if attempt:
+            if tries:
                 self._outage_ended()
             return result
-
-    def _already_set(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        return super().get_trial(trial_id).state == state
 
     def _outage_started(self, exc: BaseException) -> None:
         with self._outage_lock:
@@ -301,7 +358,7 @@ def _make_retrying(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, method, *args, **kwargs)
+        return self._call(name, lambda: method(self, *args, **kwargs))
 
     return wrapper
 
