@@ -9,8 +9,9 @@ pruner (median by default), which judges underperformance only. When the trial e
 :class:`~hpo.record.Outcome` is written once.
 
 After every epoch but the last the trial saves a checkpoint in the study's artifact store
-(:mod:`hpo.checkpoints`); a trial re-run after its worker died or was interrupted carries the
-same ``checkpoint`` key, resumes after the last saved epoch, and records ``resumed_at_epoch``.
+(:mod:`hpo.checkpoints`), before the epoch is recorded or announced; a trial re-run after its
+worker died or was interrupted carries the same ``checkpoint`` key, resumes after the last saved
+epoch, and records ``resumed_at_epoch``.
 
 Everything else a worker does around a trial (progress lines, figures, deleting checkpoints,
 the study's budget) lives in :mod:`hpo.callbacks`, registered by the worker: Optuna callbacks for
@@ -41,7 +42,8 @@ from hpo.record import EpochRecord, Outcome, TrialRecord, Verdict
 from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceEntry, Spec, train_config
 from hpo.storage.artifacts import artifact_store
 from hpo.telemetry import StepTelemetry, upload_telemetry
-from hpo.train import TrainResult, evaluate, load_best, loss_sampling, resolve_device, resolve_precision, train
+from hpo.train import (Checkpoint, TrainResult, evaluate, load_best, loss_sampling, resolve_device, resolve_precision,
+                       train)
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,15 @@ def _rerun_of(trial: optuna.Trial) -> int | None:
     return int(number) if number.isdigit() else None
 
 
+def _resumed_rows(resume: Checkpoint, attrs: Mapping[str, Any]) -> list[EpochRecord]:
+    """The epochs a resumed trial has behind it: the checkpoint's own history, which the trial's
+    record may lack (the worker stopped between saving an epoch and recording it); a checkpoint
+    written before checkpoints carried it: the record, up to the checkpoint's epoch."""
+    if resume.history is not None:
+        return [EpochRecord.from_attr(row) for row in resume.history]
+    return record.epoch_rows(attrs)[: resume.epoch]
+
+
 def _may_be_best(trial: optuna.Trial, value: float) -> bool:
     """Whether this trial, about to complete with ``value``, is at least the study's best so far.
 
@@ -151,7 +162,7 @@ class Objective:
         resume = checkpoints.load()
         rows: list[EpochRecord] = []
         if resume is not None:
-            rows = record.epoch_rows(trial.user_attrs)[: resume.epoch]
+            rows = _resumed_rows(resume, trial.user_attrs)
             trial.set_user_attr(record.RESUMED_AT, resume.epoch + 1)
         for listener in self.listeners:
             listener.trial_started(trial, rerun_of, resume.epoch + 1 if resume else None)

@@ -6,8 +6,15 @@ PostgreSQL and MariaDB database per test), real processes and real signals.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +22,13 @@ import sqlalchemy
 from db_servers import study_database
 from optuna.trial import TrialState
 
+from hpo.checkpoints import TrialCheckpoints
+from hpo.data import load_dataset
+from hpo.objective import Objective, TrialListener
+from hpo.record import TrialRecord
+from hpo.storage.artifacts import ATTR, FolderStore, artifact_store
 from hpo.storage.resilient import open_storage
+from hpo.workers import run_worker, work
 
 BACKENDS = ["sqlite", "postgres", "mysql"]
 
@@ -126,3 +139,132 @@ def test_finishing_a_trial_whose_reply_was_lost_is_one_finish(kind, tmp_path) ->
         assert lost.fired == 1
         (done,) = study.get_trials(deepcopy=False)
         assert done.state == TrialState.COMPLETE and done.value == 0.5
+
+
+# --- 2. The checkpoint of a finished epoch is durable before the epoch is announced -----------------
+
+# Same settings every trial, no pruning and no divergence verdicts: a trial's fate is decided by the
+# test (an interrupt, a signal), not by its luck.
+STEADY = [
+    "space.lr_embedding=0.001", "space.lr_encoder=0.001", "space.lr_head=0.001", "space.clip_norm=1.0",
+    "space.cycle_len=2", "space.dropout=0.1", "space.weight_decay=0.0001", "pruner.type=none",
+    "divergence.threshold=100.0", "train.max_epochs=3", "train.threads=1",
+]
+
+
+class _Listen(TrialListener):
+    """Calls ``at_epoch(trial, row)`` as each epoch is announced (where the worker prints its line)."""
+
+    def __init__(self, at_epoch) -> None:
+        self.at_epoch = at_epoch
+
+    def epoch_finished(self, trial, row, max_epochs, verdict) -> None:
+        self.at_epoch(trial, row)
+
+
+def _study_with_folder(tmp_path: Path, name: str = "s") -> optuna.Study:
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}", grace_period=60)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(0), pruner=optuna.pruners.NopPruner())
+    study.set_user_attr(ATTR, str(tmp_path / "artifacts"))
+    return study
+
+
+def test_an_epoch_is_checkpointed_before_it_is_announced(small_spec, tmp_path) -> None:
+    """Whatever stops the worker once it has printed ``epoch k/N`` (Ctrl-C, SIGTERM, SIGKILL), epoch k
+    is in the store: the line is printed as the epoch is announced to the listeners."""
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    found: dict[int, int | None] = {}
+
+    def look(trial, row) -> None:
+        saved = TrialCheckpoints(store, trial.user_attrs["checkpoint"]).load()
+        found[row.epoch] = saved.epoch if saved else None
+
+    work(study, Objective(spec, load_dataset(spec.data), listeners=[_Listen(look)], store=store), 1)
+    assert found == {1: 1, 2: 2, 3: 2}  # none after the last epoch: the trial completes instead
+
+
+class _BreaksAfter(io.RawIOBase):
+    """A body that hands over ``good`` bytes, then is interrupted (Ctrl-C in the middle of a write)."""
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.left <= 0:
+            raise KeyboardInterrupt
+        n = min(len(buffer), self.left, 4096)
+        buffer[:n] = b"n" * n
+        self.left -= n
+        return n
+
+
+def test_an_interrupted_folder_write_leaves_the_previous_content_whole(tmp_path) -> None:
+    store = FolderStore(tmp_path)
+    store.write("checkpoint-k-a.pt", io.BytesIO(b"o" * 100_000))
+    with pytest.raises(KeyboardInterrupt):
+        store.write("checkpoint-k-a.pt", io.BufferedReader(_BreaksAfter(50_000)))
+    with store.open_reader("checkpoint-k-a.pt") as f:
+        assert f.read() == b"o" * 100_000
+    assert store.ids() == ["checkpoint-k-a.pt"]  # no half-written file under any name
+
+
+# A test run in the background inherits SIGINT ignored, and so would `hpo optimize`: Ctrl-C must reach it
+# as in a terminal, so it starts through this, which puts SIGINT back to its default and execs.
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+def _optimize(tmp_path: Path, data_cache_dir: str, name: str, trials: int, *extra: str,
+              grace: int = 60) -> tuple[subprocess.Popen[str], Path]:
+    """``hpo optimize`` in its own process group, on a SQLite study in ``tmp_path``; (process, its log)."""
+    from conftest import SMALL
+
+    log = tmp_path / f"{name}-{len(list(tmp_path.glob(name + '-*.log')))}.log"
+    args = [sys.executable, "-c", _SIGINT_DEFAULT, "-m", "hpo.cli", "optimize", "--study", "imdb", "--trials", str(trials),
+            *extra]
+    for item in [*SMALL, f"data.cache_dir={data_cache_dir!r}", f"name={name}", "train.precision=fp32", *STEADY]:
+        args += ["--set", item]
+    env = {**os.environ, "HPO_STORAGE": f"sqlite:///{tmp_path / 'hpo.db'}", "HPO_ARTIFACTS": str(tmp_path / "artifacts"),
+           "HPO_GRACE_PERIOD": str(grace), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return proc, log
+
+
+def _wait_for_line(proc: subprocess.Popen[str], log: Path, pattern: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if re.search(pattern, text):
+            return text
+        assert proc.poll() is None, f"ended ({proc.returncode}) before {pattern!r}:\n{text}"
+        time.sleep(0.005)
+    raise AssertionError(f"no {pattern!r} in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_printed_epoch_survives_the_signal_that_follows_it(sig, tmp_path, data_cache_dir, small_spec) -> None:
+    proc, log = _optimize(tmp_path, data_cache_dir, "sig", 1, "--jobs", "1", grace=2)
+    try:
+        _wait_for_line(proc, log, r"trial 0 epoch 1/3")
+        os.killpg(proc.pid, sig)  # at once: as a Ctrl-C right after the line appears
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if sig == signal.SIGKILL:
+        time.sleep(3)  # past the grace period: the next worker fails the silent trial and re-runs it
+    lines: list[str] = []
+    outcome = run_worker(small_spec("name=sig", "train.precision=fp32", *STEADY), f"sqlite:///{tmp_path / 'hpo.db'}",
+                         trials=1, log=lines.append, grace_period=2)
+    assert outcome.ran == 1
+    said = "\n".join(lines)
+    assert "re-run of interrupted trial 0, same parameters; resumes at epoch 2 from its checkpoint" in said, \
+        f"{log.read_text()}\n---\n{said}"
