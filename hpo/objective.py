@@ -11,7 +11,8 @@ pruner (median by default), which judges underperformance only. When the trial e
 After every epoch but the last the trial saves a checkpoint in the study's artifact store
 (:mod:`hpo.checkpoints`), before the epoch is recorded or announced; a trial re-run after its
 worker died or was interrupted carries the same ``checkpoint`` key, resumes after the last saved
-epoch, and records ``resumed_at_epoch``.
+epoch, records ``resumed_at_epoch``, and reports the epochs it resumes from as its own (a re-run
+inherits no reported steps: one that starts over reports each step once).
 
 Everything else a worker does around a trial (progress lines, figures, deleting checkpoints,
 the study's budget) lives in :mod:`hpo.callbacks`, registered by the worker: Optuna callbacks for
@@ -164,6 +165,9 @@ class Objective:
         if resume is not None:
             rows = _resumed_rows(resume, trial.user_attrs)
             trial.set_user_attr(record.RESUMED_AT, resume.epoch + 1)
+            trial.set_user_attr(record.EPOCHS, [r.to_attr() for r in rows])
+            for row in rows:  # the curve so far, as this trial's own (a re-run inherits no reported steps)
+                trial.report(row.val_accuracy, row.epoch)
         for listener in self.listeners:
             listener.trial_started(trial, rerun_of, resume.epoch + 1 if resume else None)
         pruned_at: int | None = None

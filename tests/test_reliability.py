@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -268,3 +269,38 @@ def test_a_printed_epoch_survives_the_signal_that_follows_it(sig, tmp_path, data
     said = "\n".join(lines)
     assert "re-run of interrupted trial 0, same parameters; resumes at epoch 2 from its checkpoint" in said, \
         f"{log.read_text()}\n---\n{said}"
+
+
+# --- 3. A re-run never reports a step its predecessor already reported --------------------------------
+
+def _interrupt_at(epoch: int, once: list[bool]):
+    def at_epoch(trial, row) -> None:
+        if row.epoch == epoch and not once:
+            once.append(True)
+            raise KeyboardInterrupt  # Ctrl-C right after the epoch was reported
+    return at_epoch
+
+
+@pytest.mark.parametrize("lose_checkpoints", [False, True], ids=["resumes", "starts-over"])
+def test_a_rerun_reports_no_step_its_predecessor_reported(lose_checkpoints, small_spec, tmp_path) -> None:
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    data = load_dataset(spec.data)
+    once: list[bool] = []
+    with pytest.raises(KeyboardInterrupt):
+        work(study, Objective(spec, data, listeners=[_Listen(_interrupt_at(2, once))], store=store), 1)
+    first, rerun = study.get_trials(deepcopy=False)
+    assert (first.state, rerun.state) == (TrialState.FAIL, TrialState.WAITING)
+    if lose_checkpoints:  # the store lost them: the re-run starts from the first epoch
+        TrialCheckpoints(store, first.user_attrs["checkpoint"]).remove()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        work(study, Objective(spec, data, store=store), 1)
+    repeated = [str(w.message) for w in caught if "already reported" in str(w.message)]
+    assert repeated == []
+    done = study.get_trials(deepcopy=False)[1]
+    rows = TrialRecord.from_trial(done).epochs
+    assert done.state == TrialState.COMPLETE and [r.epoch for r in rows] == [1, 2, 3]
+    assert done.intermediate_values == {r.epoch: r.val_accuracy for r in rows}  # its own curve, nothing stale
+    assert done.user_attrs.get("resumed_at_epoch") == (None if lose_checkpoints else 3)

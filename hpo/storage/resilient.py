@@ -27,8 +27,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import optuna
 import sqlalchemy
@@ -63,7 +62,9 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     # connection that died while idle fails on first use, before anything ran, so
     # ResilientStorage retries the call on a fresh one.
     kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 2, "max_overflow": 2, "pool_recycle": 3600}
-    if backend == "postgresql" or backend in ("mysql", "mariadb"):
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    elif backend in ("mysql", "mariadb"):
         kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return kwargs
 
@@ -74,14 +75,16 @@ def heartbeat_interval(grace_period: int) -> int:
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    """Queues a copy of a failed trial (same parameters, history so far) to be run again.
+    """Queues a copy of a failed trial (same parameters and attributes) to be run again.
 
-    ``inherit_intermediate_values`` keeps the reported curve, so a retry that resumes from its
-    checkpoint continues the curve the pruner has already seen.
+    The copy inherits no reported steps: the failed trial may have reported an epoch that was
+    never checkpointed, and its re-run (resuming from an earlier epoch, or starting over) would
+    report that step again, which Optuna ignores with a warning. The re-run reports the epochs it
+    resumes from itself, from its checkpoint (:class:`hpo.objective.Objective`).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
 
 def open_storage(
