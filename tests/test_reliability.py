@@ -304,3 +304,38 @@ def test_a_rerun_reports_no_step_its_predecessor_reported(lose_checkpoints, smal
     assert done.state == TrialState.COMPLETE and [r.epoch for r in rows] == [1, 2, 3]
     assert done.intermediate_values == {r.epoch: r.val_accuracy for r in rows}  # its own curve, nothing stale
     assert done.user_attrs.get("resumed_at_epoch") == (None if lose_checkpoints else 3)
+
+
+# --- 5. Tables are created once, under a lock ------------------------------------------------------
+
+def _slow_ddl(conn, cursor, statement, parameters, context, executemany) -> None:
+    if statement.lstrip().upper().startswith("CREATE TABLE"):
+        time.sleep(0.5)  # a busy server: workers that checked "missing" at once all get to CREATE
+
+
+def _open_store(url: str, start: "multiprocessing.synchronize.Barrier", out: "multiprocessing.Queue[str]") -> None:
+    from hpo.storage.db_artifacts import DatabaseStore
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    sqlalchemy.event.listen(engine, "before_cursor_execute", _slow_ddl)
+    start.wait()
+    try:
+        DatabaseStore(engine)
+        out.put("ok")
+    except Exception as exc:  # what the worker would have died of
+        out.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_workers_starting_at_once_create_the_artifact_tables_once(kind, tmp_path) -> None:
+    """Three processes open the database store of a fresh database at the same moment."""
+    ctx = multiprocessing.get_context("spawn")
+    with study_database(kind, tmp_path) as url:
+        start, out = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(url, start, out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        said = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+    assert said == ["ok"] * 3
