@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,11 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
-from db_servers import study_database
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from db_servers import ADMIN_URLS, _admin_engine, study_database
+from hpo.cli import main
 from optuna.trial import TrialState
 
 from hpo.checkpoints import TrialCheckpoints
@@ -313,7 +318,7 @@ def _slow_ddl(conn, cursor, statement, parameters, context, executemany) -> None
         time.sleep(0.5)  # a busy server: workers that checked "missing" at once all get to CREATE
 
 
-def _open_store(url: str, start: "multiprocessing.synchronize.Barrier", out: "multiprocessing.Queue[str]") -> None:
+def _open_store(url: str, start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue[str]) -> None:
     from hpo.storage.db_artifacts import DatabaseStore
 
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
@@ -339,3 +344,32 @@ def test_workers_starting_at_once_create_the_artifact_tables_once(kind, tmp_path
         for p in procs:
             p.join(timeout=30)
     assert said == ["ok"] * 3
+
+
+# --- 6. Every read-only command names the real connection error ------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+READ_ONLY = [["report"], ["importance"], ["replay"], ["plot"], ["clean"], ["dashboard", "--port", "0"]]
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
+@pytest.mark.parametrize("where", ["nothing-listens", "wrong-password"])
+def test_a_read_only_command_names_the_connection_error(where, command) -> None:
+    if where == "nothing-listens":
+        url, reason = f"postgresql+psycopg://me:topsecret@127.0.0.1:{_free_port()}/hpo", "Connection refused"
+    else:
+        _admin_engine("mysql")  # skips (or fails under CI) without a server
+        admin = make_url(ADMIN_URLS["mysql"])
+        url = admin.set(username="hpo_no_such_user", password="topsecret").render_as_string(hide_password=False)
+        reason = "Access denied for user 'hpo_no_such_user'"
+    result = CliRunner().invoke(main, [*command, "--study", "s", "--storage", url])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open storage "), result.output
+    assert reason in lines[0] and "An exception is raised during the commit" not in lines[0], lines[0]
+    assert "topsecret" not in result.output and "Traceback" not in result.output

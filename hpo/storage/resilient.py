@@ -149,10 +149,29 @@ def open_storage(
         hint = _DRIVER_HINT.get(backend, "install the database driver")
         raise HpoError(f"no driver for storage {mask_url(url)}: {scrub(str(exc), url)}; {hint}") from None
     except Exception as exc:  # OperationalError, ProgrammingError... from the driver
-        reason = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
+        reason = scrub(str(driver_error(exc)), url).strip().splitlines()
         raise HpoError(
             f"cannot open storage {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
         ) from None
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The database driver's own error behind ``exc`` ("Connection refused", "Access denied"...).
+
+    Optuna raises what fails inside its sessions as ``StorageInternalError`` ("An exception is
+    raised during the commit. This typically happens due to invalid data..."), with the
+    SQLAlchemy error, which holds the driver's, as its cause: read-only commands, which open the
+    storage without creating tables, met the connection error there first and showed Optuna's text.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            return orig
+        seen = seen.__cause__ or seen.__context__
+    return exc
 
 
 def _enable_wal(url: str) -> None:
@@ -336,7 +355,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
             if self._outage_since is not None:
                 return
             self._outage_since = time.monotonic()
-        reason = scrub(str(getattr(exc, "orig", None) or exc.__cause__ or exc), self.url).strip().splitlines()
+        reason = scrub(str(driver_error(exc)), self.url).strip().splitlines()
         self._log(
             f"storage unreachable ({reason[0] if reason else type(exc).__name__}): "
             f"retrying for up to {self._retry_s:.0f} s"
