@@ -84,7 +84,7 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     """
     from hpo.spec import load_spec
     from hpo.storage.resilient import open_storage
-    from hpo.study import open_study
+    from hpo.study import find_study
     from hpo.train import precision_note, resolve_device
     from hpo.workers import auto_jobs, run_worker, run_workers
 
@@ -99,8 +99,9 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
         tensorboard = str(Path(tensorboard).resolve())
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    # an unreachable database, or a study made with another spec, fails here, before anything is measured
-    open_study(spec, open_storage(url), seed)
+    # an unreachable database, or a study made with another spec, fails here, before anything is measured;
+    # the study itself is created once the data has loaded, so a bad data.path leaves none behind
+    find_study(spec, open_storage(url))
     precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
     note = precision_note(spec.train.precision, resolve_device(spec.train.device))
     if note:

@@ -69,10 +69,40 @@ def make_sampler(spec: SamplerSpec, seed: int | None = None, grid: Mapping[str, 
         )
 
 
-def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
-    """Create the spec's study in ``storage``, or join it if its stored spec is the same as ours."""
+def find_study(spec: Spec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The spec's study if ``storage`` has it and ``spec`` may join it (an HpoError if not); None
+    when it does not exist yet. Creates nothing: a command checks this first, loads what may still
+    fail on bad input (the data), and only then creates the study (:func:`open_study`), so that a
+    failed command leaves no study behind whose spec would refuse the corrected one.
+    """
+    _check_name(spec)
+    if spec.name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    _check_joinable(spec, study)
+    return study
+
+
+def _check_name(spec: Spec) -> None:
     if is_lock_study(spec.name):
         raise HpoError(f"study name {spec.name!r}: names starting {LOCK_PREFIX!r} are hpo's locks; choose another --set name=...")
+
+
+def _check_joinable(spec: Spec, study: optuna.Study) -> None:
+    """An HpoError unless ``spec`` may add trials to ``study``: direction, schema, and its spec if recorded."""
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
+    attrs = study.user_attrs
+    record.check_schema(spec.name, attrs, writing=True)
+    if SPEC_ATTR in attrs:
+        differing = spec_diff(attrs[SPEC_ATTR], _plain(spec.to_dict()))
+        if differing:
+            raise HpoError(_mismatch_message(spec.name, differing))
+
+
+def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
+    """Create the spec's study in ``storage``, or join it if its stored spec is the same as ours."""
+    _check_name(spec)
     with storage_lock_of(storage):  # the database's lock, or through `hpo storage-proxy` a StorageLock
         study = optuna.create_study(
             study_name=spec.name,
@@ -82,20 +112,13 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | Non
             pruner=make_pruner(spec.pruner, spec.train.max_epochs),
             load_if_exists=True,
         )
-        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-            raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
+        _check_joinable(spec, study)
         attrs = study.user_attrs
-        record.check_schema(spec.name, attrs, writing=True)
         if record.SCHEMA_ATTR not in attrs:
             study.set_user_attr(record.SCHEMA_ATTR, record.SCHEMA_VERSION)
-        ours = _plain(spec.to_dict())
         if SPEC_ATTR not in attrs:
             # New, or made before specs were recorded: from now on this spec is the study's.
-            study.set_user_attr(SPEC_ATTR, ours)
-        else:
-            differing = spec_diff(attrs[SPEC_ATTR], ours)
-            if differing:
-                raise HpoError(_mismatch_message(spec.name, differing))
+            study.set_user_attr(SPEC_ATTR, _plain(spec.to_dict()))
         if UID_ATTR not in attrs:
             study.set_user_attr(UID_ATTR, uuid.uuid4().hex[:12])
         artifact_location(study)  # recorded now, under the lock: every worker then agrees on it

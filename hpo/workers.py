@@ -44,7 +44,7 @@ from hpo.errors import HpoError, WorkerError
 from hpo.record import WORKER, Tally
 from hpo.spec import Spec
 from hpo.storage.resilient import GRACE_PERIOD_S, open_storage, retry_callback
-from hpo.study import FINISHED, open_study, tally
+from hpo.study import FINISHED, find_study, open_study, tally
 
 Log = Callable[[str], None]
 
@@ -179,15 +179,16 @@ def run_worker(
     from hpo.train import configure_threads, resolve_device
 
     storage = open_storage(storage_url, grace_period=grace_period, log=log)
-    study = open_study(spec, storage, seed)
-    done = tally(study).finished
-    if done >= trials:
-        log(f"study {spec.name!r} already has {done} finished trials (budget {trials}): nothing to run")
-        return WorkerOutcome(spec.name, tally(study), 0)
+    existing = find_study(spec, storage)
+    if existing is not None and tally(existing).finished >= trials:
+        log(f"study {spec.name!r} already has {tally(existing).finished} finished trials (budget {trials}): nothing to run")
+        return WorkerOutcome(spec.name, tally(existing), 0)
     n_threads = configure_threads(spec.train.threads if threads is None else threads)
     torch.backends.mkldnn.enabled = onednn
     device = resolve_device(spec.train.device)
-    data = load_dataset(spec.data, log)
+    data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+    study = open_study(spec, storage, seed)
+    done = tally(study).finished
     log(
         f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
         f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
@@ -227,8 +228,8 @@ def run_workers(
 ) -> WorkerOutcome:
     """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
-    The study is created (and the spec checked) here, once; each process then joins it as any
-    other worker would. Processes are spawned, not forked (a forked PyTorch or database
+    The study is created (and the spec checked) here, once, after the data has loaded (a bad
+    ``data.path`` leaves no study behind); each process then joins it as any other worker would. Processes are spawned, not forked (a forked PyTorch or database
     connection is unsafe), and get the storage URL through a pipe, never on a command line.
     Seeds differ per process: ``seed + i``, or fresh entropy without ``seed``.
     """
@@ -237,10 +238,19 @@ def run_workers(
     from hpo.pretrain import ensure_encoder
     from hpo.storage.artifacts import artifact_store
 
-    study = open_study(spec, open_storage(storage_url, grace_period=grace_period, log=log), seed)
+    from hpo.data import load_dataset
+
+    storage = open_storage(storage_url, grace_period=grace_period, log=log)
+    existing = find_study(spec, storage)
+    if existing is None or tally(existing).finished < trials:
+        data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+        study = open_study(spec, storage, seed)
+        # pretrain here, on every core, before the workers need it
+        ensure_encoder(spec, artifact_store(study), storage_url, log, data=data)
+        del data  # each worker loads its own
+    else:
+        study = existing
     before = tally(study).finished
-    if before < trials:  # pretrain here, on every core, before the workers need it
-        ensure_encoder(spec, artifact_store(study), storage_url, log)
     threads = max(1, (spec.train.threads or available_cores()) // jobs)
     log(f"starting {jobs} worker processes with {threads} thread(s) each{why}")
     ctx = multiprocessing.get_context("spawn")

@@ -34,6 +34,7 @@ from hpo.objective import Objective, TrialListener
 from hpo.record import TrialRecord
 from hpo.storage.artifacts import ATTR, FolderStore, artifact_store
 from hpo.storage.resilient import open_storage
+from hpo.study import open_study
 from hpo.workers import run_worker, work
 
 BACKENDS = ["sqlite", "postgres", "mysql"]
@@ -373,3 +374,17 @@ def test_a_read_only_command_names_the_connection_error(where, command) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: cannot open storage "), result.output
     assert reason in lines[0] and "An exception is raised during the commit" not in lines[0], lines[0]
     assert "topsecret" not in result.output and "Traceback" not in result.output
+
+
+# --- 7. A command that fails before its first trial leaves no study behind ------------------------
+
+@pytest.mark.parametrize("jobs", [["--jobs", "1"], ["--jobs", "2"], ["--jobs", "auto"]], ids=lambda j: j[1])
+def test_a_command_that_fails_before_its_first_trial_leaves_no_study(jobs, tmp_path, small_spec) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    bad = ["--set", f"data.path={tmp_path / 'bad.csv'}", "--set", "train.precision=fp32", "--set", "name=fixme"]
+    result = CliRunner().invoke(main, ["optimize", "--study", "imdb", "--trials", "1", "--storage", url, *jobs, *bad])
+    assert result.exit_code == 2 and "bad.csv' does not exist" in result.output, result.output
+    storage = open_storage(url)
+    assert [s.study_name for s in storage.get_all_studies()] == []
+    # the corrected command creates the study afresh, instead of being refused for a different spec
+    open_study(small_spec("train.precision=fp32", "name=fixme"), storage)
