@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.callbacks import Budget, CheckpointCleanup, DashboardNotes, FigureUpload, Progress, TensorBoardExport
 from hpo.errors import HpoError, WorkerError
 from hpo.record import WORKER, Tally
+from hpo.search.lifeline import end_with_parent, parent_died
 from hpo.spec import Spec
 from hpo.storage.resilient import GRACE_PERIOD_S, open_storage, retry_callback
 from hpo.study import FINISHED, find_study, open_study, tally
@@ -258,7 +259,7 @@ def run_workers(
         ctx.Process(
             target=_worker_process,
             args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision,
-                  onednn, tensorboard),
+                  onednn, tensorboard, os.getpid(), threading.current_thread() is threading.main_thread()),
             name=f"hpo-worker-{i}",
         )
         for i in range(jobs)
@@ -294,20 +295,27 @@ def run_workers(
 
 def _worker_process(
     spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
-    precision: str | None = None, onednn: bool = True, tensorboard: str | None = None,
+    precision: str | None = None, onednn: bool = True, tensorboard: str | None = None, parent: int | None = None,
+    from_main_thread: bool = True,
 ) -> None:
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
 
     quiet_optuna_logging()
     try:
-        run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
-                   precision=precision, onednn=onednn, tensorboard=tensorboard)
+        with _sigterm_as_interrupt():  # from here on, the parent's death (a SIGTERM) hands the trial over
+            if parent is not None:
+                end_with_parent(parent, from_main_thread)
+            run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
+                       precision=precision, onednn=onednn, tensorboard=tensorboard)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        log("interrupted: its running trial is queued to run again")
+        if parent is not None and parent_died(parent):
+            log(f"hpo optimize (pid {parent}) died: stopping; its running trial is queued to run again")
+        else:
+            log("interrupted: its running trial is queued to run again")
         sys.exit(130)
 
 

@@ -22,13 +22,12 @@ import optuna
 import pytest
 import sqlalchemy
 from click.testing import CliRunner
+from db_servers import ADMIN_URLS, _admin_engine, study_database
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from db_servers import ADMIN_URLS, _admin_engine, study_database
-from hpo.cli import main
-from optuna.trial import TrialState
-
 from hpo.checkpoints import TrialCheckpoints
+from hpo.cli import main
 from hpo.data import load_dataset
 from hpo.objective import Objective, TrialListener
 from hpo.record import TrialRecord
@@ -388,3 +387,58 @@ def test_a_command_that_fails_before_its_first_trial_leaves_no_study(jobs, tmp_p
     assert [s.study_name for s in storage.get_all_studies()] == []
     # the corrected command creates the study afresh, instead of being refused for a different spec
     open_study(small_spec("train.precision=fp32", "name=fixme"), storage)
+
+
+# --- 4. Worker processes end when their parent dies, however it dies ------------------------------
+
+def _workers_of(pid: int) -> list[int]:
+    """The --jobs worker processes whose parent is ``pid`` (multiprocessing's resource tracker left out)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left
+
+
+def test_jobs_workers_end_when_hpo_optimize_is_killed(tmp_path, data_cache_dir) -> None:
+    proc, log = _optimize(tmp_path, data_cache_dir, "orphans", 6, "--jobs", "2")
+    workers: list[int] = []
+    try:
+        _wait_for_line(proc, log, r"(?s)\[worker \d\]   trial \d epoch 1/3.*\[worker \d\]   trial \d epoch 1/3")
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, log.read_text()
+        proc.kill()  # SIGKILL: the parent gets no chance to stop them itself
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in workers if _alive(pid)]
+        assert left == [], f"workers {left} outlived hpo optimize:\n{log.read_text()}"
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    output = log.read_text()
+    said = [line for line in output.splitlines() if "died: stopping" in line]
+    assert len(said) == 2 and all(f"hpo optimize (pid {proc.pid}) died: stopping" in line for line in said), output
+    assert "Traceback" not in output
+    trials = optuna.load_study(study_name="orphans", storage=open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")).trials
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [], [t.state.name for t in trials]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    rerun = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(failed) == len(rerun) == 2  # handed over as on Ctrl-C: each queued to run again
+    assert sorted(t.system_attrs["failed_trial"] for t in rerun) == sorted(t.number for t in failed)
