@@ -12,7 +12,9 @@ count at the same moment may both start a trial, so a study can end with up to (
 trials more than its budget, never fewer.
 
 A worker interrupted by Ctrl-C or SIGTERM marks its running trial FAIL and queues a copy with the
-same parameters, which resumes from the trial's last checkpoint (see :mod:`hpo.checkpoints`).
+same parameters, which resumes from the trial's last checkpoint (see :mod:`hpo.checkpoints`); a
+second signal does not cut that hand-over short. A ``--jobs`` worker whose command dies, however
+it dies, does the same (:mod:`hpo.search.lifeline`).
 
 Example::
 
@@ -42,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.callbacks import Budget, CheckpointCleanup, DashboardNotes, FigureUpload, Progress, TensorBoardExport
 from hpo.errors import HpoError, WorkerError
 from hpo.record import WORKER, Tally
-from hpo.search.lifeline import end_with_parent, parent_died
+from hpo.search.lifeline import end_with_parent, orphaned
 from hpo.spec import Spec
 from hpo.storage.resilient import GRACE_PERIOD_S, open_storage, retry_callback
 from hpo.study import FINISHED, find_study, open_study, tally
@@ -125,8 +127,8 @@ def work(
 
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = False
-    try:
-        with _sigterm_as_interrupt():
+    with _interruptible():
+        try:
             while True:
                 if budget.last is not None:  # counted just now, after the trial this worker ran
                     finished, running = budget.last.finished, budget.last.running
@@ -145,11 +147,10 @@ def work(
                 waiting = False
                 current.clear()
                 study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
-    except KeyboardInterrupt:
-        if current:
-            with _signals_ignored():  # a second Ctrl-C must not cut the hand-over short
-                _requeue(study, current[0])
-        raise
+        except KeyboardInterrupt:
+            if current:
+                _requeue(study, current[0])  # signals after the first are ignored: none cuts this short
+            raise
     return progress.ran
 
 
@@ -267,7 +268,7 @@ def run_workers(
     for p in procs:
         p.start()
     try:
-        with _sigterm_as_interrupt():
+        with _interruptible():
             for p in procs:
                 p.join()
     except KeyboardInterrupt:
@@ -303,7 +304,7 @@ def _worker_process(
 
     quiet_optuna_logging()
     try:
-        with _sigterm_as_interrupt():  # from here on, the parent's death (a SIGTERM) hands the trial over
+        with _interruptible():  # from here on, the parent's death (a SIGTERM) hands the trial over
             if parent is not None:
                 end_with_parent(parent, from_main_thread)
             run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
@@ -312,7 +313,7 @@ def _worker_process(
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        if parent is not None and parent_died(parent):
+        if orphaned():
             log(f"hpo optimize (pid {parent}) died: stopping; its running trial is queued to run again")
         else:
             log("interrupted: its running trial is queued to run again")
@@ -365,20 +366,35 @@ def _requeue(study: optuna.Study, number: int) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``docker stop``, ``kill``) behaves like Ctrl-C: the running trial is handed over."""
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (``docker stop``, ``kill``, a parent's death) raise KeyboardInterrupt,
+    once: the first switches both signals off until the block is left, so that the hand-over that
+    follows (Optuna marking the trial FAIL, the re-queue) runs whole. Ctrl-C in a terminal reaches
+    the command and its ``--jobs`` workers at once, and the command then sends them SIGTERM too:
+    that second signal, landing in Optuna's FAIL write, left trials RUNNING and a traceback.
+    A SIGINT ignored when the block starts (a background job) stays ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        for sig in previous:  # not SIG_IGN: a signal already pending would then print "ignored due to race condition"
+            signal.signal(sig, _ignore)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
 
 
 @contextmanager
@@ -386,7 +402,7 @@ def _signals_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -442,3 +442,24 @@ def test_jobs_workers_end_when_hpo_optimize_is_killed(tmp_path, data_cache_dir) 
     rerun = [t for t in trials if t.state == TrialState.WAITING]
     assert len(failed) == len(rerun) == 2  # handed over as on Ctrl-C: each queued to run again
     assert sorted(t.system_attrs["failed_trial"] for t in rerun) == sorted(t.number for t in failed)
+
+
+def test_ctrl_c_of_jobs_workers_hands_every_trial_over_once(tmp_path, data_cache_dir) -> None:
+    """Ctrl-C reaches the command and its workers together, and the command then SIGTERMs the workers
+    too: the second signal must not cut a worker's hand-over (Optuna's FAIL, the re-queue) short."""
+    proc, log = _optimize(tmp_path, data_cache_dir, "ctrlc", 6, "--jobs", "2")
+    try:
+        _wait_for_line(proc, log, r"(?s)\[worker \d\]   trial \d epoch 1/3.*\[worker \d\]   trial \d epoch 1/3")
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the whole process group
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert output.count("interrupted: its running trial is queued to run again") == 2, output
+    trials = optuna.load_study(study_name="ctrlc", storage=open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")).trials
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [], [t.state.name for t in trials]
+    failed = sorted(t.number for t in trials if t.state == TrialState.FAIL)
+    rerun = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING)
+    assert len(failed) == 2 and rerun == failed, [(t.number, t.state.name) for t in trials]
