@@ -180,7 +180,7 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
     from hpo.spec import load_spec
     from hpo.storage.artifacts import artifact_store
     from hpo.storage.resilient import open_storage
-    from hpo.study import open_study
+    from hpo.study import find_study, open_study
     from hpo.train import configure_threads
 
     spec = load_spec(study, overrides)
@@ -188,9 +188,10 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
         raise HpoError(f"study {spec.name!r} does not pretrain (pretrain.epochs = 0): --set pretrain.epochs=N")
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    opened = open_study(spec, open_storage(url))
+    find_study(spec, open_storage(url))  # a study of another spec is refused before the data is read
     configure_threads(spec.train.threads)
-    data = load_dataset(spec.data, _echo)
+    data = load_dataset(spec.data, _echo)  # bad input fails here, before the study exists
+    opened = open_study(spec, open_storage(url))
     encoder = ensure_encoder(spec, artifact_store(opened), url, _echo, data=data)
     assert encoder is not None
     ppl = ", ".join(f"{x:.1f}" for x in encoder.perplexities)

@@ -377,11 +377,14 @@ def test_a_read_only_command_names_the_connection_error(where, command) -> None:
 
 # --- 7. A command that fails before its first trial leaves no study behind ------------------------
 
-@pytest.mark.parametrize("jobs", [["--jobs", "1"], ["--jobs", "2"], ["--jobs", "auto"]], ids=lambda j: j[1])
-def test_a_command_that_fails_before_its_first_trial_leaves_no_study(jobs, tmp_path, small_spec) -> None:
+@pytest.mark.parametrize("command", [
+    ["optimize", "--trials", "1", "--jobs", "1"], ["optimize", "--trials", "1", "--jobs", "2"],
+    ["optimize", "--trials", "1", "--jobs", "auto"], ["pretrain", "--set", "pretrain.epochs=1"],
+], ids=lambda c: f"{c[0]}{'-jobs-' + c[4] if len(c) > 4 else ''}")
+def test_a_command_that_fails_before_its_first_trial_leaves_no_study(command, tmp_path, small_spec) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     bad = ["--set", f"data.path={tmp_path / 'bad.csv'}", "--set", "train.precision=fp32", "--set", "name=fixme"]
-    result = CliRunner().invoke(main, ["optimize", "--study", "imdb", "--trials", "1", "--storage", url, *jobs, *bad])
+    result = CliRunner().invoke(main, [command[0], "--study", "imdb", "--storage", url, *command[1:], *bad])
     assert result.exit_code == 2 and "bad.csv' does not exist" in result.output, result.output
     storage = open_storage(url)
     assert [s.study_name for s in storage.get_all_studies()] == []
