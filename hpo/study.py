@@ -12,6 +12,7 @@ refuses to add trials to a study of another schema, with one line that says what
 
 Example::
 
+    find_study(spec, storage)  # None: not there yet; an HpoError: there, with another spec (creates nothing)
     study = open_study(spec, open_storage("sqlite:///hpo.db"), seed=0)
     tally(study).finished      # COMPLETE + PRUNED trials so far
 """

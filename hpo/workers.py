@@ -231,16 +231,16 @@ def run_workers(
     """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
     The study is created (and the spec checked) here, once, after the data has loaded (a bad
-    ``data.path`` leaves no study behind); each process then joins it as any other worker would. Processes are spawned, not forked (a forked PyTorch or database
-    connection is unsafe), and get the storage URL through a pipe, never on a command line.
+    ``data.path`` leaves no study behind); each process then joins it as any other worker would.
+    Processes are spawned, not forked (a forked PyTorch or database connection is unsafe), get the
+    storage URL through a pipe, never on a command line, and end when this process dies.
     Seeds differ per process: ``seed + i``, or fresh entropy without ``seed``.
     """
     from hpo.train import available_cores
 
+    from hpo.data import load_dataset
     from hpo.pretrain import ensure_encoder
     from hpo.storage.artifacts import artifact_store
-
-    from hpo.data import load_dataset
 
     storage = open_storage(storage_url, grace_period=grace_period, log=log)
     existing = find_study(spec, storage)
