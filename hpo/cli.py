@@ -27,7 +27,7 @@ from hpo.analysis.tensorboard import require_tensorboard
 from hpo.analysis.trials import load_study_data, trial_log
 from hpo.data import load_dataset
 from hpo.errors import HpoError
-from hpo.search.study import open_study
+from hpo.search.study import find_study, open_study
 from hpo.search.workers import auto_jobs, quiet_optuna_logging, run_worker, run_workers
 from hpo.spec import builtin_studies, load_spec
 from hpo.storage.artifacts.cleanup import clean_study
@@ -113,8 +113,9 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
         tensorboard = str(Path(tensorboard).resolve())
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    # an unreachable database, or a study made with another spec, fails here, before anything is measured
-    open_study(spec, open_storage(url), seed)
+    # an unreachable database, or a study made with another spec, fails here, before anything is measured;
+    # the study itself is created once the data has loaded, so a bad data.path leaves none behind
+    find_study(spec, open_storage(url))
     precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
     note = precision_note(spec.train.precision, resolve_device(spec.train.device))
     if note:
@@ -189,9 +190,10 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
         raise HpoError(f"study {spec.name!r} does not pretrain (pretrain.epochs = 0): --set pretrain.epochs=N")
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    opened = open_study(spec, open_storage(url))
+    find_study(spec, open_storage(url))  # a study of another spec is refused before the data is read
     configure_threads(spec.train.threads)
-    data = load_dataset(spec.data, _echo)
+    data = load_dataset(spec.data, _echo)  # bad input fails here, before the study exists
+    opened = open_study(spec, open_storage(url))
     encoder = ensure_encoder(spec, artifact_store(opened), url, _echo, data=data)
     assert encoder is not None
     ppl = ", ".join(f"{x:.1f}" for x in encoder.perplexities)
