@@ -18,14 +18,16 @@ import optuna
 from hpo.analysis import dashboard as dashboard_app
 from hpo.analysis import replay as replays
 from hpo.analysis import report as reports
+from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
 from hpo.analysis.importance import format_importance, param_importances
+from hpo.analysis.logs import parse_log, read_log
 from hpo.analysis.plots import lr_find_figure, write_study_figures
 from hpo.analysis.steps import trial_step_figures
 from hpo.analysis.tensorboard import require_tensorboard
-from hpo.analysis.trials import load_study_data
+from hpo.analysis.trials import load_study_data, trial_log
 from hpo.data import load_dataset
 from hpo.errors import HpoError
-from hpo.search.study import open_study
+from hpo.search.study import find_study, open_study
 from hpo.search.workers import auto_jobs, quiet_optuna_logging, run_worker, run_workers
 from hpo.spec import builtin_studies, load_spec
 from hpo.storage.artifacts.cleanup import clean_study
@@ -111,8 +113,9 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
         tensorboard = str(Path(tensorboard).resolve())
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    # an unreachable database, or a study made with another spec, fails here, before anything is measured
-    open_study(spec, open_storage(url), seed)
+    # an unreachable database, or a study made with another spec, fails here, before anything is measured;
+    # the study itself is created once the data has loaded, so a bad data.path leaves none behind
+    find_study(spec, open_storage(url))
     precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
     note = precision_note(spec.train.precision, resolve_device(spec.train.device))
     if note:
@@ -187,9 +190,10 @@ def pretrain(study: str, storage: str | None, overrides: tuple[str, ...]) -> Non
         raise HpoError(f"study {spec.name!r} does not pretrain (pretrain.epochs = 0): --set pretrain.epochs=N")
     url, origin = resolve_storage_url(storage)
     _echo(f"storage: {display_url(url)} ({origin})")
-    opened = open_study(spec, open_storage(url))
+    find_study(spec, open_storage(url))  # a study of another spec is refused before the data is read
     configure_threads(spec.train.threads)
-    data = load_dataset(spec.data, _echo)
+    data = load_dataset(spec.data, _echo)  # bad input fails here, before the study exists
+    opened = open_study(spec, open_storage(url))
     encoder = ensure_encoder(spec, artifact_store(opened), url, _echo, data=data)
     assert encoder is not None
     ppl = ", ".join(f"{x:.1f}" for x in encoder.perplexities)
@@ -417,6 +421,46 @@ def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int 
     url, _ = resolve_storage_url(storage)
     proxy_server.serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()), artifact_port=artifact_port,
           grace_period=grace_period)
+
+
+@main.command("diagnose")
+@click.argument("log_file", required=False, metavar="FILE|-")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--out", "out_dir", default=None, metavar="DIR", help="Folder for a figure of the curves with the verdict marked.")
+@click.option("--rules", "rules", multiple=True, metavar="KEY=VALUE",
+              help="Set a divergence rule, e.g. --rules threshold=1.0 (repeatable; keys: threshold, train_rise, "
+                   "warmup_epochs, confirm_epochs, no_progress_epochs, chance_margin, grad_norm_limit).")
+@click.option("--columns", "columns", multiple=True, metavar="ROLE=NAME",
+              help="Name a column yourself, e.g. --columns val_loss=my_loss (roles: train_loss, val_loss, accuracy).")
+@click.option("--study", default=None, help="Judge a trial of this hpo study instead of a file (with --trial).")
+@click.option("--trial", "trial_number", type=int, default=None, help="The trial's number (with --study).")
+@_STORAGE
+def diagnose_command(log_file: str | None, fmt: str, out_dir: str | None, rules: tuple[str, ...],
+                     columns: tuple[str, ...], study: str | None, trial_number: int | None,
+                     storage: str | None) -> None:
+    """Judge a training run from its log: diverged, overfitting, stable, or cannot judge, and what to try.
+
+    FILE is a fastai or any other epoch table (whitespace or CSV), Keras console output or a Keras
+    CSVLogger file, a Lightning metrics.csv (or its folder), TensorBoard event files (or their
+    folder); - reads stdin. Exit 0 for any verdict, 2 when the input cannot be read.
+    """
+    stored = None  # a study's own divergence rules, which --rules then changes
+    if study is not None or trial_number is not None:
+        if study is None or trial_number is None or log_file is not None:
+            raise HpoError("--study and --trial go together, without a FILE: hpo diagnose --study S --trial N")
+        log, stored = trial_log(study, _read_storage(storage), trial_number)
+    elif log_file == "-":
+        log = parse_log(sys.stdin.read())
+    elif log_file:
+        log = read_log(log_file)
+    else:
+        raise HpoError("give a log: hpo diagnose FILE, - for stdin, or --study S --trial N")
+    result = diagnose(log, rules_from_pairs(rules, stored), columns_from_pairs(columns))
+    _echo(result.to_json() if fmt == "json" else result.render())
+    if out_dir:
+        path = result.figure(out_dir)
+        if fmt == "text":
+            _echo(f"figure: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

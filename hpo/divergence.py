@@ -92,6 +92,23 @@ def check_divergence(
     return None
 
 
+def recovered(val_loss: Sequence[float | None], cut_epoch: int, verdict: Verdict, rules: DivergenceSpec) -> bool | None:
+    """Whether a curve judged diverged at ``cut_epoch`` (1-based) came back later; None: it ends there.
+
+    ``jump`` / ``nan``: its last validation loss is finite and within the threshold of its best.
+    ``no_progress``: it got below chance after all (a flat curve at chance is dead, not back).
+    """
+    if len(val_loss) <= cut_epoch:
+        return None
+    finite = [x for x in val_loss if x is not None and math.isfinite(x)]
+    if not finite:
+        return False
+    if verdict.reason == "no_progress":
+        return min(finite) < CHANCE_LOSS * (1 - rules.chance_margin)
+    last = val_loss[-1]
+    return last is not None and math.isfinite(last) and last <= min(finite) * (1 + rules.threshold)
+
+
 class StepGuard:
     """Watches per-step train losses and says when they explode, so an epoch can stop early.
 

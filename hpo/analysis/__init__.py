@@ -10,5 +10,7 @@ and notes on the dashboard while a study runs. One module per question:
 * :mod:`hpo.analysis.replay`: pruners replayed offline over a study's stored curves;
 * :mod:`hpo.analysis.plots`, :mod:`hpo.analysis.steps`: PNG and HTML figures of a study and of a trial;
 * :mod:`hpo.analysis.notes`, :mod:`hpo.analysis.dashboard`: optuna-dashboard notes, and serving it;
-* :mod:`hpo.analysis.tensorboard`: a trial's step telemetry as TensorBoard scalars.
+* :mod:`hpo.analysis.tensorboard`: a trial's step telemetry as TensorBoard scalars;
+* :mod:`hpo.analysis.logs`, :mod:`hpo.analysis.diagnose`: a training log from anywhere (fastai,
+  Keras, Lightning, TensorBoard, any table, or a trial) judged by the same divergence rules.
 """

@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 
 from hpo import record
 from hpo.analysis.trials import StudyData
-from hpo.divergence import CHANCE_LOSS, DivergenceMonitor
+from hpo.divergence import DivergenceMonitor, recovered
 from hpo.errors import HpoError
 from hpo.pruning import make_pruner
 from hpo.record import TrialRecord, Verdict
@@ -219,23 +219,6 @@ class PolicyResult:
                       "reason": t.verdict.reason if t.verdict else None, "recovered": t.recovered}
                      for t in self.trials if t.cut],
         }
-
-
-def recovered(val_loss: Sequence[float], cut_epoch: int, verdict: Verdict, rules: DivergenceSpec) -> bool | None:
-    """Whether a curve cut as diverged after ``cut_epoch`` came back later; None: it ends there.
-
-    ``jump`` / ``nan``: its last validation loss is finite and within the threshold of its best.
-    ``no_progress``: it got below chance after all (a flat curve at chance is dead, not back).
-    """
-    if len(val_loss) <= cut_epoch:
-        return None
-    finite = [x for x in val_loss if x is not None and math.isfinite(x)]
-    if not finite:
-        return False
-    if verdict.reason == "no_progress":
-        return min(finite) < CHANCE_LOSS * (1 - rules.chance_margin)
-    last = val_loss[-1]
-    return last is not None and math.isfinite(last) and last <= min(finite) * (1 + rules.threshold)
 
 
 def replay(curves: Sequence[Curve], policy: Policy, max_epochs: int, rules: DivergenceSpec) -> PolicyResult:

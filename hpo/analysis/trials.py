@@ -23,12 +23,13 @@ from typing import Mapping
 import optuna
 
 from hpo import record
+from hpo.analysis.logs import TrainingLog, from_trial_record
 from hpo.errors import HpoError
 from hpo.record import StudyRecord, Tally, TrialRecord, best_trial
-from hpo.spec import Spec, builtin_studies
+from hpo.spec import DivergenceSpec, Spec, builtin_studies
 from hpo.storage.database.studies import load_existing
 
-__all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message"]
+__all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message", "trial_log"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,19 @@ def _max_epochs(spec: Spec | None, trials: list[TrialRecord]) -> tuple[int, str]
     if spec is not None:
         return spec.train.max_epochs, "spec"
     return max((t.epochs_run for t in trials), default=0), "longest trial"
+
+
+def trial_log(name: str, storage: optuna.storages.BaseStorage, number: int) -> tuple[TrainingLog, DivergenceSpec | None]:
+    """Trial ``number`` of study ``name`` as a training log (``hpo diagnose --study --trial``), and
+    the divergence rules the study ran with (None when it stored no spec this hpo reads)."""
+    study = load_existing(name, storage)
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.number == number:
+            try:
+                spec = StudyRecord.of(study).parsed_spec()
+            except HpoError:  # a spec of another hpo version: the default rules
+                spec = None
+            return from_trial_record(TrialRecord.from_trial(t), name), spec.divergence if spec else None
+    have = f"{trials[0].number}-{trials[-1].number}" if trials else "none yet"
+    raise HpoError(f"study {name!r} has no trial {number} (its trials: {have})")

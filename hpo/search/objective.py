@@ -9,8 +9,10 @@ pruner (median by default), which judges underperformance only. When the trial e
 :class:`~hpo.record.Outcome` is written once.
 
 After every epoch but the last the trial saves a checkpoint in the study's artifact store
-(:mod:`hpo.training.checkpoints`); a trial re-run after its worker died or was interrupted carries the
-same ``checkpoint`` key, resumes after the last saved epoch, and records ``resumed_at_epoch``.
+(:mod:`hpo.training.checkpoints`), before the epoch is recorded or announced; a trial re-run after its
+worker died or was interrupted carries the same ``checkpoint`` key, resumes after the last saved
+epoch, records ``resumed_at_epoch``, and reports the epochs it resumes from as its own (a re-run
+inherits no reported steps: one that starts over reports each step once).
 
 Everything else a worker does around a trial (progress lines, figures, deleting checkpoints,
 the study's budget) lives in :mod:`hpo.search.callbacks`, registered by the worker: Optuna callbacks for
@@ -42,7 +44,7 @@ from hpo.training import telemetry
 from hpo.training.checkpoints import TrialCheckpoints
 from hpo.training.config import train_config
 from hpo.training.device import loss_sampling, resolve_device, resolve_precision
-from hpo.training.loop import TrainResult, evaluate, load_best, train
+from hpo.training.loop import Checkpoint, TrainResult, evaluate, load_best, train
 from hpo.training.models import build_model
 from hpo.training.pretrain import PretrainedEncoder
 
@@ -79,6 +81,15 @@ def sample_params(trial: optuna.Trial, space: Mapping[str, SpaceEntry]) -> dict[
         else:
             values[name] = entry
     return values
+
+
+def _resumed_rows(resume: Checkpoint, trial: optuna.Trial) -> list[EpochRecord]:
+    """The epochs a resumed trial has behind it: the checkpoint's own history, which the trial's
+    record may lack (the worker stopped between saving an epoch and recording it); a checkpoint
+    written before checkpoints carried it: the record, up to the checkpoint's epoch."""
+    if resume.history is not None:
+        return [EpochRecord.from_attr(row) for row in resume.history]
+    return record.epochs_of(trial)[: resume.epoch]
 
 
 def _may_be_best(trial: optuna.Trial, value: float) -> bool:
@@ -130,8 +141,11 @@ class Objective:
         resume = checkpoints.load()
         rows: list[EpochRecord] = []
         if resume is not None:
-            rows = record.epochs_of(trial)[: resume.epoch]
+            rows = _resumed_rows(resume, trial)
             record.write_resumed_at(trial, resume.epoch + 1)
+            record.write_epochs(trial, rows)
+            for row in rows:  # the curve so far, as this trial's own (a re-run inherits no reported steps)
+                trial.report(row.val_accuracy, row.epoch)
         for listener in self.listeners:
             listener.trial_started(trial, rerun_of, resume.epoch + 1 if resume else None)
         pruned_at: int | None = None

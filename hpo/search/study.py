@@ -12,6 +12,7 @@ refuses to add trials to a study of another schema, with one line that says what
 
 Example::
 
+    find_study(spec, storage)  # None: not there yet; an HpoError: there, with another spec (creates nothing)
     study = open_study(spec, open_storage("sqlite:///hpo.db"), seed=0)
     tally(study).finished      # COMPLETE + PRUNED trials so far
 """
@@ -36,6 +37,7 @@ from hpo.storage.artifacts.stores import artifact_location
 from hpo.storage.database.locks import storage_lock_of
 from hpo.storage.database.proxied_lock import PREFIX as LOCK_PREFIX
 from hpo.storage.database.proxied_lock import is_lock_study
+from hpo.storage.database.studies import study_names
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Settings of one machine, not of the study: they may differ between workers.
@@ -65,10 +67,42 @@ def make_sampler(spec: SamplerSpec, seed: int | None = None, grid: Mapping[str, 
         )
 
 
-def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
-    """Create the spec's study in ``storage``, or join it if its stored spec is the same as ours."""
+def find_study(spec: Spec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The spec's study if ``storage`` has it and ``spec`` may join it (an HpoError if not); None
+    when it does not exist yet. Creates nothing: a command checks this first, loads what may still
+    fail on bad input (the data), and only then creates the study (:func:`open_study`), so that a
+    failed command leaves no study behind whose spec would refuse the corrected one.
+    """
+    _check_name(spec)
+    if spec.name not in study_names(storage):
+        return None
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    _check_joinable(spec, study)
+    return study
+
+
+def _check_name(spec: Spec) -> None:
     if is_lock_study(spec.name):
         raise HpoError(f"study name {spec.name!r}: names starting {LOCK_PREFIX!r} are hpo's locks; choose another --set name=...")
+
+
+def _check_joinable(spec: Spec, study: optuna.Study) -> StudyRecord:
+    """An HpoError unless ``spec`` may add trials to ``study`` (direction, schema, and its spec if
+    recorded); else what the study records."""
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
+    stored = StudyRecord.of(study)
+    stored.check(writing=True)
+    if stored.spec is not None:
+        differing = spec_diff(stored.spec, _plain(spec.to_dict()))
+        if differing:
+            raise HpoError(_mismatch_message(spec.name, differing))
+    return stored
+
+
+def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | None = None) -> optuna.Study:
+    """Create the spec's study in ``storage``, or join it if its stored spec is the same as ours."""
+    _check_name(spec)
     with storage_lock_of(storage):  # the database's lock, or through `hpo storage-proxy` a StorageLock
         study = optuna.create_study(
             study_name=spec.name,
@@ -78,20 +112,12 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, seed: int | Non
             pruner=make_pruner(spec.pruner, spec.train.max_epochs),
             load_if_exists=True,
         )
-        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-            raise HpoError(f"study {spec.name!r} in this storage is not a maximize study: choose another --study name")
-        stored = StudyRecord.of(study)
-        stored.check(writing=True)
+        stored = _check_joinable(spec, study)
         if stored.schema is None:
             record.write_schema(study)
-        ours = _plain(spec.to_dict())
         if stored.spec is None:
             # New, or made before specs were recorded: from now on this spec is the study's.
-            record.write_spec(study, ours)
-        else:
-            differing = spec_diff(stored.spec, ours)
-            if differing:
-                raise HpoError(_mismatch_message(spec.name, differing))
+            record.write_spec(study, _plain(spec.to_dict()))
         if stored.uid is None:
             record.write_uid(study, uuid.uuid4().hex[:12])
         artifact_location(study)  # recorded now, under the lock: every worker then agrees on it

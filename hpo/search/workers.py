@@ -12,7 +12,9 @@ count at the same moment may both start a trial, so a study can end with up to (
 trials more than its budget, never fewer.
 
 A worker interrupted by Ctrl-C or SIGTERM marks its running trial FAIL and queues a copy with the
-same parameters, which resumes from the trial's last checkpoint (see :mod:`hpo.training.checkpoints`).
+same parameters, which resumes from the trial's last checkpoint (see :mod:`hpo.training.checkpoints`); a
+second signal does not cut that hand-over short. A ``--jobs`` worker whose command dies, however
+it dies, does the same (:mod:`hpo.search.lifeline`).
 
 Example::
 
@@ -52,8 +54,9 @@ from hpo.search.callbacks import (
     Progress,
     TensorBoardExport,
 )
+from hpo.search.lifeline import end_with_parent, orphaned
 from hpo.search.objective import Objective
-from hpo.search.study import FINISHED, open_study, tally
+from hpo.search.study import FINISHED, find_study, open_study, tally
 from hpo.spec import Spec
 from hpo.storage.artifacts.keys import sweep_checkpoints
 from hpo.storage.artifacts.stores import artifact_store
@@ -136,8 +139,8 @@ def work(
 
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = False
-    try:
-        with _sigterm_as_interrupt():
+    with _interruptible():
+        try:
             while True:
                 if budget.last is not None:  # counted just now, after the trial this worker ran
                     finished, running = budget.last.finished, budget.last.running
@@ -156,11 +159,10 @@ def work(
                 waiting = False
                 current.clear()
                 study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
-    except KeyboardInterrupt:
-        if current:
-            with _signals_ignored():  # a second Ctrl-C must not cut the hand-over short
-                _requeue(study, current[0])
-        raise
+        except KeyboardInterrupt:
+            if current:
+                _requeue(study, current[0])  # signals after the first are ignored: none cuts this short
+            raise
     return progress.ran
 
 
@@ -184,15 +186,16 @@ def run_worker(
     ``tensorboard``: a folder to write each trial's step telemetry to as TensorBoard scalars.
     """
     storage = open_storage(storage_url, grace_period=grace_period, log=log)
-    study = open_study(spec, storage, seed)
-    done = tally(study).finished
-    if done >= trials:
-        log(f"study {spec.name!r} already has {done} finished trials (budget {trials}): nothing to run")
-        return WorkerOutcome(spec.name, tally(study), 0)
+    existing = find_study(spec, storage)
+    if existing is not None and tally(existing).finished >= trials:
+        log(f"study {spec.name!r} already has {tally(existing).finished} finished trials (budget {trials}): nothing to run")
+        return WorkerOutcome(spec.name, tally(existing), 0)
     n_threads = configure_threads(spec.train.threads if threads is None else threads)
     torch.backends.mkldnn.enabled = onednn
     device = resolve_device(spec.train.device)
-    data = load_dataset(spec.data, log)
+    data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+    study = open_study(spec, storage, seed)
+    done = tally(study).finished
     log(
         f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
         f"data {len(data.train):,} train / {len(data.valid):,} valid / {len(data.test):,} test, vocab {data.vocab_size:,}"
@@ -230,15 +233,23 @@ def run_workers(
 ) -> WorkerOutcome:
     """``jobs`` worker processes on one study, the cores split between them (``why``: said with it).
 
-    The study is created (and the spec checked) here, once; each process then joins it as any
-    other worker would. Processes are spawned, not forked (a forked PyTorch or database
-    connection is unsafe), and get the storage URL through a pipe, never on a command line.
+    The study is created (and the spec checked) here, once, after the data has loaded (a bad
+    ``data.path`` leaves no study behind); each process then joins it as any other worker would.
+    Processes are spawned, not forked (a forked PyTorch or database connection is unsafe), get the
+    storage URL through a pipe, never on a command line, and end when this process dies.
     Seeds differ per process: ``seed + i``, or fresh entropy without ``seed``.
     """
-    study = open_study(spec, open_storage(storage_url, grace_period=grace_period, log=log), seed)
+    storage = open_storage(storage_url, grace_period=grace_period, log=log)
+    existing = find_study(spec, storage)
+    if existing is None or tally(existing).finished < trials:
+        data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+        study = open_study(spec, storage, seed)
+        # pretrain here, on every core, before the workers need it
+        ensure_encoder(spec, artifact_store(study), storage_url, log, data=data)
+        del data  # each worker loads its own
+    else:
+        study = existing
     before = tally(study).finished
-    if before < trials:  # pretrain here, on every core, before the workers need it
-        ensure_encoder(spec, artifact_store(study), storage_url, log)
     threads = max(1, (spec.train.threads or available_cores()) // jobs)
     log(f"starting {jobs} worker processes with {threads} thread(s) each{why}")
     ctx = multiprocessing.get_context("spawn")
@@ -246,7 +257,7 @@ def run_workers(
         ctx.Process(
             target=_worker_process,
             args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision,
-                  onednn, tensorboard),
+                  onednn, tensorboard, os.getpid(), threading.current_thread() is threading.main_thread()),
             name=f"hpo-worker-{i}",
         )
         for i in range(jobs)
@@ -254,7 +265,7 @@ def run_workers(
     for p in procs:
         p.start()
     try:
-        with _sigterm_as_interrupt():
+        with _interruptible():
             for p in procs:
                 p.join()
     except KeyboardInterrupt:
@@ -282,20 +293,27 @@ def run_workers(
 
 def _worker_process(
     spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
-    precision: str | None = None, onednn: bool = True, tensorboard: str | None = None,
+    precision: str | None = None, onednn: bool = True, tensorboard: str | None = None, parent: int | None = None,
+    from_main_thread: bool = True,
 ) -> None:
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
 
     quiet_optuna_logging()
     try:
-        run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
-                   precision=precision, onednn=onednn, tensorboard=tensorboard)
+        with _interruptible():  # from here on, the parent's death (a SIGTERM) hands the trial over
+            if parent is not None:
+                end_with_parent(parent, from_main_thread)
+            run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
+                       precision=precision, onednn=onednn, tensorboard=tensorboard)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        log("interrupted: its running trial is queued to run again")
+        if orphaned():
+            log(f"hpo optimize (pid {parent}) died: stopping; its running trial is queued to run again")
+        else:
+            log("interrupted: its running trial is queued to run again")
         sys.exit(130)
 
 
@@ -344,20 +362,35 @@ def _requeue(study: optuna.Study, number: int) -> None:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``docker stop``, ``kill``) behaves like Ctrl-C: the running trial is handed over."""
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (``docker stop``, ``kill``, a parent's death) raise KeyboardInterrupt,
+    once: the first switches both signals off until the block is left, so that the hand-over that
+    follows (Optuna marking the trial FAIL, the re-queue) runs whole. Ctrl-C in a terminal reaches
+    the command and its ``--jobs`` workers at once, and the command then sends them SIGTERM too:
+    that second signal, landing in Optuna's FAIL write, left trials RUNNING and a traceback.
+    A SIGINT ignored when the block starts (a background job) stays ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        for sig in previous:  # not SIG_IGN: a signal already pending would then print "ignored due to race condition"
+            signal.signal(sig, _ignore)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
 
 
 @contextmanager
@@ -365,7 +398,7 @@ def _signals_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

@@ -9,11 +9,15 @@ see at a glance what hpo relies on:
   optuna-dashboard keys notes and artifact URLs by the storage's ids;
 * :data:`BaseHeartbeat`: the gRPC client must be a heartbeat storage so that ``study.optimize``
   runs Optuna's heartbeat thread for workers behind `hpo storage-proxy`;
-* :data:`RDB_SESSION_METHODS`: the RDBStorage methods that open a database session, public and
-  private (``_get_trials``...), which the resilient storage retries: the public ones call them;
+* :data:`RDB_RETRIABLE_METHODS`: the RDBStorage methods, public and private (``_get_trials``...),
+  that the resilient storage may simply run again after a connection error;
 * :func:`rdb_models`, :func:`grpc_servicer`, :func:`grpc_api`: the proxy finds stale trials with
   one query over Optuna's own tables and answers heartbeats in Optuna's own servicer;
-* :func:`backend_of`: Optuna's cache wraps the RDB storage in ``_backend``.
+* :func:`backend_of`: Optuna's cache wraps the RDB storage in ``_backend``;
+* :func:`rdb_session`, :func:`set_value_in`, :func:`set_system_attr_in`, :func:`new_trial_in`,
+  :func:`set_trial_id`: RDBStorage's own steps without their commit, so that
+  :mod:`hpo.storage.database.trial_writes` can put a write and the token that recognises it in one
+  transaction (Optuna's public calls commit on their own).
 
 Example::
 
@@ -27,18 +31,24 @@ from typing import Any
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as _rdb_models
+from optuna.storages._rdb.storage import _create_scoped_session
 
-__all__ = ["BaseHeartbeat", "RDB_SESSION_METHODS", "backend_of", "grpc_api", "grpc_servicer", "rdb_models",
-           "storage_of", "study_id", "trial_id"]
+__all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "grpc_api", "grpc_servicer", "rdb_models",
+           "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_id", "set_value_in", "storage_of", "study_id",
+           "trial_id"]
 
-# The RDBStorage methods that open a database session. Others call these, and only the outermost
-# call retries, so one outage costs one backoff, not a product of nested ones.
-RDB_SESSION_METHODS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+# The RDBStorage methods that open a database session and may simply run again after a connection
+# error: reads, and writes that land the same however often they run (upserts of attributes,
+# intermediate values, parameters and heartbeats). Others call these, and only the outermost call
+# retries, so one outage costs one backoff, not a product of nested ones. Creating a study or a
+# trial, deleting a study and changing a trial's state are not here: the resilient storage checks
+# whether such a write landed before it runs it again (hpo.storage.database.trial_writes).
+RDB_RETRIABLE_METHODS = (
+    "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
-    "get_trial_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param",
-    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "get_trial_system_attrs", "get_all_studies", "_set_trial_param",
+    "get_trial_param", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "_get_trials", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
 )
@@ -81,3 +91,28 @@ def grpc_api() -> tuple[Any, Any]:
     from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 
     return api_pb2, api_pb2_grpc
+
+
+def rdb_session(storage: Any) -> Any:
+    """A session of an RDBStorage that commits when the block ends (and rolls back on an exception)."""
+    return _create_scoped_session(storage.scoped_session)
+
+
+def set_value_in(storage: Any, session: Any, trial: Any, objective: int, value: float) -> None:
+    """A trial's objective value, written in ``session`` without committing."""
+    storage._set_trial_value_without_commit(session, trial, objective, value)
+
+
+def set_system_attr_in(storage: Any, session: Any, trial_id: int, key: str, value: Any) -> None:
+    """A trial system attribute, written in ``session`` without committing."""
+    storage._set_trial_attr_without_commit(session, _rdb_models.TrialSystemAttributeModel, trial_id, key, value)
+
+
+def new_trial_in(storage: Any, study_id: int, template: Any, session: Any) -> Any:
+    """A new trial row from ``template`` (numbered under the study's row lock), without committing."""
+    return storage._get_prepared_new_trial(study_id, template, session)
+
+
+def set_trial_id(trial: Any, trial_id: int) -> None:
+    """A FrozenTrial's storage id (set by the storage that created it)."""
+    trial._trial_id = trial_id

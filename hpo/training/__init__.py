@@ -10,5 +10,7 @@
 * :mod:`hpo.training.telemetry`: step-level samples of losses, norms, rates and update ratios;
 * :mod:`hpo.training.checkpoints`: a trial's checkpoints, so a re-run resumes;
 * :mod:`hpo.training.pretrain`, :mod:`hpo.training.lrfind`, :mod:`hpo.training.calibrate`:
-  language-model pretraining, the learning-rate range test, this machine's fastest setting.
+  language-model pretraining, the learning-rate range test, this machine's fastest setting;
+* :mod:`hpo.training.lightning`: :class:`~hpo.training.lightning.DivergenceCallback`, the divergence
+  rules in a PyTorch Lightning ``Trainer`` (optional: ``pip install 'hpo[lightning]'``).
 """

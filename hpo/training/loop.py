@@ -5,7 +5,8 @@ epoch's :class:`~hpo.record.EpochRecord`; a callback that returns True stops tra
 how the objective prunes). With a :class:`~hpo.divergence.DivergenceMonitor` it also stops on
 the monitor's verdict: inside an epoch when the train loss turns NaN/inf or explodes, after an
 epoch when the epoch rules say the run diverged; the verdict is in the result. With
-``on_checkpoint`` it hands over a :class:`Checkpoint` after every epoch but the last, and
+``on_checkpoint`` it hands over a :class:`Checkpoint` after every epoch but the last, before
+``on_epoch`` hears of that epoch, and
 ``resume=checkpoint`` continues from it exactly as if training had never stopped (a killed
 worker's trial resumes).
 
@@ -69,6 +70,7 @@ class Checkpoint:
     best_state: dict[str, torch.Tensor] | None
     monitor: dict | None
     telemetry: dict | None = None  # StepRecorder.state_dict(): the earlier epochs' sampled steps
+    history: list[dict] | None = None  # every epoch's EpochRecord.to_attr() up to ``epoch``; None: unknown (older file)
 
 
 @dataclass
@@ -220,20 +222,24 @@ def train(
             result.best_epoch = epoch
             result.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         verdict = monitor.on_epoch(epoch, row.train_loss, val_loss, row.max_grad_norm) if monitor else None
-        stop = on_epoch(row, verdict) if on_epoch is not None else False
-        if verdict is not None:
-            result.verdict = verdict
-            if monitor is not None and monitor.stops(verdict):
-                break
-        if stop:
-            result.stopped_by_callback = True
-            break
-        if on_checkpoint is not None and epoch < cfg.max_epochs:
+        stops = verdict is not None and monitor is not None and monitor.stops(verdict)
+        # Saved before the epoch is announced: once a worker has printed or reported it, no signal loses it.
+        if on_checkpoint is not None and epoch < cfg.max_epochs and not stops:
             on_checkpoint(Checkpoint(
                 epoch, model.state_dict(), optimizer.state_dict(), result.best_epoch, best_acc,
                 result.best_state, monitor.state_dict() if monitor else None,
                 recorder.state_dict() if recorder is not None else None,
+                None if resume is not None and resume.history is None else
+                [*(resume.history if resume is not None else []), *(r.to_attr() for r in result.history)],
             ))
+        stop = on_epoch(row, verdict) if on_epoch is not None else False
+        if verdict is not None:
+            result.verdict = verdict
+            if stops:
+                break
+        if stop:
+            result.stopped_by_callback = True
+            break
     if recorder is not None:
         result.telemetry = recorder.result()
     return result

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hpo.data import Batch
+from hpo.errors import HpoError
 from hpo.training.config import TrainConfig
 from hpo.training.device import autocast
 
@@ -46,6 +47,24 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def param_groups(optimizer: torch.optim.Optimizer) -> Groups:
+    """An optimizer's parameter groups by name, in its order (:func:`make_optimizer`'s inverse): what
+    :func:`update`, :func:`group_norms` and :class:`~hpo.training.telemetry.StepRecorder` take, so
+    your own loop and optimizer get hpo's per-group norms and telemetry (``examples/own_loop.py``).
+
+    A group's name is its ``"name"`` entry (``{"params": ..., "lr": 1e-3, "name": "head"}``; the
+    PyTorch optimizers keep extra keys), else ``group0``, ``group1``...; an HpoError for a name
+    used twice.
+    """
+    out: dict[str, list[torch.nn.Parameter]] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        name = str(group.get("name", f"group{i}"))
+        if name in out:
+            raise HpoError(f"two parameter groups are named {name!r}: give each group its own 'name'")
+        out[name] = list(group["params"])
+    return out
 
 
 def classifier_loss(model: torch.nn.Module, batch: Batch, device: torch.device, precision: str,

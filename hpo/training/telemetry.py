@@ -25,6 +25,23 @@ Example::
     ...  # inside train(): recorder.wants(step), recorder.snapshot(...), recorder.record(...)
     telemetry = recorder.result()
     telemetry.steps, telemetry.grad_norm[:, telemetry.groups.index("head")]
+
+In your own loop, :func:`hpo.training.step.param_groups` names your optimizer's groups and
+:func:`hpo.training.step.update` measures them before clipping, as hpo's loop does
+(``examples/own_loop.py``)::
+
+    groups = param_groups(optimizer)                    # {"embedding": [...], "head": [...]}
+    recorder = StepRecorder(list(groups), steps_per_epoch=len(loader))
+    for step, batch in enumerate(loader):
+        loss = ...
+        sampled = recorder.wants(step)
+        stats = update(loss, optimizer, groups, clip_norm,
+                       before_step=lambda _: recorder.snapshot(groups) if sampled else None)
+        recorder.track(loss, stats.norms)
+        if sampled:
+            recorder.record(step, epoch, [g["lr"] for g in optimizer.param_groups], loss, stats.norms,
+                            stats.clipped, groups)
+    recorder.end_epoch()
 """
 
 from __future__ import annotations

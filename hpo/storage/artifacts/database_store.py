@@ -46,6 +46,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy.dialects import mysql
 
 from hpo.errors import HpoError
+from hpo.storage.database.locks import creation_lock
 from hpo.storage.database.resilient import is_transient
 from hpo.storage.database.urls import mask_url
 from hpo.storage.optuna_private import backend_of
@@ -54,6 +55,7 @@ T = TypeVar("T")
 CHUNK_BYTES = 1 << 20  # 1 MiB: small against every server's packet limit, few round trips for 50 MB
 ARTIFACTS_TABLE = "hpo_artifacts"
 CHUNKS_TABLE = "hpo_artifact_chunks"
+TABLES_LOCK = "create artifact tables"  # not the study-creation lock: a store may open while that is held
 _ID_LENGTH = 255  # Optuna's ids are uuids; ours (checkpoints, encoders) are well under this
 
 _metadata = sa.MetaData()
@@ -250,16 +252,15 @@ class DatabaseStore:
     # --- set-up ---
 
     def _ensure_tables(self) -> None:
+        """Create the two tables unless they exist, under the database's lock: workers that start
+        together each found them missing and each ran CREATE, and on MariaDB the second one died of
+        ``(1050, "Table 'hpo_artifacts' already exists")`` while the first was still at the other table."""
         key = self.engine.url.render_as_string(hide_password=True)
         with _created_lock:
             if key in _created:
                 return
-            try:
+            with creation_lock(self.engine.url.render_as_string(hide_password=False), TABLES_LOCK):
                 _metadata.create_all(self.engine, checkfirst=True)
-            except sa.exc.DBAPIError:
-                # Another worker created them between our check and our CREATE: fine if they exist now.
-                if not sa.inspect(self.engine).has_table(CHUNKS_TABLE):
-                    raise
             _created.add(key)
 
     def _fitting_chunk(self, wanted: int) -> int:

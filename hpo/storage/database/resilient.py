@@ -25,20 +25,24 @@ import functools
 import random
 import threading
 import time
+import uuid
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.storages._base import DEFAULT_STUDY_NAME_PREFIX
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
+from hpo.storage.database import trial_writes
 from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.proxy_client import grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_SESSION_METHODS
+from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS
 
 Log = Callable[[str], None]
 
@@ -73,14 +77,16 @@ def heartbeat_interval(grace_period: int) -> int:
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
-    """Queues a copy of a failed trial (same parameters, history so far) to be run again.
+    """Queues a copy of a failed trial (same parameters and attributes) to be run again.
 
-    ``inherit_intermediate_values`` keeps the reported curve, so a retry that resumes from its
-    checkpoint continues the curve the pruner has already seen.
+    The copy inherits no reported steps: the failed trial may have reported an epoch that was
+    never checkpointed, and its re-run (resuming from an earlier epoch, or starting over) would
+    report that step again, which Optuna ignores with a warning. The re-run reports the epochs it
+    resumes from itself, from its checkpoint (:class:`hpo.objective.Objective`).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=True)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
 
 def open_storage(
@@ -143,10 +149,29 @@ def open_storage(
         hint = _DRIVER_HINT.get(backend, "install the database driver")
         raise HpoError(f"no driver for storage {mask_url(url)}: {scrub(str(exc), url)}; {hint}") from None
     except Exception as exc:  # OperationalError, ProgrammingError... from the driver
-        reason = scrub(str(getattr(exc, "orig", None) or exc), url).strip().splitlines()
+        reason = scrub(str(driver_error(exc)), url).strip().splitlines()
         raise HpoError(
             f"cannot open storage {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
         ) from None
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The database driver's own error behind ``exc`` ("Connection refused", "Access denied"...).
+
+    Optuna raises what fails inside its sessions as ``StorageInternalError`` ("An exception is
+    raised during the commit. This typically happens due to invalid data..."), with the
+    SQLAlchemy error, which holds the driver's, as its cause: read-only commands, which open the
+    storage without creating tables, met the connection error there first and showed Optuna's text.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            return orig
+        seen = seen.__cause__ or seen.__context__
+    return exc
 
 
 def _enable_wal(url: str) -> None:
@@ -188,14 +213,22 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# Writes whose first attempt may have committed when the connection broke (creating a study or a
+# trial, deleting a study, changing a trial's state) are never run blindly again: ResilientStorage
+# overrides each to check, after a connection error, whether the attempt landed.
+_NOT_LANDED = object()
+
+
 class ResilientStorage(optuna.storages.RDBStorage):
     """An RDBStorage whose calls survive a database restart: connection errors are retried.
 
     Each call that fails with a connection error is tried again after 0.5, 1, 2, 4, 8, 8...
     seconds (with jitter, so workers do not reconnect in lockstep) until ``retry_s`` have
     passed; then the error is raised. The first failure of an outage and the recovery are
-    logged once. A write whose commit reached the database just before the connection broke is
-    recognised on retry: finishing a trial that is already finished in the same state is success.
+    logged once. A write that may have committed before the connection broke is not run again
+    blindly: a new trial or a state change carries a token (:mod:`hpo.storage.database.trial_writes`)
+    that tells whether it landed, a study is looked up by its name; and a trial's state changes by one
+    conditional update, so two workers never both claim a WAITING trial, on SQLite either.
 
     Example::
 
@@ -222,48 +255,94 @@ class ResilientStorage(optuna.storages.RDBStorage):
         self._outage_lock = threading.Lock()
         self._outage_since = None
 
-    def _call(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # --- writes that are checked before they are tried again ---
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        token = trial_writes.new_token()
+
+        def landed() -> Any:
+            trial_id = trial_writes.created_trial(self, study_id, token)
+            return _NOT_LANDED if trial_id is None else self.get_trial(trial_id)
+
+        return self._call("_create_new_trial", lambda: trial_writes.create_trial(self, study_id, template_trial, token),
+                          landed)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        token = trial_writes.new_token()
+        return self._call(
+            "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, token),
+            lambda: True if trial_writes.last_write(self, trial_id) == token else _NOT_LANDED,
+        )
+
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        # Named here, not inside each attempt, so that a retry looks for the study the first attempt made.
+        name = study_name or f"{DEFAULT_STUDY_NAME_PREFIX}{uuid.uuid4()}"
+
+        def landed() -> Any:
+            try:  # the name is ours: studies are created under hpo's creation lock
+                return optuna.storages.RDBStorage.get_study_id_from_name(self, name)
+            except KeyError:
+                return _NOT_LANDED
+
+        return self._call("create_new_study",
+                          lambda: optuna.storages.RDBStorage.create_new_study(self, directions, name), landed)
+
+    def delete_study(self, study_id: int) -> None:
+        def landed() -> Any:
+            try:
+                optuna.storages.RDBStorage.get_study_name_from_id(self, study_id)
+            except KeyError:
+                return None  # gone: deleted by the attempt whose reply was lost
+            return _NOT_LANDED
+
+        return self._call("delete_study", lambda: optuna.storages.RDBStorage.delete_study(self, study_id), landed)
+
+    # --- retrying ---
+
+    def _call(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None = None) -> Any:
+        """``attempt()``, retried after connection errors by the outermost call only.
+
+        ``landed``: for a write that may have committed before its connection broke, called before
+        each retry; what it returns (unless ``_NOT_LANDED``) is the write's result, and no retry runs.
+        """
         depth = getattr(_nesting, "depth", 0)
         if depth:
-            return method(self, *args, **kwargs)
+            return attempt()
         _nesting.depth = 1
         try:
-            return self._retrying(name, method, *args, **kwargs)
+            return self._retrying(name, attempt, landed)
         finally:
             _nesting.depth = 0
 
-    def _retrying(self, name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _retrying(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None) -> Any:
         start = time.monotonic()
         delay = 0.5
-        attempt = 0
+        tries = 0
         while True:
             try:
-                result = method(self, *args, **kwargs)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                if attempt and name == "set_trial_state_values" and self._already_set(*args, **kwargs):
-                    return True  # the first attempt committed, only its answer was lost
-                raise
+                result = _NOT_LANDED
+                if tries and landed is not None:
+                    result = landed()
+                if result is _NOT_LANDED:
+                    result = attempt()
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() - start + delay > self._retry_s:
                     raise
                 self._outage_started(exc)
                 time.sleep(delay * random.uniform(0.75, 1.25))
                 delay = min(delay * 2, 8.0)
-                attempt += 1
+                tries += 1
                 continue
-            if attempt:
+            if tries:
                 self._outage_ended()
             return result
-
-    def _already_set(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        return super().get_trial(trial_id).state == state
 
     def _outage_started(self, exc: BaseException) -> None:
         with self._outage_lock:
             if self._outage_since is not None:
                 return
             self._outage_since = time.monotonic()
-        reason = scrub(str(getattr(exc, "orig", None) or exc.__cause__ or exc), self.url).strip().splitlines()
+        reason = scrub(str(driver_error(exc)), self.url).strip().splitlines()
         self._log(
             f"storage unreachable ({reason[0] if reason else type(exc).__name__}): "
             f"retrying for up to {self._retry_s:.0f} s"
@@ -288,10 +367,10 @@ def _make_retrying(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._call(name, method, *args, **kwargs)
+        return self._call(name, lambda: method(self, *args, **kwargs))
 
     return wrapper
 
 
-for _name in RDB_SESSION_METHODS:
+for _name in RDB_RETRIABLE_METHODS:
     setattr(ResilientStorage, _name, _make_retrying(_name))

@@ -1,0 +1,469 @@
+"""Interrupted, killed, restarted: no trial runs twice, no saved epoch is lost, no worker is orphaned.
+
+Each test reproduces one defect of issue 21 on real databases (a SQLite file, and a fresh
+PostgreSQL and MariaDB database per test), real processes and real signals.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from click.testing import CliRunner
+from db_servers import ADMIN_URLS, _admin_engine, study_database
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from hpo.training.checkpoints import TrialCheckpoints
+from hpo.cli import main
+from hpo.data import load_dataset
+from hpo.search.objective import Objective, TrialListener
+from hpo.record import TrialRecord
+from hpo.record import ARTIFACT_DIR_ATTR as ATTR
+from hpo.storage.artifacts.stores import FolderStore, artifact_store
+from hpo.storage.database.resilient import open_storage
+from hpo.search.study import open_study
+from hpo.search.workers import run_worker, work
+
+BACKENDS = ["sqlite", "postgres", "mysql"]
+
+
+# --- 1. A WAITING re-run is claimed by exactly one worker -----------------------------------------
+
+def _claimer(url: str, name: str, waiting: int, start: multiprocessing.synchronize.Barrier,
+             out: multiprocessing.Queue[list[int]]) -> None:
+    """Asks for trials until it gets a new one (numbered after the ``waiting`` ones): the WAITING ones it was handed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    start.wait()
+    got = []
+    while True:
+        trial = study.ask()
+        if trial.number >= waiting:  # a new trial: nothing was waiting any more
+            break
+        got.append(trial.number)
+    out.put(got)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_waiting_trial_is_claimed_by_exactly_one_of_four_processes(kind, tmp_path) -> None:
+    waiting, workers = 40, 4
+    with study_database(kind, tmp_path) as url:
+        study = optuna.create_study(study_name="claims", storage=open_storage(url))
+        for i in range(waiting):
+            study.enqueue_trial({"x": i})
+        ctx = multiprocessing.get_context("spawn")
+        start, out = ctx.Barrier(workers), ctx.Queue()
+        procs = [ctx.Process(target=_claimer, args=(url, "claims", waiting, start, out)) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        claims = [number for _ in procs for number in out.get(timeout=120)]
+        for p in procs:
+            p.join(timeout=30)
+        assert [p.exitcode for p in procs] == [0] * workers
+        twice = sorted({n for n in claims if claims.count(n) > 1})
+        assert twice == [], f"trials handed to two workers: {twice}"
+        assert sorted(claims) == list(range(waiting))
+
+
+class LostReply:
+    """Breaks the connection right after a matching write commits: the write landed, its caller
+    hears a connection error (what a database restart or a dropped link does mid-commit).
+
+    ``arm(pattern)``: the next commit of a transaction that ran a statement matching ``pattern``
+    raises OperationalError once it has committed.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage) -> None:
+        self.pattern: re.Pattern[str] | None = None
+        self.hit = False
+        self.fired = 0
+        sqlalchemy.event.listen(storage.engine, "after_cursor_execute", self._statement)
+        sqlalchemy.event.listen(storage.scoped_session, "after_commit", self._committed)
+
+    def arm(self, pattern: str) -> None:
+        self.pattern, self.hit = re.compile(pattern, re.IGNORECASE | re.DOTALL), False
+
+    def _statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if self.pattern is not None and self.pattern.search(statement):
+            self.hit = True
+
+    def _committed(self, session) -> None:
+        if self.hit:
+            self.pattern, self.hit = None, False
+            self.fired += 1
+            raise sqlalchemy.exc.OperationalError("COMMIT", None, ConnectionResetError("connection reset after COMMIT"))
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_claim_whose_reply_was_lost_is_claimed_once_and_not_left_running(kind, tmp_path) -> None:
+    with study_database(kind, tmp_path) as url:
+        storage = open_storage(url)
+        study = optuna.create_study(study_name="lost-claim", storage=storage)
+        study.enqueue_trial({"x": 1.0})
+        lost = LostReply(storage)
+        lost.arm(r"^\s*UPDATE trials SET")
+        trial = study.ask()
+        assert lost.fired == 1
+        trials = study.get_trials(deepcopy=False)
+        assert [(t.number, t.state) for t in trials] == [(0, TrialState.RUNNING)], "the claim was lost to its own retry"
+        assert trial.number == 0
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_new_trial_whose_reply_was_lost_is_created_once(kind, tmp_path) -> None:
+    with study_database(kind, tmp_path) as url:
+        storage = open_storage(url)
+        study = optuna.create_study(study_name="lost-create", storage=storage)
+        lost = LostReply(storage)
+        lost.arm(r"^\s*INSERT INTO trials\b")
+        trial = study.ask()
+        assert lost.fired == 1
+        assert [(t.number, t.state) for t in study.get_trials(deepcopy=False)] == [(trial.number, TrialState.RUNNING)]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_finishing_a_trial_whose_reply_was_lost_is_one_finish(kind, tmp_path) -> None:
+    with study_database(kind, tmp_path) as url:
+        storage = open_storage(url)
+        study = optuna.create_study(study_name="lost-finish", storage=storage)
+        trial = study.ask()
+        lost = LostReply(storage)
+        lost.arm(r"^\s*UPDATE trials SET")
+        study.tell(trial, 0.5)
+        assert lost.fired == 1
+        (done,) = study.get_trials(deepcopy=False)
+        assert done.state == TrialState.COMPLETE and done.value == 0.5
+
+
+# --- 2. The checkpoint of a finished epoch is durable before the epoch is announced -----------------
+
+# Same settings every trial, no pruning and no divergence verdicts: a trial's fate is decided by the
+# test (an interrupt, a signal), not by its luck.
+STEADY = [
+    "space.lr_embedding=0.001", "space.lr_encoder=0.001", "space.lr_head=0.001", "space.clip_norm=1.0",
+    "space.cycle_len=2", "space.dropout=0.1", "space.weight_decay=0.0001", "pruner.type=none",
+    "divergence.threshold=100.0", "train.max_epochs=3", "train.threads=1",
+]
+
+
+class _Listen(TrialListener):
+    """Calls ``at_epoch(trial, row)`` as each epoch is announced (where the worker prints its line)."""
+
+    def __init__(self, at_epoch) -> None:
+        self.at_epoch = at_epoch
+
+    def epoch_finished(self, trial, row, max_epochs, verdict) -> None:
+        self.at_epoch(trial, row)
+
+
+def _study_with_folder(tmp_path: Path, name: str = "s") -> optuna.Study:
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}", grace_period=60)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(0), pruner=optuna.pruners.NopPruner())
+    study.set_user_attr(ATTR, str(tmp_path / "artifacts"))
+    return study
+
+
+def test_an_epoch_is_checkpointed_before_it_is_announced(small_spec, tmp_path) -> None:
+    """Whatever stops the worker once it has printed ``epoch k/N`` (Ctrl-C, SIGTERM, SIGKILL), epoch k
+    is in the store: the line is printed as the epoch is announced to the listeners."""
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    found: dict[int, int | None] = {}
+
+    def look(trial, row) -> None:
+        saved = TrialCheckpoints(store, trial.user_attrs["checkpoint"]).load()
+        found[row.epoch] = saved.epoch if saved else None
+
+    work(study, Objective(spec, load_dataset(spec.data), listeners=[_Listen(look)], store=store), 1)
+    assert found == {1: 1, 2: 2, 3: 2}  # none after the last epoch: the trial completes instead
+
+
+class _BreaksAfter(io.RawIOBase):
+    """A body that hands over ``good`` bytes, then is interrupted (Ctrl-C in the middle of a write)."""
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.left <= 0:
+            raise KeyboardInterrupt
+        n = min(len(buffer), self.left, 4096)
+        buffer[:n] = b"n" * n
+        self.left -= n
+        return n
+
+
+def test_an_interrupted_folder_write_leaves_the_previous_content_whole(tmp_path) -> None:
+    store = FolderStore(tmp_path)
+    store.write("checkpoint-k-a.pt", io.BytesIO(b"o" * 100_000))
+    with pytest.raises(KeyboardInterrupt):
+        store.write("checkpoint-k-a.pt", io.BufferedReader(_BreaksAfter(50_000)))
+    with store.open_reader("checkpoint-k-a.pt") as f:
+        assert f.read() == b"o" * 100_000
+    assert store.ids() == ["checkpoint-k-a.pt"]  # no half-written file under any name
+
+
+# A test run in the background inherits SIGINT ignored, and so would `hpo optimize`: Ctrl-C must reach it
+# as in a terminal, so it starts through this, which puts SIGINT back to its default and execs.
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+def _optimize(tmp_path: Path, data_cache_dir: str, name: str, trials: int, *extra: str,
+              grace: int = 60) -> tuple[subprocess.Popen[str], Path]:
+    """``hpo optimize`` in its own process group, on a SQLite study in ``tmp_path``; (process, its log)."""
+    from conftest import SMALL
+
+    log = tmp_path / f"{name}-{len(list(tmp_path.glob(name + '-*.log')))}.log"
+    args = [sys.executable, "-c", _SIGINT_DEFAULT, "-m", "hpo.cli", "optimize", "--study", "imdb", "--trials", str(trials),
+            *extra]
+    for item in [*SMALL, f"data.cache_dir={data_cache_dir!r}", f"name={name}", "train.precision=fp32", *STEADY]:
+        args += ["--set", item]
+    env = {**os.environ, "HPO_STORAGE": f"sqlite:///{tmp_path / 'hpo.db'}", "HPO_ARTIFACTS": str(tmp_path / "artifacts"),
+           "HPO_GRACE_PERIOD": str(grace), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return proc, log
+
+
+def _wait_for_line(proc: subprocess.Popen[str], log: Path, pattern: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if re.search(pattern, text):
+            return text
+        assert proc.poll() is None, f"ended ({proc.returncode}) before {pattern!r}:\n{text}"
+        time.sleep(0.005)
+    raise AssertionError(f"no {pattern!r} in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_printed_epoch_survives_the_signal_that_follows_it(sig, tmp_path, data_cache_dir, small_spec) -> None:
+    proc, log = _optimize(tmp_path, data_cache_dir, "sig", 1, "--jobs", "1", grace=2)
+    try:
+        _wait_for_line(proc, log, r"trial 0 epoch 1/3")
+        os.killpg(proc.pid, sig)  # at once: as a Ctrl-C right after the line appears
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if sig == signal.SIGKILL:
+        time.sleep(3)  # past the grace period: the next worker fails the silent trial and re-runs it
+    lines: list[str] = []
+    outcome = run_worker(small_spec("name=sig", "train.precision=fp32", *STEADY), f"sqlite:///{tmp_path / 'hpo.db'}",
+                         trials=1, log=lines.append, grace_period=2)
+    assert outcome.ran == 1
+    said = "\n".join(lines)
+    assert "re-run of interrupted trial 0, same parameters; resumes at epoch 2 from its checkpoint" in said, \
+        f"{log.read_text()}\n---\n{said}"
+
+
+# --- 3. A re-run never reports a step its predecessor already reported --------------------------------
+
+def _interrupt_at(epoch: int, once: list[bool]):
+    def at_epoch(trial, row) -> None:
+        if row.epoch == epoch and not once:
+            once.append(True)
+            raise KeyboardInterrupt  # Ctrl-C right after the epoch was reported
+    return at_epoch
+
+
+@pytest.mark.parametrize("lose_checkpoints", [False, True], ids=["resumes", "starts-over"])
+def test_a_rerun_reports_no_step_its_predecessor_reported(lose_checkpoints, small_spec, tmp_path) -> None:
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    data = load_dataset(spec.data)
+    once: list[bool] = []
+    with pytest.raises(KeyboardInterrupt):
+        work(study, Objective(spec, data, listeners=[_Listen(_interrupt_at(2, once))], store=store), 1)
+    first, rerun = study.get_trials(deepcopy=False)
+    assert (first.state, rerun.state) == (TrialState.FAIL, TrialState.WAITING)
+    if lose_checkpoints:  # the store lost them: the re-run starts from the first epoch
+        TrialCheckpoints(store, first.user_attrs["checkpoint"]).remove()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        work(study, Objective(spec, data, store=store), 1)
+    repeated = [str(w.message) for w in caught if "already reported" in str(w.message)]
+    assert repeated == []
+    done = study.get_trials(deepcopy=False)[1]
+    rows = TrialRecord.from_trial(done).epochs
+    assert done.state == TrialState.COMPLETE and [r.epoch for r in rows] == [1, 2, 3]
+    assert done.intermediate_values == {r.epoch: r.val_accuracy for r in rows}  # its own curve, nothing stale
+    assert done.user_attrs.get("resumed_at_epoch") == (None if lose_checkpoints else 3)
+
+
+# --- 5. Tables are created once, under a lock ------------------------------------------------------
+
+def _slow_ddl(conn, cursor, statement, parameters, context, executemany) -> None:
+    if statement.lstrip().upper().startswith("CREATE TABLE"):
+        time.sleep(0.5)  # a busy server: workers that checked "missing" at once all get to CREATE
+
+
+def _open_store(url: str, start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue[str]) -> None:
+    from hpo.storage.artifacts.database_store import DatabaseStore
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    sqlalchemy.event.listen(engine, "before_cursor_execute", _slow_ddl)
+    start.wait()
+    try:
+        DatabaseStore(engine)
+        out.put("ok")
+    except Exception as exc:  # what the worker would have died of
+        out.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_workers_starting_at_once_create_the_artifact_tables_once(kind, tmp_path) -> None:
+    """Three processes open the database store of a fresh database at the same moment."""
+    ctx = multiprocessing.get_context("spawn")
+    with study_database(kind, tmp_path) as url:
+        start, out = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(url, start, out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        said = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=30)
+    assert said == ["ok"] * 3
+
+
+# --- 6. Every read-only command names the real connection error ------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+READ_ONLY = [["report"], ["importance"], ["replay"], ["plot"], ["clean"], ["dashboard", "--port", "0"]]
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=lambda c: c[0])
+@pytest.mark.parametrize("where", ["nothing-listens", "wrong-password"])
+def test_a_read_only_command_names_the_connection_error(where, command) -> None:
+    if where == "nothing-listens":
+        url, reason = f"postgresql+psycopg://me:topsecret@127.0.0.1:{_free_port()}/hpo", "Connection refused"
+    else:
+        _admin_engine("mysql")  # skips (or fails under CI) without a server
+        admin = make_url(ADMIN_URLS["mysql"])
+        url = admin.set(username="hpo_no_such_user", password="topsecret").render_as_string(hide_password=False)
+        reason = "Access denied for user 'hpo_no_such_user'"
+    result = CliRunner().invoke(main, [*command, "--study", "s", "--storage", url])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open storage "), result.output
+    assert reason in lines[0] and "An exception is raised during the commit" not in lines[0], lines[0]
+    assert "topsecret" not in result.output and "Traceback" not in result.output
+
+
+# --- 7. A command that fails before its first trial leaves no study behind ------------------------
+
+@pytest.mark.parametrize("command", [
+    ["optimize", "--trials", "1", "--jobs", "1"], ["optimize", "--trials", "1", "--jobs", "2"],
+    ["optimize", "--trials", "1", "--jobs", "auto"], ["pretrain", "--set", "pretrain.epochs=1"],
+], ids=lambda c: f"{c[0]}{'-jobs-' + c[4] if len(c) > 4 else ''}")
+def test_a_command_that_fails_before_its_first_trial_leaves_no_study(command, tmp_path, small_spec) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    bad = ["--set", f"data.path={tmp_path / 'bad.csv'}", "--set", "train.precision=fp32", "--set", "name=fixme"]
+    result = CliRunner().invoke(main, [command[0], "--study", "imdb", "--storage", url, *command[1:], *bad])
+    assert result.exit_code == 2 and "bad.csv' does not exist" in result.output, result.output
+    storage = open_storage(url)
+    assert [s.study_name for s in storage.get_all_studies()] == []
+    # the corrected command creates the study afresh, instead of being refused for a different spec
+    open_study(small_spec("train.precision=fp32", "name=fixme"), storage)
+
+
+# --- 4. Worker processes end when their parent dies, however it dies ------------------------------
+
+def _workers_of(pid: int) -> list[int]:
+    """The --jobs worker processes whose parent is ``pid`` (multiprocessing's resource tracker left out)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left
+
+
+def test_jobs_workers_end_when_hpo_optimize_is_killed(tmp_path, data_cache_dir) -> None:
+    proc, log = _optimize(tmp_path, data_cache_dir, "orphans", 6, "--jobs", "2")
+    workers: list[int] = []
+    try:
+        _wait_for_line(proc, log, r"(?s)\[worker \d\]   trial \d epoch 1/3.*\[worker \d\]   trial \d epoch 1/3")
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, log.read_text()
+        proc.kill()  # SIGKILL: the parent gets no chance to stop them itself
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in workers if _alive(pid)]
+        assert left == [], f"workers {left} outlived hpo optimize:\n{log.read_text()}"
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    output = log.read_text()
+    said = [line for line in output.splitlines() if "died: stopping" in line]
+    assert len(said) == 2 and all(f"hpo optimize (pid {proc.pid}) died: stopping" in line for line in said), output
+    assert "Traceback" not in output
+    trials = optuna.load_study(study_name="orphans", storage=open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")).trials
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [], [t.state.name for t in trials]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    rerun = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(failed) == len(rerun) == 2  # handed over as on Ctrl-C: each queued to run again
+    assert sorted(t.system_attrs["failed_trial"] for t in rerun) == sorted(t.number for t in failed)
+
+
+def test_ctrl_c_of_jobs_workers_hands_every_trial_over_once(tmp_path, data_cache_dir) -> None:
+    """Ctrl-C reaches the command and its workers together, and the command then SIGTERMs the workers
+    too: the second signal must not cut a worker's hand-over (Optuna's FAIL, the re-queue) short."""
+    proc, log = _optimize(tmp_path, data_cache_dir, "ctrlc", 6, "--jobs", "2")
+    try:
+        _wait_for_line(proc, log, r"(?s)\[worker \d\]   trial \d epoch 1/3.*\[worker \d\]   trial \d epoch 1/3")
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the whole process group
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert output.count("interrupted: its running trial is queued to run again") == 2, output
+    trials = optuna.load_study(study_name="ctrlc", storage=open_storage(f"sqlite:///{tmp_path / 'hpo.db'}")).trials
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [], [t.state.name for t in trials]
+    failed = sorted(t.number for t in trials if t.state == TrialState.FAIL)
+    rerun = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING)
+    assert len(failed) == 2 and rerun == failed, [(t.number, t.state.name) for t in trials]
