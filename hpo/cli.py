@@ -396,7 +396,7 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
     url, origin = resolve_storage_url(storage)
     plan = dashboard_app.plan_dashboard(study, url, host, port)
 
-    _echo(f"storage: {mask_url(url)} ({origin}); artifacts: {describe_location(plan.artifact_location)}")
+    _echo(f"storage: {display_url(url)} ({origin}); artifacts: {describe_location(plan.artifact_location)}")
     if plan.note:
         _echo(f"note: {plan.note}")
     _echo(f"dashboard: {plan.url}  (Ctrl-C stops it)")

@@ -117,3 +117,32 @@ def test_plot_writes_every_figure(sqlite_url, tmp_path):
     assert (tmp_path / "figs" / "plotly.min.js").stat().st_size > 1_000_000
     assert b"lr_head" in (tmp_path / "figs" / "importance.html").read_bytes()
     assert "unique value length" not in result.output + result.stderr  # no Optuna warning per fixed param
+
+
+@pytest.mark.parametrize("name", ["imdb", "mine"])
+def test_an_empty_study_suggests_an_optimize_command_that_opens_it(sqlite_url, name):
+    """`hpo report --study mine` used to suggest `hpo optimize --study mine`, an unknown spec."""
+    import re
+    import shlex
+
+    from hpo.spec import load_spec
+
+    known_study(optuna.storages.RDBStorage(sqlite_url), [], name=name)
+    result = _run("report", "--study", name, "--storage", sqlite_url)
+    _one_line_error(result, "has no trials yet")
+    suggested = shlex.split(re.search(r"`(hpo optimize [^`]*)`", result.stderr).group(1).replace("--trials N", "--trials 5"))
+    ctx = main.commands["optimize"].make_context("optimize", suggested[2:])  # click accepts it as written
+    assert load_spec(ctx.params["study"], ctx.params["overrides"]).name == name  # and it opens this study
+
+
+def test_the_dashboard_names_a_sqlite_file_by_its_absolute_path(tmp_path, monkeypatch):
+    """As optimize does: `sqlite:///hpo.db` says nothing about which folder's hpo.db is served."""
+    from hpo.analysis import dashboard
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    known_study(optuna.storages.RDBStorage("sqlite:///hpo.db"), [1e-3], name="s")
+    monkeypatch.setattr(dashboard, "serve", lambda plan: None)
+    result = _run("dashboard", "--study", "s")
+    assert result.exit_code == 0, result.output
+    assert f"storage: sqlite:///{tmp_path / 'hpo.db'} (default)" in result.output

@@ -36,7 +36,7 @@ def _require_browser():
         try:
             import playwright.sync_api  # noqa: F401
         except ImportError:
-            missing = "playwright is not installed (pip install -e '.[test]')"
+            missing = "playwright is not installed (pip install '.[test]')"
     if missing:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{missing}; CI=true requires the browser test to run")

@@ -26,7 +26,7 @@ def test_tokenizer_strips_html_and_splits_punctuation():
     assert "<" not in tokenize("a<br />b") and tokenize("a<br />b") == ["a", "b"]
 
 
-def test_packaged_reviews_are_the_imdb_training_set_without_importing_pandas():
+def test_packaged_reviews_are_the_imdb_training_set_without_importing_pandas(tmp_path):
     reviews = read_packaged()
     assert len(reviews) == 25_000
     assert Counter(y for _, y in reviews) == {0: 12_500, 1: 12_500}
@@ -34,7 +34,9 @@ def test_packaged_reviews_are_the_imdb_training_set_without_importing_pandas():
     assert len(drop_duplicates(reviews)) == 25_000 - 96
     # In a fresh interpreter: other tests (scikit-learn, optuna-dashboard) import pandas in this one.
     code = "import sys; from hpo.data import read_packaged; read_packaged(); print('pandas' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    # cwd: away from the repository root, whose source folder `python -c` would import instead of the installed hpo
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.strip() == "False"
 
 
 def test_labels_mean_positive_is_one():

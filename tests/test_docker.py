@@ -1,6 +1,6 @@
 """The worker image and the compose file, checked statically (no Docker engine on CI machines).
 
-They are parsed, and what the README promises is checked against them: the services, images,
+They are parsed, and what the docs promise (docs/operations) is checked against them: the services, images,
 commands (parsed by the real ``hpo`` command line), environment, secrets, volumes and ports.
 """
 
@@ -136,8 +136,8 @@ def test_compose_has_postgres_a_scalable_worker_and_a_local_dashboard(compose: d
     assert "docker/postgres_password.txt" in (ROOT / ".dockerignore").read_text().split()
 
 
-def test_the_readme_explains_what_the_compose_file_does() -> None:
-    readme = (ROOT / "README.rst").read_text()
+def test_the_docs_explain_what_the_compose_file_does() -> None:
+    readme = "\n".join(p.read_text() for p in [ROOT / "README.rst", *sorted((ROOT / "docs" / "operations").glob("*.rst"))])
     assert "docker compose up -d --build --scale worker=4" in readme
     assert "postgres_password.txt" in readme
     assert "reverse proxy" in readme and "basic_auth" in readme

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from hpo.cli import main
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]'")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install '.[test]'")
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -20,7 +20,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.storage.artifacts.stores import artifact_location, artifact_store
 
-pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
+pytest.importorskip("boto3", reason="boto3 is not installed (pip install '.[test]')")
 
 
 class _S3Stub(BaseHTTPRequestHandler):

@@ -20,7 +20,7 @@ from hpo.storage.database.studies import load_existing
 from test_dashboard_browser import _free_port
 from test_pretrain import TINY_LM, assert_two_workers_pretrain_once
 
-pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
+pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from hpo.search.study import FINISHED
 from hpo.search.workers import work
 from test_dashboard_browser import _free_port
 
-pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
+pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 
 
 def _start_proxy(url: str, port: int, cwd: Path, grace: int | None = None) -> tuple[subprocess.Popen[str], list[str]]:
@@ -129,6 +129,6 @@ def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_insta
         "except HpoError as exc:\n"
         "    print(exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)  # not the repository root
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["ResilientStorage", "grpc:// storage needs grpcio: pip install 'hpo[proxy]'"]

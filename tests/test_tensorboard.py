@@ -10,7 +10,7 @@ from hpo.spec import DataSpec
 from hpo.training.config import TrainConfig
 from hpo.training.loop import train
 
-pytest.importorskip("tensorboard", reason="the optional extra: pip install -e '.[tensorboard]'")
+pytest.importorskip("tensorboard", reason="the optional extra: pip install '.[tensorboard]'")
 
 
 def test_a_trials_telemetry_reads_back_from_tensorboard(tmp_path, data_cache_dir):

@@ -350,7 +350,7 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
 
     On PostgreSQL only (21 s a server): behind the proxy the database is the same RDBStorage and
     database artifact store that the direct kill test above runs on MariaDB as well."""
-    pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e '.[test]')")
+    pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
     from test_dashboard_browser import _free_port
     from test_storage_proxy import _start_proxy
 

