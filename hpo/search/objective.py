@@ -49,6 +49,10 @@ from hpo.training.models import build_model
 from hpo.training.pretrain import PretrainedEncoder
 
 logger = logging.getLogger(__name__)
+# A constraint violated by a trial that diverged: TPE learns where not to sample, most of all when
+# pruned trials fill its good group (successive halving, divergence.action = "record":
+# benchmarks/results/constraint_synthetic.txt).
+DIVERGED_CONSTRAINT = "diverged"
 
 
 class TrialListener:
@@ -172,6 +176,8 @@ class Objective:
                        on_checkpoint=checkpoints.save, monitor=monitor)
         value = max((r.val_accuracy for r in rows), default=0.0)
         complete = result.verdict is None and pruned_at is None
+        if hasattr(trial, "set_constraint"):  # Optuna 5: the sampler ranks diverged trials after every feasible one
+            trial.set_constraint(DIVERGED_CONSTRAINT, 1.0 if result.verdict is not None else 0.0)
         outcome = self._outcome(model, result, pruned_at, test=complete and _may_be_best(trial, value))
         record.write_outcome(trial, outcome)
         ending = TrialRecord(
