@@ -101,6 +101,9 @@ class EpochRecord:
     lr: Mapping[str, float]  # per group, at the epoch's first step
     seconds: float
     tokens_per_second: float = 0.0
+    # per class (by name), the share of its validation rows predicted right; empty in older records
+    val_class_accuracy: Mapping[str, float] = field(default_factory=dict)
+    val_macro_f1: float | None = None  # mean of the per-class F1 scores on validation; None in older records
 
     @property
     def max_grad_norm(self) -> float:
@@ -111,6 +114,7 @@ class EpochRecord:
         out = asdict(self)
         out["seconds"] = round(self.seconds, 3)
         out["tokens_per_second"] = round(self.tokens_per_second)
+        out["val_class_accuracy"] = {k: round(v, 6) for k, v in self.val_class_accuracy.items()}
         return out
 
     @classmethod
