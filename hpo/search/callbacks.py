@@ -33,7 +33,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo import record
-from hpo.analysis.notes import save_note, study_note, top_figures, trial_note
+from hpo.analysis.notes import classes_line, save_note, study_note, top_figures, trial_note
 from hpo.analysis.plots import upload_trial_figure
 from hpo.analysis.report import build_report
 from hpo.analysis.steps import upload_step_figure
@@ -112,7 +112,9 @@ class DashboardNotes(TrialListener):
             except Exception as exc:  # the reading is worth saving without its links
                 self._warn(f"study note: figure links left out: {exc}")
                 links = []
-            save_note(study, study_note(build_report(data).reading, len(data.finished), links))
+            best = data.best
+            save_note(study, study_note(build_report(data).reading, len(data.finished), links,
+                                        classes_line(best) if best is not None else ""))
         except Exception as exc:
             self._warn(f"study note not saved: {exc}")
 

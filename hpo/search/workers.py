@@ -195,6 +195,7 @@ def run_worker(
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
     study = open_study(spec, storage, seed)
+    record.write_classes(study, data.classes, data.class_counts())
     done = tally(study).finished
     log(
         f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
@@ -244,6 +245,7 @@ def run_workers(
     if existing is None or tally(existing).finished < trials:
         data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
         study = open_study(spec, storage, seed)
+        record.write_classes(study, data.classes, data.class_counts())
         # pretrain here, on every core, before the workers need it
         ensure_encoder(spec, artifact_store(study), storage_url, log, data=data)
         del data  # each worker loads its own
