@@ -184,6 +184,10 @@ def plan_file(spec: DataSpec) -> FilePlan:
         raise HpoError(f"data.path {spec.path!r}: unknown file type {path.suffix!r}; give a .csv, .tsv, .jsonl or "
                        ".parquet file, an aclImdb directory or aclImdb_v1.tar.gz")
     seen: set[bytes] = set()
+    # digests of the label values over every row, duplicates included: a text column taken for the
+    # label makes one value per row, and its texts are duplicates of nothing but themselves
+    label_values: set[bytes] = set()
+    read = 0
     rows: list[int] = []
     labels: list[str] = []
     splits: list[int] = []
@@ -201,6 +205,8 @@ def plan_file(spec: DataSpec) -> FilePlan:
                 raise HpoError(f"data.path {spec.path!r}: row {row} has {split!r} in {spec.split_column!r}; "
                                "data.split_column takes train, valid or test")
             part = SPLIT_NAMES.index(value)
+        read += 1
+        label_values.add(hashlib.blake2b(_label_text(label).encode(), digest_size=16).digest())
         digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if digest in seen:
             continue  # an exact duplicate: keep the first, so no text lands in two splits
@@ -211,11 +217,11 @@ def plan_file(spec: DataSpec) -> FilePlan:
     del seen
     if not rows:
         raise HpoError(f"data.path {spec.path!r} has no rows: a header line naming the columns, then one row per text")
-    distinct = set(labels)
-    if len(rows) >= 10 and len(distinct) >= DISTINCT_LIMIT * len(rows):
-        raise HpoError(f"data.label_column {spec.label_column!r} has {len(distinct):,} distinct values in {len(rows):,} "
-                       f"rows ({len(distinct) / len(rows):.0%}): probably not a label; --set data.label_column=NAME "
+    if read >= 10 and len(label_values) >= DISTINCT_LIMIT * read:
+        raise HpoError(f"data.label_column {spec.label_column!r} has {len(label_values):,} distinct values in {read:,} "
+                       f"rows ({len(label_values) / read:.0%}): probably not a label; --set data.label_column=NAME "
                        "names the column of class names")
+    distinct = set(labels)
     if len(distinct) < 2:
         raise HpoError(f"data.path {spec.path!r} has one class only ({next(iter(distinct))!r} in "
                        f"{spec.label_column!r}): a classifier needs two or more")
