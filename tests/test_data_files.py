@@ -209,3 +209,84 @@ def test_a_label_column_of_mostly_distinct_values_is_refused(optimize, reviews, 
     rows = [[t, f"{i}"] for i, (t, _) in enumerate(_four_class(reviews))]  # an id column as the label
     err = optimize(_write_csv(tmp_path / "ids.csv", ["text", "label"], rows))
     assert "data.label_column 'label' has 600 distinct values in 600 rows (100%): probably not a label" in err
+
+
+# --- K classes: loss, evaluation, chance, and a study end to end --------------------------------
+
+
+def test_binary_keeps_one_logit_and_bce_k_classes_get_cross_entropy(tiny_data, small_spec):
+    from hpo.training.models import build_model
+    from hpo.training.step import classifier_loss
+    from hpo.data import iter_batches
+
+    batch = next(iter_batches(tiny_data.train, 16, shuffle=False))
+    binary = build_model(small_spec(), tiny_data.vocab_size, 0.0, seed=0)
+    logits, loss = classifier_loss(binary, batch, torch.device("cpu"), "fp32")
+    assert logits.shape == (16,) and binary.head.out_features == 1
+    assert torch.allclose(loss, torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels))
+    four = build_model(small_spec(), tiny_data.vocab_size, 0.0, seed=0, num_classes=4)
+    logits, loss = classifier_loss(four, batch, torch.device("cpu"), "fp32")
+    assert logits.shape == (16, 4)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits, batch.labels.long()))
+
+
+def test_evaluation_counts_per_class_and_macro_f1():
+    from hpo.training.loop import Evaluation
+
+    # 3 classes; class 2 is never predicted: accuracy stays high, macro-F1 shows it
+    confusion = [[50, 2, 0], [3, 40, 0], [4, 1, 0]]
+    ev = Evaluation(0.5, 90 / 100, confusion)
+    acc = ev.class_accuracy(["a", "b", "c"])
+    assert acc == {"a": 50 / 52, "b": 40 / 43, "c": 0.0}
+    f1 = [2 * 50 / (52 + 57), 2 * 40 / (43 + 43), 0.0]
+    assert ev.macro_f1 == pytest.approx(sum(f1) / 3)
+    assert ev.macro_f1 < ev.accuracy - 0.2
+
+
+def test_chance_is_ln_k_in_the_divergence_rules():
+    import math
+
+    from hpo.divergence import check_divergence
+    from hpo.spec import DivergenceSpec
+
+    # a validation loss stuck at 1.0 while gradients explode: no progress for two classes (chance
+    # 0.69), well below chance for four (1.39), so not a divergence there
+    val, train, grads = [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [500.0, 500.0, 500.0]
+    rules = DivergenceSpec()
+    assert check_divergence(val, train, grads, rules).reason == "no_progress"
+    assert check_divergence(val, train, grads, rules, num_classes=4) is None
+    assert check_divergence([math.log(4)] * 3, train, grads, rules, num_classes=4).reason == "no_progress"
+
+
+def test_a_four_class_csv_is_tuned_from_the_command_line(reviews, tmp_path, monkeypatch):
+    """Its own column names, four classes: the study stores them, the report shows per-class figures."""
+    from hpo.record import StudyRecord
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    path = _write_csv(tmp_path / "r.csv", ["review_body", "category"], _four_class(reviews))
+    url = f"sqlite:///{tmp_path / 'four.db'}"
+    sets = ["data.max_len=60", "model.embedding_dim=16", "model.hidden_size=16", "train.max_epochs=1",
+            "train.precision=fp32", f"data.path={str(path)!r}", "data.text_column=review_body",
+            "data.label_column=category", f"data.cache_dir={str(tmp_path / 'cache')!r}", "name=four"]
+    args = ["optimize", "--study", "imdb", "--trials", "2", "--jobs", "1", "--storage", url]
+    result = CliRunner().invoke(main, [*args, *(a for s in sets for a in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    assert "4 classes: imdb-neg 150, imdb-pos 150, rt-neg 150, rt-pos 150" in result.output
+    study = optuna.load_study(study_name="four", storage=url)
+    stored = StudyRecord.of(study)
+    assert stored.classes == ("imdb-neg", "imdb-pos", "rt-neg", "rt-pos")
+    assert stored.class_counts["train"] == [120] * 4
+    report = CliRunner().invoke(main, ["report", "--study", "four", "--storage", url])
+    assert report.exit_code == 0, report.output
+    lines = report.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Classes (4;"))
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
+    epoch = best.user_attrs["epochs"][0]
+    for name, line in zip(stored.classes, lines[start + 3 : start + 7]):
+        cells = line.split()
+        assert cells[:4] == [name, "120", "15", "15"]
+        assert float(cells[4]) == pytest.approx(epoch["val_class_accuracy"][name], abs=1e-4)
+    assert f"macro-F1 {epoch['val_macro_f1']:.4f}" in report.output
+    # per-class validation accuracy weighs back to the accuracy (15 rows per class)
+    assert sum(epoch["val_class_accuracy"].values()) / 4 == pytest.approx(epoch["val_accuracy"])
