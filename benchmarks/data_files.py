@@ -9,7 +9,7 @@ snippets, each labelled 0/1), nothing downloaded:
     ``rt-positive``), ``--per-class`` rows each, shuffled with a fixed seed. Telling the sources
     apart is easy (an IMDB review is ~10x longer), the sentiment within each is the real task.
 ``imdb``
-    the IMDB reviews as ``text,label`` (``negative``/``positive``), repeated up to ``--rows`` rows;
+    the IMDB reviews as ``text,label`` (``negative``/``positive``) in a seeded shuffle, repeated up to ``--rows`` rows;
     each repeat ends with `` #<copy>`` so that no row is an exact duplicate (those are dropped).
 
 ::
@@ -59,6 +59,7 @@ def write_four_class(path: Path, per_class: int, seed: int = 0) -> dict[str, int
 def write_imdb(path: Path, rows: int) -> int:
     """``rows`` rows of IMDB reviews as ``text,label``; repeats marked `` #<copy>``. Returns the bytes written."""
     reviews = [(t, SENTIMENT[y]) for t, s, y in packaged_rows() if s == "imdb"]
+    random.Random(0).shuffle(reviews)  # the package lists them by label; any prefix should hold both
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])

@@ -183,6 +183,9 @@ def plan_file(spec: DataSpec) -> FilePlan:
     if fmt is None:
         raise HpoError(f"data.path {spec.path!r}: unknown file type {path.suffix!r}; give a .csv, .tsv, .jsonl or "
                        ".parquet file, an aclImdb directory or aclImdb_v1.tar.gz")
+    if not path.is_file():
+        raise HpoError(f"data.path {spec.path!r} does not exist (give a .csv, .tsv, .jsonl or .parquet file, "
+                       "an aclImdb directory or aclImdb_v1.tar.gz)")
     seen: set[bytes] = set()
     # digests of the label values over every row, duplicates included: a text column taken for the
     # label makes one value per row, and its texts are duplicates of nothing but themselves
