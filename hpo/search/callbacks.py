@@ -43,6 +43,7 @@ from hpo.record import EpochRecord, Tally, TrialRecord, Verdict
 from hpo.search.objective import TrialListener
 from hpo.storage.optuna_private import storage_of
 from hpo.training.checkpoints import TrialCheckpoints
+from hpo.training.cores import CoreShare
 
 Log = Callable[[str], None]
 logger = logging.getLogger(__name__)
@@ -138,6 +139,20 @@ class TensorBoardExport(TrialListener):
         except Exception as exc:
             logger.warning("trial %d: tensorboard run not written: %s", trial.number, exc)
             self.log(f"  warning: trial {trial.number}: tensorboard run not written: {exc}")
+
+
+class ShareCores(TrialListener):
+    """Re-takes this process's share of the machine's cores before each trial and after each epoch,
+    so a second ``hpo optimize`` started beside this one splits the cores (:mod:`hpo.training.cores`)."""
+
+    def __init__(self, share: CoreShare, log: Callable[[str], None]) -> None:
+        self.share, self.log = share, log
+
+    def trial_started(self, trial: optuna.Trial, rerun_of: int | None, resumed_at: int | None) -> None:
+        self.share.rebalance(self.log)
+
+    def epoch_finished(self, trial: optuna.Trial, row: EpochRecord, max_epochs: int, verdict: Verdict | None) -> None:
+        self.share.rebalance(self.log)
 
 
 class CheckpointCleanup:
