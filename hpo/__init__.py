@@ -12,13 +12,19 @@ The names below are the library's front door; every command of the CLI is a thin
 
 Example::
 
+    outcome = hpo.optimize("imdb", trials=20, overrides={"train.max_epochs": 2}, log=print)   # hpo optimize
+    outcome.best_trial, outcome.accuracy, outcome.params
+    records = hpo.load_study_records("imdb")          # every trial: epochs, outcome, rates
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
 """
 
+from hpo.analysis.trials import load_study_records
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
 from hpo.record import TrialRecord
-from hpo.spec import Spec, load_spec
+from hpo.search.run import OptimizeOutcome, optimize
+from hpo.spec import ModelSpec, Spec, load_spec
 
-__all__ = ["DivergenceMonitor", "HpoError", "Spec", "TrialRecord", "check_divergence", "load_spec"]
+__all__ = ["DivergenceMonitor", "HpoError", "ModelSpec", "OptimizeOutcome", "Spec", "TrialRecord", "check_divergence",
+           "load_spec", "load_study_records", "optimize"]

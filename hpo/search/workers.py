@@ -63,6 +63,7 @@ from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
 from hpo.training.device import available_cores, configure_threads, resolve_device
+from hpo.training.models import check_model, num_classes_of
 from hpo.training.pretrain import ensure_encoder
 
 Log = Callable[[str], None]
@@ -194,6 +195,7 @@ def run_worker(
     torch.backends.mkldnn.enabled = onednn
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+    check_model(spec, data.vocab_size, num_classes_of(data))  # ...and a model that does not fit its knobs
     study = open_study(spec, storage, seed)
     done = tally(study).finished
     log(
@@ -243,6 +245,7 @@ def run_workers(
     existing = find_study(spec, storage)
     if existing is None or tally(existing).finished < trials:
         data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+        check_model(spec, data.vocab_size, num_classes_of(data))  # ...and a model that does not fit its knobs
         study = open_study(spec, storage, seed)
         # pretrain here, on every core, before the workers need it
         ensure_encoder(spec, artifact_store(study), storage_url, log, data=data)
