@@ -37,7 +37,7 @@ class TextCNN(nn.Module):
     dropout -> linear head (Kim 2014). Three layer groups: ``embedding``, ``conv``, ``head``."""
 
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 64, channels: int = 64,
-                 widths: tuple[int, ...] = (3, 4, 5), dropout: float = 0.0) -> None:
+                 widths: tuple[int, ...] = (3, 5), dropout: float = 0.0) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(embedding_dim, channels, w, padding="same") for w in widths)
@@ -67,7 +67,7 @@ def cnn(vocab_size: int, num_classes: int, model) -> TextCNN:
     ``[model]`` section (:class:`hpo.spec.ModelSpec`), its ``options`` this model's own settings."""
     options = model.options
     return TextCNN(vocab_size, num_classes, model.embedding_dim, int(options.get("channels", 64)),
-                   tuple(int(w) for w in options.get("widths", (3, 4, 5))))
+                   tuple(int(w) for w in options.get("widths", (3, 5))))
 
 
 def main(folder: Path, rows: int = 1200, trials: int = 3) -> None:

@@ -134,8 +134,8 @@ def _check_values(knob: Knob, entry: SpaceEntry) -> None:
 
 def group_lrs(values: Mapping[str, Any], groups: Sequence[str]) -> dict[str, float]:
     """Peak learning rate per layer group, from explicit rates or ``lr_head / lr_div**depth``."""
-    head = float(values[lr_param("head")])
     if "lr_div" in values:
+        head = float(values[lr_param("head")])
         div = float(values["lr_div"])
         depth = {g: len(groups) - 1 - i for i, g in enumerate(groups)}
         return {g: head / div ** depth[g] for g in groups}
