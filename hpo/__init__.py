@@ -17,8 +17,11 @@ Example::
     records = hpo.load_study_records("imdb")          # every trial: epochs, outcome, rates
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
+    hpo.diagnose("lightning_logs/version_0/metrics.csv").verdict      # a run made anywhere
 """
 
+from hpo.analysis.diagnose import Diagnosis, diagnose
+from hpo.analysis.logs import parse_log, read_log
 from hpo.analysis.trials import load_study_records
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
@@ -26,5 +29,5 @@ from hpo.record import TrialRecord
 from hpo.search.run import OptimizeOutcome, optimize
 from hpo.spec import ModelSpec, Spec, load_spec
 
-__all__ = ["DivergenceMonitor", "HpoError", "ModelSpec", "OptimizeOutcome", "Spec", "TrialRecord", "check_divergence",
-           "load_spec", "load_study_records", "optimize"]
+__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "ModelSpec", "OptimizeOutcome", "Spec", "TrialRecord",
+           "check_divergence", "diagnose", "load_spec", "load_study_records", "optimize", "parse_log", "read_log"]

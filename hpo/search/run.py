@@ -35,7 +35,7 @@ from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage
 from hpo.storage.database.urls import display_url, resolve_storage_url
 from hpo.training.calibrate import ensure_calibration
 from hpo.training.device import precision_note, resolve_device
-from hpo.training.models import check_model, num_classes_of
+from hpo.training.models import check_model
 
 Log = Callable[[str], None]
 Overrides = Mapping[str, Any] | Sequence[str]
@@ -169,7 +169,7 @@ def optimize(
     def data() -> Any:
         if not loaded:
             loaded.append(load_dataset(spec.data, say))
-            check_model(spec, loaded[0].vocab_size, num_classes_of(loaded[0]))  # before timing it
+            check_model(spec, loaded[0].vocab_size, loaded[0].num_classes)  # before timing it
         return loaded[0]
 
     precision, measured, onednn = calibration_for(spec, data, jobs == "auto", say)

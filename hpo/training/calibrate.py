@@ -44,7 +44,7 @@ from hpo.spec import Spec, factory_name
 from hpo.storage.database.locks import file_lock
 from hpo.training.config import TrainConfig
 from hpo.training.device import available_cores, native_bf16, resolve_device
-from hpo.training.models import build_model, groups_of, num_classes_of
+from hpo.training.models import build_model, groups_of
 from hpo.training.step import classifier_loss, make_optimizer, update
 
 Log = Callable[[str], None]
@@ -153,7 +153,7 @@ def measure(spec: Spec, data: Dataset, candidate: Candidate, device: torch.devic
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = candidate.mkldnn
     try:
-        model = build_model(spec, data.vocab_size, 0.1, seed=0, num_classes=num_classes_of(data)).to(device)
+        model = build_model(spec, data.vocab_size, 0.1, seed=0, num_classes=data.num_classes).to(device)
         groups = groups_of(model)
         cfg = TrainConfig(lrs=dict.fromkeys(groups, 1e-3), clip_norm=0.0, cycle_len=1, max_epochs=1)
         optimizer = make_optimizer(model, cfg)

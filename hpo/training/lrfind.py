@@ -44,7 +44,7 @@ from hpo.spec import (
 )
 from hpo.training.config import train_config, trial_seed
 from hpo.training.device import resolve_device
-from hpo.training.models import build_model, check_model, groups_of, num_classes_of
+from hpo.training.models import build_model, check_model, groups_of
 from hpo.training.step import classifier_loss, make_optimizer, update
 
 MIN_STEPS = 10  # before this, a noisy start is not a blow-up
@@ -122,7 +122,7 @@ def check_arguments(spec: Spec, groups: Sequence[str], lr_min: float, lr_max: fl
 
 def groups_to_test(spec: Spec, data: Any, groups: Sequence[str] = ()) -> list[str]:
     """The groups ``hpo lr-find`` tests: those asked for, else every layer group of the model."""
-    known = check_model(spec, data.vocab_size, num_classes_of(data))
+    known = check_model(spec, data.vocab_size, data.num_classes)
     check_arguments(spec, groups, 1.0, 2.0, known)
     return list(groups) or list(known)
 
@@ -134,7 +134,7 @@ def range_test(spec: Spec, data: Any, group: str, steps: int = 200, lr_min: floa
     device = device or resolve_device(spec.train.device)
     dropout = float(values["dropout"]) if "dropout" in values else None
     model = build_model(spec, data.vocab_size, dropout, encoder, trial_seed(spec, values),
-                        num_classes=num_classes_of(data)).to(device)
+                        num_classes=data.num_classes).to(device)
     groups = groups_of(model)
     check_arguments(spec, [group], lr_min, lr_max, list(groups))
     cfg = train_config(spec, values, groups=list(groups))

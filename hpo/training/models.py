@@ -45,7 +45,7 @@ from hpo.errors import HpoError
 from hpo.spec import ModelSpec, Spec, check_rates, factory_name, layer_groups
 
 __all__ = ["Encoder", "LSTMClassifier", "ModelFactory", "build_model", "check_model", "groups_of", "lstm",
-           "num_classes_of", "resolve_factory", "reverse_within_length"]
+           "resolve_factory", "reverse_within_length"]
 
 ModelFactory = Callable[[int, int, ModelSpec], nn.Module]
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -195,11 +195,6 @@ def _import(module_name: str) -> Any:
         sys.path.append(cwd)  # after everything else: nothing installed is shadowed
         importlib.invalidate_caches()
         return importlib.import_module(module_name)
-
-
-def num_classes_of(data: Any) -> int:
-    """The number of classes of a data set (two for the IMDB reviews)."""
-    return len(getattr(data, "classes", ("negative", "positive")))
 
 
 def groups_of(model: nn.Module, name: str = "the model") -> dict[str, list[nn.Parameter]]:
