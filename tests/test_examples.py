@@ -27,11 +27,11 @@ def text_cnn(monkeypatch, data_cache_dir):
     return module
 
 
-def test_the_cnn_example_is_tuned_from_python_with_its_own_groups_rates_and_telemetry(text_cnn, tmp_path, capsys):
-    text_cnn.main(tmp_path, rows=300, trials=2)
+def test_the_cnn_example_is_tuned_from_python_on_a_4_class_csv_with_its_groups_rates(text_cnn, tmp_path, capsys):
+    text_cnn.main(tmp_path, per_class=60, trials=2, epochs=1)
     out = capsys.readouterr().out
-    for group in ("embedding", "conv", "head"):
-        assert f"lr_{group} (accuracy" in out  # a rate table per layer group in the report
+    assert "lr_conv" in out and "lr_embedding" in out  # the report names each group's rate
+    assert "Classes (4" in out and "rt-positive" in out  # the CSV's four classes, per class
     records = hpo.load_study_records("text-cnn", f"sqlite:///{tmp_path / 'text-cnn.db'}")
     assert len(records) == 2 and all(r.finished for r in records)
     for r in records:
