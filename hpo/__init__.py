@@ -6,7 +6,8 @@ The package is layered; each layer is a folder that imports only from the layers
     errors, spec/ (what a study tunes), record (what a trial leaves), divergence (the rules),
     pruning -> storage/ (database, artifacts, proxy) -> data/ -> training/ (model, loop, step,
     pretraining, lr-find, calibration; no Optuna) -> analysis/ (report, importance, figures,
-    dashboard; never trains) -> search/ (study, objective, callbacks, workers) -> cli
+    dashboard; never trains) -> search/ (study, objective, callbacks, workers) -> export (a model
+    file out of a study; load and predict) -> cli
 
 The names below are the library's front door; every command of the CLI is a thin shell over them.
 
@@ -14,11 +15,14 @@ Example::
 
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
+    hpo.load_model("model.pt").predict(["A moving, funny film."])   # a file from hpo export
 """
 
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
+from hpo.export import Model, Prediction, export_model, load_model
 from hpo.record import TrialRecord
 from hpo.spec import Spec, load_spec
 
-__all__ = ["DivergenceMonitor", "HpoError", "Spec", "TrialRecord", "check_divergence", "load_spec"]
+__all__ = ["DivergenceMonitor", "HpoError", "Model", "Prediction", "Spec", "TrialRecord", "check_divergence",
+           "export_model", "load_model", "load_spec"]

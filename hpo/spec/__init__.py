@@ -17,6 +17,7 @@ from hpo.spec.knobs import group_lrs, knobs, lr_param
 from hpo.spec.params import CategoricalParam, FloatParam, IntParam, Param, SpaceEntry
 from hpo.spec.schema import (
     LAYER_GROUPS,
+    ArtifactsSpec,
     DataSpec,
     DivergenceSpec,
     ModelSpec,
@@ -29,7 +30,7 @@ from hpo.spec.schema import (
 )
 
 __all__ = [
-    "LAYER_GROUPS", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
+    "LAYER_GROUPS", "ArtifactsSpec", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
     "PrunerSpec", "SamplerSpec", "SpaceEntry", "Spec", "TrainSpec", "apply_overrides", "builtin_studies",
     "group_lrs", "knobs", "layer_groups", "load_spec", "lr_param", "spec_from_dict",
 ]
