@@ -135,7 +135,8 @@ def export_model(study: optuna.Study, out: str | os.PathLike, trial: int | None 
         "study": study.study_name, "spec": dict(stored.spec or {}),
         "model": {"factory": getattr(spec.model, "factory", "") or None, "spec": dict((stored.spec or {}).get("model", {}))},
         "tokenizer": {"version": TOKENIZER_VERSION, "max_len": spec.data.max_len, "lowercase": True},
-        "vocab": list(vocab or []), "classes": list(classes or []), "members": members,
+        # one string, not a list: weights_only unpickles a 30,000-string list in ~0.2 s, a string in ~0
+        "vocab": "\n".join(vocab or []), "classes": list(classes or []), "members": members,
     }
     path = Path(out)
     _atomic_save(payload, path)
@@ -164,7 +165,7 @@ class Model:
         self.info = {k: v for k, v in payload.items() if k not in ("vocab", "members")}
         self.members_info = [{k: v for k, v in m.items() if k != "state_dict"} for m in payload["members"]]
         self.classes = tuple(payload["classes"])
-        self.vocab = list(payload["vocab"])
+        self.vocab = payload["vocab"].split("\n")  # tokens never hold whitespace
         self.stoi = {token: i for i, token in enumerate(self.vocab)}
         self.max_len = int(payload["tokenizer"]["max_len"])
         self.spec: Spec = spec_from_dict(payload["spec"])
@@ -175,9 +176,10 @@ class Model:
     def _network(self, member: Mapping[str, Any]) -> torch.nn.Module:
         # The one place a model file's module is rebuilt: the spec says which (built-in or a factory).
         dropout = float(member["params"].get("dropout", 0.0))
-        net = build_model(self.spec, len(self.vocab), dropout)
+        with torch.device("meta"):  # no random initialisation to throw away: the weights replace it
+            net = build_model(self.spec, len(self.vocab), dropout)
         try:
-            net.load_state_dict(member["state_dict"])
+            net.load_state_dict(member["state_dict"], assign=True)
         except RuntimeError as exc:
             raise HpoError(f"the weights of trial {member['trial']} do not fit the model its spec builds "
                            f"({str(exc).splitlines()[0]})") from None

@@ -123,7 +123,7 @@ def test_the_file_loads_with_weights_only_and_holds_what_it_needs(study_dir: dic
     payload = torch.load(study_dir["folder"] / "model.pt", weights_only=True)
     best = study_dir["best"]
     assert payload["format_version"] == FORMAT_VERSION and payload["hpo_version"]
-    assert payload["classes"] == ["negative", "positive"] and len(payload["vocab"]) > 1000
+    assert payload["classes"] == ["negative", "positive"] and len(payload["vocab"].split("\n")) > 1000
     assert payload["tokenizer"]["max_len"] == study_dir["spec"].data.max_len
     assert payload["spec"]["model"]["hidden_size"] == 32
     (member,) = payload["members"]
@@ -219,3 +219,17 @@ def test_a_20_trial_study_of_two_workers_ends_with_exactly_k_trials_holding_weig
     assert f"weights of trials {', '.join(map(str, sorted(kept)))} kept" in outcome.artifacts
     cleaned = _cli("clean", "--study", "keep-best", "--storage", url)
     assert cleaned.exit_code == 0 and "weights of trials" in cleaned.output
+
+
+def test_the_guide_example_exports_and_predicts(tmp_path: Path, monkeypatch, data_cache_dir: str, capsys) -> None:
+    """docs/guide/export.rst's Python example runs as written."""
+    from test_readme import DOCS, _block_after
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HPO_CACHE_DIR", data_cache_dir)
+    monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
+    code = _block_after(DOCS / "guide" / "export.rst", "From Python")
+    exec(compile(code, "docs/guide/export.rst", "exec"), {})
+    out = capsys.readouterr().out
+    assert "wrote model.pt (trial " in out and "wrote top2.pt (ensemble of trials " in out
+    assert out.count("positive ") + out.count("negative ") >= 2 and "single model from study 'imdb-export'" in out
