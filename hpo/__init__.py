@@ -15,14 +15,17 @@ Example::
 
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
+    hpo.diagnose("lightning_logs/version_0/metrics.csv").verdict      # a run made anywhere
     hpo.load_model("model.pt").predict(["A moving, funny film."])   # a file from hpo export
 """
 
+from hpo.analysis.diagnose import Diagnosis, diagnose
+from hpo.analysis.logs import parse_log, read_log
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
 from hpo.export import Model, Prediction, export_model, load_model
 from hpo.record import TrialRecord
 from hpo.spec import Spec, load_spec
 
-__all__ = ["DivergenceMonitor", "HpoError", "Model", "Prediction", "Spec", "TrialRecord", "check_divergence",
-           "export_model", "load_model", "load_spec"]
+__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "Model", "Prediction", "Spec", "TrialRecord", "check_divergence",
+           "diagnose", "export_model", "load_model", "load_spec", "parse_log", "read_log"]

@@ -177,7 +177,7 @@ class Model:
         # The one place a model file's module is rebuilt: the spec says which (built-in or a factory).
         dropout = float(member["params"].get("dropout", 0.0))
         with torch.device("meta"):  # no random initialisation to throw away: the weights replace it
-            net = build_model(self.spec, len(self.vocab), dropout)
+            net = build_model(self.spec, len(self.vocab), dropout, num_classes=len(self.classes))
         try:
             net.load_state_dict(member["state_dict"], assign=True)
         except RuntimeError as exc:
