@@ -233,3 +233,26 @@ def test_the_guide_example_exports_and_predicts(tmp_path: Path, monkeypatch, dat
     out = capsys.readouterr().out
     assert "wrote model.pt (trial " in out and "wrote top2.pt (ensemble of trials " in out
     assert out.count("positive ") + out.count("negative ") >= 2 and "single model from study 'imdb-export'" in out
+
+
+def test_a_four_class_model_exports_and_reproduces_its_test_accuracy(tmp_path: Path, data_cache_dir: str) -> None:
+    """Your own data with K classes: the file carries the class names, the head has K outputs."""
+    from test_data_files import _four_class, _script, _write_csv
+
+    rows = _script().packaged_rows()
+    imdb, rt = [r for r in rows if r[1] == "imdb"], [r for r in rows if r[1] != "imdb"]
+    path = _write_csv(tmp_path / "four.csv", ["text", "label"], _four_class(imdb[:150] + imdb[-150:] + rt[:150] + rt[-150:]))
+    spec = load_spec("imdb", [*SMALL, f"data.cache_dir={str(tmp_path / 'cache')!r}", f"data.path={str(path)!r}",
+                              "data.max_train=0", "data.max_valid=0", "data.max_test=0", "train.max_epochs=1",
+                              "train.telemetry_every=-1", "name=four"])
+    url = f"sqlite:///{tmp_path / 'four.db'}"
+    run_worker(spec, url, trials=2, seed=0)
+    study = optuna.load_study(study_name="four", storage=open_storage(url))
+    export_model(study, tmp_path / "four.pt")
+    model = hpo.load_model(tmp_path / "four.pt")
+    assert model.classes == ("imdb-neg", "imdb-pos", "rt-neg", "rt-pos")
+    test = split_reviews(spec.data)["test"]
+    predicted = model.predict([t for t, _ in test])
+    assert len(predicted[0].probabilities) == 4 and abs(sum(predicted[0].probabilities) - 1) < 1e-5
+    recorded = record.TrialRecord.from_trial(study.best_trial).test_accuracy
+    assert abs(accuracy(predicted, [model.classes[y] for _, y in test]) - recorded) <= 0.001
