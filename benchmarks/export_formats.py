@@ -47,8 +47,8 @@ CHOICE = [
     ".pt2 archives carry code or graphs that run when used), and the only one any model exports to: the",
     "module is rebuilt from the spec, so a model factory's model needs nothing of the exporter (torch.jit.script",
     "fails on the built-in LSTM already; a trace silently freezes the Python branches it took; torch.export",
-    "cannot leave an LSTM's length dynamic, so every batch must be padded to data.max_len). Its load is tens of",
-    "milliseconds slower than TorchScript's, once per process; its predictions are the same.",
+    "cannot leave an LSTM's length dynamic, so every batch must be padded to data.max_len). Its load is within",
+    "tens of milliseconds of TorchScript's, once per process; its predictions are the same.",
 ]
 
 
