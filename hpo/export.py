@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -42,7 +43,8 @@ from hpo.data import PAD, UNK, tokenize
 from hpo.data.text import TOKENIZER_VERSION
 from hpo.errors import HpoError
 from hpo.record import StudyRecord, TrialRecord
-from hpo.spec import Spec, spec_from_dict
+from hpo.spec import BUILTIN_FACTORY, Spec, spec_from_dict
+from hpo.spec.schema import factory_name
 from hpo.storage.artifacts.retention import kept_trials, top_trials
 from hpo.storage.artifacts.stores import artifact_location, open_location
 from hpo.storage.artifacts.usage import describe_trials
@@ -133,7 +135,7 @@ def export_model(study: optuna.Study, out: str | os.PathLike, trial: int | None 
     payload = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "hpo_version": hpo_version(),
         "study": study.study_name, "spec": dict(stored.spec or {}),
-        "model": {"factory": getattr(spec.model, "factory", "") or None, "spec": dict((stored.spec or {}).get("model", {}))},
+        "model": {"factory": factory_name(spec.model.factory), "spec": dict((stored.spec or {}).get("model", {}))},
         "tokenizer": {"version": TOKENIZER_VERSION, "max_len": spec.data.max_len, "lowercase": True},
         # one string, not a list: weights_only unpickles a 30,000-string list in ~0.2 s, a string in ~0
         "vocab": "\n".join(vocab or []), "classes": list(classes or []), "members": members,
@@ -175,11 +177,16 @@ class Model:
 
     def _network(self, member: Mapping[str, Any]) -> torch.nn.Module:
         # The one place a model file's module is rebuilt: the spec says which (built-in or a factory).
-        dropout = float(member["params"].get("dropout", 0.0))
-        with torch.device("meta"):  # no random initialisation to throw away: the weights replace it
-            net = build_model(self.spec, len(self.vocab), dropout, num_classes=len(self.classes))
+        dropout = member["params"].get("dropout")  # None: a model without the knob, as its factory built it
+        # The built-in LSTM is built on the meta device: no random initialisation to throw away
+        # (the weights replace it). A factory of yours is built as it builds itself (it may make
+        # buffers that the weights do not hold).
+        builtin = factory_name(self.spec.model.factory) == BUILTIN_FACTORY
+        with torch.device("meta") if builtin else contextlib.nullcontext():
+            net = build_model(self.spec, len(self.vocab), None if dropout is None else float(dropout),
+                              num_classes=len(self.classes))
         try:
-            net.load_state_dict(member["state_dict"], assign=True)
+            net.load_state_dict(member["state_dict"], assign=builtin)
         except RuntimeError as exc:
             raise HpoError(f"the weights of trial {member['trial']} do not fit the model its spec builds "
                            f"({str(exc).splitlines()[0]})") from None
