@@ -157,6 +157,7 @@ def _columns(conn, table: str) -> list[str]:
 class Snapshot:
     finished: int
     per_query: dict[int, tuple[str, int, int, int, float]]  # queryid -> (text, calls, rows, blocks, ms)
+    cpu_s: float = 0.0  # the workers' CPU time (user + system) so far
 
     def minus(self, before: "Snapshot") -> tuple[int, int, int, float]:
         calls = rows = blocks = 0
@@ -178,6 +179,18 @@ def snapshot(conn, name: str) -> Snapshot:
     return Snapshot(int(finished), {r[0]: (r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows})
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _worker(mode: str, url: str, name: str, budget: int, ready) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=_storage(mode, url), sampler=optuna.samplers.RandomSampler())
@@ -191,6 +204,7 @@ class Cost:
     rows: float
     kbytes: float
     ms: float
+    cpu_ms: float
     join_calls: float
     join_rows: float
     join_kbytes: float
@@ -199,7 +213,7 @@ class Cost:
 
 def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: int, measured: int, top: int) -> Cost:
     name = prefill(mode, url, engine, size)
-    budget = size + measured + 4 * workers + 20
+    budget = 10**9  # the workers run until the window closes, then they are killed: a slow starter cannot miss it
     ctx = multiprocessing.get_context("fork")  # hpo and Optuna are imported already; storages are opened after
     ready = ctx.Value("i", 0)
     engine.dispose()
@@ -210,16 +224,20 @@ def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: 
             p.start()
         while ready.value < workers:
             time.sleep(0.02)
+        pids = [p.pid for p in procs]
         s1 = snapshot(conn, name)
+        s1.cpu_s = cpu_seconds(pids)
         while True:
             s2 = snapshot(conn, name)
+            s2.cpu_s = cpu_seconds(pids)
             if s2.finished >= s1.finished + measured:
                 break
             if not any(p.is_alive() for p in procs):
                 raise RuntimeError(f"{mode}, {workers} workers: the workers stopped before the window closed")
             time.sleep(0.02)
         for p in procs:
-            p.join(timeout=600)
+            p.kill()  # what a killed worker leaves (a RUNNING trial) is past the window
+            p.join()
     n = s2.finished - s1.finished
     calls, rows, blocks, ms = s2.minus(s1)
     jc, jr, jb, _ = s1.minus(s0)
@@ -231,7 +249,7 @@ def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: 
         if c > c0:
             top_rows.append((" ".join(text.split())[:150], (c - c0) / n, (r - r0) / n, (b - b0) * BLOCK / 1024 / n))
     top_rows.sort(key=lambda x: -x[3])
-    return Cost(n, calls / n, rows / n, blocks * BLOCK / 1024 / n, ms / n,
+    return Cost(n, calls / n, rows / n, blocks * BLOCK / 1024 / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
                 (jc - joined * calls / n) / workers, (jr - joined * rows / n) / workers,
                 (jb * BLOCK / 1024 - joined * blocks * BLOCK / 1024 / n) / workers, top_rows[:top])
 
@@ -255,24 +273,28 @@ def main() -> None:
           f"{optuna.__version__}; objective: {EPOCHS} epochs of bookkeeping, no sleep; RandomSampler; "
           f"{args.measured} trials per window", flush=True)
     print(f"{'size':>6} {'workers':>7}  {'mode':<6}{'stmts/trial':>12}{'rows/trial':>11}{'kB/trial':>10}"
-          f"{'db ms/trial':>12}  | join/worker: {'stmts':>6}{'rows':>8}{'kB':>9}", flush=True)
+          f"{'db ms/trial':>12}{'cpu ms/trial':>13}  | join/worker: {'stmts':>6}{'rows':>8}{'kB':>9}", flush=True)
     baseline: dict[tuple[int, int], Cost] = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         for workers in [int(w) for w in args.workers.split(",")]:
             for mode in args.modes.split(","):
-                c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
+                try:
+                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
+                except sqlalchemy.exc.OperationalError as exc:  # a server restarted under the cell: once more
+                    print(f"# {size} {workers} {mode}: measured again after {str(exc).splitlines()[0][:100]}", flush=True)
+                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
                 ratio = ""
                 if mode == "plain":
                     baseline[(size, workers)] = c
                 elif (size, workers) in baseline:
                     b = baseline[(size, workers)]
                     ratio = f"  x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} kB of plain"
-                print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>10.1f}{c.ms:>12.2f}"
+                print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>10.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
                       f"  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
                 for text, calls, rows, kb in c.top:
                     print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} kB  {text}")
     print("# per trial: statements (BEGIN/COMMIT included), rows returned or written, shared buffers hit+read x 8 kB, "
-          "server execution time; over the window's finished trials. join/worker: what a worker's start costs on top "
+          "server execution time (lock waits included), the workers' own CPU time; over the window's finished trials. join/worker: what a worker's start costs on top "
           "(its first full read of the study), the window's per-trial rate taken out")
 
 
