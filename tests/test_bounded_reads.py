@@ -13,13 +13,14 @@ from typing import Iterator
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.record import TrialRecord
 from hpo.search.study import LiveTally, tally
 from hpo.storage.database.bounded import rewrite_study_attrs, study_attrs, trial_counts
 from hpo.storage.database.resilient import open_storage
-from hpo.storage.optuna_private import storage_of, study_id
+from hpo.storage.optuna_private import TRIAL_STATE_INDEX, ensure_trial_state_index, storage_of, study_id
 from tests.db_servers import fresh_database
 
 KINDS = ("sqlite", "postgres", "mysql", "memory")
@@ -67,6 +68,17 @@ def test_trial_counts_match_what_get_trials_counts(kind, tmp_path) -> None:
         assert trial_counts(storage_of(study), study_id(study)) == expected
         study.tell(study.ask(), 1.0)  # runs the WAITING one: a change after the first count shows in the next
         assert trial_counts(storage_of(study), study_id(study)) == {"COMPLETE": 5, "PRUNED": 3, "FAIL": 2, "RUNNING": 2}
+
+
+@pytest.mark.parametrize("kind", ("sqlite", "postgres", "mysql"))
+def test_opening_a_database_indexes_trials_by_study_and_state_once(kind, tmp_path) -> None:
+    """Optuna's stale-trial search (every trial start) and the counts read the index, not every trial."""
+    with storage_for(kind, tmp_path) as storage:
+        again = open_storage(storage.url)  # a second worker: finds the index, makes no second one
+        indexes = [ix for ix in sqlalchemy.inspect(again.engine).get_indexes("trials") if ix["name"] == TRIAL_STATE_INDEX]
+        assert [ix["column_names"] for ix in indexes] == [["study_id", "state"]]
+        assert ensure_trial_state_index(again) is True
+        again.engine.dispose()
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -40,6 +40,7 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as _rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
+import sqlalchemy
 from sqlalchemy import func, inspect
 
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
@@ -99,14 +100,26 @@ def rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
 TRIAL_STATE_INDEX = "ix_hpo_trials_study_id_state"
 
 
-def ensure_trial_state_index(rdb: optuna.storages.RDBStorage) -> None:
-    """Create :data:`TRIAL_STATE_INDEX` unless it is there (idempotent; call it under the creation lock)."""
+def ensure_trial_state_index(rdb: optuna.storages.RDBStorage) -> bool:
+    """Create :data:`TRIAL_STATE_INDEX` unless it is there (call it under the creation lock);
+    whether it is there now. An index is worth no wait: a table another session holds is left as it
+    is after 5 s (the next worker to open the storage tries again), and so is a failure."""
     # Plain DDL, not a sqlalchemy.Index on TrialModel's table: that would join Optuna's own metadata
     # in this process, and Optuna's create_all would then make it on every new database, twice over.
     table = _rdb_models.TrialModel.__tablename__
-    if TRIAL_STATE_INDEX not in {ix["name"] for ix in inspect(rdb.engine).get_indexes(table)}:
+    try:
+        if TRIAL_STATE_INDEX in {ix["name"] for ix in inspect(rdb.engine).get_indexes(table)}:
+            return True
         with rdb.engine.begin() as conn:
+            dialect = conn.dialect.name
+            if dialect == "postgresql":
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            elif dialect in ("mysql", "mariadb"):
+                conn.exec_driver_sql("SET SESSION lock_wait_timeout = 5")
             conn.exec_driver_sql(f"CREATE INDEX {TRIAL_STATE_INDEX} ON {table} (study_id, state)")
+        return True
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False
 
 
 def count_trials_by_state(rdb: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
