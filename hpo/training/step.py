@@ -8,7 +8,7 @@ clipping) identical to what the range test and the benchmark run.
 Example::
 
     optimizer = make_optimizer(model, cfg)
-    groups = model.layer_groups()
+    groups = groups_of(model)
     logits, loss = classifier_loss(model, batch, device, cfg.precision)
     stats = update(loss, optimizer, groups, cfg.clip_norm)      # stats.norms: per group, before clipping
 """
@@ -25,6 +25,7 @@ from hpo.data import Batch
 from hpo.errors import HpoError
 from hpo.training.config import TrainConfig
 from hpo.training.device import autocast
+from hpo.training.models import groups_of
 
 Groups = Mapping[str, list[torch.nn.Parameter]]
 
@@ -42,7 +43,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     """One parameter group per layer group (named, at its peak rate), AdamW or SGD with momentum."""
     groups = [
         {"params": params, "lr": cfg.lrs[name], "name": name}
-        for name, params in model.layer_groups().items()
+        for name, params in groups_of(model).items()
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -69,10 +70,22 @@ def param_groups(optimizer: torch.optim.Optimizer) -> Groups:
 
 def classifier_loss(model: torch.nn.Module, batch: Batch, device: torch.device, precision: str,
                     reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits in fp32, loss) of a classifier on a batch already on ``device``."""
+    """(logits in fp32, loss) of a classifier on a batch already on ``device``.
+
+    Logits of shape (B,) are one logit per text, two classes: binary cross-entropy against the
+    label ids 0/1. Logits of shape (B, K): cross-entropy over K classes. Either way a model that
+    guesses evenly scores ln K (:func:`hpo.divergence.chance_loss`).
+    """
     with autocast(device, precision):
         logits = model(batch.tokens, batch.lengths).float()
-    return logits, F.binary_cross_entropy_with_logits(logits, batch.labels, reduction=reduction)
+    if logits.dim() == 1:
+        return logits, F.binary_cross_entropy_with_logits(logits, batch.labels, reduction=reduction)
+    return logits, F.cross_entropy(logits, batch.labels.long(), reduction=reduction)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Class ids from :func:`classifier_loss`'s logits: a positive logit is class 1; else the largest."""
+    return (logits > 0).long() if logits.dim() == 1 else logits.argmax(dim=-1)
 
 
 def group_norms(groups: Groups) -> torch.Tensor:
