@@ -64,7 +64,9 @@ from hpo.storage.artifacts.keys import sweep_checkpoints
 from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
+from hpo.storage.database.bounded import trial_counts
 from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
+from hpo.storage.optuna_private import storage_of, study_id
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
 from hpo.training.models import check_model
@@ -363,9 +365,9 @@ def quiet_optuna_logging() -> None:
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-    return len(trials) - running, running
+    """Finished and running trials, counted by the database (states only, no attributes)."""
+    counts = trial_counts(storage_of(study), study_id(study))
+    return sum(counts.get(s.name, 0) for s in FINISHED), counts.get(TrialState.RUNNING.name, 0)
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
