@@ -6,42 +6,49 @@ Every command is a thin shell over functions that are usable and tested without 
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import sys
-from pathlib import Path
-from typing import Any
 
-import click
-import optuna
+# Loading the command line imports torch, Optuna and SQLAlchemy: seconds on a busy machine. A Ctrl-C
+# in that time would end in Python's traceback of the import; it ends as one after start-up does.
+try:
+    import dataclasses
+    import shlex
+    from pathlib import Path
+    from typing import Any
 
-from hpo.analysis import dashboard as dashboard_app
-from hpo.analysis import replay as replays
-from hpo.analysis import report as reports
-from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
-from hpo.analysis.importance import format_importance, param_importances
-from hpo.analysis.logs import parse_log, read_log
-from hpo.analysis.plots import lr_find_figure, write_study_figures
-from hpo.analysis.steps import trial_step_figures
-from hpo.analysis.tensorboard import require_tensorboard
-from hpo.analysis.trials import load_study_data, trial_log
-from hpo.data import load_dataset
-from hpo.errors import HpoError
-from hpo.search.study import find_study, open_study
-from hpo.search.workers import auto_jobs, quiet_optuna_logging, run_worker, run_workers
-from hpo.spec import builtin_studies, load_spec
-from hpo.storage.artifacts.cleanup import clean_study
-from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
-from hpo.storage.artifacts.usage import usage, usage_summary
-from hpo.storage.database.proxy_auth import server_tls
-from hpo.storage.database.resilient import open_storage
-from hpo.storage.database.studies import load_existing
-from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
-from hpo.storage.proxy import server as proxy_server
-from hpo.training import lrfind
-from hpo.training.calibrate import ensure_calibration
-from hpo.training.device import configure_threads, precision_note, resolve_device
-from hpo.training.pretrain import ensure_encoder
+    import click
+    import optuna
+
+    from hpo.analysis import dashboard as dashboard_app
+    from hpo.analysis import replay as replays
+    from hpo.analysis import report as reports
+    from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
+    from hpo.analysis.importance import format_importance, param_importances
+    from hpo.analysis.logs import parse_log, read_log
+    from hpo.analysis.plots import lr_find_figure, write_study_figures
+    from hpo.analysis.steps import trial_step_figures
+    from hpo.analysis.tensorboard import require_tensorboard
+    from hpo.analysis.trials import load_study_data, trial_log
+    from hpo.data import load_dataset
+    from hpo.errors import HpoError
+    from hpo.search.study import find_study, open_study
+    from hpo.search.workers import auto_jobs, quiet_optuna_logging, run_worker, run_workers
+    from hpo.spec import builtin_studies, load_spec
+    from hpo.storage.artifacts.cleanup import clean_study
+    from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
+    from hpo.storage.artifacts.usage import usage, usage_summary
+    from hpo.storage.database.proxy_auth import server_tls
+    from hpo.storage.database.resilient import open_storage
+    from hpo.storage.database.studies import load_existing
+    from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
+    from hpo.storage.proxy import server as proxy_server
+    from hpo.training import lrfind
+    from hpo.training.calibrate import ensure_calibration
+    from hpo.training.device import configure_threads, precision_note, resolve_device
+    from hpo.training.pretrain import ensure_encoder
+except KeyboardInterrupt:
+    print("interrupted while hpo was starting: nothing was done", file=sys.stderr)
+    sys.exit(130)
 
 
 class _Group(click.Group):
@@ -51,6 +58,9 @@ class _Group(click.Group):
         except HpoError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # one the command does not explain itself (optimize does, once trials run)
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)

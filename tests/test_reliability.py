@@ -467,3 +467,35 @@ def test_ctrl_c_of_jobs_workers_hands_every_trial_over_once(tmp_path, data_cache
     failed = sorted(t.number for t in trials if t.state == TrialState.FAIL)
     rerun = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING)
     assert len(failed) == 2 and rerun == failed, [(t.number, t.state.name) for t in trials]
+
+
+# --- 8. Found by benchmarks/chaos.py: Ctrl-C while hpo starts is one line, no traceback ------------
+
+def _torch_loading(pid: int) -> bool:
+    """Whether the process has begun to import torch (its library is mapped): hpo.cli's imports are under way."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("moment", ["importing", "loading-data"])
+def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -> None:
+    """Before the fix: Python's traceback of ``import torch`` (or of the data loading), exit 1."""
+    proc, log = _optimize(tmp_path, data_cache_dir, "early", 1, "--jobs", "1")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if moment == "importing" and _torch_loading(proc.pid):
+                break
+            if moment == "loading-data" and "storage: " in log.read_text():
+                break
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 130 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] in ("interrupted while hpo was starting: nothing was done", "interrupted"), output
