@@ -190,7 +190,44 @@ def test_an_epoch_is_checkpointed_before_it_is_announced(small_spec, tmp_path) -
         found[row.epoch] = saved.epoch if saved else None
 
     work(study, Objective(spec, load_dataset(spec.data), listeners=[_Listen(look)], store=store), 1)
-    assert found == {1: 1, 2: 2, 3: 2}  # none after the last epoch: the trial completes instead
+    assert found == {1: 1, 2: 2, 3: 3}  # the last too: see the next test
+
+
+class _StopWhileEnding(TrialListener):
+    """Ctrl-C while the trial, its epochs all trained, scores itself and draws its figures."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.fired = False
+
+    def epoch_finished(self, trial, row, max_epochs, verdict) -> None:
+        self.epochs += 1
+
+    def trial_ending(self, trial, ending) -> None:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_a_trial_stopped_after_its_last_epoch_finishes_without_training_again(small_spec, tmp_path) -> None:
+    """Found by benchmarks/chaos.py: before, no checkpoint followed the last epoch, and a re-run trained it again."""
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    data = load_dataset(spec.data)
+    stop = _StopWhileEnding()
+    with pytest.raises(KeyboardInterrupt):
+        work(study, Objective(spec, data, listeners=[stop], store=store), 1)
+    assert stop.epochs == 3
+    again = _StopWhileEnding()
+    again.fired = True  # lets it end this time
+    work(study, Objective(spec, data, listeners=[again], store=store), 1)
+    first, rerun = study.get_trials(deepcopy=False)
+    assert (first.state, rerun.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert again.epochs == 0, "the re-run trained a finished epoch again"
+    assert rerun.user_attrs["resumed_at_epoch"] == 4
+    assert [r.epoch for r in TrialRecord.from_trial(rerun).epochs] == [1, 2, 3]
+    assert rerun.value == max(r.val_accuracy for r in TrialRecord.from_trial(first).epochs)
 
 
 class _BreaksAfter(io.RawIOBase):
