@@ -5,8 +5,8 @@ runs in several ``hpo optimize --jobs N`` commands ("stations", ``--jobs 2 1``: 
 processes, one with one), each in its own process group, on one storage: SQLite, PostgreSQL,
 MariaDB, or `hpo storage-proxy` (with a token) in front of PostgreSQL. Every few seconds (``--gap``,
 random) one fault hits a random station or the servers; a station's fault lands at a random moment
-of its start-up (``--early`` of them) or a random moment of its training (the others, after its
-first epoch line):
+of its start-up (``--early`` of them) or a random moment of its training (the others: a station
+that has printed an epoch line, waited for if none has):
 
 * ``sigkill``: SIGKILL of the station's whole process group (the command and its workers); the
   station starts again at once, and its trials are failed and re-run once their heartbeat is
@@ -204,10 +204,11 @@ def _training(station: Station) -> bool:
 def inject(kind: str, stations: list[Station], proxy: Proxy | None, backend: str, tally: Tally, rng: random.Random,
            log: Any, early: float) -> None:
     station = rng.choice(stations)
-    if kind.startswith("sig") and rng.random() >= early:  # wait for it to train, then a random moment of that
+    if kind.startswith("sig") and rng.random() >= early:  # one that trains (waited for), at a random moment of it
         deadline = time.monotonic() + 300
-        while not _training(station) and station.proc.poll() is None and time.monotonic() < deadline:
+        while not (training := [s for s in stations if _training(s)]) and time.monotonic() < deadline:
             time.sleep(0.05)
+        station = rng.choice(training or stations)
         time.sleep(rng.uniform(0.0, 3.0))
     if kind == "sigkill":
         station.signal_group(signal.SIGKILL)
@@ -218,7 +219,7 @@ def inject(kind: str, stations: list[Station], proxy: Proxy | None, backend: str
         code = _wait_exit(station, 120, tally)
         resume = _resume_args(station.log)
         if code != 130 or resume is None:
-            if code not in (0, 130):
+            if code not in (0, 130, -signal.SIGINT):  # -SIGINT: before Python set its handler
                 tally.unexplained_exits.append(f"{station.log.name}: exit {code} after SIGINT")
             resume = station.args
         elif resume != station.args:
@@ -355,7 +356,7 @@ def main() -> None:
             station.signal_group(signal.SIGINT)
         for station in stations:
             code = _wait_exit(station, 120, tally)
-            if code not in (0, 130):
+            if code not in (0, 130, -signal.SIGINT):
                 tally.unexplained_exits.append(f"{station.log.name}: exit {code} after the last SIGINT")
         finished = sum(1 for t in optuna.load_study(study_name="chaos", storage=open_storage(db_url)).get_trials(deepcopy=False)
                        if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
