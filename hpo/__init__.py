@@ -14,11 +14,15 @@ Example::
 
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
+    hpo.diagnose("lightning_logs/version_0/metrics.csv").verdict      # a run made anywhere
 """
 
+from hpo.analysis.diagnose import Diagnosis, diagnose
+from hpo.analysis.logs import parse_log, read_log
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
 from hpo.record import TrialRecord
 from hpo.spec import Spec, load_spec
 
-__all__ = ["DivergenceMonitor", "HpoError", "Spec", "TrialRecord", "check_divergence", "load_spec"]
+__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "Spec", "TrialRecord", "check_divergence", "diagnose", "load_spec",
+           "parse_log", "read_log"]

@@ -8,14 +8,14 @@ Three failure modes, each with its own ``reason``:
 ``jump``
     after ``warmup_epochs``, the validation loss rises more than ``threshold`` (relative) above the
     run's own best so far, and the train loss rose too, by more than ``train_rise`` times the
-    chance loss above its own best (0.1: 0.07; ``train_rise = 0`` drops this condition). An
+    chance loss above its own best (0.1: 0.07 for two classes; ``train_rise = 0`` drops this condition). An
     absolute rise, because an overfit model's train loss doubles from 0.03 to 0.06 at a warm
     restart without anything diverging. The default 0.5 tolerates the bumps that SGDR warm
     restarts cause (6-11%) and catches a jump such as 0.315 -> 0.759 (2.4x), where train and
     validation loss rise together. A validation loss that climbs while the train loss keeps
     falling is overfitting, not divergence: the best epoch is kept and the wrapped pruner judges it. Inside an epoch, :class:`StepGuard` catches a train loss that explodes.
 ``no_progress``
-    the run never got below chance (``ln 2`` for two balanced classes) by ``no_progress_epochs``
+    the run never got below chance (``ln K`` for K balanced classes, ``ln 2`` for two) by ``no_progress_epochs``
     while its pre-clip gradient norm blew past ``grad_norm_limit``: a learning rate so high that
     clipping keeps the loss finite but the model never learns.
 
@@ -43,6 +43,15 @@ from hpo.spec.schema import DivergenceSpec
 CHANCE_LOSS = math.log(2)  # binary cross-entropy of a balanced coin
 
 
+def chance_loss(num_classes: int = 2) -> float:
+    """The cross-entropy of guessing evenly among ``num_classes`` classes: ln K (ln 2 = 0.693 for two).
+
+    What a model that has learnt nothing scores; the rules measure "no progress" and a loss rise
+    against it, so they judge a 4-class run (ln 4 = 1.386) as they judge a binary one.
+    """
+    return math.log(max(num_classes, 2))
+
+
 def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
@@ -52,14 +61,18 @@ def check_divergence(
     train_loss: Sequence[float],
     grad_norm_max: Sequence[float],
     rules: DivergenceSpec,
+    num_classes: int = 2,
 ) -> Verdict | None:
     """The first epoch at which the history shows divergence, or None for a stable run.
+
+    ``num_classes`` sets the chance loss (:func:`chance_loss`) the rules measure against.
 
     ``grad_norm_max[e]`` is the largest pre-clip gradient norm of any layer group in epoch ``e``.
     With ``rules.confirm_epochs = k`` a jump is returned (with its own epoch) only once the
     validation loss is still above the threshold k epochs later; one that comes back first was a
     bump, and the run's best moves on as if it had not happened.
     """
+    chance = chance_loss(num_classes)
     best = best_train = math.inf
     pending: tuple[int, float, float] | None = None  # a jump waiting for confirmation: (epoch, ratio, best before it)
     for e, val in enumerate(val_loss):
@@ -76,7 +89,7 @@ def check_divergence(
         elif (
             e >= rules.warmup_epochs
             and val > best * (1 + rules.threshold)
-            and (rules.train_rise <= 0 or train > best_train + rules.train_rise * CHANCE_LOSS)
+            and (rules.train_rise <= 0 or train > best_train + rules.train_rise * chance)
         ):
             if not rules.confirm_epochs:
                 return Verdict("jump", epoch, val / best)
@@ -85,14 +98,15 @@ def check_divergence(
         if (
             rules.no_progress_epochs
             and epoch >= rules.no_progress_epochs
-            and best >= CHANCE_LOSS * (1 - rules.chance_margin)
+            and best >= chance * (1 - rules.chance_margin)
             and max(grad_norm_max[: e + 1], default=0.0) > rules.grad_norm_limit
         ):
             return Verdict("no_progress", epoch)
     return None
 
 
-def recovered(val_loss: Sequence[float | None], cut_epoch: int, verdict: Verdict, rules: DivergenceSpec) -> bool | None:
+def recovered(val_loss: Sequence[float | None], cut_epoch: int, verdict: Verdict, rules: DivergenceSpec,
+              num_classes: int = 2) -> bool | None:
     """Whether a curve judged diverged at ``cut_epoch`` (1-based) came back later; None: it ends there.
 
     ``jump`` / ``nan``: its last validation loss is finite and within the threshold of its best.
@@ -104,7 +118,7 @@ def recovered(val_loss: Sequence[float | None], cut_epoch: int, verdict: Verdict
     if not finite:
         return False
     if verdict.reason == "no_progress":
-        return min(finite) < CHANCE_LOSS * (1 - rules.chance_margin)
+        return min(finite) < chance_loss(num_classes) * (1 - rules.chance_margin)
     last = val_loss[-1]
     return last is not None and math.isfinite(last) and last <= min(finite) * (1 + rules.threshold)
 
@@ -113,7 +127,7 @@ class StepGuard:
     """Watches per-step train losses and says when they explode, so an epoch can stop early.
 
     A NaN/inf loss is an explosion at once. Otherwise, after ``warmup_steps``, the loss of the
-    last few steps (a fast moving average) must be both worse than chance (``cap``, ln 2) and more
+    last few steps (a fast moving average) must be both worse than chance (``cap``, ln K) and more
     than ``factor`` times the smaller of the long running mean and ``cap``. Why each part:
 
     * a fast average, not one step: a well-trained, confident model has the odd batch at 8-9x
@@ -176,15 +190,16 @@ class DivergenceMonitor:
         verdict = monitor.on_epoch(epoch=2, train_loss=0.4, val_loss=0.9, max_grad_norm=3.0)
     """
 
-    def __init__(self, rules: DivergenceSpec, steps_per_epoch: int, sample_every: int = 1) -> None:
+    def __init__(self, rules: DivergenceSpec, steps_per_epoch: int, sample_every: int = 1, num_classes: int = 2) -> None:
         self.rules = rules
+        self.num_classes = num_classes  # chance is ln K
         self.sample_every = sample_every
         self.verdict: Verdict | None = None  # the first one; later ones are not news
         # The guard judges explosions only after the first epoch (NaN/inf at once): a high head
         # rate can spike the loss to 3x chance in the first steps and still recover
         # (search_efficiency: lr_head 0.26, stopped at epoch 1, reached 0.816 re-run without it).
         warmup = max(rules.step_warmup, math.ceil(steps_per_epoch / sample_every))
-        self.guard = StepGuard(rules.step_explosion, warmup)
+        self.guard = StepGuard(rules.step_explosion, warmup, cap=chance_loss(num_classes))
         self.val_loss: list[float] = []
         self.train_loss: list[float] = []
         self.max_grad_norm: list[float] = []
@@ -202,7 +217,7 @@ class DivergenceMonitor:
         self.train_loss.append(train_loss)
         self.max_grad_norm.append(max_grad_norm)
         # A confirmed jump carries the epoch it jumped at, up to confirm_epochs before this one.
-        verdict = check_divergence(self.val_loss, self.train_loss, self.max_grad_norm, self.rules)
+        verdict = check_divergence(self.val_loss, self.train_loss, self.max_grad_norm, self.rules, self.num_classes)
         return self._first(verdict)
 
     def stops(self, verdict: Verdict) -> bool:

@@ -60,11 +60,11 @@ def record_epoch(
     record.write_epochs(trial, rows)
 
 
-def verdict_of(trial: FrozenTrial, rules: DivergenceSpec) -> Verdict | None:
-    """The divergence verdict for a trial's recorded epochs."""
+def verdict_of(trial: FrozenTrial, rules: DivergenceSpec, num_classes: int = 2) -> Verdict | None:
+    """The divergence verdict for a trial's recorded epochs (chance: ln ``num_classes``)."""
     rows = record.epochs_of(trial)
     return check_divergence([r.val_loss for r in rows], [r.train_loss for r in rows],
-                            [r.max_grad_norm for r in rows], rules)
+                            [r.max_grad_norm for r in rows], rules, num_classes)
 
 
 class DivergencePruner(BasePruner):
@@ -79,12 +79,14 @@ class DivergencePruner(BasePruner):
     every worker. (Inside ``hpo`` the objective's monitor decides instead, during training.)
     """
 
-    def __init__(self, wrapped: BasePruner | None = None, rules: DivergenceSpec | None = None) -> None:
+    def __init__(self, wrapped: BasePruner | None = None, rules: DivergenceSpec | None = None,
+                 num_classes: int = 2) -> None:
         self.wrapped = wrapped
         self.rules = rules or DivergenceSpec()
+        self.num_classes = num_classes  # the chance loss the rules measure against is ln K
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if verdict_of(trial, self.rules) is not None:
+        if verdict_of(trial, self.rules, self.num_classes) is not None:
             return True
         return self.wrapped is not None and self.wrapped.prune(study, trial)
 

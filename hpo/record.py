@@ -49,6 +49,7 @@ SPEC_ATTR = "spec"  # the resolved spec the study was created with, as plain dat
 UID_ATTR = "uid"  # tells apart studies that reuse a name after one was deleted (checkpoint keys)
 ARTIFACT_DIR_ATTR = "artifact_dir"  # a folder artifact store's absolute path
 ARTIFACT_STORE_ATTR = "artifact_store"  # any other store: "database", or "s3://bucket/prefix"
+CLASSES_ATTR = "classes"  # {"names": [...], "counts": {"train": [...], "valid": [...], "test": [...]}}
 
 # Trial user attributes.
 EPOCHS = "epochs"
@@ -101,6 +102,9 @@ class EpochRecord:
     lr: Mapping[str, float]  # per group, at the epoch's first step
     seconds: float
     tokens_per_second: float = 0.0
+    # per class (by name), the share of its validation rows predicted right; empty in older records
+    val_class_accuracy: Mapping[str, float] = field(default_factory=dict)
+    val_macro_f1: float | None = None  # mean of the per-class F1 scores on validation; None in older records
 
     @property
     def max_grad_norm(self) -> float:
@@ -111,6 +115,7 @@ class EpochRecord:
         out = asdict(self)
         out["seconds"] = round(self.seconds, 3)
         out["tokens_per_second"] = round(self.tokens_per_second)
+        out["val_class_accuracy"] = {k: round(v, 6) for k, v in self.val_class_accuracy.items()}
         return out
 
     @classmethod
@@ -406,6 +411,8 @@ class StudyRecord:
     uid: str | None
     artifact_dir: str | None
     artifact_store: str | None
+    classes: tuple[str, ...] = ()  # in label-id order; empty for studies made before they were stored
+    class_counts: Mapping[str, Sequence[int]] = field(default_factory=dict)  # split -> rows per class
 
     @classmethod
     def of(cls, study: Any) -> "StudyRecord":
@@ -415,8 +422,15 @@ class StudyRecord:
     @classmethod
     def from_attrs(cls, name: str, attrs: Mapping[str, Any]) -> "StudyRecord":
         spec = attrs.get(SPEC_ATTR)
+        classes = attrs.get(CLASSES_ATTR) if isinstance(attrs.get(CLASSES_ATTR), Mapping) else {}
         return cls(name, attrs.get(SCHEMA_ATTR), spec if isinstance(spec, Mapping) else None, attrs.get(UID_ATTR),
-                   attrs.get(ARTIFACT_DIR_ATTR), attrs.get(ARTIFACT_STORE_ATTR))
+                   attrs.get(ARTIFACT_DIR_ATTR), attrs.get(ARTIFACT_STORE_ATTR),
+                   tuple(classes.get("names") or ()), dict(classes.get("counts") or {}))
+
+    @property
+    def num_classes(self) -> int:
+        """K; 2 for a study made before classes were stored (they were all binary)."""
+        return len(self.classes) or 2
 
     @property
     def key(self) -> str:
@@ -458,6 +472,11 @@ def write_schema(study: Any) -> None:
 
 def write_spec(study: Any, spec: Mapping[str, Any]) -> None:
     study.set_user_attr(SPEC_ATTR, dict(spec))
+
+
+def write_classes(study: Any, classes: Sequence[str], counts: Mapping[str, Sequence[int]]) -> None:
+    """The study's classes in label-id order and their rows per split, as its data loaded them."""
+    study.set_user_attr(CLASSES_ATTR, {"names": list(classes), "counts": {k: list(v) for k, v in counts.items()}})
 
 
 def write_uid(study: Any, uid: str) -> None:

@@ -23,6 +23,14 @@ SMALL = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_core_registry(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The suite's training processes share cores among themselves only, not with another run of
+    the suite or an hpo command beside it: a thread count that changes with what else runs would
+    make a run's numbers depend on it (hpo.training.cores)."""
+    os.environ["HPO_RUN_DIR"] = str(tmp_path_factory.mktemp("hpo-running"))
+
+
 @pytest.fixture(scope="session")
 def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The on-disk tensor cache for the whole session (tokenizing 25k reviews takes ~10 s once)."""

@@ -194,3 +194,15 @@ def test_a_verdict_recorded_inside_an_epoch_counts_when_the_finished_epochs_look
     d = diagnose(from_trial_record(trial, "s"), DivergenceSpec())
     assert (d.verdict, d.epoch, d.best_epoch) == ("diverged", 3, 2)
     assert "stopped while training" in d.reason and "step 17" in d.reason
+
+
+def test_the_package_front_door_judges_a_file_path_as_the_command_does() -> None:
+    import hpo
+
+    path = LOGS / FORMATS["keras csv"].format("jump")
+    from_path = hpo.diagnose(path)
+    parsed = hpo.diagnose(hpo.read_log(path))
+    assert from_path.verdict == parsed.verdict == "diverged"
+    assert from_path.to_json() == parsed.to_json()
+    out = CliRunner().invoke(main, ["diagnose", str(path), "--format", "json"])
+    assert json.loads(out.output) == json.loads(from_path.to_json())

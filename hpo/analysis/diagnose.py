@@ -31,7 +31,7 @@ back up just before the jump), stop at the best epoch (overfitting).
 
 Example::
 
-    d = diagnose(read_log("fit.log"))
+    d = diagnose("fit.log")                        # or a TrainingLog: diagnose(parse_log(text))
     d.verdict, d.epoch, d.ratio, d.recovered       # 'diverged', 8, 2.41, False
     print(d.render()); d.to_json(); d.figure("out/")
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import statistics
 import textwrap
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpo.analysis.logs import Columns, TrainingLog, choose_columns
+from hpo.analysis.logs import Columns, TrainingLog, choose_columns, read_log
 from hpo.divergence import CHANCE_LOSS, check_divergence, recovered
 from hpo.errors import HpoError
 from hpo.record import Verdict
@@ -113,9 +114,12 @@ class Diagnosis:
         return path
 
 
-def diagnose(log: TrainingLog, rules: DivergenceSpec | None = None,
+def diagnose(log: TrainingLog | str | os.PathLike[str], rules: DivergenceSpec | None = None,
              columns: Mapping[str, str] | None = None) -> Diagnosis:
-    """Judge ``log`` with ``rules`` (default: the project's); ``columns`` names roles' columns."""
+    """Judge ``log`` (a parsed log, or a file or folder to read) with ``rules`` (default: the
+    project's); ``columns`` names roles' columns."""
+    if not isinstance(log, TrainingLog):
+        log = read_log(log)
     rules = rules or DivergenceSpec()
     cols = choose_columns(log, columns)
     make = lambda verdict, reason, **kw: Diagnosis(verdict, reason, columns=cols, log=log, **kw)  # noqa: E731

@@ -125,8 +125,20 @@ def telemetry_line(trial: TrialRecord, t: StepTelemetry | None) -> str:
     return "; ".join(parts)
 
 
+def classes_line(trial: TrialRecord) -> str:
+    """``classes at epoch 3: billing 0.91, bugs 0.62, sales 0.88; macro-F1 0.80``: the trial's
+    validation accuracy per class at its best epoch (its last when it has none); empty when the
+    record has no per-class figures (older trials)."""
+    epoch = next((e for e in trial.epochs if e.epoch == trial.best_epoch), trial.epochs[-1] if trial.epochs else None)
+    if epoch is None or not epoch.val_class_accuracy:
+        return ""
+    per_class = ", ".join(f"{name} {acc:.2f}" for name, acc in epoch.val_class_accuracy.items())
+    f1 = f"; macro-F1 {epoch.val_macro_f1:.2f}" if epoch.val_macro_f1 is not None else ""
+    return f"classes at epoch {epoch.epoch}: {per_class}{f1}"
+
+
 def trial_note(trial: TrialRecord, t: StepTelemetry | None = None) -> str:
-    """One or two Markdown lines: what happened to the trial, then its rates."""
+    """Two or three Markdown lines: what happened to the trial, its rates, its accuracy per class."""
     if trial.diverged and trial.verdict is not None:
         head = f"**diverged**: {trial.verdict.describe()}"
     elif trial.pruned:
@@ -138,7 +150,8 @@ def trial_note(trial: TrialRecord, t: StepTelemetry | None = None) -> str:
         head = f"**{trial.state.lower()}**" + (f": validation accuracy {trial.accuracy:.4f}{best}" if trial.accuracy is not None else "")
     line = telemetry_line(trial, t)
     rates = trial.rates_text()
-    return f"{head}{'; ' + line if line else ''}  \nrates: {rates}"
+    classes = "" if trial.diverged else classes_line(trial)
+    return f"{head}{'; ' + line if line else ''}  \nrates: {rates}" + (f"  \n{classes}" if classes else "")
 
 
 @dataclass(frozen=True)
@@ -187,11 +200,13 @@ def top_figures(study: Any, finished: Sequence[TrialRecord], best: TrialRecord |
     return links
 
 
-def study_note(reading: str, finished: int, links: Sequence[FigureLink] = ()) -> str:
-    """The study's note: the report's reading, when it was written, and links to the top figures."""
+def study_note(reading: str, finished: int, links: Sequence[FigureLink] = (), classes: str = "") -> str:
+    """The study's note: the report's reading, when it was written, the best trial's accuracy per
+    class (``classes``: :func:`classes_line`), and links to the top figures."""
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     figures = "".join(f"* [{link.label}]({link.path})\n" for link in links)
     return (f"### Reading ({finished} finished trials, {stamp})\n\n{reading}\n\n"
+            + (f"Best trial's {classes}\n\n" if classes else "")
             + (f"### Figures\n\n{figures}\n" if figures else "")
             + "Each trial's page has its step-level figure (loss, gradient norms, update ratios and rates per step); "
             "`hpo report` and `hpo plot` have the rest.")

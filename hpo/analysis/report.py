@@ -6,6 +6,9 @@ gives its number of trials, the mean and max best validation accuracy (pruned tr
 value they reported), the divergence rate and the median epoch of divergence. Then the trials by
 state, the best trial, the epochs spent on diverged trials and saved by pruning (against running
 every pruned trial to ``max_epochs``), and a paragraph that reads the result in plain words.
+The classes, with their rows per split and the best trial's validation accuracy on each at its
+best epoch, and its macro-F1: a small class the model never predicts shows there, not in the
+accuracy.
 
 Example::
 
@@ -64,6 +67,17 @@ class BestTrial:
 
 
 @dataclass(frozen=True)
+class ClassRow:
+    """One class: its rows per split and the best trial's validation accuracy on it (at its best epoch)."""
+
+    name: str
+    train: int | None
+    valid: int | None
+    test: int | None
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
 class Report:
     study: str
     states: dict[str, int]  # complete, diverged, pruned_other, failed, running, waiting
@@ -77,6 +91,8 @@ class Report:
     epochs_saved_diverged: int  # of which by diverged trials
     reading: str
     artifacts: dict[str, Any] | None = None  # bytes the study's artifacts take, and where (hpo.storage.artifacts)
+    classes: list[ClassRow] = dataclasses.field(default_factory=list)  # empty: a study made before classes were stored
+    macro_f1: float | None = None  # the best trial's, on validation at its best epoch
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,7 +118,25 @@ def build_report(data: StudyData) -> Report:
         epochs_saved_diverged=sum(saved[t.number] for t in diverged),
         reading="",
     )
+    classes, macro_f1 = class_rows(data, best_trial(trials))
+    report = dataclasses.replace(report, classes=classes, macro_f1=macro_f1)
     return dataclasses.replace(report, reading=_reading(report, trials))
+
+
+def class_rows(data: StudyData, best: TrialRecord | None) -> tuple[list[ClassRow], float | None]:
+    """Per class: rows in train / valid / test (as stored with the study) and the best trial's
+    validation accuracy at its best epoch; and that epoch's macro-F1."""
+    epoch = next((e for e in (best.epochs if best else ()) if e.epoch == best.best_epoch), None)
+    names = list(data.classes) or (list(epoch.val_class_accuracy) if epoch else [])
+    counts = {split: list(c) for split, c in data.class_counts.items()}
+
+    def count(split: str, i: int) -> int | None:
+        c = counts.get(split)
+        return c[i] if c is not None and i < len(c) else None
+
+    rows = [ClassRow(name, count("train", i), count("valid", i), count("test", i),
+                     epoch.val_class_accuracy.get(name) if epoch else None) for i, name in enumerate(names)]
+    return rows, epoch.val_macro_f1 if epoch else None
 
 
 def bin_edges(value: float) -> tuple[float, float]:
@@ -347,6 +381,15 @@ def _text(r: Report, markdown: bool) -> str:
         test = "-" if b.test_accuracy is None else f"{b.test_accuracy:.4f}"
         lines.append(f"trial {b.number}: validation accuracy {b.val_accuracy:.4f}, test accuracy {test}, best epoch {b.best_epoch}")
         lines += [""] + _grid(["param", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in sorted(b.params.items())], markdown) + [""]
+    if r.classes:
+        which = f"the best trial's validation accuracy at epoch {r.best.best_epoch}" if r.best else "no best trial yet"
+        lines += [h(f"Classes ({len(r.classes)}; accuracy: {which})"), ""]
+        lines += _grid(["class", "train", "valid", "test", "accuracy"], [
+            [c.name, *("-" if n is None else f"{n:,}" for n in (c.train, c.valid, c.test)),
+             "-" if c.accuracy is None else f"{c.accuracy:.4f}"] for c in r.classes], markdown)
+        if r.macro_f1 is not None:
+            lines += ["", f"macro-F1 {r.macro_f1:.4f} (the mean of the per-class F1 scores; accuracy weighs classes by size)"]
+        lines.append("")
     lines += [h("Epochs"), ""]
     lines.append(
         f"{r.epochs_run} epochs run; {r.epochs_diverged} on diverged trials; pruning saved {r.epochs_saved} "

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import optuna
 
@@ -43,6 +43,8 @@ class StudyData:
     max_epochs_source: str  # "spec" or "longest trial"
     spec: Spec | None = None  # the spec the study was created with, when it stored one
     tally: Tally | None = None
+    classes: tuple[str, ...] = ()  # in label-id order, as stored with the study (empty: made before they were)
+    class_counts: Mapping[str, Sequence[int]] = field(default_factory=dict)  # split -> rows per class
 
     @property
     def complete(self) -> list[TrialRecord]:
@@ -61,12 +63,14 @@ def load_study_data(name: str, storage: optuna.storages.BaseStorage) -> StudyDat
     finished = [r for r in records if r.finished]
     if not finished:
         raise HpoError(no_finished_message(name, states))
+    stored = StudyRecord.of(study)
     try:
-        spec = StudyRecord.of(study).parsed_spec()
+        spec = stored.parsed_spec()
     except HpoError:  # a spec of another hpo version: analysis goes on with the defaults
         spec = None
     max_epochs, source = _max_epochs(spec, finished)
-    return StudyData(name, finished, dict(states), max_epochs, source, spec, Tally.of(records))
+    return StudyData(name, finished, dict(states), max_epochs, source, spec, Tally.of(records),
+                     stored.classes, stored.class_counts)
 
 
 def no_finished_message(name: str, states: Mapping[str, int]) -> str:

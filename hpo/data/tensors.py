@@ -16,13 +16,16 @@ import torch
 from hpo.data.splits import subset_indices
 
 
+BINARY_CLASSES = ("negative", "positive")  # the packaged IMDB reviews' and aclImdb's classes, ids 0 and 1
+
+
 @dataclass(frozen=True)
 class Split:
     """Numericalized reviews as one flat token tensor plus offsets (``tokens[offsets[i]:offsets[i+1]]``)."""
 
     tokens: torch.Tensor  # int32, all reviews back to back
     offsets: torch.Tensor  # int64, len(self) + 1
-    labels: torch.Tensor  # int64, 0 negative / 1 positive
+    labels: torch.Tensor  # int64 class ids, indices into Dataset.classes (IMDB: 0 negative / 1 positive)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,6 +52,17 @@ class Dataset:
     vocab: list[str]
     source: str  # where the reviews came from, for people
     cache_key: str
+    classes: tuple[str, ...] = BINARY_CLASSES  # class names in label-id order, counted on the training split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> dict[str, list[int]]:
+        """Rows per class in each split, in class order: ``{"train": [9962, 9962], ...}``."""
+        k = self.num_classes
+        return {name: torch.bincount(split.labels, minlength=k).tolist()
+                for name, split in (("train", self.train), ("valid", self.valid), ("test", self.test))}
 
     @property
     def vocab_size(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -32,7 +32,11 @@ def tokenize(text: str) -> list[str]:
 
 def build_vocab(token_lists: Sequence[Sequence[str]], min_freq: int, max_size: int) -> list[str]:
     """Index -> token; ``<pad>`` and ``<unk>`` first, then by frequency (ties alphabetical)."""
-    counts = Counter(tok for toks in token_lists for tok in toks)
+    return vocab_from_counts(Counter(tok for toks in token_lists for tok in toks), min_freq, max_size)
+
+
+def vocab_from_counts(counts: Mapping[str, int], min_freq: int, max_size: int) -> list[str]:
+    """:func:`build_vocab` from token counts already made (a data file counts as it streams)."""
     ranked = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
     return ["<pad>", "<unk>", *ranked[: max(0, max_size - 2)]]
 

@@ -33,7 +33,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo import record
-from hpo.analysis.notes import save_note, study_note, top_figures, trial_note
+from hpo.analysis.notes import classes_line, save_note, study_note, top_figures, trial_note
 from hpo.analysis.plots import upload_trial_figure
 from hpo.analysis.report import build_report
 from hpo.analysis.steps import upload_step_figure
@@ -43,6 +43,7 @@ from hpo.record import EpochRecord, Tally, TrialRecord, Verdict
 from hpo.search.objective import TrialListener
 from hpo.storage.optuna_private import storage_of
 from hpo.training.checkpoints import TrialCheckpoints
+from hpo.training.cores import CoreShare
 
 Log = Callable[[str], None]
 logger = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ class DashboardNotes(TrialListener):
             except Exception as exc:  # the reading is worth saving without its links
                 self._warn(f"study note: figure links left out: {exc}")
                 links = []
-            save_note(study, study_note(build_report(data).reading, len(data.finished), links))
+            best = data.best
+            save_note(study, study_note(build_report(data).reading, len(data.finished), links,
+                                        classes_line(best) if best is not None else ""))
         except Exception as exc:
             self._warn(f"study note not saved: {exc}")
 
@@ -136,6 +139,20 @@ class TensorBoardExport(TrialListener):
         except Exception as exc:
             logger.warning("trial %d: tensorboard run not written: %s", trial.number, exc)
             self.log(f"  warning: trial {trial.number}: tensorboard run not written: {exc}")
+
+
+class ShareCores(TrialListener):
+    """Re-takes this process's share of the machine's cores before each trial and after each epoch,
+    so a second ``hpo optimize`` started beside this one splits the cores (:mod:`hpo.training.cores`)."""
+
+    def __init__(self, share: CoreShare, log: Callable[[str], None]) -> None:
+        self.share, self.log = share, log
+
+    def trial_started(self, trial: optuna.Trial, rerun_of: int | None, resumed_at: int | None) -> None:
+        self.share.rebalance(self.log)
+
+    def epoch_finished(self, trial: optuna.Trial, row: EpochRecord, max_epochs: int, verdict: Verdict | None) -> None:
+        self.share.rebalance(self.log)
 
 
 class CheckpointCleanup:

@@ -170,8 +170,9 @@ class Objective:
             return pruned_at is not None
 
         steps = -(-len(self.data.train) // cfg.batch_size)
-        monitor = DivergenceMonitor(self.spec.divergence, steps, loss_sampling(self.device))
-        model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]), self.encoder, cfg.seed)
+        monitor = DivergenceMonitor(self.spec.divergence, steps, loss_sampling(self.device), self.data.num_classes)
+        model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]), self.encoder, cfg.seed,
+                            num_classes=self.data.num_classes)
         result = train(model, self.data, cfg, self.device, on_epoch, resume=resume,
                        on_checkpoint=checkpoints.save, monitor=monitor)
         value = max((r.val_accuracy for r in rows), default=0.0)
@@ -207,7 +208,7 @@ class Objective:
         if test and result.best_state is not None:
             best = load_best(model, result)
             test_accuracy = evaluate(best, self.data.test, self.device, self.spec.data.batch_size * 2,
-                                     self.precision)[1]
+                                     self.precision, self.data.num_classes)[1]
         return Outcome(
             verdict=result.verdict,
             best_epoch=result.best_epoch,

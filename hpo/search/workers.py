@@ -52,6 +52,7 @@ from hpo.search.callbacks import (
     DashboardNotes,
     FigureUpload,
     Progress,
+    ShareCores,
     TensorBoardExport,
 )
 from hpo.search.lifeline import end_with_parent, orphaned
@@ -62,6 +63,7 @@ from hpo.storage.artifacts.keys import sweep_checkpoints
 from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
+from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
 from hpo.training.pretrain import ensure_encoder
 
@@ -192,11 +194,14 @@ def run_worker(
     if existing is not None and tally(existing).finished >= trials:
         log(f"study {spec.name!r} already has {tally(existing).finished} finished trials (budget {trials}): nothing to run")
         return WorkerOutcome(spec.name, tally(existing), 0)
-    n_threads = configure_threads(spec.train.threads if threads is None else threads)
+    # an automatic thread count is shared with the other hpo training processes on this machine
+    share = CoreShare() if threads is None and not spec.train.threads else None
+    n_threads = share.rebalance(log) if share else configure_threads(spec.train.threads if threads is None else threads)
     torch.backends.mkldnn.enabled = onednn
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
     study = open_study(spec, storage, seed)
+    record.write_classes(study, data.classes, data.class_counts())
     done = tally(study).finished
     log(
         f"study {spec.name!r}: {done} finished, running {trials - done} more on {device} ({n_threads} threads); "
@@ -208,12 +213,18 @@ def run_worker(
     encoder = ensure_encoder(spec, store, storage_url, log, data=data)
     notes = DashboardNotes(log=log)
     listeners = [progress, FigureUpload(store, log), notes]
+    if share:
+        listeners.append(ShareCores(share, log))
     if tensorboard:
         listeners.append(TensorBoardExport(tensorboard, log))
     objective = Objective(spec, data, device, listeners=listeners, store=store,
                           encoder=encoder, precision=precision)
     callbacks = [CheckpointCleanup(objective), notes]
-    ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
+    try:
+        ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
+    finally:
+        if share:
+            share.close()
     if ran:
         notes.refresh(study)  # the throttle may have skipped the last trials
     return _finish(study, trials, ran)
@@ -246,6 +257,7 @@ def run_workers(
     if existing is None or tally(existing).finished < trials:
         data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
         study = open_study(spec, storage, seed)
+        record.write_classes(study, data.classes, data.class_counts())
         # pretrain here, on every core, before the workers need it
         ensure_encoder(spec, artifact_store(study), storage_url, log, data=data)
         del data  # each worker loads its own
@@ -254,11 +266,13 @@ def run_workers(
     before = tally(study).finished
     threads = max(1, (spec.train.threads or available_cores()) // jobs)
     log(f"starting {jobs} worker processes with {threads} thread(s) each{why}")
+    # automatic threads: each worker registers and takes its share, with any other hpo beside it
+    worker_threads = threads if spec.train.threads else None
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
             target=_worker_process,
-            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, threads, grace_period, i, precision,
+            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, worker_threads, grace_period, i, precision,
                   onednn, tensorboard, os.getpid(), threading.current_thread() is threading.main_thread()),
             name=f"hpo-worker-{i}",
         )
@@ -294,7 +308,7 @@ def run_workers(
 
 
 def _worker_process(
-    spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int, grace_period: int, index: int,
+    spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int | None, grace_period: int, index: int,
     precision: str | None = None, onednn: bool = True, tensorboard: str | None = None, parent: int | None = None,
     from_main_thread: bool = True,
 ) -> None:

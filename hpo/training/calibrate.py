@@ -151,7 +151,7 @@ def measure(spec: Spec, data: Dataset, candidate: Candidate, device: torch.devic
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = candidate.mkldnn
     try:
-        model = build_model(spec, data.vocab_size, 0.1, seed=0).to(device)
+        model = build_model(spec, data.vocab_size, 0.1, seed=0, num_classes=data.num_classes).to(device)
         groups = model.layer_groups()
         cfg = TrainConfig(lrs=dict.fromkeys(groups, 1e-3), clip_norm=0.0, cycle_len=1, max_epochs=1)
         optimizer = make_optimizer(model, cfg)

@@ -32,7 +32,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -42,7 +42,7 @@ from hpo.record import EpochRecord, Verdict
 from hpo.training.config import TrainConfig
 from hpo.training.device import resolve_device
 from hpo.training.schedule import sgdr_factor
-from hpo.training.step import classifier_loss, make_optimizer, update
+from hpo.training.step import classifier_loss, make_optimizer, predictions, update
 from hpo.training.telemetry import StepRecorder, StepTelemetry
 
 EpochCallback = Callable[[EpochRecord, "Verdict | None"], bool]
@@ -110,20 +110,55 @@ def _freeze(groups: Mapping[str, list[torch.nn.Parameter]], starts: Mapping[str,
             p.requires_grad_(epoch >= starts[name])
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A split's mean loss, accuracy and confusion matrix (``confusion[true][predicted]``, counts)."""
+
+    loss: float
+    accuracy: float
+    confusion: list[list[int]]
+
+    def class_accuracy(self, classes: Sequence[str]) -> dict[str, float]:
+        """Per class, the share of its rows predicted right (its recall); classes without rows left out."""
+        return {name: row[i] / sum(row) for i, (name, row) in enumerate(zip(classes, self.confusion)) if sum(row)}
+
+    @property
+    def macro_f1(self) -> float:
+        """The unweighted mean of the per-class F1 scores, over classes that have rows or predictions:
+        unlike accuracy it drops when a small class is never predicted."""
+        k = len(self.confusion)
+        scores = []
+        for i in range(k):
+            tp = self.confusion[i][i]
+            support, predicted = sum(self.confusion[i]), sum(self.confusion[j][i] for j in range(k))
+            if support or predicted:
+                scores.append(2 * tp / (support + predicted))
+        return sum(scores) / len(scores) if scores else 0.0
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 128,
-             precision: str = "fp32") -> tuple[float, float]:
-    """(mean loss, accuracy) over a split."""
+def evaluate_split(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 128,
+                   precision: str = "fp32", num_classes: int = 2) -> Evaluation:
+    """Loss, accuracy and confusion matrix over a split, counted on the device (one read at the end)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
     for batch in iter_batches(split, batch_size, shuffle=False):
         batch = batch.to(device)
         logits, loss = classifier_loss(model, batch, device, precision, reduction="sum")
         loss_sum += loss
-        correct += ((logits > 0).float() == batch.labels).sum()
+        confusion += torch.bincount(batch.labels.long() * num_classes + predictions(logits),
+                                    minlength=num_classes * num_classes)
     n = max(len(split), 1)
-    return loss_sum.item() / n, correct.item() / n
+    matrix = confusion.view(num_classes, num_classes).tolist()
+    return Evaluation(loss_sum.item() / n, sum(matrix[i][i] for i in range(num_classes)) / n, matrix)
+
+
+def evaluate(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 128,
+             precision: str = "fp32", num_classes: int = 2) -> tuple[float, float]:
+    """(mean loss, accuracy) over a split."""
+    result = evaluate_split(model, split, device, batch_size, precision, num_classes)
+    return result.loss, result.accuracy
 
 
 def train(
@@ -203,7 +238,8 @@ def train(
         steps = max(steps_per_epoch, 1)
         if recorder is not None:
             recorder.end_epoch()
-        val_loss, val_acc = evaluate(model, data.valid, device, cfg.batch_size * 2, cfg.precision)
+        evaluation = evaluate_split(model, data.valid, device, cfg.batch_size * 2, cfg.precision, data.num_classes)
+        val_loss, val_acc = evaluation.loss, evaluation.accuracy
         seconds = time.perf_counter() - t0
         row = EpochRecord(
             epoch=epoch,
@@ -216,6 +252,8 @@ def train(
             lr=start_lrs,
             seconds=seconds,
             tokens_per_second=tokens / seconds,
+            val_class_accuracy=evaluation.class_accuracy(data.classes),
+            val_macro_f1=evaluation.macro_f1,
         )
         result.history.append(row)
         if val_acc > best_acc:

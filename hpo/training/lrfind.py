@@ -121,7 +121,8 @@ def range_test(spec: Spec, data: Any, group: str, steps: int = 200, lr_min: floa
     values = {name: middle_value(entry) for name, entry in spec.space.items()}
     cfg = train_config(spec, values)
     device = device or resolve_device(spec.train.device)
-    model = build_model(spec, data.vocab_size, float(values.get("dropout", 0.0)), encoder, cfg.seed).to(device)
+    model = build_model(spec, data.vocab_size, float(values.get("dropout", 0.0)), encoder, cfg.seed,
+                        num_classes=data.num_classes).to(device)
     model.train()
     optimizer = make_optimizer(model, cfg)
     groups = model.layer_groups()

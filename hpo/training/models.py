@@ -107,12 +107,14 @@ class LSTMClassifier(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         group_per_layer: bool = False,
+        num_classes: int = 2,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers, bidirectional, dropout)
         self.group_per_layer = group_per_layer
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(3 * self.encoder.output_size, 1)
+        # two classes: one logit (binary cross-entropy), else one per class (cross-entropy)
+        self.head = nn.Linear(3 * self.encoder.output_size, 1 if num_classes == 2 else num_classes)
 
     def layer_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by layer group, bottom to top; together they are every parameter once."""
@@ -131,10 +133,12 @@ class LSTMClassifier(nn.Module):
         max_pool = out.masked_fill(~mask, neg_inf).max(dim=1).values
         mean_pool = (out * mask).sum(dim=1) / lengths.clamp(min=1).to(out.device).unsqueeze(-1).to(out.dtype)
         features = torch.cat([last, max_pool, mean_pool], dim=-1)
-        return self.head(self.dropout(features)).squeeze(-1)
+        logits = self.head(self.dropout(features))
+        return logits.squeeze(-1) if logits.size(-1) == 1 else logits
 
 
-def build_model(spec: Spec, vocab_size: int, dropout: float, encoder: Any = None, seed: int | None = None) -> LSTMClassifier:
+def build_model(spec: Spec, vocab_size: int, dropout: float, encoder: Any = None, seed: int | None = None,
+                num_classes: int = 2) -> LSTMClassifier:
     """The spec's classifier; from a pretrained encoder's weights when given (the head is new).
 
     ``encoder``: a :class:`~hpo.training.pretrain.PretrainedEncoder` (its ``state``). Every trial of
@@ -143,7 +147,7 @@ def build_model(spec: Spec, vocab_size: int, dropout: float, encoder: Any = None
     torch.manual_seed(spec.train.seed if seed is None else seed)
     m = spec.model
     model = LSTMClassifier(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.bidirectional, dropout,
-                           m.group_per_layer)
+                           m.group_per_layer, num_classes)
     if encoder is not None:
         model.encoder.load_state_dict(encoder.state)
     return model

@@ -69,10 +69,22 @@ def param_groups(optimizer: torch.optim.Optimizer) -> Groups:
 
 def classifier_loss(model: torch.nn.Module, batch: Batch, device: torch.device, precision: str,
                     reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits in fp32, loss) of a classifier on a batch already on ``device``."""
+    """(logits in fp32, loss) of a classifier on a batch already on ``device``.
+
+    Logits of shape (B,) are one logit per text, two classes: binary cross-entropy against the
+    label ids 0/1. Logits of shape (B, K): cross-entropy over K classes. Either way a model that
+    guesses evenly scores ln K (:func:`hpo.divergence.chance_loss`).
+    """
     with autocast(device, precision):
         logits = model(batch.tokens, batch.lengths).float()
-    return logits, F.binary_cross_entropy_with_logits(logits, batch.labels, reduction=reduction)
+    if logits.dim() == 1:
+        return logits, F.binary_cross_entropy_with_logits(logits, batch.labels, reduction=reduction)
+    return logits, F.cross_entropy(logits, batch.labels.long(), reduction=reduction)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Class ids from :func:`classifier_loss`'s logits: a positive logit is class 1; else the largest."""
+    return (logits > 0).long() if logits.dim() == 1 else logits.argmax(dim=-1)
 
 
 def group_norms(groups: Groups) -> torch.Tensor:
