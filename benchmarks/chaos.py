@@ -329,6 +329,7 @@ def main() -> None:
     parser.add_argument("--db-restarts", type=int, default=0,
                         help="PostgreSQL/MariaDB restarts among the faults (the servers are shared: a few)")
     parser.add_argument("--grace", type=int, default=10, help="$HPO_GRACE_PERIOD of every worker (and the proxy)")
+    parser.add_argument("--minutes", type=float, default=None, help="stop injecting after this long, even short of --faults")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs) and the database")
     args = parser.parse_args()
@@ -369,6 +370,9 @@ def main() -> None:
         for station in stations:
             station.start()
         for n in range(args.faults):
+            if args.minutes is not None and time.monotonic() - start > args.minutes * 60:
+                print(f"  --minutes {args.minutes:g} reached: no more faults", flush=True)
+                break
             time.sleep(rng.uniform(*args.gap))
             _check_exits(stations, tally)
             inject("db-restart" if n in restarts_at else rng.choice(kinds), stations, proxy, args.backend, tally, rng,

@@ -9,7 +9,7 @@ uploaded to the artifact port), tell; and times one storage call alone and openi
 that the load of a shared machine falls on all three alike; medians of ``--passes``.
 
     python benchmarks/proxy_auth.py                                  # SQLite in a temp folder
-    python benchmarks/proxy_auth.py --storage postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python benchmarks/proxy_auth.py --storage postgresql+psycopg://postgres@127.0.0.1:5432/hpo_proxy_auth   # a database of its own
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import io
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-kb", type=int, default=256)
     parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # through the finally below: no proxy left running
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
