@@ -548,12 +548,32 @@ def _swallows_ctrl_c(trial: optuna.Trial) -> float:
     return trial.suggest_float("x", 0, 1)
 
 
-def test_a_worker_whose_interrupt_was_swallowed_stops_before_its_next_trial(tmp_path) -> None:
-    """Found by benchmarks/chaos.py: one of two --jobs workers took Ctrl-C, lost the KeyboardInterrupt
-    somewhere and ran trials on for minutes, deaf to the SIGTERM that followed (the first signal turns
-    both off). Before the fix work() ran all 3 trials here."""
+class _InterruptedWhileCollected:
+    """Ctrl-C arriving while the garbage collector runs a finalizer (SQLAlchemy's weakref callbacks did)."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:  # the handler runs here, inside the finalizer
+            pass
+
+
+def _ctrl_c_in_a_finalizer(trial: optuna.Trial) -> float:
+    _InterruptedWhileCollected()  # collected at once
+    return trial.suggest_float("x", 0, 1)
+
+
+@pytest.mark.parametrize("objective", [_swallows_ctrl_c, _ctrl_c_in_a_finalizer], ids=["caught", "in-a-finalizer"])
+def test_a_worker_whose_interrupt_was_swallowed_stops_before_its_next_trial(objective, tmp_path, monkeypatch) -> None:
+    """Found by benchmarks/chaos.py: one of two --jobs workers took Ctrl-C inside a garbage-collection
+    callback, where Python prints "Exception ignored in" with a traceback and drops the KeyboardInterrupt;
+    it ran trials on for minutes, deaf to the SIGTERM that followed (the first signal turns both off).
+    Before the fix work() ran all 3 trials here, and printed that traceback."""
+    printed: list[str] = []  # what Python would print as "Exception ignored in ...", with a traceback
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: printed.append(repr(info.exc_value)))
     study = optuna.create_study(study_name="deaf", storage=open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"))
     with pytest.raises(KeyboardInterrupt):
-        work(study, _swallows_ctrl_c, 3, poll_s=0.05)
+        work(study, objective, 3, poll_s=0.05)
     assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are back as they were
+    assert printed == []

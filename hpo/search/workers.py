@@ -386,14 +386,22 @@ def _interruptible() -> Iterator[threading.Event]:
     that second signal, landing in Optuna's FAIL write, left trials RUNNING and a traceback.
     A SIGINT ignored when the block starts (a background job) stays ignored.
 
-    The event it yields is set by that first signal: a KeyboardInterrupt raised where some code
-    swallows it (benchmarks/chaos.py caught a worker that went on running trials, deaf to every
-    later signal since the first switched them off) must still stop the loop at its next turn.
+    The event it yields is set by that first signal: a KeyboardInterrupt raised where it cannot
+    propagate must still stop the loop at its next turn. benchmarks/chaos.py caught one raised in a
+    garbage-collection callback (SQLAlchemy's), which Python prints as "Exception ignored in" with
+    a traceback and drops; the worker then ran trials on, deaf to every later signal since the
+    first switched them off. Such a KeyboardInterrupt is now silent: the event stops the loop.
     """
     stopping = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stopping
         return
+
+    hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and stopping.is_set()):
+            hook(info)
 
     def interrupt(signum: int, frame: Any) -> None:
         for sig in previous:  # not SIG_IGN: a signal already pending would then print "ignored due to race condition"
@@ -404,9 +412,11 @@ def _interruptible() -> Iterator[threading.Event]:
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+    sys.unraisablehook = unraisable
     try:
         yield stopping
     finally:
+        sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
