@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpo.record import TrialRecord  # noqa: E402
-from hpo.storage.database.resilient import open_storage  # noqa: E402
+from hpo.storage.database.resilient import MAX_RETRY, open_storage  # noqa: E402
 
 ADMIN_URLS = {
     "postgres": os.environ.get("HPO_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
@@ -310,10 +310,15 @@ def count(db_url: str, logs: list[Path]) -> dict[str, Any]:
         for m in TRIAL_LINE.finditer(text):
             runners.setdefault(int(m.group(2)), set()).add((path.name, m.group(1) or "-"))
     twice |= {n for n, who in runners.items() if len(who) > 1}
-    failed_unqueued = [t.number for t in trials if t.state == TrialState.FAIL and t.number not in reruns]
+    # A trial failed MAX_RETRY + 1 times is not queued again (by design: a trial that keeps killing its
+    # worker stops being retried); under faults every few seconds that happens. Any other is lost.
+    unqueued = [t for t in trials if t.state == TrialState.FAIL and t.number not in reruns]
+    exhausted = [t.number for t in unqueued if len(t.system_attrs.get("retry_history") or []) >= MAX_RETRY]
+    failed_unqueued = [t.number for t in unqueued if t.number not in exhausted]
     return {
         "trials": len(trials), "states": dict(states), "run twice": sorted(twice), "left RUNNING": states.get("RUNNING", 0),
         "epochs redone": redone, "redone by": redone_by, "failed": states.get("FAIL", 0), "failed, no re-run queued": failed_unqueued,
+        "retries used up": exhausted,
         "tracebacks": tracebacks,
     }
 
@@ -407,7 +412,8 @@ def main() -> None:
           f"({', '.join(f'{k} {v}' for k, v in sorted(tally.faults.items()))}); "
           f"{shape}, grace period {args.grace} s")
     print(f"  trials                     {result['trials']}  {result['states']}")
-    for key in ("run twice", "left RUNNING", "epochs redone", "failed", "failed, no re-run queued", "tracebacks"):
+    for key in ("run twice", "left RUNNING", "epochs redone", "failed", "failed, no re-run queued", "retries used up",
+                "tracebacks"):
         value = result[key]
         print(f"  {key:26} {len(value) if isinstance(value, list) else value}" + (f"  {value}" if isinstance(value, list) and value else ""))
     if result["redone by"]:
