@@ -182,7 +182,7 @@ def _recorder_count(vocab_size: int, every: int, repeats: int = 20) -> None:
     drawn at random): steadier than any A/B on a busy machine."""
     model = _model(vocab_size)
     cfg = TrainConfig(lrs={"embedding": LR, "encoder": LR, "head": LR}, clip_norm=5.0, cycle_len=1, max_epochs=1)
-    optimizer, groups = make_optimizer(model, cfg), model.layer_groups()
+    optimizer, groups = make_optimizer(model, cfg), model.param_groups()
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     recorder = StepRecorder(list(groups), 300, 1)

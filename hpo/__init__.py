@@ -12,6 +12,9 @@ The names below are the library's front door; every command of the CLI is a thin
 
 Example::
 
+    outcome = hpo.optimize("imdb", trials=20, overrides={"train.max_epochs": 2}, log=print)   # hpo optimize
+    outcome.best_trial, outcome.accuracy, outcome.params
+    records = hpo.load_study_records("imdb")          # every trial: epochs, outcome, rates
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
     hpo.diagnose("lightning_logs/version_0/metrics.csv").verdict      # a run made anywhere
@@ -19,10 +22,12 @@ Example::
 
 from hpo.analysis.diagnose import Diagnosis, diagnose
 from hpo.analysis.logs import parse_log, read_log
+from hpo.analysis.trials import load_study_records
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
 from hpo.record import TrialRecord
-from hpo.spec import Spec, load_spec
+from hpo.search.run import OptimizeOutcome, optimize
+from hpo.spec import ModelSpec, Spec, load_spec
 
-__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "Spec", "TrialRecord", "check_divergence", "diagnose", "load_spec",
-           "parse_log", "read_log"]
+__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "ModelSpec", "OptimizeOutcome", "Spec", "TrialRecord",
+           "check_divergence", "diagnose", "load_spec", "load_study_records", "optimize", "parse_log", "read_log"]

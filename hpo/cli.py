@@ -27,12 +27,12 @@ try:
     from hpo.analysis.logs import parse_log, read_log
     from hpo.analysis.plots import lr_find_figure, write_study_figures
     from hpo.analysis.steps import trial_step_figures
-    from hpo.analysis.tensorboard import require_tensorboard
     from hpo.analysis.trials import load_study_data, trial_log
     from hpo.data import load_dataset
     from hpo.errors import HpoError
     from hpo.search.study import find_study, open_study
-    from hpo.search.workers import auto_jobs, quiet_optuna_logging, run_worker, run_workers
+    from hpo.search import run
+    from hpo.search.workers import quiet_optuna_logging
     from hpo.spec import builtin_studies, load_spec
     from hpo.storage.artifacts.cleanup import clean_study
     from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
@@ -43,8 +43,7 @@ try:
     from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
     from hpo.storage.proxy import server as proxy_server
     from hpo.training import lrfind
-    from hpo.training.calibrate import ensure_calibration
-    from hpo.training.device import configure_threads, precision_note, resolve_device
+    from hpo.training.device import configure_threads
     from hpo.training.pretrain import ensure_encoder
 except KeyboardInterrupt:
     print("interrupted while hpo was starting: nothing was done", file=sys.stderr)
@@ -116,33 +115,10 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
     Several workers (--jobs, or this command on several machines with one --storage) share the
     one budget. Running the same command again continues the study.
     """
-    n_jobs = _jobs(jobs)
-    spec = load_spec(study, overrides)
-    if tensorboard:
-
-        require_tensorboard()
-        tensorboard = str(Path(tensorboard).resolve())
-    url, origin = resolve_storage_url(storage)
-    _echo(f"storage: {display_url(url)} ({origin})")
-    # an unreachable database, or a study made with another spec, fails here, before anything is measured;
-    # the study itself is created once the data has loaded, so a bad data.path leaves none behind
-    find_study(spec, open_storage(url))
-    precision, measured, onednn = _calibrate(spec, n_jobs == "auto")
-    note = precision_note(spec.train.precision, resolve_device(spec.train.device))
-    if note:
-        _echo(note)
-    why = ""
-    if n_jobs == "auto":
-        n_jobs, reason = auto_jobs(spec, measured)
-        why = f" (--jobs auto: {reason}; --jobs N to choose)"
+    url, origin = resolve_storage_url(storage)  # for the resume command; optimize() resolves it the same way
     try:
-        if n_jobs > 1:
-            outcome = run_workers(spec, url, trials, n_jobs, timeout=timeout, seed=seed, log=_echo,
-                                  grace_period=grace_period, why=why, precision=precision, onednn=onednn,
-                                  tensorboard=tensorboard)
-        else:
-            outcome = run_worker(spec, url, trials, timeout=timeout, seed=seed, log=_echo, grace_period=grace_period,
-                                 precision=precision, onednn=onednn, tensorboard=tensorboard)
+        outcome = run.optimize(study, trials, storage=storage, overrides=overrides, jobs=_jobs(jobs), seed=seed,
+                               timeout=timeout, log=_echo, grace_period=grace_period, tensorboard=tensorboard)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the running trial was stopped, marked FAIL (failed trials do not count toward "
@@ -152,20 +128,6 @@ def optimize(study: str, trials: int, storage: str | None, timeout: float | None
         )
         sys.exit(130)
     _echo(_summary(outcome, url, origin))
-
-
-def _calibrate(spec: Any, jobs_auto: bool) -> tuple[str | None, int | None, bool]:
-    """(precision for train.precision = auto, worker processes for --jobs auto, oneDNN on) from
-    this machine's calibration (hpo.training.calibrate), measured once per machine and model shape;
-    (None, None, True) when both are given explicitly."""
-    if spec.train.precision != "auto" and not jobs_auto:
-        return None, None, True
-
-    calibration = ensure_calibration(spec, load_dataset(spec.data, _echo), log=_echo)
-    _echo(f"calibration: {calibration.describe()}")
-    # oneDNN was measured per precision: its choice goes with the calibrated precision only
-    jobs = None if calibration.busy else calibration.jobs  # the defaults measured nothing: one per core
-    return calibration.precision, jobs, calibration.mkldnn or spec.train.precision != "auto"
 
 
 def resume_command(study: str, trials: int, overrides: tuple[str, ...], url: str, origin: str, jobs: str) -> str:
@@ -237,10 +199,10 @@ def lr_find(study: str, groups: tuple[str, ...], overrides: tuple[str, ...], ste
     """
 
     spec = load_spec(study, overrides)
-    chosen = list(groups) or list(spec.model.groups)
-    lrfind.check_arguments(spec, chosen, lr_min, lr_max)  # before the data is read
+    lrfind.check_arguments(spec, groups, lr_min, lr_max)  # before the data is read
     configure_threads(spec.train.threads)
     data = load_dataset(spec.data, _echo)
+    chosen = lrfind.groups_to_test(spec, data, groups)
     encoder = _study_encoder(spec, storage, data) if spec.pretrain.epochs else None
     results = []
     for group in chosen:
@@ -276,27 +238,28 @@ def studies() -> None:
         _echo(f"{name:<14} {description}{where}")
 
 
-def _summary(outcome: Any, url: str, origin: str) -> str:
-    t = outcome.tally
-    lines = ["", f"study {outcome.study_name!r}: {t.finished} finished trials ({outcome.ran} run now)"]
+def _summary(outcome: run.OptimizeOutcome, url: str, origin: str) -> str:
+    lines = ["", f"study {outcome.study!r}: {outcome.finished} finished trials ({outcome.ran} run now)"]
     lines.append(
-        f"  complete {t.complete}, pruned-diverged {t.diverged}, pruned-other {t.pruned_other}, failed {t.failed}"
+        f"  complete {outcome.complete}, pruned-diverged {outcome.diverged}, pruned-other {outcome.pruned}, "
+        f"failed {outcome.failed}"
     )
-    if t.best is not None:
-        test = t.best.test_accuracy
+    if outcome.best_trial is not None:
+        test = outcome.test_accuracy
         test_txt = f", test accuracy {test:.4f}" if test is not None else ""
-        lines.append(f"  best: trial {t.best.number}, val accuracy {t.best.accuracy:.4f}{test_txt}, epoch {t.best.best_epoch}")
-        for key, value in sorted(t.best.params.items()):
+        lines.append(f"  best: trial {outcome.best_trial}, val accuracy {outcome.accuracy:.4f}{test_txt}, "
+                     f"epoch {outcome.best_epoch}")
+        for key, value in sorted(outcome.params.items()):
             lines.append(f"    {key} = {value:.4g}" if isinstance(value, float) else f"    {key} = {value}")
     else:
         lines.append("  no trial completed yet")
-    lines.append(f"  storage: {display_url(url)}")
+    lines.append(f"  storage: {outcome.storage}")
     if outcome.artifacts:
         lines.append(f"  artifacts: {outcome.artifacts}")
     # Only a storage given on the command line needs repeating; a password never is.
     where = f" --storage {mask_url(url)}" if origin == "--storage" else ""
-    lines.append(f"  understand it: hpo report --study {outcome.study_name}{where}")
-    lines.append(f"  browse it:     hpo dashboard --study {outcome.study_name}{where}")
+    lines.append(f"  understand it: hpo report --study {outcome.study}{where}")
+    lines.append(f"  browse it:     hpo dashboard --study {outcome.study}{where}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ from hpo.training.models import LSTMClassifier, reverse_within_length
 
 def test_layer_groups_partition_the_parameters():
     model = LSTMClassifier(100, 8, 16, num_layers=2, bidirectional=True)
-    groups = model.layer_groups()
+    groups = model.param_groups()
     assert tuple(groups) == LAYER_GROUPS
     ids = [id(p) for ps in groups.values() for p in ps]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))

@@ -103,7 +103,7 @@ def test_each_group_s_rate_reaches_exactly_its_parameters() -> None:
     lrs = {"embedding": 1e-4, "encoder1": 1e-3, "encoder2": 3e-3, "head": 1e-2}
     cfg = TrainConfig(lrs=lrs, clip_norm=0, cycle_len=1, max_epochs=1, optimizer="sgd")
     optimizer = make_optimizer(model, cfg)
-    groups = model.layer_groups()
+    groups = model.param_groups()
     assert [g["name"] for g in optimizer.param_groups] == list(lrs) == list(groups)
     for g in optimizer.param_groups:
         assert g["lr"] == lrs[g["name"]]
@@ -128,7 +128,7 @@ def test_gradual_unfreezing_freezes_what_it_says(small_spec) -> None:
     spec = small_spec("data.max_train=128", "data.max_valid=64")
     data = load_dataset(spec.data)
     model = _per_layer_model(data.vocab_size)
-    groups = model.layer_groups()
+    groups = model.param_groups()
     lrs = {name: 3e-3 for name in groups}
     snapshots = [{n: [p.detach().clone() for p in ps] for n, ps in groups.items()}]
 

@@ -148,10 +148,14 @@ def test_the_python_api_example_runs_a_study_and_reports_it(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HPO_CACHE_DIR", data_cache_dir)
     monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
-    code = _block_after(DOCS / "guide" / "python.rst", "A study from Python")
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    code = _block_after(DOCS / "guide" / "python.rst", "``hpo.optimize``\n")
     namespace: dict = {}
     exec(compile(code, "docs/guide/python.rst", "exec"), namespace)
-    assert namespace["outcome"].tally.finished == 2
+    outcome = namespace["outcome"]
+    assert outcome.finished == 2 and outcome.ran == 2 and outcome.study == "imdb-python"
     out = capsys.readouterr().out
-    assert "2 finished; best accuracy" in out and "lr_head" in out  # the report's table, per learning rate
+    assert f"storage: sqlite:///{tmp_path / 'hpo-python.db'} (--storage)" in out  # the command's own lines, printed
+    assert out.count("{'lr_embedding': ") == 2  # each trial's record, with its groups' rates
+    assert "lr_head (accuracy" in out  # the report's table, per learning rate
     assert (tmp_path / "hpo-python.db").is_file()

@@ -42,7 +42,10 @@ def test_spec_path_works_as_well_as_a_name(tmp_path):
     [
         ("train.max_epoch=3", ["unknown key 'train.max_epoch'", "max_epochs"]),
         ("trian.max_epochs=3", ["unknown section 'trian'"]),
-        ("space.lr_tail=0.1", ["unknown key 'space.lr_tail'"]),
+        ("space.lr_tail=0.1", ["knobs without a group: space.lr_tail", "(embedding, encoder, head)"]),
+        ("space.foo=0.1", ["unknown key 'space.foo'", "clip_norm"]),
+        ("model.factory=mymodels", ["model.factory = 'mymodels'", "package.module:function"]),
+        ("model.options.kernel=3", ["model.options (kernel)", "built-in LSTM takes none"]),
         ("space.lr_head.low=0.5", ["space.lr_head", "low (0.5) must be below high"]),
         ("space.lr_head.low=0.0", ["space.lr_head", "log range must be above 0"]),
         ("space.clip_norm=-1.0", ["space.clip_norm", "clip norm must be >= 0"]),
@@ -114,10 +117,13 @@ def test_sections_built_directly_validate_themselves(build, key):
 
 def test_per_layer_groups_get_their_own_rates_or_ulmfit_division():
     raw = apply_overrides(load_spec("imdb").to_dict(), ["model.num_layers=3", "model.group_per_layer=true"])
-    with pytest.raises(HpoError, match="unknown key 'space.lr_encoder' .*lr_encoder1, lr_encoder2, lr_encoder3"):
+    # One error with both sides: the groups that lack a rate, and the rate that names no group.
+    with pytest.raises(HpoError, match=r"groups without a knob: encoder1, encoder2, encoder3 \(give space.lr_encoder1, "
+                                       r"space.lr_encoder2, space.lr_encoder3, or space.lr_head and space.lr_div.*"
+                                       r"knobs without a group: space.lr_encoder \(remove them\)"):
         spec_from_dict(raw)
     del raw["space"]["lr_encoder"]
-    with pytest.raises(HpoError, match="give space.lr_encoder1, space.lr_encoder2, space.lr_encoder3, or space.lr_div"):
+    with pytest.raises(HpoError, match="give space.lr_encoder1, space.lr_encoder2, space.lr_encoder3, or space.lr_head and space.lr_div"):
         spec_from_dict(raw)
     del raw["space"]["lr_embedding"]
     raw["space"]["lr_div"] = 2.6
@@ -144,3 +150,31 @@ def test_building_a_sampler_or_opening_a_storage_leaves_warning_filters_alone(tm
     make_sampler(load_spec("imdb").sampler, seed=0)
     open_storage(f"sqlite:///{tmp_path / 'x.db'}", grace_period=10)
     assert warnings.filters == before
+
+
+def test_a_model_factory_defers_its_rates_to_the_built_model_and_round_trips():
+    """A factory's groups are unknown until it is built: any lr_<name> passes here, dropout may be
+    left out, and the factory (a name or, from Python, a function) is stored as its name."""
+    from hpo.spec import BUILTIN_FACTORY
+
+    spec = load_spec("imdb", ["model.factory=mymodels.text:cnn", "space.lr_conv=0.01", "model.options.kernel=5",
+                              "model.options.widths=[3, 4]"])
+    assert spec.model.groups is None and not spec.model.builtin
+    assert spec.model.options == {"kernel": 5, "widths": [3, 4]}
+    assert spec_from_dict(spec.to_dict()) == spec
+    raw = spec.to_dict()
+    del raw["space"]["dropout"]
+    assert "dropout" not in spec_from_dict(raw).space
+    with pytest.raises(HpoError, match="space.dropout is missing"):  # the built-in LSTM still needs it
+        spec_from_dict({**raw, "model": {}})
+    with pytest.raises(HpoError, match="pretrain.epochs pretrains the built-in LSTM"):
+        load_spec("imdb", ["model.factory=mymodels.text:cnn", "pretrain.epochs=1"])
+    assert load_spec("imdb").model.factory == BUILTIN_FACTORY and load_spec("imdb").model.builtin
+
+    from hpo.training.models import lstm
+
+    as_function = ModelSpec(factory=lstm)
+    assert as_function.builtin and as_function.groups == ("embedding", "encoder", "head")
+    assert Spec(name="x", model=as_function, space=load_spec("imdb").space).to_dict()["model"]["factory"] == BUILTIN_FACTORY
+    with pytest.raises(HpoError, match="model.factory"):
+        ModelSpec(factory=lambda v, k, m: None)  # a name no other process could import

@@ -27,9 +27,11 @@ from hpo.analysis.logs import TrainingLog, from_trial_record
 from hpo.errors import HpoError
 from hpo.record import StudyRecord, Tally, TrialRecord, best_trial
 from hpo.spec import DivergenceSpec, Spec, builtin_studies
+from hpo.storage.database.resilient import open_storage
 from hpo.storage.database.studies import load_existing
+from hpo.storage.database.urls import resolve_storage_url
 
-__all__ = ["StudyData", "TrialRecord", "load_study_data", "no_finished_message", "trial_log"]
+__all__ = ["StudyData", "TrialRecord", "load_study_data", "load_study_records", "no_finished_message", "trial_log"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,19 @@ def load_study_data(name: str, storage: optuna.storages.BaseStorage) -> StudyDat
     max_epochs, source = _max_epochs(spec, finished)
     return StudyData(name, finished, dict(states), max_epochs, source, spec, Tally.of(records),
                      stored.classes, stored.class_counts)
+
+
+def load_study_records(study: str, storage: str | optuna.storages.BaseStorage | None = None) -> list[TrialRecord]:
+    """Every trial of ``study``, running and failed ones too, as :class:`~hpo.record.TrialRecord` s
+    in trial-number order: epochs, outcome, parameters and each layer group's rate.
+
+    ``storage``: a database URL (default ``$HPO_STORAGE``, else ``sqlite:///hpo.db``) or an opened
+    storage; a URL is opened read-only, so a mistyped one creates nothing. An HpoError when the
+    study does not exist.
+    """
+    if storage is None or isinstance(storage, str):
+        storage = open_storage(resolve_storage_url(storage)[0], create=False)
+    return [TrialRecord.from_trial(t) for t in load_existing(study, storage).get_trials(deepcopy=False)]
 
 
 def no_finished_message(name: str, states: Mapping[str, int]) -> str:

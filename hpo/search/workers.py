@@ -65,6 +65,7 @@ from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
+from hpo.training.models import check_model
 from hpo.training.pretrain import ensure_encoder
 
 Log = Callable[[str], None]
@@ -200,6 +201,7 @@ def run_worker(
     torch.backends.mkldnn.enabled = onednn
     device = resolve_device(spec.train.device)
     data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+    check_model(spec, data.vocab_size, data.num_classes)  # ...and a model that does not fit its knobs
     study = open_study(spec, storage, seed)
     record.write_classes(study, data.classes, data.class_counts())
     done = tally(study).finished
@@ -256,6 +258,7 @@ def run_workers(
     existing = find_study(spec, storage)
     if existing is None or tally(existing).finished < trials:
         data = load_dataset(spec.data, log)  # bad input fails here, before the study exists
+        check_model(spec, data.vocab_size, data.num_classes)  # ...and a model that does not fit its knobs
         study = open_study(spec, storage, seed)
         record.write_classes(study, data.classes, data.class_counts())
         # pretrain here, on every core, before the workers need it

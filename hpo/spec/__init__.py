@@ -13,9 +13,10 @@ Example::
 """
 
 from hpo.spec.files import apply_overrides, builtin_studies, load_spec, spec_from_dict
-from hpo.spec.knobs import group_lrs, knobs, lr_param
+from hpo.spec.knobs import check_rates, group_lrs, is_rate, knobs, lr_param
 from hpo.spec.params import CategoricalParam, FloatParam, IntParam, Param, SpaceEntry
 from hpo.spec.schema import (
+    BUILTIN_FACTORY,
     LAYER_GROUPS,
     DataSpec,
     DivergenceSpec,
@@ -25,11 +26,12 @@ from hpo.spec.schema import (
     SamplerSpec,
     Spec,
     TrainSpec,
+    factory_name,
     layer_groups,
 )
 
 __all__ = [
-    "LAYER_GROUPS", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
+    "BUILTIN_FACTORY", "LAYER_GROUPS", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
     "PrunerSpec", "SamplerSpec", "SpaceEntry", "Spec", "TrainSpec", "apply_overrides", "builtin_studies",
-    "group_lrs", "knobs", "layer_groups", "load_spec", "lr_param", "spec_from_dict",
+    "check_rates", "factory_name", "group_lrs", "is_rate", "knobs", "layer_groups", "load_spec", "lr_param", "spec_from_dict",
 ]

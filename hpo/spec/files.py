@@ -80,7 +80,7 @@ def _read_spec_text(name_or_path: str) -> tuple[str, str]:
     )
 
 
-def load_spec(name_or_path: str, overrides: Sequence[str] = ()) -> Spec:
+def load_spec(name_or_path: str, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Spec:
     """Read a spec, apply ``KEY=VALUE`` overrides and validate the result."""
     text, origin = _read_spec_text(name_or_path)
     try:
@@ -91,14 +91,22 @@ def load_spec(name_or_path: str, overrides: Sequence[str] = ()) -> Spec:
     return spec_from_dict(apply_overrides(raw, overrides))
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``dotted.key=toml_value`` applied in order."""
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``dotted.key=toml_value`` applied in order; or, from
+    Python, each ``{dotted.key: value}`` (the value as it is, not parsed)."""
     out = copy.deepcopy(dict(raw))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise HpoError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.max_epochs=2")
+    if isinstance(overrides, Mapping):
+        pairs = [(str(key).strip(), value) for key, value in overrides.items()]
+    else:
+        pairs = []
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise HpoError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.max_epochs=2")
+            pairs.append((key.strip(), _parse_value(text.strip())))
+    for key, value in pairs:
+        if not key:
+            raise HpoError("an override's key is empty: use a dotted key such as train.max_epochs")
         parts = key.split(".")
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -109,7 +117,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
                 # space.lr_head=0.01 then space.lr_head.high=...: a constant has no sub-keys
                 raise HpoError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a table")
             node = child
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = copy.deepcopy(value)
     return out
 
 

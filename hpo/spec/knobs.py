@@ -60,26 +60,62 @@ def knobs(groups: Sequence[str]) -> dict[str, Knob]:
     return {**rates, **STATIC_KNOBS}
 
 
-def check_space(space: Mapping[str, SpaceEntry], groups: Sequence[str]) -> None:
-    """Every ``[space]`` entry is a known knob with allowed values, and the rates are complete."""
-    table = knobs(groups)
+def is_rate(key: str) -> bool:
+    """Whether a ``[space]`` key is a layer group's learning rate (``lr_<group>``; ``lr_div`` is not)."""
+    return key.startswith("lr_") and key != "lr_div" and len(key) > len("lr_")
+
+
+def check_space(space: Mapping[str, SpaceEntry], groups: Sequence[str] | None) -> None:
+    """Every ``[space]`` entry is a known knob with allowed values, and the rates match the groups.
+
+    ``groups``: the model's layer groups; None for a model factory's, which are known only once the
+    model is built: :func:`check_rates` runs then, before training. Such a model may leave
+    ``dropout`` out (its own dropout stays as it built it).
+    """
     for key, entry in space.items():
-        if key not in table:
-            raise HpoError(f"spec: unknown key 'space.{key}' (tunable: {', '.join(table)})")
-        _check_values(table[key], entry)
-    for knob in table.values():
-        if knob.required and knob.name not in space:
+        knob = STATIC_KNOBS.get(key) or (Knob(key, _RATE[1], _RATE[0]) if is_rate(key) else None)
+        if knob is None:
+            rates = ", ".join(lr_param(g) for g in groups) if groups is not None else "lr_<group> per layer group"
+            raise HpoError(f"spec: unknown key 'space.{key}' (tunable: {rates}, {', '.join(STATIC_KNOBS)})")
+        _check_values(knob, entry)
+    for knob in STATIC_KNOBS.values():
+        if knob.required and knob.name not in space and not (groups is None and knob.name == "dropout"):
             raise HpoError(f"spec: space.{knob.name} is missing: give a distribution or a constant")
-    lower = [lr_param(g) for g in groups if g != "head"]
-    given = [name for name in lower if name in space]
-    if "lr_div" in space and given:
-        raise HpoError(f"spec: space.lr_div excludes {', '.join('space.' + n for n in given)}")
-    if "lr_div" not in space and len(given) < len(lower):
-        missing = ", ".join(f"space.{n}" for n in lower if n not in space)
-        raise HpoError(
-            f"spec: give {missing}, or space.lr_div (each group one level below the head at "
-            "lr_head / lr_div more: the encoder at lr_head / lr_div, the embedding at lr_head / lr_div**2)"
-        )
+    if groups is not None:
+        check_rates(space, groups)
+
+
+def check_rates(space: Mapping[str, SpaceEntry], groups: Sequence[str], model: str = "the model") -> None:
+    """The learning rates of ``[space]`` name each layer group of the model once, and nothing else:
+    ``lr_<group>`` for every group, or ``lr_head`` and ``lr_div`` (ULMFiT's discriminative rates).
+    A mismatch is one HpoError listing both sides: groups without a knob, knobs without a group.
+    """
+    given = [k for k in space if is_rate(k)]
+    wanted = [lr_param(g) for g in groups]
+    listed = f"the layer groups of {model} ({', '.join(groups)})"
+    if "lr_div" in space:
+        if "head" not in groups:
+            raise HpoError(f"spec: space.lr_div divides lr_head per level below a group named 'head', not one of {listed}: "
+                           f"give {', '.join('space.' + w for w in wanted)} instead")
+        lower = [k for k in given if k in wanted and k != "lr_head"]
+        if lower:
+            raise HpoError(f"spec: space.lr_div excludes {', '.join('space.' + n for n in lower)} "
+                           f"(each group below the head gets lr_head / lr_div per level)")
+        wanted = ["lr_head"]
+    missing = [w for w in wanted if w not in space]
+    extra = [k for k in given if k not in wanted]
+    if not missing and not extra:
+        return
+    sides = []
+    if missing:
+        ulmfit = "lr_div" not in space and "head" in groups and len(groups) > 1
+        sides.append(f"groups without a knob: {', '.join(w[len('lr_'):] for w in missing)} "
+                     f"(give {', '.join('space.' + w for w in missing)}"
+                     + (", or space.lr_head and space.lr_div: each group one level further below the head at "
+                        "lr_head / lr_div once more)" if ulmfit else ")"))
+    if extra:
+        sides.append(f"knobs without a group: {', '.join('space.' + k for k in extra)} (remove them)")
+    raise HpoError(f"spec: [space]'s learning rates do not match {listed}: {'; '.join(sides)}")
 
 
 def _check_values(knob: Knob, entry: SpaceEntry) -> None:
@@ -98,8 +134,8 @@ def _check_values(knob: Knob, entry: SpaceEntry) -> None:
 
 def group_lrs(values: Mapping[str, Any], groups: Sequence[str]) -> dict[str, float]:
     """Peak learning rate per layer group, from explicit rates or ``lr_head / lr_div**depth``."""
-    head = float(values[lr_param("head")])
     if "lr_div" in values:
+        head = float(values[lr_param("head")])
         div = float(values["lr_div"])
         depth = {g: len(groups) - 1 - i for i, g in enumerate(groups)}
         return {g: head / div ** depth[g] for g in groups}

@@ -13,8 +13,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from hpo.errors import HpoError
 from hpo.spec.knobs import check_space
@@ -94,20 +95,61 @@ def layer_groups(num_layers: int = 1, per_layer: bool = False) -> tuple[str, ...
 LAYER_GROUPS = layer_groups()  # the default model's
 
 
+# The built-in LSTM classifier's factory (hpo.training.models.lstm): the default model.
+BUILTIN_FACTORY = "hpo.training.models:lstm"
+_FACTORY_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def factory_name(factory: str | Callable[..., Any]) -> str:
+    """A model factory as the spec stores it: ``"package.module:function"``, also for a function."""
+    if isinstance(factory, str):
+        return factory
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """The classifier: the built-in LSTM's shape, or a model factory of your own and its options.
+
+    ``factory``: the function that builds the model, ``"package.module:function"`` (importable
+    where the workers run) or, from Python, the function itself; it gets the vocabulary size, the
+    number of classes and this section, and returns a torch module whose ``forward(tokens,
+    lengths)`` gives logits and whose ``param_groups()`` names its layer groups (one ``lr_<group>``
+    knob each). The default is the built-in LSTM. ``options``: your factory's own settings, passed
+    through untouched as ``model.options`` (``[model.options]`` in a spec file, ``--set
+    model.options.KEY=VALUE``); the built-in LSTM takes none.
+    """
+
     embedding_dim: int = 100
     hidden_size: int = 128
     num_layers: int = 1
     bidirectional: bool = False
     group_per_layer: bool = False  # each LSTM layer its own layer group (encoder1, encoder2...)
+    factory: str | Callable[..., Any] = BUILTIN_FACTORY
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive(self, "model", "embedding_dim", "hidden_size", "num_layers")
+        name = factory_name(self.factory)
+        _require("model", {
+            "factory": ((callable(self.factory) or _FACTORY_NAME.fullmatch(name) is not None) and "<" not in name,
+                        f"= {name!r} is not 'package.module:function' (nor, from Python, a module-level function)"),
+            "options": (isinstance(self.options, Mapping) and all(isinstance(k, str) for k in self.options),
+                        "must be a table of your factory's settings"),
+        })
+        if self.builtin and self.options:
+            raise HpoError(f"spec: model.options ({', '.join(self.options)}) are a model factory's settings; "
+                           "the built-in LSTM takes none (its settings are model.embedding_dim, hidden_size, ...)")
 
     @property
-    def groups(self) -> tuple[str, ...]:
-        return layer_groups(self.num_layers, self.group_per_layer)
+    def builtin(self) -> bool:
+        """Whether this is the built-in LSTM, whose layer groups are known without building it."""
+        return factory_name(self.factory) == BUILTIN_FACTORY
+
+    @property
+    def groups(self) -> tuple[str, ...] | None:
+        """The built-in LSTM's layer groups; None for a factory's, known once the model is built."""
+        return layer_groups(self.num_layers, self.group_per_layer) if self.builtin else None
 
 
 @dataclass(frozen=True)
@@ -257,6 +299,9 @@ class Spec:
         if not isinstance(self.name, str) or not self.name:
             raise HpoError("spec: 'name' must be a non-empty string")
         check_space(self.space, self.model.groups)
+        if self.pretrain.epochs and not self.model.builtin:
+            raise HpoError("spec: pretrain.epochs pretrains the built-in LSTM's encoder; a model factory's model "
+                           "trains from its own weights (pretrain.epochs = 0)")
         if self.pretrain.epochs and self.model.bidirectional:
             raise HpoError("spec: pretrain.epochs needs model.bidirectional = false (a language model reads forwards)")
         if self.sampler.type == "grid":
@@ -269,6 +314,7 @@ class Spec:
         """Plain data (TOML/JSON-able) that round-trips through :func:`~hpo.spec.spec_from_dict`."""
         out = dataclasses.asdict(self)
         out["space"] = {k: entry_to_dict(v) for k, v in self.space.items()}
+        out["model"]["factory"] = factory_name(self.model.factory)
         if out["sampler"]["seed"] is None:
             del out["sampler"]["seed"]
         return out

@@ -40,11 +40,11 @@ from typing import Any, Callable
 import torch
 
 from hpo.data import Dataset, cache_dir, iter_batches
-from hpo.spec import Spec
+from hpo.spec import Spec, factory_name
 from hpo.storage.database.locks import file_lock
 from hpo.training.config import TrainConfig
 from hpo.training.device import available_cores, native_bf16, resolve_device
-from hpo.training.models import build_model
+from hpo.training.models import build_model, groups_of
 from hpo.training.step import classifier_loss, make_optimizer, update
 
 Log = Callable[[str], None]
@@ -120,6 +120,8 @@ def calibration_key(spec: Spec, device: torch.device) -> str:
     m, d = spec.model, spec.data
     shape = {"model": [m.embedding_dim, m.hidden_size, m.num_layers, m.bidirectional], "batch": d.batch_size,
              "max_len": d.max_len, "format": FORMAT}
+    if not m.builtin:  # another model: its own timing (the built-in LSTM's keys stay as they were)
+        shape["factory"] = [factory_name(m.factory), dict(m.options)]
     blob = json.dumps({"machine": fingerprint(device), "shape": shape}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -152,7 +154,7 @@ def measure(spec: Spec, data: Dataset, candidate: Candidate, device: torch.devic
     torch.backends.mkldnn.enabled = candidate.mkldnn
     try:
         model = build_model(spec, data.vocab_size, 0.1, seed=0, num_classes=data.num_classes).to(device)
-        groups = model.layer_groups()
+        groups = groups_of(model)
         cfg = TrainConfig(lrs=dict.fromkeys(groups, 1e-3), clip_norm=0.0, cycle_len=1, max_epochs=1)
         optimizer = make_optimizer(model, cfg)
         batches = _batches(data, spec.data.batch_size)

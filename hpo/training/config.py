@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from hpo.spec import Spec
 from hpo.spec.knobs import cycle_epochs, group_lrs
@@ -38,15 +38,26 @@ class TrainConfig:
     telemetry_every: int = 0  # step telemetry every k steps; 0: k for at most ~200 samples an epoch; -1: off
 
 
-def train_config(spec: Spec, values: Mapping[str, Any], precision: str | None = None) -> TrainConfig:
+def trial_seed(spec: Spec, values: Mapping[str, Any]) -> int:
+    """A trial's seed: its ``seed`` knob when the space has one, else ``train.seed``."""
+    return int(values.get("seed", spec.train.seed))
+
+
+def train_config(spec: Spec, values: Mapping[str, Any], precision: str | None = None,
+                 groups: Sequence[str] | None = None) -> TrainConfig:
     """The training loop's configuration for one trial's knob ``values`` (sampled or fixed).
 
     ``precision``: what the machine's calibration chose for ``train.precision = "auto"``.
+    ``groups``: the model's layer groups, bottom to top (:func:`hpo.training.models.groups_of`);
+    needed for a model factory's model, whose groups the spec cannot know.
     """
     t = spec.train
     cycle_len = int(values["cycle_len"])
+    groups = groups if groups is not None else spec.model.groups
+    if groups is None:
+        raise ValueError("train_config: a model factory's layer groups come from the model: pass groups=")
     return TrainConfig(
-        lrs=group_lrs(values, spec.model.groups),
+        lrs=group_lrs(values, groups),
         clip_norm=float(values["clip_norm"]),
         cycle_len=cycle_len,
         cycle_mult=t.cycle_mult,
@@ -59,6 +70,6 @@ def train_config(spec: Spec, values: Mapping[str, Any], precision: str | None = 
         batch_size=spec.data.batch_size,
         bucket_batches=spec.data.bucket_batches,
         precision=precision or t.precision,
-        seed=int(values.get("seed", t.seed)),
+        seed=trial_seed(spec, values),
         telemetry_every=t.telemetry_every,
     )

@@ -41,6 +41,7 @@ from hpo.divergence import DivergenceMonitor
 from hpo.record import EpochRecord, Verdict
 from hpo.training.config import TrainConfig
 from hpo.training.device import resolve_device
+from hpo.training.models import groups_of
 from hpo.training.schedule import sgdr_factor
 from hpo.training.step import classifier_loss, make_optimizer, predictions, update
 from hpo.training.telemetry import StepRecorder, StepTelemetry
@@ -174,7 +175,7 @@ def train(
     device = device or resolve_device()
     model.to(device)
     optimizer = make_optimizer(model, cfg)
-    groups = model.layer_groups()
+    groups = groups_of(model)
     group_names = list(groups)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     starts = first_epochs(group_names, cfg.unfreeze_every)

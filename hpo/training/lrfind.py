@@ -42,9 +42,9 @@ from hpo.spec import (
     Spec,
     spec_from_dict,
 )
-from hpo.training.config import train_config
+from hpo.training.config import train_config, trial_seed
 from hpo.training.device import resolve_device
-from hpo.training.models import build_model
+from hpo.training.models import build_model, check_model, groups_of
 from hpo.training.step import classifier_loss, make_optimizer, update
 
 MIN_STEPS = 10  # before this, a noisy start is not a blow-up
@@ -105,27 +105,41 @@ def middle_value(entry: SpaceEntry) -> Any:
     return entry
 
 
-def check_arguments(spec: Spec, groups: Sequence[str], lr_min: float, lr_max: float) -> None:
-    """An HpoError for a group the model does not have or a rate range that is not one."""
+def check_arguments(spec: Spec, groups: Sequence[str], lr_min: float, lr_max: float,
+                    model_groups: Sequence[str] | None = None) -> None:
+    """An HpoError for a group the model does not have or a rate range that is not one.
+
+    ``model_groups``: the built model's groups; without them, the spec's (None for a model
+    factory's: its groups are checked once the model is built).
+    """
+    known = model_groups if model_groups is not None else spec.model.groups
     for group in groups:
-        if group not in spec.model.groups:
-            raise HpoError(f"no layer group {group!r}; the groups are {', '.join(spec.model.groups)}")
+        if known is not None and group not in known:
+            raise HpoError(f"no layer group {group!r}; the groups are {', '.join(known)}")
     if not 0 < lr_min < lr_max:
         raise HpoError(f"--lr-min {lr_min} and --lr-max {lr_max}: need 0 < lr-min < lr-max")
+
+
+def groups_to_test(spec: Spec, data: Any, groups: Sequence[str] = ()) -> list[str]:
+    """The groups ``hpo lr-find`` tests: those asked for, else every layer group of the model."""
+    known = check_model(spec, data.vocab_size, data.num_classes)
+    check_arguments(spec, groups, 1.0, 2.0, known)
+    return list(groups) or list(known)
 
 
 def range_test(spec: Spec, data: Any, group: str, steps: int = 200, lr_min: float = 1e-6, lr_max: float = 10.0,
                blowup: float = 4.0, device: torch.device | None = None, encoder: Any = None) -> RangeTest:
     """Run the range test for ``group`` (see the module docstring)."""
-    check_arguments(spec, [group], lr_min, lr_max)
     values = {name: middle_value(entry) for name, entry in spec.space.items()}
-    cfg = train_config(spec, values)
     device = device or resolve_device(spec.train.device)
-    model = build_model(spec, data.vocab_size, float(values.get("dropout", 0.0)), encoder, cfg.seed,
+    dropout = float(values["dropout"]) if "dropout" in values else None
+    model = build_model(spec, data.vocab_size, dropout, encoder, trial_seed(spec, values),
                         num_classes=data.num_classes).to(device)
+    groups = groups_of(model)
+    check_arguments(spec, [group], lr_min, lr_max, list(groups))
+    cfg = train_config(spec, values, groups=list(groups))
     model.train()
     optimizer = make_optimizer(model, cfg)
-    groups = model.layer_groups()
     rates = lr_min * (lr_max / lr_min) ** (np.arange(steps) / max(steps - 1, 1))
     lrs, raw, smooth = [], [], []
     avg, best = 0.0, math.inf

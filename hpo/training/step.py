@@ -8,7 +8,7 @@ clipping) identical to what the range test and the benchmark run.
 Example::
 
     optimizer = make_optimizer(model, cfg)
-    groups = model.layer_groups()
+    groups = groups_of(model)
     logits, loss = classifier_loss(model, batch, device, cfg.precision)
     stats = update(loss, optimizer, groups, cfg.clip_norm)      # stats.norms: per group, before clipping
 """
@@ -25,6 +25,7 @@ from hpo.data import Batch
 from hpo.errors import HpoError
 from hpo.training.config import TrainConfig
 from hpo.training.device import autocast
+from hpo.training.models import groups_of
 
 Groups = Mapping[str, list[torch.nn.Parameter]]
 
@@ -42,7 +43,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     """One parameter group per layer group (named, at its peak rate), AdamW or SGD with momentum."""
     groups = [
         {"params": params, "lr": cfg.lrs[name], "name": name}
-        for name, params in model.layer_groups().items()
+        for name, params in groups_of(model).items()
     ]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
