@@ -248,6 +248,8 @@ class Progress(TrialListener):
         if rerun_of is not None and rerun_of != trial.number:
             where = f"resumes at epoch {resumed_at} from its checkpoint" if resumed_at else \
                 "starts from the first epoch (no checkpoint was saved)"
+            if resumed_at is not None and self.max_epochs and resumed_at > self.max_epochs:
+                where = f"its {self.max_epochs} epochs were done: it finishes from its checkpoint"
             self.log(f"trial {trial.number}: re-run of interrupted trial {rerun_of}, same parameters; {where}")
 
     def epoch_finished(self, trial: optuna.Trial, row: EpochRecord, max_epochs: int, verdict: Verdict | None) -> None:
