@@ -540,7 +540,7 @@ def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -
             os.killpg(proc.pid, signal.SIGKILL)
     output = log.read_text()
     assert code == 130 and "Traceback" not in output, output
-    assert output.strip().splitlines()[-1] in ("interrupted while hpo was starting: nothing was done", "interrupted"), output
+    assert output.strip().splitlines()[-1].startswith("interrupted"), output  # one message: what was done, how to resume
 
 
 def _swallows_ctrl_c(trial: optuna.Trial) -> float:
