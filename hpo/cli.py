@@ -30,6 +30,7 @@ try:
     from hpo.analysis.trials import load_study_data, trial_log
     from hpo.data import load_dataset
     from hpo.errors import HpoError
+    from hpo.export import export_model, format_predictions, load_model, progress_printer, read_texts
     from hpo.search.study import find_study, open_study
     from hpo.search import run
     from hpo.search.workers import quiet_optuna_logging
@@ -65,7 +66,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.version_option(package_name="hpo")
 def main() -> None:
-    """Find stable, accurate training settings for recurrent text classifiers."""
+    """Find stable, accurate training settings for text classifiers."""
     quiet_optuna_logging()
 
 
@@ -304,6 +305,43 @@ def report(study: str, storage: str | None, fmt: str) -> None:
     built = reports.build_report(load_study_data(study, opened))
     built = dataclasses.replace(built, artifacts=usage_summary(optuna.load_study(study_name=study, storage=opened)))
     _echo(reports.render(built, fmt))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
+@click.option("--trial", "trial_number", type=click.IntRange(min=0), default=None, help="This trial (default: the study's best).")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="An ensemble of the top K trials, averaging their probabilities (at most artifacts.keep_best).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The model file to write, e.g. model.pt.")
+def export(study: str, storage: str | None, trial_number: int | None, top: int | None, out: str) -> None:
+    """Write the model a study found to one self-contained file, for hpo predict or hpo.load_model.
+
+    It holds the kept best-epoch weights (artifacts.keep_best), the vocabulary, the tokenizer
+    settings, the class names, the spec and the trial's parameters: no database is needed to use it.
+    """
+    opened = load_existing(study, _read_storage(storage))
+    _echo(export_model(opened, out, trial_number, top).describe())
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A file from hpo export.")
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.Path(dir_okay=False), default=None,
+              help="A CSV file with a header row (.tsv: tab-separated), one text per row.")
+@click.option("--text-column", default="text", show_default=True, help="The column of --file that holds the texts.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Texts per batch (default: as evaluation).")
+@click.option("--device", default=None, help="cpu or cuda[:N] (default: CUDA when present).")
+def predict(model_path: str, texts: tuple[str, ...], text_file: str | None, text_column: str, fmt: str,
+            batch_size: int | None, device: str | None) -> None:
+    """Label and probability of each TEXT (or each row of --file) by a model from hpo export."""
+    items = list(texts) + (read_texts(text_file, text_column) if text_file else [])
+    if not items:
+        raise HpoError("nothing to predict: give texts as arguments or --file F.csv [--text-column C]")
+    model = load_model(model_path, device)
+    progress = progress_printer(lambda m: click.echo(m, err=True)) if len(items) > 10 * (batch_size or 128) else None
+    _echo(format_predictions(items, model.predict(items, batch_size, progress), model.classes, fmt))
 
 
 @main.command()
