@@ -252,14 +252,14 @@ def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: thre
                                 tls=tls.ssl_context() if tls is not None else None,
                                 refused=refusals.refused)  # HpoError if taken
     server.start()
+    stop = threading.Event()  # before the line that says it serves: a SIGTERM right after it stops it cleanly
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     shown = f"[{host}]" if ":" in host else host
     access = "token required" if token is not None else "NO TOKEN: anyone who reaches the ports may change every study"
     tls_note = "TLS" if tls is not None else "no TLS"
     log(f"storage proxy: grpc://{shown}:{port} -> {display_url(url)} (workers: --storage grpc://HOST:{port}"
         f"{'?tls=1' if tls is not None else ''}); artifacts: http{'s' if tls is not None else ''}://{shown}:{artifact_port}; "
         f"{access}, {tls_note}; trials silent for {grace_period} s are re-run")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if ready is not None:
         ready.set()
     interval = heartbeat_interval(grace_period)
