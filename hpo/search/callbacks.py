@@ -11,6 +11,8 @@ after each trial, in order), and, for what happens while a trial runs, as the ob
   report's reading and links to the top figures (throttled; never fails a trial);
 * :class:`CheckpointCleanup`: a finished trial's checkpoints are deleted (a FAILed one keeps
   them: its re-run resumes from them);
+* :class:`KeepBest`: after each trial, the weights of trials that left the study's top
+  ``artifacts.keep_best`` are deleted (:mod:`hpo.storage.artifacts.retention`);
 * :class:`Budget`: stops the study once it has its budget of finished trials;
 * :class:`Progress`: one line per epoch and per trial, with estimates of the time left.
 
@@ -42,6 +44,7 @@ from hpo.analysis.trials import load_study_data
 from hpo.record import EpochRecord, Tally, TrialRecord, Verdict
 from hpo.search.objective import TrialListener
 from hpo.search.study import FINISHED, LiveTally
+from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.optuna_private import storage_of
 from hpo.training.checkpoints import TrialCheckpoints
 from hpo.training.cores import CoreShare
@@ -183,6 +186,24 @@ class CheckpointCleanup:
             TrialCheckpoints(store, key).remove()
 
 
+class KeepBest:
+    """Deletes the kept weights of finished trials outside the study's top ``keep``, after every
+    trial (whichever worker ran it: the sweep is safe from any of them at any time)."""
+
+    def __init__(self, objective: Any, keep: int) -> None:
+        self.objective = objective
+        self.keep = keep
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        store = self.objective.store
+        if store is None:
+            return
+        try:
+            sweep_weights(study, store, self.keep)
+        except Exception as exc:  # a broken store: the next sweep (or hpo clean) tries again
+            logger.warning("kept weights not swept: %s", exc)
+
+
 class Budget:
     """Stops ``study.optimize`` once the study has ``budget`` finished trials (all workers together).
 
@@ -227,6 +248,8 @@ class Progress(TrialListener):
         if rerun_of is not None and rerun_of != trial.number:
             where = f"resumes at epoch {resumed_at} from its checkpoint" if resumed_at else \
                 "starts from the first epoch (no checkpoint was saved)"
+            if resumed_at is not None and self.max_epochs and resumed_at > self.max_epochs:
+                where = f"its {self.max_epochs} epochs were done: it finishes from its checkpoint"
             self.log(f"trial {trial.number}: re-run of interrupted trial {rerun_of}, same parameters; {where}")
 
     def epoch_finished(self, trial: optuna.Trial, row: EpochRecord, max_epochs: int, verdict: Verdict | None) -> None:

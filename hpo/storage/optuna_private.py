@@ -13,6 +13,8 @@ see at a glance what hpo relies on:
   that the resilient storage may simply run again after a connection error;
 * :func:`rdb_models`, :func:`grpc_servicer`, :func:`grpc_api`: the proxy finds stale trials with
   one query over Optuna's own tables and answers heartbeats in Optuna's own servicer;
+* :func:`use_grpc_channel`: Optuna's gRPC client opens a plain channel that sends no metadata;
+  hpo's client talks to the proxy over its own (TLS, the proxy's token on every call);
 * :func:`backend_of`: Optuna's cache wraps the RDB storage in ``_backend``;
 * :func:`rdb_of`, :func:`count_trials_by_state`, :func:`study_system_attrs_by_key`, :func:`rewrite_study_system_attrs`: reads Optuna's API
   has only whole: its storages give a study's trials with every attribute and its system
@@ -44,7 +46,8 @@ import sqlalchemy
 from sqlalchemy import func, inspect
 
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
-           "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_id", "set_value_in", "storage_of", "study_id",
+           "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
+           "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_id", "set_value_in", "storage_of", "study_id",
            "trial_id"]
 
 # The RDBStorage methods that open a database session and may simply run again after a connection
@@ -173,6 +176,20 @@ def grpc_api() -> tuple[Any, Any]:
     from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 
     return api_pb2, api_pb2_grpc
+
+
+def use_grpc_channel(client: Any, channel: Any) -> None:
+    """Points Optuna's ``GrpcStorageProxy`` ``client`` at ``channel``, with a fresh stub and cache.
+
+    Its ``_setup`` opens an insecure channel of its own; hpo's subclass overrides ``_setup`` and
+    calls this instead (also after unpickling, which runs ``_setup`` again).
+    """
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.client import GrpcClientCache
+
+    client._channel = channel
+    client._stub = api_pb2_grpc.StorageServiceStub(channel)
+    client._cache = GrpcClientCache(client._stub)
 
 
 def rdb_session(storage: Any) -> Any:
