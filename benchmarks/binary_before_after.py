@@ -7,7 +7,7 @@ file, the data cache shared (the packaged reviews' cache key did not change). It
 trial's record: the sampled parameters (must be equal), validation accuracy per epoch, test
 accuracy, and seconds per epoch. Alternating the runs spreads the machine's other load over both.
 
-    git archive 977246d | tar -x -C /tmp/hpo-before
+    git archive fedfb6f | tar -x -C /tmp/hpo-before      # main just before the data branch landed
     python benchmarks/binary_before_after.py --before /tmp/hpo-before --repeats 2 \\
         --set data.max_train=2000 --set train.max_epochs=2
 """
