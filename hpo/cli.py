@@ -6,41 +6,49 @@ Every command is a thin shell over functions that are usable and tested without 
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import sys
-from pathlib import Path
-from typing import Any
 
-import click
-import optuna
+# Loading the command line imports torch, Optuna and SQLAlchemy: seconds on a busy machine. A Ctrl-C
+# in that time would end in Python's traceback of the import; it ends as one after start-up does.
+try:
+    import dataclasses
+    import shlex
+    from pathlib import Path
+    from typing import Any
 
-from hpo.analysis import dashboard as dashboard_app
-from hpo.analysis import replay as replays
-from hpo.analysis import report as reports
-from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
-from hpo.analysis.importance import format_importance, param_importances
-from hpo.analysis.logs import parse_log, read_log
-from hpo.analysis.plots import lr_find_figure, write_study_figures
-from hpo.analysis.steps import trial_step_figures
-from hpo.analysis.trials import load_study_data, trial_log
-from hpo.data import load_dataset
-from hpo.errors import HpoError
-from hpo.export import export_model, format_predictions, load_model, progress_printer, read_texts
-from hpo.search.study import find_study, open_study
-from hpo.search import run
-from hpo.search.workers import quiet_optuna_logging
-from hpo.spec import builtin_studies, load_spec
-from hpo.storage.artifacts.cleanup import clean_study
-from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
-from hpo.storage.artifacts.usage import usage, usage_summary
-from hpo.storage.database.resilient import open_storage
-from hpo.storage.database.studies import load_existing
-from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
-from hpo.storage.proxy import server as proxy_server
-from hpo.training import lrfind
-from hpo.training.device import configure_threads
-from hpo.training.pretrain import ensure_encoder
+    import click
+    import optuna
+
+    from hpo.analysis import dashboard as dashboard_app
+    from hpo.analysis import replay as replays
+    from hpo.analysis import report as reports
+    from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
+    from hpo.analysis.importance import format_importance, param_importances
+    from hpo.analysis.logs import parse_log, read_log
+    from hpo.analysis.plots import lr_find_figure, write_study_figures
+    from hpo.analysis.steps import trial_step_figures
+    from hpo.analysis.trials import load_study_data, trial_log
+    from hpo.data import load_dataset
+    from hpo.errors import HpoError
+    from hpo.export import export_model, format_predictions, load_model, progress_printer, read_texts
+    from hpo.search.study import find_study, open_study
+    from hpo.search import run
+    from hpo.search.workers import quiet_optuna_logging
+    from hpo.spec import builtin_studies, load_spec
+    from hpo.storage.artifacts.cleanup import clean_study
+    from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
+    from hpo.storage.artifacts.usage import usage, usage_summary
+    from hpo.storage.database.proxy_auth import server_tls
+    from hpo.storage.database.resilient import open_storage
+    from hpo.storage.database.studies import load_existing
+    from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
+    from hpo.storage.proxy import server as proxy_server
+    from hpo.training import lrfind
+    from hpo.training.device import configure_threads
+    from hpo.training.pretrain import ensure_encoder
+except KeyboardInterrupt:
+    print("interrupted while hpo was starting: nothing was done", file=sys.stderr)
+    sys.exit(130)
 
 
 class _Group(click.Group):
@@ -50,12 +58,15 @@ class _Group(click.Group):
         except HpoError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # one the command does not explain itself (optimize does, once trials run)
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="hpo")
 def main() -> None:
-    """Find stable, accurate training settings for recurrent text classifiers."""
+    """Find stable, accurate training settings for text classifiers."""
     quiet_optuna_logging()
 
 
@@ -410,18 +421,24 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
 
 @main.command("storage-proxy")
 @_STORAGE
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; the proxy has no login and no TLS.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; another than loopback needs the token ($HPO_PROXY_TOKEN[_FILE]) or --insecure.")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
 @click.option("--artifact-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the study database's artifact store over HTTP  [default: --port + 1, where workers look]")
 @click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
               help="Seconds without a heartbeat after which a proxied worker's trial is failed and re-run ($HPO_GRACE_PERIOD).")
-def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int | None, grace_period: int) -> None:
+@click.option("--tls-cert", default=None, metavar="PEM", help="Serve both ports over TLS with this certificate (chain); with --tls-key.")
+@click.option("--tls-key", default=None, metavar="PEM", help="The certificate's private key.")
+@click.option("--insecure", is_flag=True, help="Serve a non-loopback --host without a token (a network you trust).")
+def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int | None, grace_period: int,
+                  tls_cert: str | None, tls_key: str | None, insecure: bool) -> None:
     """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT),
-    with heartbeats and the database's artifact store."""
+    with heartbeats and the database's artifact store, to clients presenting $HPO_PROXY_TOKEN (or the
+    file $HPO_PROXY_TOKEN_FILE)."""
     url, _ = resolve_storage_url(storage)
     proxy_server.serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()), artifact_port=artifact_port,
-          grace_period=grace_period)
+                       grace_period=grace_period, tls=server_tls(tls_cert, tls_key), insecure=insecure)
 
 
 @main.command("diagnose")

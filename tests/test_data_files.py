@@ -128,9 +128,10 @@ def test_a_text_longer_than_the_csv_modules_default_field_limit_is_read(reviews,
     assert 1 in plan.kept
 
 
-def test_parquet_without_pyarrow_names_the_extra(tmp_path):
-    if importlib.util.find_spec("pyarrow") is not None:
-        pytest.skip("pyarrow is installed here: the missing-extra message cannot be shown")
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    # None in sys.modules makes `import pyarrow.parquet` fail as it does where pyarrow is not installed
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "r.parquet"
     path.write_bytes(b"PAR1")
     with pytest.raises(HpoError, match=r"pip install 'hpo\[parquet\]'"):

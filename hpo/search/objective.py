@@ -8,10 +8,10 @@ trial stops and ends PRUNED carrying it. Otherwise ``trial.should_prune()`` asks
 pruner (median by default), which judges underperformance only. When the trial ends, its
 :class:`~hpo.record.Outcome` is written once.
 
-After every epoch but the last the trial saves a checkpoint in the study's artifact store
+After every epoch, the last one too, the trial saves a checkpoint in the study's artifact store
 (:mod:`hpo.training.checkpoints`), before the epoch is recorded or announced; a trial re-run after its
 worker died or was interrupted carries the same ``checkpoint`` key, resumes after the last saved
-epoch, records ``resumed_at_epoch``, and reports the epochs it resumes from as its own (a re-run
+epoch (one stopped after its last epoch, while it scored and drew its figures, trains no more), records ``resumed_at_epoch``, and reports the epochs it resumes from as its own (a re-run
 inherits no reported steps: one that starts over reports each step once).
 
 Everything else a worker does around a trial (progress lines, figures, deleting checkpoints,
