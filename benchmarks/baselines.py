@@ -269,8 +269,10 @@ def main() -> None:
 
 
 def run(study: str, overrides: Sequence[str], out_dir: Path, models: dict[str, str] | None = None,
-        filename: str = "baselines.txt", command: Sequence[str] | None = None, notes: Sequence[str] = ()) -> None:
-    """Both baselines, and a row per model file in ``models`` (name -> path), on the spec's split."""
+        filename: str = "baselines.txt", command: Sequence[str] | None = None, notes: Sequence[str] = (),
+        scored: Sequence[ModelResult] = ()) -> None:
+    """Both baselines, and a row per model file in ``models`` (name -> path) or already ``scored``
+    on the same split, on the spec's split."""
     spec = load_spec(study, overrides)
     parts = split_reviews(spec.data)
     train, valid, test = parts["train"], parts["valid"], parts["test"]
@@ -284,7 +286,7 @@ def run(study: str, overrides: Sequence[str], out_dir: Path, models: dict[str, s
         f"{len(train):,} train / {len(valid):,} valid / {len(test):,} test",
     ]
     print("\n".join(header), flush=True)
-    results: list[BaselineResult | ModelResult] = []
+    results: list[BaselineResult | ModelResult] = list(scored)
     for name, path in (models or {}).items():
         results.append(model_result(name, path, valid, test))
         print(f"{name}: {results[-1].val_accuracy:.4f} validation accuracy", flush=True)
