@@ -21,6 +21,12 @@ machine, library versions and date on top.
 
     python benchmarks/baselines.py                                   # full data: ~1.5 min on 2 cores
     python benchmarks/baselines.py --set data.max_train=2000 --out /tmp/baselines
+    python benchmarks/baselines.py --model best=model.pt --model top-3=top3.pt   # rows for files from hpo export
+
+``--model NAME=PATH`` adds a row for a model file from ``hpo export`` (one trial or an ensemble),
+predicting the same validation and test reviews with ``hpo.load_model``; ``benchmarks/ensemble.py``
+runs a study, exports its best, top 3 and top 5, and passes them here. Every accuracy comes
+with its standard error, ``sqrt(p (1 - p) / n)``.
 
 Example (what ``tests/test_baselines.py`` does)::
 
@@ -50,6 +56,7 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
+import hpo
 from hpo.data import Review, split_reviews, tokenize
 from hpo.errors import HpoError
 from hpo.spec import load_spec
@@ -75,6 +82,31 @@ class BaselineResult:
     features_seconds: float  # fit the vectorizer on train, transform train, valid and test
     fit_seconds: float  # every setting of the grid, scoring included
     grid: tuple[tuple[float, float | None, float], ...] = ()  # (C, beta, validation accuracy) of every setting
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """A model file from ``hpo export`` on the same splits."""
+
+    name: str
+    val_accuracy: float
+    test_accuracy: float
+    trials: tuple[int, ...]
+    predict_seconds: float  # validation and test, tokenizing included
+
+
+def model_result(name: str, path: str, valid: Sequence[Review], test: Sequence[Review]) -> ModelResult:
+    model = hpo.load_model(path)
+    t0 = time.perf_counter()
+    scores = []
+    for reviews in (valid, test):
+        predicted = model.predict(_texts(reviews))
+        scores.append(float(np.mean([p.label == model.classes[y] for p, (_, y) in zip(predicted, reviews)])))
+    return ModelResult(name, scores[0], scores[1], model.trials, time.perf_counter() - t0)
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    return (accuracy * (1 - accuracy) / max(n, 1)) ** 0.5
 
 
 def ngrams(text: str) -> list[str]:
@@ -186,13 +218,20 @@ def machine() -> str:
             f"scipy {scipy.__version__}, numpy {np.__version__}")
 
 
-def table(results: Sequence[BaselineResult]) -> list[str]:
-    lines = [f"{'baseline':<10} {'val acc':>8} {'test acc':>8}  {'chosen':<22} {'features':>9} {'feat s':>7} {'fit s':>7}",
-             "-" * 78]
+def table(results: Sequence[BaselineResult | ModelResult], n_valid: int, n_test: int) -> list[str]:
+    """One row per model: accuracies with their standard errors, what was chosen, and the time taken."""
+    lines = [f"{'model':<10} {'val acc':>8} {'+-':>6} {'test acc':>8} {'+-':>6}  {'chosen':<22} {'features':>9} {'feat s':>7} {'fit s':>7}",
+             "-" * 92]
     for r in results:
+        se = f"{r.val_accuracy:>8.4f} {standard_error(r.val_accuracy, n_valid):>6.4f} {r.test_accuracy:>8.4f} " \
+             f"{standard_error(r.test_accuracy, n_test):>6.4f}"
+        if isinstance(r, ModelResult):
+            trials = ", ".join(map(str, r.trials))
+            lines.append(f"{r.name:<10} {se}  {'trial' + 's' * (len(r.trials) > 1) + ' ' + trials:<22} {'':>9} {'':>7} "
+                         f"{r.predict_seconds:>7.1f}")
+            continue
         chosen = f"C={r.C:g}" + ("" if r.beta is None else f", beta={r.beta:g}")
-        lines.append(f"{r.name:<10} {r.val_accuracy:>8.4f} {r.test_accuracy:>8.4f}  {chosen:<22} "
-                     f"{r.n_features:>9,} {r.features_seconds:>7.1f} {r.fit_seconds:>7.1f}")
+        lines.append(f"{r.name:<10} {se}  {chosen:<22} {r.n_features:>9,} {r.features_seconds:>7.1f} {r.fit_seconds:>7.1f}")
     return lines
 
 
@@ -216,21 +255,28 @@ def main() -> None:
                         help="override a spec key, e.g. --set data.max_train=2000 (repeatable)")
     parser.add_argument("--out", default="benchmarks/results",
                         help="folder for baselines.txt (with --set, pick another to keep the full-data result)")
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="NAME=PATH",
+                        help="also a model file from hpo export, as the row NAME (repeatable)")
     args = parser.parse_args()
     try:
-        run(args.study, args.overrides, Path(args.out))
+        models = dict(m.split("=", 1) for m in args.models if "=" in m)
+        if len(models) != len(args.models):
+            raise HpoError("--model takes NAME=PATH, e.g. --model best=model.pt")
+        run(args.study, args.overrides, Path(args.out), models)
     except HpoError as exc:  # as the hpo command does: one line, exit code 2
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
-def run(study: str, overrides: Sequence[str], out_dir: Path) -> None:
+def run(study: str, overrides: Sequence[str], out_dir: Path, models: dict[str, str] | None = None,
+        filename: str = "baselines.txt", command: Sequence[str] | None = None, notes: Sequence[str] = ()) -> None:
+    """Both baselines, and a row per model file in ``models`` (name -> path), on the spec's split."""
     spec = load_spec(study, overrides)
     parts = split_reviews(spec.data)
     train, valid, test = parts["train"], parts["valid"], parts["test"]
     longer = sum(len(tokenize(text)) > spec.data.max_len for text, _ in train)
     header = [
-        f"# {shlex.join(['python', *sys.argv])}",
+        f"# {shlex.join(['python', *(command or sys.argv)])}",
         f"# {machine()}",
         f"# {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"# spec {spec.name}{' + ' + ' '.join(overrides) if overrides else ''}; "
@@ -238,17 +284,21 @@ def run(study: str, overrides: Sequence[str], out_dir: Path) -> None:
         f"{len(train):,} train / {len(valid):,} valid / {len(test):,} test",
     ]
     print("\n".join(header), flush=True)
-    results = []
+    results: list[BaselineResult | ModelResult] = []
+    for name, path in (models or {}).items():
+        results.append(model_result(name, path, valid, test))
+        print(f"{name}: {results[-1].val_accuracy:.4f} validation accuracy", flush=True)
     for baseline in (tfidf_lr, nbsvm):
         results.append(baseline(train, valid, test))
         print(f"{baseline.__name__}: {results[-1].val_accuracy:.4f} validation accuracy", flush=True)
     acc = max(r.test_accuracy for r in results)
     lines = [
         "",
-        *table(results),
+        *table(results, len(valid), len(test)),
+        *notes,
         "",
         "Validation accuracy of every setting tried:",
-        *(line for r in results for line in grid_lines(r)),
+        *(line for r in results if isinstance(r, BaselineResult) for line in grid_lines(r)),
         "",
         "Settings chosen on the validation split only; test scored once, at those settings.",
         f"Whole reviews, tokenized by hpo.data.tokenize: the LSTM reads only the first data.max_len = "
@@ -260,8 +310,8 @@ def run(study: str, overrides: Sequence[str], out_dir: Path) -> None:
     ]
     print("\n".join(lines))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "baselines.txt").write_text("\n".join([*header, *lines]) + "\n")
-    print(f"wrote {out_dir / 'baselines.txt'}")
+    (out_dir / filename).write_text("\n".join([*header, *lines]) + "\n")
+    print(f"wrote {out_dir / filename}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ The package is layered; each layer is a folder that imports only from the layers
     errors, spec/ (what a study tunes), record (what a trial leaves), divergence (the rules),
     pruning -> storage/ (database, artifacts, proxy) -> data/ -> training/ (model, loop, step,
     pretraining, lr-find, calibration; no Optuna) -> analysis/ (report, importance, figures,
-    dashboard; never trains) -> search/ (study, objective, callbacks, workers) -> cli
+    dashboard; never trains) -> search/ (study, objective, callbacks, workers) -> export (a model
+    file out of a study; load and predict) -> cli
 
 The names below are the library's front door; every command of the CLI is a thin shell over them.
 
@@ -18,6 +19,7 @@ Example::
     spec = hpo.load_spec("imdb", ["train.max_epochs=2"])
     monitor = hpo.DivergenceMonitor(spec.divergence, steps_per_epoch=312)
     hpo.diagnose("lightning_logs/version_0/metrics.csv").verdict      # a run made anywhere
+    hpo.load_model("model.pt").predict(["A moving, funny film."])   # a file from hpo export
 """
 
 from hpo.analysis.diagnose import Diagnosis, diagnose
@@ -25,9 +27,11 @@ from hpo.analysis.logs import parse_log, read_log
 from hpo.analysis.trials import load_study_records
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
+from hpo.export import Model, Prediction, export_model, load_model
 from hpo.record import TrialRecord
 from hpo.search.run import OptimizeOutcome, optimize
 from hpo.spec import ModelSpec, Spec, load_spec
 
-__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "ModelSpec", "OptimizeOutcome", "Spec", "TrialRecord",
-           "check_divergence", "diagnose", "load_spec", "load_study_records", "optimize", "parse_log", "read_log"]
+__all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "Model", "ModelSpec", "OptimizeOutcome", "Prediction", "Spec",
+           "TrialRecord", "check_divergence", "diagnose", "export_model", "load_model", "load_spec", "load_study_records",
+           "optimize", "parse_log", "read_log"]

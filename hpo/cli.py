@@ -6,40 +6,49 @@ Every command is a thin shell over functions that are usable and tested without 
 
 from __future__ import annotations
 
-import dataclasses
-import shlex
 import sys
-from pathlib import Path
-from typing import Any
 
-import click
-import optuna
+# Loading the command line imports torch, Optuna and SQLAlchemy: seconds on a busy machine. A Ctrl-C
+# in that time would end in Python's traceback of the import; it ends as one after start-up does.
+try:
+    import dataclasses
+    import shlex
+    from pathlib import Path
+    from typing import Any
 
-from hpo.analysis import dashboard as dashboard_app
-from hpo.analysis import replay as replays
-from hpo.analysis import report as reports
-from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
-from hpo.analysis.importance import format_importance, param_importances
-from hpo.analysis.logs import parse_log, read_log
-from hpo.analysis.plots import lr_find_figure, write_study_figures
-from hpo.analysis.steps import trial_step_figures
-from hpo.analysis.trials import load_study_data, trial_log
-from hpo.data import load_dataset
-from hpo.errors import HpoError
-from hpo.search.study import find_study, open_study
-from hpo.search import run
-from hpo.search.workers import quiet_optuna_logging
-from hpo.spec import builtin_studies, load_spec
-from hpo.storage.artifacts.cleanup import clean_study
-from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
-from hpo.storage.artifacts.usage import usage, usage_summary
-from hpo.storage.database.resilient import open_storage
-from hpo.storage.database.studies import load_existing
-from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
-from hpo.storage.proxy import server as proxy_server
-from hpo.training import lrfind
-from hpo.training.device import configure_threads
-from hpo.training.pretrain import ensure_encoder
+    import click
+    import optuna
+
+    from hpo.analysis import dashboard as dashboard_app
+    from hpo.analysis import replay as replays
+    from hpo.analysis import report as reports
+    from hpo.analysis.diagnose import columns_from_pairs, diagnose, rules_from_pairs
+    from hpo.analysis.importance import format_importance, param_importances
+    from hpo.analysis.logs import parse_log, read_log
+    from hpo.analysis.plots import lr_find_figure, write_study_figures
+    from hpo.analysis.steps import trial_step_figures
+    from hpo.analysis.trials import load_study_data, trial_log
+    from hpo.data import load_dataset
+    from hpo.errors import HpoError
+    from hpo.export import export_model, format_predictions, load_model, progress_printer, read_texts
+    from hpo.search.study import find_study, open_study
+    from hpo.search import run
+    from hpo.search.workers import quiet_optuna_logging
+    from hpo.spec import builtin_studies, load_spec
+    from hpo.storage.artifacts.cleanup import clean_study
+    from hpo.storage.artifacts.stores import artifact_store, describe_location, store_for
+    from hpo.storage.artifacts.usage import usage, usage_summary
+    from hpo.storage.database.proxy_auth import server_tls
+    from hpo.storage.database.resilient import open_storage
+    from hpo.storage.database.studies import load_existing
+    from hpo.storage.database.urls import display_url, mask_url, resolve_storage_url
+    from hpo.storage.proxy import server as proxy_server
+    from hpo.training import lrfind
+    from hpo.training.device import configure_threads
+    from hpo.training.pretrain import ensure_encoder
+except KeyboardInterrupt:
+    print("interrupted while hpo was starting: nothing was done", file=sys.stderr)
+    sys.exit(130)
 
 
 class _Group(click.Group):
@@ -49,12 +58,15 @@ class _Group(click.Group):
         except HpoError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # one the command does not explain itself (optimize does, once trials run)
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="hpo")
 def main() -> None:
-    """Find stable, accurate training settings for recurrent text classifiers."""
+    """Find stable, accurate training settings for text classifiers."""
     quiet_optuna_logging()
 
 
@@ -298,6 +310,43 @@ def report(study: str, storage: str | None, fmt: str) -> None:
 @main.command()
 @_STUDY
 @_STORAGE
+@click.option("--trial", "trial_number", type=click.IntRange(min=0), default=None, help="This trial (default: the study's best).")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="An ensemble of the top K trials, averaging their probabilities (at most artifacts.keep_best).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The model file to write, e.g. model.pt.")
+def export(study: str, storage: str | None, trial_number: int | None, top: int | None, out: str) -> None:
+    """Write the model a study found to one self-contained file, for hpo predict or hpo.load_model.
+
+    It holds the kept best-epoch weights (artifacts.keep_best), the vocabulary, the tokenizer
+    settings, the class names, the spec and the trial's parameters: no database is needed to use it.
+    """
+    opened = load_existing(study, _read_storage(storage))
+    _echo(export_model(opened, out, trial_number, top).describe())
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A file from hpo export.")
+@click.argument("texts", nargs=-1)
+@click.option("--file", "text_file", type=click.Path(dir_okay=False), default=None,
+              help="A CSV file with a header row (.tsv: tab-separated), one text per row.")
+@click.option("--text-column", default="text", show_default=True, help="The column of --file that holds the texts.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Texts per batch (default: as evaluation).")
+@click.option("--device", default=None, help="cpu or cuda[:N] (default: CUDA when present).")
+def predict(model_path: str, texts: tuple[str, ...], text_file: str | None, text_column: str, fmt: str,
+            batch_size: int | None, device: str | None) -> None:
+    """Label and probability of each TEXT (or each row of --file) by a model from hpo export."""
+    items = list(texts) + (read_texts(text_file, text_column) if text_file else [])
+    if not items:
+        raise HpoError("nothing to predict: give texts as arguments or --file F.csv [--text-column C]")
+    model = load_model(model_path, device)
+    progress = progress_printer(lambda m: click.echo(m, err=True)) if len(items) > 10 * (batch_size or 128) else None
+    _echo(format_predictions(items, model.predict(items, batch_size, progress), model.classes, fmt))
+
+
+@main.command()
+@_STUDY
+@_STORAGE
 def clean(study: str, storage: str | None) -> None:
     """Delete what the study's artifact store keeps for nothing: checkpoints of trials that cannot
     resume any more, and (in a database store) artifacts no study refers to. Run it when no worker
@@ -372,18 +421,24 @@ def dashboard(study: str, storage: str | None, host: str, port: int) -> None:
 
 @main.command("storage-proxy")
 @_STORAGE
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; the proxy has no login and no TLS.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; another than loopback needs the token ($HPO_PROXY_TOKEN[_FILE]) or --insecure.")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
 @click.option("--artifact-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the study database's artifact store over HTTP  [default: --port + 1, where workers look]")
 @click.option("--grace-period", type=click.IntRange(min=2), default=60, show_default=True, envvar="HPO_GRACE_PERIOD",
               help="Seconds without a heartbeat after which a proxied worker's trial is failed and re-run ($HPO_GRACE_PERIOD).")
-def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int | None, grace_period: int) -> None:
+@click.option("--tls-cert", default=None, metavar="PEM", help="Serve both ports over TLS with this certificate (chain); with --tls-key.")
+@click.option("--tls-key", default=None, metavar="PEM", help="The certificate's private key.")
+@click.option("--insecure", is_flag=True, help="Serve a non-loopback --host without a token (a network you trust).")
+def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int | None, grace_period: int,
+                  tls_cert: str | None, tls_key: str | None, insecure: bool) -> None:
     """Serve the study database to workers through Optuna's gRPC proxy (workers: --storage grpc://HOST:PORT),
-    with heartbeats and the database's artifact store."""
+    with heartbeats and the database's artifact store, to clients presenting $HPO_PROXY_TOKEN (or the
+    file $HPO_PROXY_TOKEN_FILE)."""
     url, _ = resolve_storage_url(storage)
     proxy_server.serve(url, host, port, log=lambda m: (_echo(m), sys.stdout.flush()), artifact_port=artifact_port,
-          grace_period=grace_period)
+                       grace_period=grace_period, tls=server_tls(tls_cert, tls_key), insecure=insecure)
 
 
 @main.command("diagnose")

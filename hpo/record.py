@@ -11,7 +11,10 @@ it, the analysis, the worker's callbacks and the benchmarks read it. A trial sto
     once when the trial ends;
 ``lr_groups``, ``checkpoint``, ``worker``, ``resumed_at_epoch``, ``pretrained_encoder``
     the peak learning rate per layer group, its checkpoint key, who ran it, where a re-run
-    resumed, and which pretrained encoder it started from.
+    resumed, and which pretrained encoder it started from;
+``weights``
+    the artifact id its best-epoch weights were written to when it entered the study's top
+    ``artifacts.keep_best`` (written before the file; the file goes once it drops out).
 
 The study records :data:`SCHEMA_VERSION` in its user attribute ``hpo_schema``. Studies written
 before the record existed (schema 1: eight per-epoch lists and flat outcome keys) still load
@@ -59,6 +62,7 @@ CHECKPOINT = "checkpoint"
 WORKER = "worker"
 RESUMED_AT = "resumed_at_epoch"
 PRETRAINED = "pretrained_encoder"
+WEIGHTS = "weights"
 
 # Trial states by name (optuna.trial.TrialState.X.name), so this module needs no Optuna.
 COMPLETE, PRUNED, FAIL, RUNNING, WAITING = "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"
@@ -197,6 +201,7 @@ class TrialRecord:
     worker: str | None = None  # "host:pid" of the process that ran it
     resumed_at: int | None = None  # the epoch a re-run resumed at from its checkpoint
     pretrained: Mapping[str, Any] | None = None  # the pretrained encoder it started from (key, perplexity...)
+    weights: str | None = None  # the artifact id of its kept best-epoch weights (they may be gone since)
     # hpo.training.telemetry.StepTelemetry: the sampled steps, when the objective hands the record to
     # its listeners as the trial ends; from_trial leaves it None (it lives in an artifact)
     steps: Any = field(repr=False, compare=False, default=None)
@@ -225,6 +230,7 @@ class TrialRecord:
             worker=attrs.get(WORKER),
             resumed_at=attrs.get(RESUMED_AT),
             pretrained=attrs.get(PRETRAINED),
+            weights=attrs.get(WEIGHTS),
         )
 
     @property
@@ -382,6 +388,15 @@ def write_resumed_at(trial: Any, epoch: int) -> None:
 
 def write_pretrained(trial: Any, encoder: Mapping[str, Any]) -> None:
     trial.set_user_attr(PRETRAINED, dict(encoder))
+
+
+def write_weights(trial: Any, artifact_id: str) -> None:
+    trial.set_user_attr(WEIGHTS, artifact_id)
+
+
+def weights_of(trial: Any) -> str | None:
+    """Where a live or frozen trial's kept weights were written (None: never; they may be gone since)."""
+    return trial.user_attrs.get(WEIGHTS)
 
 
 def checkpoint_of(trial: Any) -> str | None:

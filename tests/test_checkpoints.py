@@ -33,19 +33,21 @@ def test_resuming_from_a_checkpoint_continues_exactly_where_training_stopped(sma
         store.save(checkpoint)
 
     full = train(build_model(spec, data.vocab_size, 0.2), data, cfg, on_checkpoint=save)
-    assert saved == [1, 2]  # none after the last epoch: nothing would resume from it
+    assert saved == [1, 2, 3]  # the last too: a trial stopped while it scores resumes with nothing left to train
 
     checkpoint = store.load()
-    assert checkpoint is not None and checkpoint.epoch == 2
-    # Back to epoch 1: drop the newer slot, as if the worker had died before writing it.
-    (tmp_path / "checkpoint-study-trial-0-a.pt").unlink()
+    assert checkpoint is not None and checkpoint.epoch == 3
+    finished = train(build_model(spec, data.vocab_size, 0.2), data, cfg, resume=checkpoint)
+    assert finished.history == [] and finished.epochs_run == 3 and finished.best_epoch == full.best_epoch
+    # Back to epoch 2: drop the newer slot, as if the worker had died before writing it.
+    (tmp_path / "checkpoint-study-trial-0-b.pt").unlink()
     checkpoint = store.load()
-    assert checkpoint.epoch == 1
+    assert checkpoint.epoch == 2
 
     resumed = train(build_model(spec, data.vocab_size, 0.2), data, cfg, resume=checkpoint)
-    assert resumed.start_epoch == 2
-    assert [s.epoch for s in resumed.history] == [2, 3]
-    for a, b in zip(full.history[1:], resumed.history):
+    assert resumed.start_epoch == 3
+    assert [s.epoch for s in resumed.history] == [3]
+    for a, b in zip(full.history[2:], resumed.history):
         assert b.val_loss == pytest.approx(a.val_loss, abs=1e-6)
         assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
     assert resumed.best_epoch == full.best_epoch

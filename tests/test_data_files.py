@@ -120,6 +120,14 @@ def test_duplicate_texts_are_dropped_and_min_rows_match_the_split(reviews, tmp_p
     assert all(c[plan.classes.index("rt-pos")] >= 1 for c in plan.counts.values())
 
 
+def test_a_text_longer_than_the_csv_modules_default_field_limit_is_read(reviews, tmp_path):
+    rows = _four_class(reviews)
+    rows[0][0] = " ".join(t for t, _ in rows[:200])  # ~150 kB, past csv's default 128 kB field limit
+    assert len(rows[0][0]) > 131072
+    plan = plan_file(DataSpec(path=str(_write_csv(tmp_path / "r.csv", ["text", "label"], rows))))
+    assert 1 in plan.kept
+
+
 def test_parquet_without_pyarrow_names_the_extra(tmp_path):
     if importlib.util.find_spec("pyarrow") is not None:
         pytest.skip("pyarrow is installed here: the missing-extra message cannot be shown")

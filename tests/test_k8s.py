@@ -379,7 +379,7 @@ def test_passwords_are_files_from_secrets_never_values(topologies: dict[str, lis
             where = f"{workload['metadata']['name']}/{c['name']}"
             assert not [e for e in c.get("envFrom", []) if "secretRef" in e], f"{where}: a whole Secret in the environment"
             for name, e in _env(c).items():
-                if "PASSWORD" in name:
+                if "PASSWORD" in name or "TOKEN" in name:
                     assert name.endswith("_FILE"), f"{where}: ${name}"
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 assert not ref or ref["key"] != "password", f"{where}: ${name} holds the password"
@@ -471,9 +471,10 @@ def test_workers_are_an_indexed_job_with_nothing_shared_but_the_database(
     assert "emptyDir" in _volume_at(pod, container, "/tmp")[0]
 
     if topology.endswith("+proxy"):
-        # Through the proxy the workers hold no database password at all.
+        # Through the proxy the workers hold no database password at all, only the proxy's token.
         assert "HPO_STORAGE_PASSWORD_FILE" not in env
-        assert set(kinds.values()) == {"emptyDir"}
+        assert set(kinds.values()) == {"emptyDir", "secret"}
+        assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == ["hpo-proxy-token"]
         assert job["metadata"]["labels"]["hpo/storage"] == _pod_labels(job)["hpo/storage"] == "proxy"
     else:
         assert env["HPO_STORAGE_PASSWORD_FILE"]["value"].startswith("/run/secrets/")
@@ -501,7 +502,18 @@ def test_workers_reach_the_proxy_by_its_service_name_and_port(topologies: dict[s
     url = _env(_hpo(job["spec"]["template"]["spec"]))["HPO_STORAGE"]
     assert url == {"name": "HPO_STORAGE", "value": f"grpc://{service['metadata']['name']}:{port['port']}"}
 
-    # Only the workers may talk to the proxy (no login, no TLS), and they no longer reach the database.
+    # The proxy listens on 0.0.0.0, which it refuses without a token: it and the workers read the
+    # same one, from the same Secret, as a file.
+    tokens = []
+    for workload in (proxy, job):
+        pod, c = workload["spec"]["template"]["spec"], _hpo(workload["spec"]["template"]["spec"])
+        env = _env(c)
+        assert "HPO_PROXY_TOKEN" not in env
+        tokens.append(_secret_file(pod, c, env["HPO_PROXY_TOKEN_FILE"]["value"]))
+    assert tokens[0] == tokens[1] == ("hpo-proxy-token", "token")
+    assert f"create secret generic {tokens[0][0]} --from-file=token=/dev/stdin" in (K8S / "README.rst").read_text()
+
+    # Only the workers may talk to the proxy (besides its token), and they no longer reach the database.
     (policy,) = _policies_for(docs, _pod_labels(proxy))
     for name in (container_port["name"], artifact_port["name"]):
         assert _admits(policy, _pod_labels(job), name)
@@ -599,12 +611,13 @@ def test_the_readme_tells_how_to_run_it() -> None:
         "kubectl -n hpo port-forward svc/hpo-dashboard 8080:8080",
         "components/storage-proxy",
         "kubectl -n hpo delete job hpo-worker",
+        "kubectl -n hpo create secret generic hpo-proxy-token",
         "kubectl -n hpo create secret generic hpo-database",
         "kubectl apply -k docker/k8s/external-db",
     ):
         assert command in readme, command
     # The password never goes through a command line or a file of the repository.
-    assert "--from-literal=password" not in readme
+    assert "--from-literal=password" not in readme and "--from-literal=token" not in readme
 
 
 def test_kubernetes_validate_is_a_test_dependency() -> None:

@@ -190,7 +190,44 @@ def test_an_epoch_is_checkpointed_before_it_is_announced(small_spec, tmp_path) -
         found[row.epoch] = saved.epoch if saved else None
 
     work(study, Objective(spec, load_dataset(spec.data), listeners=[_Listen(look)], store=store), 1)
-    assert found == {1: 1, 2: 2, 3: 2}  # none after the last epoch: the trial completes instead
+    assert found == {1: 1, 2: 2, 3: 3}  # the last too: see the next test
+
+
+class _StopWhileEnding(TrialListener):
+    """Ctrl-C while the trial, its epochs all trained, scores itself and draws its figures."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.fired = False
+
+    def epoch_finished(self, trial, row, max_epochs, verdict) -> None:
+        self.epochs += 1
+
+    def trial_ending(self, trial, ending) -> None:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_a_trial_stopped_after_its_last_epoch_finishes_without_training_again(small_spec, tmp_path) -> None:
+    """Found by benchmarks/chaos.py: before, no checkpoint followed the last epoch, and a re-run trained it again."""
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    data = load_dataset(spec.data)
+    stop = _StopWhileEnding()
+    with pytest.raises(KeyboardInterrupt):
+        work(study, Objective(spec, data, listeners=[stop], store=store), 1)
+    assert stop.epochs == 3
+    again = _StopWhileEnding()
+    again.fired = True  # lets it end this time
+    work(study, Objective(spec, data, listeners=[again], store=store), 1)
+    first, rerun = study.get_trials(deepcopy=False)
+    assert (first.state, rerun.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert again.epochs == 0, "the re-run trained a finished epoch again"
+    assert rerun.user_attrs["resumed_at_epoch"] == 4
+    assert [r.epoch for r in TrialRecord.from_trial(rerun).epochs] == [1, 2, 3]
+    assert rerun.value == max(r.val_accuracy for r in TrialRecord.from_trial(first).epochs)
 
 
 class _BreaksAfter(io.RawIOBase):
@@ -467,3 +504,76 @@ def test_ctrl_c_of_jobs_workers_hands_every_trial_over_once(tmp_path, data_cache
     failed = sorted(t.number for t in trials if t.state == TrialState.FAIL)
     rerun = sorted(t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING)
     assert len(failed) == 2 and rerun == failed, [(t.number, t.state.name) for t in trials]
+
+
+# --- 8. Found by benchmarks/chaos.py: Ctrl-C while hpo starts is one line, no traceback ------------
+
+def _torch_loading(pid: int) -> bool:
+    """Whether the process has begun to import torch (its library is mapped): hpo.cli's imports are under way."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("moment", ["importing", "loading-data"])
+def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -> None:
+    """Before the fix: Python's traceback of ``import torch`` (or of the data loading), exit 1."""
+    proc, log = _optimize(tmp_path, data_cache_dir, "early", 1, "--jobs", "1")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if moment == "importing" and _torch_loading(proc.pid):
+                break
+            if moment == "loading-data" and "storage: " in log.read_text():
+                break
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 130 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] in ("interrupted while hpo was starting: nothing was done", "interrupted"), output
+
+
+def _swallows_ctrl_c(trial: optuna.Trial) -> float:
+    """A trial in which some code catches the KeyboardInterrupt of a Ctrl-C, as library code may."""
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2)  # the handler runs here
+    except KeyboardInterrupt:
+        pass
+    return trial.suggest_float("x", 0, 1)
+
+
+class _InterruptedWhileCollected:
+    """Ctrl-C arriving while the garbage collector runs a finalizer (SQLAlchemy's weakref callbacks did)."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:  # the handler runs here, inside the finalizer
+            pass
+
+
+def _ctrl_c_in_a_finalizer(trial: optuna.Trial) -> float:
+    _InterruptedWhileCollected()  # collected at once
+    return trial.suggest_float("x", 0, 1)
+
+
+@pytest.mark.parametrize("objective", [_swallows_ctrl_c, _ctrl_c_in_a_finalizer], ids=["caught", "in-a-finalizer"])
+def test_a_worker_whose_interrupt_was_swallowed_stops_before_its_next_trial(objective, tmp_path, monkeypatch) -> None:
+    """Found by benchmarks/chaos.py: one of two --jobs workers took Ctrl-C inside a garbage-collection
+    callback, where Python prints "Exception ignored in" with a traceback and drops the KeyboardInterrupt;
+    it ran trials on for minutes, deaf to the SIGTERM that followed (the first signal turns both off).
+    Before the fix work() ran all 3 trials here, and printed that traceback."""
+    printed: list[str] = []  # what Python would print as "Exception ignored in ...", with a traceback
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: printed.append(repr(info.exc_value)))
+    study = optuna.create_study(study_name="deaf", storage=open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"))
+    with pytest.raises(KeyboardInterrupt):
+        work(study, objective, 3, poll_s=0.05)
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are back as they were
+    assert printed == []

@@ -30,6 +30,7 @@ import optuna
 
 from hpo.analysis import plots, steps
 from hpo.record import TrialRecord, rate_text
+from hpo.storage.database.bounded import rewrite_study_attrs
 from hpo.storage.optuna_private import storage_of, study_id, trial_id
 from hpo.training.telemetry import StepTelemetry
 
@@ -41,26 +42,36 @@ STEPS_SUFFIX = "-" + steps.PNG_NAME
 # trial's note) and the Markdown in chunks of at most 2045 characters under "dashboard:note_str:<i>"
 # ("dashboard:<trial_id>:note_str:<i>"); a shorter note blanks the chunks it no longer needs.
 NOTE_CHUNK = 2045
+_SPARE_CHUNKS = 2  # a note may shrink by this many chunks (4 kB) before save_note reads every attribute
 
 
 def save_note(study_or_trial: Any, body: str) -> None:
     """``optuna_dashboard.save_note``, without importing optuna_dashboard: that imports its web app
     and, through ``optuna.importance``, scikit-learn and SciPy, ~2 s of CPU in every worker process
     (on a quiet core; as much as PyTorch's import) for one function that writes a few attributes.
-    tests/test_analysis_steps.py reads what this writes with optuna-dashboard's own ``get_note``."""
+    tests/test_analysis_steps.py reads what this writes with optuna-dashboard's own ``get_note``.
+
+    It reads the note's own keys only: the study's system attributes hold every trial's note, and
+    reading them all for each trial's note made a trial's cost grow with the study."""
     if isinstance(study_or_trial, optuna.Study):
         study, prefix = study_or_trial, "dashboard:"
     else:
         study, prefix = study_or_trial.study, f"dashboard:{trial_id(study_or_trial)}:"
-    storage, sid = storage_of(study), study_id(study)
-    attrs = storage.get_study_system_attrs(sid)
-    storage.set_study_system_attr(sid, prefix + "note_ver", attrs.get(prefix + "note_ver", 0) + 1)
     chunks = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
-    for i, chunk in enumerate(chunks):
-        storage.set_study_system_attr(sid, f"{prefix}note_str:{i}", chunk)
-    before = sum(key.startswith(prefix + "note_str:") for key in attrs)
-    for i in range(len(chunks), before):
-        storage.set_study_system_attr(sid, f"{prefix}note_str:{i}", "")
+    # The chunks a longer note before this one left: some spare keys past ours, or all when those run out.
+    keys = [prefix + "note_ver", *(f"{prefix}note_str:{i}" for i in range(len(chunks) + _SPARE_CHUNKS))]
+    storage, sid = storage_of(study), study_id(study)
+
+    def rewrite(found: dict[str, Any]) -> dict[str, Any]:
+        if keys[-1] in found:  # a note that was longer still
+            found = storage.get_study_system_attrs(sid)
+        before = sum(key.startswith(prefix + "note_str:") for key in found)
+        out: dict[str, Any] = {prefix + "note_ver": found.get(prefix + "note_ver", 0) + 1}
+        out.update({f"{prefix}note_str:{i}": chunk for i, chunk in enumerate(chunks)})
+        out.update({f"{prefix}note_str:{i}": "" for i in range(len(chunks), before)})
+        return out
+
+    rewrite_study_attrs(storage, sid, keys, rewrite)
 
 
 def spike(t: StepTelemetry, before: int | None = None) -> tuple[str, float, int] | None:

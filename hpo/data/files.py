@@ -124,6 +124,7 @@ def iter_raw_rows(spec: DataSpec) -> Iterator[tuple[int, Any, Any, Any]]:
                                        f"its keys are {', '.join(repr(k) for k in obj)}")
                     yield row, obj[spec.text_column], obj[spec.label_column], obj.get(spec.split_column)
                 return
+            csv.field_size_limit(2**31 - 1)  # a long review is text, not a broken file (the default stops at 128 kB)
             reader = csv.reader(_decoded_lines(f, where), delimiter="\t" if fmt == "tsv" else ",")
             header = next(reader, None)
             if header is None:

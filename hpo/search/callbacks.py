@@ -11,6 +11,8 @@ after each trial, in order), and, for what happens while a trial runs, as the ob
   report's reading and links to the top figures (throttled; never fails a trial);
 * :class:`CheckpointCleanup`: a finished trial's checkpoints are deleted (a FAILed one keeps
   them: its re-run resumes from them);
+* :class:`KeepBest`: after each trial, the weights of trials that left the study's top
+  ``artifacts.keep_best`` are deleted (:mod:`hpo.storage.artifacts.retention`);
 * :class:`Budget`: stops the study once it has its budget of finished trials;
 * :class:`Progress`: one line per epoch and per trial, with estimates of the time left.
 
@@ -41,6 +43,8 @@ from hpo.analysis.tensorboard import write_trial
 from hpo.analysis.trials import load_study_data
 from hpo.record import EpochRecord, Tally, TrialRecord, Verdict
 from hpo.search.objective import TrialListener
+from hpo.search.study import FINISHED, LiveTally
+from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.optuna_private import storage_of
 from hpo.training.checkpoints import TrialCheckpoints
 from hpo.training.cores import CoreShare
@@ -84,13 +88,19 @@ class DashboardNotes(TrialListener):
     """Writes trial notes as trials end and the study's note after they finish (throttled).
 
     Register it as a :class:`~hpo.search.objective.TrialListener` (``trial_ending``) and as an Optuna
-    callback (``__call__``).
+    callback (``__call__``). The study's note is rewritten at most once per ``every_s`` seconds, and
+    then only once the study has ``growth`` (a fraction) more finished trials than at this worker's
+    last rewrite: a rewrite reads the whole study, and 1,000 workers rewriting it every minute would
+    each read a 10,000-trial study 60 times an hour; this way each reads it a few dozen times in
+    the study's life, and the worker's last rewrite, when it stops, brings the note up to date.
     """
 
-    def __init__(self, every_s: float = 60.0, log: Log = lambda m: None) -> None:
+    def __init__(self, every_s: float = 60.0, log: Log = lambda m: None, growth: float = 0.1) -> None:
         self.every_s = every_s
+        self.growth = growth
         self.log = log
         self._last: float | None = None
+        self._noted: int | None = None  # the finished trials the note read at this worker's last rewrite
 
     def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
         try:
@@ -101,6 +111,11 @@ class DashboardNotes(TrialListener):
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._last is not None and time.monotonic() - self._last < self.every_s:
             return
+        if self._noted is not None:
+            finished = len(study.get_trials(deepcopy=False, states=FINISHED))  # Optuna's cache: what changed
+            if finished < self._noted * (1 + self.growth):
+                self._last = time.monotonic()
+                return
         self.refresh(study)
 
     def refresh(self, study: optuna.Study) -> None:
@@ -108,6 +123,7 @@ class DashboardNotes(TrialListener):
         self._last = time.monotonic()
         try:
             data = load_study_data(study.study_name, storage_of(study))
+            self._noted = len(data.finished)
             try:
                 links = top_figures(study, data.finished, data.best)
             except Exception as exc:  # the reading is worth saving without its links
@@ -170,18 +186,38 @@ class CheckpointCleanup:
             TrialCheckpoints(store, key).remove()
 
 
+class KeepBest:
+    """Deletes the kept weights of finished trials outside the study's top ``keep``, after every
+    trial (whichever worker ran it: the sweep is safe from any of them at any time)."""
+
+    def __init__(self, objective: Any, keep: int) -> None:
+        self.objective = objective
+        self.keep = keep
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        store = self.objective.store
+        if store is None:
+            return
+        try:
+            sweep_weights(study, store, self.keep)
+        except Exception as exc:  # a broken store: the next sweep (or hpo clean) tries again
+            logger.warning("kept weights not swept: %s", exc)
+
+
 class Budget:
     """Stops ``study.optimize`` once the study has ``budget`` finished trials (all workers together).
 
-    The tally it reads is kept in ``last`` for the worker's next decision and for :class:`Progress`.
+    The tally it reads (a :class:`~hpo.search.study.LiveTally`: what changed since the last) is kept
+    in ``last`` for the worker's next decision and for :class:`Progress`.
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.last: Tally | None = None
+        self.tally = LiveTally()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.last = Tally.of(study.get_trials(deepcopy=False))
+        self.last = self.tally.read(study)
         if self.last.finished >= self.budget:
             study.stop()
 
@@ -212,6 +248,8 @@ class Progress(TrialListener):
         if rerun_of is not None and rerun_of != trial.number:
             where = f"resumes at epoch {resumed_at} from its checkpoint" if resumed_at else \
                 "starts from the first epoch (no checkpoint was saved)"
+            if resumed_at is not None and self.max_epochs and resumed_at > self.max_epochs:
+                where = f"its {self.max_epochs} epochs were done: it finishes from its checkpoint"
             self.log(f"trial {trial.number}: re-run of interrupted trial {rerun_of}, same parameters; {where}")
 
     def epoch_finished(self, trial: optuna.Trial, row: EpochRecord, max_epochs: int, verdict: Verdict | None) -> None:
@@ -228,7 +266,7 @@ class Progress(TrialListener):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.ran += 1
-        t = self.budget.last or Tally.of(study.get_trials(deepcopy=False))
+        t = self.budget.last or self.budget.tally.read(study)
         r = TrialRecord.from_trial(trial)
         started = self._started.pop(trial.number, None)
         if started is not None and r.epochs_run:
@@ -252,9 +290,8 @@ class Progress(TrialListener):
         remaining = self.budget.budget - t.finished
         if remaining <= 0 or not self.trial_seconds_per_epoch:
             return ""
-        finished = [TrialRecord.from_trial(x) for x in study.get_trials(deepcopy=False, states=(
-            optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))]
-        per_trial = statistics.fmean(r.epochs_run for r in finished) if finished else float(self.max_epochs)
+        mean = self.budget.tally.mean_epochs()
+        per_trial = float(self.max_epochs) if mean is None else mean
         parallel = t.running + 1  # the trials running elsewhere, and the next one here
         per_epoch = statistics.fmean(self.trial_seconds_per_epoch[-20:])
         seconds = remaining * per_trial * per_epoch / parallel

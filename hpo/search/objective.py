@@ -8,10 +8,10 @@ trial stops and ends PRUNED carrying it. Otherwise ``trial.should_prune()`` asks
 pruner (median by default), which judges underperformance only. When the trial ends, its
 :class:`~hpo.record.Outcome` is written once.
 
-After every epoch but the last the trial saves a checkpoint in the study's artifact store
+After every epoch, the last one too, the trial saves a checkpoint in the study's artifact store
 (:mod:`hpo.training.checkpoints`), before the epoch is recorded or announced; a trial re-run after its
 worker died or was interrupted carries the same ``checkpoint`` key, resumes after the last saved
-epoch, records ``resumed_at_epoch``, and reports the epochs it resumes from as its own (a re-run
+epoch (one stopped after its last epoch, while it scored and drew its figures, trains no more), records ``resumed_at_epoch``, and reports the epochs it resumes from as its own (a re-run
 inherits no reported steps: one that starts over reports each step once).
 
 Everything else a worker does around a trial (progress lines, figures, deleting checkpoints,
@@ -38,10 +38,11 @@ from hpo.data import Dataset
 from hpo.divergence import DivergenceMonitor
 from hpo.record import EpochRecord, Outcome, StudyRecord, TrialRecord, Verdict
 from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceEntry, Spec, lr_param
-from hpo.storage.artifacts.keys import checkpoint_key, trial_of_key
+from hpo.storage.artifacts.keys import checkpoint_key, trial_of_key, weights_id
+from hpo.storage.artifacts.retention import may_keep
 from hpo.storage.artifacts.stores import artifact_store, upload_bytes
 from hpo.training import telemetry
-from hpo.training.checkpoints import TrialCheckpoints
+from hpo.training.checkpoints import TrialCheckpoints, save_weights
 from hpo.training.config import train_config, trial_seed
 from hpo.training.device import loss_sampling, resolve_device, resolve_precision
 from hpo.training.loop import Checkpoint, TrainResult, evaluate, load_best, train
@@ -182,6 +183,8 @@ class Objective:
             trial.set_constraint(DIVERGED_CONSTRAINT, 1.0 if result.verdict is not None else 0.0)
         outcome = self._outcome(model, result, pruned_at, test=complete and _may_be_best(trial, value))
         record.write_outcome(trial, outcome)
+        if complete and result.best_state is not None and may_keep(trial.study, value, self.spec.artifacts.keep_best):
+            self._keep_weights(trial, result)
         ending = TrialRecord(
             number=trial.number, state=record.COMPLETE if complete else record.PRUNED, params=trial.params,
             distributions=trial.distributions, accuracy=value if rows else None, epochs=tuple(rows), outcome=outcome,
@@ -196,6 +199,18 @@ class Objective:
         if pruned_at is not None:
             raise optuna.TrialPruned(f"pruned by {type(trial.study.pruner).__name__} at epoch {pruned_at}")
         return value
+
+    def _keep_weights(self, trial: optuna.Trial, result: TrainResult) -> None:
+        """The trial's best-epoch weights, while it may join the top ``artifacts.keep_best``
+        (:mod:`hpo.storage.artifacts.retention`): recorded first, so no file goes unaccounted; a
+        broken store costs a warning, never the trial."""
+        artifact_id = weights_id(StudyRecord.of(trial.study).key, trial.number)
+        classes = tuple(self.data.classes)
+        try:
+            record.write_weights(trial, artifact_id)
+            save_weights(self.store, artifact_id, result.best_state, self.data.vocab, classes, result.best_epoch)
+        except Exception as exc:
+            logger.warning("trial %d: best weights not kept: %s", trial.number, exc)
 
     def _upload_telemetry(self, trial: optuna.Trial, steps: telemetry.StepTelemetry) -> None:
         """One compressed artifact per trial (a few tens of kB); a broken store costs a warning, never the trial."""

@@ -51,6 +51,7 @@ from hpo.search.callbacks import (
     CheckpointCleanup,
     DashboardNotes,
     FigureUpload,
+    KeepBest,
     Progress,
     ShareCores,
     TensorBoardExport,
@@ -60,9 +61,12 @@ from hpo.search.objective import Objective
 from hpo.search.study import FINISHED, find_study, open_study, tally
 from hpo.spec import Spec
 from hpo.storage.artifacts.keys import sweep_checkpoints
+from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
+from hpo.storage.database.bounded import trial_counts
 from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
+from hpo.storage.optuna_private import storage_of, study_id
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
 from hpo.training.models import check_model
@@ -104,13 +108,15 @@ def auto_jobs(spec: Spec, measured: int | None = None) -> tuple[int, str]:
     return jobs, why
 
 
-def _finish(study: optuna.Study, budget: int, ran: int) -> WorkerOutcome:
-    """The outcome, after deleting checkpoints nothing can resume once the study is done."""
+def _finish(study: optuna.Study, budget: int, ran: int, keep_best: int) -> WorkerOutcome:
+    """The outcome, after deleting checkpoints nothing can resume once the study is done, and
+    weights of trials outside the top ``keep_best``."""
 
     final = tally(study)
     store = artifact_store(study)
     if final.finished >= budget and final.running == final.waiting == 0:
         sweep_checkpoints(study, store)
+    sweep_weights(study, store, keep_best)
     return WorkerOutcome(study.study_name, final, ran, f"{usage(study, store).describe()} in {store!r}")
 
 
@@ -142,9 +148,11 @@ def work(
 
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = False
-    with _interruptible():
+    with _interruptible() as stopping:
         try:
             while True:
+                if stopping.is_set():  # a signal whose KeyboardInterrupt something swallowed: stop now
+                    raise KeyboardInterrupt
                 if budget.last is not None:  # counted just now, after the trial this worker ran
                     finished, running = budget.last.finished, budget.last.running
                     budget.last = None
@@ -219,7 +227,7 @@ def run_worker(
         listeners.append(TensorBoardExport(tensorboard, log))
     objective = Objective(spec, data, device, listeners=listeners, store=store,
                           encoder=encoder, precision=precision)
-    callbacks = [CheckpointCleanup(objective), notes]
+    callbacks = [CheckpointCleanup(objective), KeepBest(objective, spec.artifacts.keep_best), notes]
     try:
         ran = work(study, objective, budget, timeout=timeout, log=log, callbacks=callbacks, progress=progress)
     finally:
@@ -227,7 +235,7 @@ def run_worker(
             share.close()
     if ran:
         notes.refresh(study)  # the throttle may have skipped the last trials
-    return _finish(study, trials, ran)
+    return _finish(study, trials, ran, spec.artifacts.keep_best)
 
 
 def run_workers(
@@ -305,7 +313,7 @@ def run_workers(
             f"{t.finished}/{trials} finished trials and a dead worker's trial is re-run by the next worker; "
             "run the same command again to continue"
         )
-    return _finish(study, trials, tally(study).finished - before)
+    return _finish(study, trials, tally(study).finished - before, spec.artifacts.keep_best)
 
 
 def _worker_process(
@@ -359,9 +367,9 @@ def quiet_optuna_logging() -> None:
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-    return len(trials) - running, running
+    """Finished and running trials, counted by the database (states only, no attributes)."""
+    counts = trial_counts(storage_of(study), study_id(study))
+    return sum(counts.get(s.name, 0) for s in FINISHED), counts.get(TrialState.RUNNING.name, 0)
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
@@ -379,29 +387,45 @@ def _requeue(study: optuna.Study, number: int) -> None:
 
 
 @contextmanager
-def _interruptible() -> Iterator[None]:
+def _interruptible() -> Iterator[threading.Event]:
     """Ctrl-C and SIGTERM (``docker stop``, ``kill``, a parent's death) raise KeyboardInterrupt,
     once: the first switches both signals off until the block is left, so that the hand-over that
     follows (Optuna marking the trial FAIL, the re-queue) runs whole. Ctrl-C in a terminal reaches
     the command and its ``--jobs`` workers at once, and the command then sends them SIGTERM too:
     that second signal, landing in Optuna's FAIL write, left trials RUNNING and a traceback.
     A SIGINT ignored when the block starts (a background job) stays ignored.
+
+    The event it yields is set by that first signal: a KeyboardInterrupt raised where it cannot
+    propagate must still stop the loop at its next turn. benchmarks/chaos.py caught one raised in a
+    garbage-collection callback (SQLAlchemy's), which Python prints as "Exception ignored in" with
+    a traceback and drops; the worker then ran trials on, deaf to every later signal since the
+    first switched them off. Such a KeyboardInterrupt is now silent: the event stops the loop.
     """
+    stopping = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopping
         return
+
+    hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and stopping.is_set()):
+            hook(info)
 
     def interrupt(signum: int, frame: Any) -> None:
         for sig in previous:  # not SIG_IGN: a signal already pending would then print "ignored due to race condition"
             signal.signal(sig, _ignore)
+        stopping.set()
         raise KeyboardInterrupt
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+    sys.unraisablehook = unraisable
     try:
-        yield
+        yield stopping
     finally:
+        sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

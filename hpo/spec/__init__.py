@@ -18,6 +18,7 @@ from hpo.spec.params import CategoricalParam, FloatParam, IntParam, Param, Space
 from hpo.spec.schema import (
     BUILTIN_FACTORY,
     LAYER_GROUPS,
+    ArtifactsSpec,
     DataSpec,
     DivergenceSpec,
     ModelSpec,
@@ -31,7 +32,8 @@ from hpo.spec.schema import (
 )
 
 __all__ = [
-    "BUILTIN_FACTORY", "LAYER_GROUPS", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam", "ModelSpec", "Param", "PretrainSpec",
+    "BUILTIN_FACTORY", "LAYER_GROUPS", "ArtifactsSpec", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam",
+    "ModelSpec", "Param", "PretrainSpec",
     "PrunerSpec", "SamplerSpec", "SpaceEntry", "Spec", "TrainSpec", "apply_overrides", "builtin_studies",
     "check_rates", "factory_name", "group_lrs", "is_rate", "knobs", "layer_groups", "load_spec", "lr_param", "spec_from_dict",
 ]

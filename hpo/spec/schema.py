@@ -283,6 +283,21 @@ class PretrainSpec:
 
 
 @dataclass(frozen=True)
+class ArtifactsSpec:
+    """What a study keeps of its trials besides their records.
+
+    ``keep_best``: the best-epoch weights of the study's top ``keep_best`` complete trials (by
+    validation accuracy) stay in its artifact store, for ``hpo export``; a trial that drops out of
+    the top loses them. 0 keeps none.
+    """
+
+    keep_best: int = 3
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "artifacts", "keep_best")
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     data: DataSpec = field(default_factory=DataSpec)
@@ -293,6 +308,7 @@ class Spec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     divergence: DivergenceSpec = field(default_factory=DivergenceSpec)
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -328,4 +344,5 @@ SECTIONS: dict[str, type] = {
     "pruner": PrunerSpec,
     "divergence": DivergenceSpec,
     "pretrain": PretrainSpec,
+    "artifacts": ArtifactsSpec,
 }

@@ -13,7 +13,16 @@ see at a glance what hpo relies on:
   that the resilient storage may simply run again after a connection error;
 * :func:`rdb_models`, :func:`grpc_servicer`, :func:`grpc_api`: the proxy finds stale trials with
   one query over Optuna's own tables and answers heartbeats in Optuna's own servicer;
+* :func:`use_grpc_channel`: Optuna's gRPC client opens a plain channel that sends no metadata;
+  hpo's client talks to the proxy over its own (TLS, the proxy's token on every call);
 * :func:`backend_of`: Optuna's cache wraps the RDB storage in ``_backend``;
+* :func:`rdb_of`, :func:`count_trials_by_state`, :func:`study_system_attrs_by_key`, :func:`rewrite_study_system_attrs`: reads Optuna's API
+  has only whole: its storages give a study's trials with every attribute and its system
+  attributes all at once (the dashboard's notes of every trial among them), where a worker needs
+  counts of states or a note's few keys; each ran once per trial and grew with the study
+  (benchmarks/storage_cost.py). Small queries over Optuna's tables do it in constant work;
+* :func:`ensure_trial_state_index`: an index of hpo's own on Optuna's trials table, so that
+  Optuna's search for stale trials (every trial start, with heartbeats) stops reading every trial;
 * :func:`rdb_session`, :func:`set_value_in`, :func:`set_system_attr_in`, :func:`new_trial_in`,
   :func:`set_trial_id`: RDBStorage's own steps without their commit, so that
   :mod:`hpo.storage.database.trial_writes` can put a write and the token that recognises it in one
@@ -26,14 +35,18 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Callable
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models as _rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
+import sqlalchemy
+from sqlalchemy import func, inspect
 
-__all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "grpc_api", "grpc_servicer", "rdb_models",
+__all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
+           "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
            "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_id", "set_value_in", "storage_of", "study_id",
            "trial_id"]
 
@@ -74,6 +87,78 @@ def backend_of(storage: Any) -> Any:
     return getattr(storage, "_backend", None)
 
 
+def rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage a storage is or wraps (Optuna's cache), or None for any other storage."""
+    for candidate in (storage, backend_of(storage)):
+        if isinstance(candidate, optuna.storages.RDBStorage):
+            return candidate
+    return None
+
+
+# Optuna's trials table is indexed by study, not by state: with heartbeats on, every trial start
+# looks for the study's RUNNING trials (``fail_stale_trials``) and read every trial of the study to
+# find them (benchmarks/storage_cost.py: 76 blocks per look at 10,000 trials, and growing). An index
+# on (study_id, state) makes that look, and :func:`count_trials_by_state`, read what they need. It is
+# an index of hpo's own on Optuna's table: Optuna's migrations neither use nor drop it.
+TRIAL_STATE_INDEX = "ix_hpo_trials_study_id_state"
+
+
+def ensure_trial_state_index(rdb: optuna.storages.RDBStorage) -> bool:
+    """Create :data:`TRIAL_STATE_INDEX` unless it is there (call it under the creation lock);
+    whether it is there now. An index is worth no wait: a table another session holds is left as it
+    is after 5 s (the next worker to open the storage tries again), and so is a failure."""
+    # Plain DDL, not a sqlalchemy.Index on TrialModel's table: that would join Optuna's own metadata
+    # in this process, and Optuna's create_all would then make it on every new database, twice over.
+    table = _rdb_models.TrialModel.__tablename__
+    try:
+        if TRIAL_STATE_INDEX in {ix["name"] for ix in inspect(rdb.engine).get_indexes(table)}:
+            return True
+        with rdb.engine.begin() as conn:
+            dialect = conn.dialect.name
+            if dialect == "postgresql":
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            elif dialect in ("mysql", "mariadb"):
+                conn.exec_driver_sql("SET SESSION lock_wait_timeout = 5")
+            conn.exec_driver_sql(f"CREATE INDEX {TRIAL_STATE_INDEX} ON {table} (study_id, state)")
+        return True
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False
+
+
+def count_trials_by_state(rdb: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
+    """``{state name: trials}`` of one study, by one GROUP BY over the trials table (no attributes)."""
+    trial = _rdb_models.TrialModel
+    with _create_scoped_session(rdb.scoped_session) as session:
+        rows = (session.query(trial.state, func.count(trial.trial_id))
+                .filter(trial.study_id == study_id).group_by(trial.state).all())
+    return {state.name: int(n) for state, n in rows}
+
+
+def study_system_attrs_by_key(rdb: optuna.storages.RDBStorage, study_id: int, keys: list[str]) -> dict[str, Any]:
+    """The study system attributes named in ``keys`` that exist, by the (study_id, key) unique index."""
+    with _create_scoped_session(rdb.scoped_session) as session:
+        return {key: json.loads(row.value_json) for key, row in _attr_rows(session, study_id, keys).items()}
+
+
+def rewrite_study_system_attrs(rdb: optuna.storages.RDBStorage, study_id: int, keys: list[str],
+                               rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Read the study system attributes among ``keys``, and write what ``rewrite(found)`` returns,
+    in one transaction (Optuna's own calls take one transaction per attribute, with a read each)."""
+    model = _rdb_models.StudySystemAttributeModel
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        rows = _attr_rows(session, study_id, keys)
+        for key, value in rewrite({k: json.loads(r.value_json) for k, r in rows.items()}).items():
+            if key in rows:
+                rows[key].value_json = json.dumps(value)
+            else:
+                session.add(model(study_id=study_id, key=key, value_json=json.dumps(value)))
+
+
+def _attr_rows(session: Any, study_id: int, keys: list[str]) -> dict[str, Any]:
+    model = _rdb_models.StudySystemAttributeModel
+    return {r.key: r for r in session.query(model).filter(model.study_id == study_id, model.key.in_(keys)).all()}
+
+
 def rdb_models() -> Any:
     """Optuna's SQLAlchemy models (``optuna.storages._rdb.models``)."""
     return _rdb_models
@@ -91,6 +176,20 @@ def grpc_api() -> tuple[Any, Any]:
     from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 
     return api_pb2, api_pb2_grpc
+
+
+def use_grpc_channel(client: Any, channel: Any) -> None:
+    """Points Optuna's ``GrpcStorageProxy`` ``client`` at ``channel``, with a fresh stub and cache.
+
+    Its ``_setup`` opens an insecure channel of its own; hpo's subclass overrides ``_setup`` and
+    calls this instead (also after unpickling, which runs ``_setup`` again).
+    """
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.client import GrpcClientCache
+
+    client._channel = channel
+    client._stub = api_pb2_grpc.StorageServiceStub(channel)
+    client._cache = GrpcClientCache(client._stub)
 
 
 def rdb_session(storage: Any) -> Any:

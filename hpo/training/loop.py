@@ -5,8 +5,9 @@ epoch's :class:`~hpo.record.EpochRecord`; a callback that returns True stops tra
 how the objective prunes). With a :class:`~hpo.divergence.DivergenceMonitor` it also stops on
 the monitor's verdict: inside an epoch when the train loss turns NaN/inf or explodes, after an
 epoch when the epoch rules say the run diverged; the verdict is in the result. With
-``on_checkpoint`` it hands over a :class:`Checkpoint` after every epoch but the last, before
-``on_epoch`` hears of that epoch, and
+``on_checkpoint`` it hands over a :class:`Checkpoint` after every epoch (the last too: a trial
+stopped while it scores and draws its figures finishes from it without training again; not after
+an epoch whose divergence verdict stops the run), before ``on_epoch`` hears of that epoch, and
 ``resume=checkpoint`` continues from it exactly as if training had never stopped (a killed
 worker's trial resumes).
 
@@ -263,7 +264,7 @@ def train(
         verdict = monitor.on_epoch(epoch, row.train_loss, val_loss, row.max_grad_norm) if monitor else None
         stops = verdict is not None and monitor is not None and monitor.stops(verdict)
         # Saved before the epoch is announced: once a worker has printed or reported it, no signal loses it.
-        if on_checkpoint is not None and epoch < cfg.max_epochs and not stops:
+        if on_checkpoint is not None and not stops:
             on_checkpoint(Checkpoint(
                 epoch, model.state_dict(), optimizer.state_dict(), result.best_epoch, best_acc,
                 result.best_state, monitor.state_dict() if monitor else None,

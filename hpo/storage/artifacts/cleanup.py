@@ -3,6 +3,8 @@
 * checkpoints of trials that can no longer resume: every checkpoint of the study whose key no
   RUNNING or WAITING trial holds (a FAILed trial's re-run inherits its key, so a failed trial
   waiting for its re-run keeps them; see :func:`hpo.storage.artifacts.keys.sweep_checkpoints`);
+* kept weights of trials outside the study's top ``artifacts.keep_best`` (a worker's sweep
+  after each trial removes them already; a study whose workers died may have some left);
 * in a database store, figures and other uploads no study in the database refers to any more
   (Optuna's ``delete_study`` leaves them behind) and chunks no artifact points at.
 
@@ -24,7 +26,10 @@ from typing import Any
 
 import optuna
 
+from hpo.record import StudyRecord
+from hpo.spec import ArtifactsSpec
 from hpo.storage.artifacts.keys import sweep_checkpoints
+from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.artifacts.usage import human_bytes
 from hpo.storage.database.proxied_lock import is_lock_study
 from hpo.storage.optuna_private import storage_of
@@ -42,13 +47,17 @@ class Freed:
     chunks: int
     chunk_bytes: int
     orphans_checked: bool  # False for stores that cannot tell (a folder, S3)
+    weights: int = 0  # kept-weights files of trials outside the top artifacts.keep_best
+    weight_bytes: int = 0
 
     @property
     def total(self) -> int:
-        return self.checkpoint_bytes + self.orphan_bytes + self.chunk_bytes
+        return self.checkpoint_bytes + self.orphan_bytes + self.chunk_bytes + self.weight_bytes
 
     def describe(self) -> str:
         parts = [f"{self.checkpoints} checkpoint{'s' * (self.checkpoints != 1)} ({human_bytes(self.checkpoint_bytes)})"]
+        if self.weights:
+            parts.append(f"{self.weights} dropped trial weights ({human_bytes(self.weight_bytes)})")
         if self.orphans_checked:
             parts.append(f"{self.orphans} orphaned artifact{'s' * (self.orphans != 1)} ({human_bytes(self.orphan_bytes)})")
             parts.append(f"{self.chunks} stray chunk{'s' * (self.chunks != 1)} ({human_bytes(self.chunk_bytes)})")
@@ -58,17 +67,21 @@ class Freed:
 
 
 def clean_study(study: optuna.Study, store: Any) -> Freed:
-    """Remove the study's dead checkpoints and, in a database store, orphaned artifacts; what went."""
+    """Remove the study's dead checkpoints, the weights of trials outside its top
+    ``artifacts.keep_best`` and, in a database store, orphaned artifacts; what went."""
     checkpoints, checkpoint_bytes = sweep_checkpoints(study, store)
+    spec = StudyRecord.of(study).parsed_spec()
+    weights, weight_bytes = sweep_weights(study, store, (spec.artifacts if spec is not None else ArtifactsSpec()).keep_best)
     if not hasattr(store, "remove_orphan_chunks"):
-        return Freed(checkpoints, checkpoint_bytes, 0, 0, 0, 0, orphans_checked=False)
+        return Freed(checkpoints, checkpoint_bytes, 0, 0, 0, 0, False, weights, weight_bytes)
     referenced = referenced_uploads(storage_of(study))
     sizes = store.sizes()
     orphans = [i for i in sizes if _UPLOAD_ID.match(i) and i not in referenced]
     for artifact_id in orphans:
         store.remove(artifact_id)
     chunks, chunk_bytes = store.remove_orphan_chunks()
-    return Freed(checkpoints, checkpoint_bytes, len(orphans), sum(sizes[i] for i in orphans), chunks, chunk_bytes, True)
+    return Freed(checkpoints, checkpoint_bytes, len(orphans), sum(sizes[i] for i in orphans), chunks, chunk_bytes, True,
+                 weights, weight_bytes)
 
 
 def referenced_uploads(storage: Any) -> set[str]:

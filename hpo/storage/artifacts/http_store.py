@@ -22,7 +22,9 @@ that vanishes mid-body) raises inside the store's write transaction, which is ro
 previous content stays. The client hashes an upload in a first pass over the body (re-reading a
 seekable file costs little; anything else is spooled to a temporary file first).
 
-There is no login and no TLS, as for the gRPC proxy beside it: serve it on a private network.
+Each request carries the proxy's token and goes over TLS when the client's
+:class:`~hpo.storage.database.proxy_auth.ClientAuth` says so (the same as for the gRPC port); a
+refusal (401) is one HpoError line.
 
 Example::
 
@@ -40,6 +42,7 @@ import io
 import json
 import random
 import shutil
+import ssl
 import tempfile
 import time
 from typing import Any, BinaryIO
@@ -49,6 +52,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
 from hpo.storage.artifacts.database_store import CHUNK_BYTES, ArtifactCorrupted
+from hpo.storage.database.proxy_auth import ClientAuth, refusal
 
 TIMEOUT_S = 60.0  # one socket operation; a chunk read from the database takes milliseconds
 RETRY_S = 60.0  # how long a call waits for a proxy that restarts (connection refused or reset)
@@ -58,11 +62,17 @@ SHA_HEADER = "X-Sha256"
 class HttpArtifactStore:
     """Optuna's ``ArtifactStore`` protocol on the artifact server of `hpo storage-proxy`."""
 
-    def __init__(self, host: str, port: int, timeout_s: float = TIMEOUT_S, retry_s: float = RETRY_S) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float = TIMEOUT_S, retry_s: float = RETRY_S,
+                 auth: ClientAuth | None = None) -> None:
         self.host, self.port, self.timeout_s, self.retry_s = host, port, timeout_s, retry_s
+        self.auth = auth or ClientAuth()
+        self._ssl = self.auth.ssl_context()  # made once: loading the CAs costs milliseconds
 
     def __repr__(self) -> str:
-        return f"database through the storage proxy (http://{self._netloc()})"
+        return f"database through the storage proxy ({self._scheme()}://{self._netloc()})"
+
+    def _scheme(self) -> str:
+        return "https" if self._ssl is not None else "http"
 
     def _netloc(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -157,16 +167,27 @@ class HttpArtifactStore:
         whole artifact (``body`` is a callable that rewinds it).
         """
         start, delay = time.monotonic(), 0.5
+        headers = dict(headers or {})
+        if (header := self.auth.header()) is not None:
+            headers[header[0]] = header[1]
         while True:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s, blocksize=CHUNK_BYTES)
+            if self._ssl is not None:
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout_s, blocksize=CHUNK_BYTES, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s, blocksize=CHUNK_BYTES)
             try:
-                conn.request(method, path, body=body() if callable(body) else body, headers=headers or {})
+                conn.request(method, path, body=body() if callable(body) else body, headers=headers)
                 return conn, conn.getresponse()
+            except ssl.SSLCertVerificationError as exc:  # no use waiting: the certificate will not change
+                conn.close()
+                raise HpoError(f"artifact store {self._scheme()}://{self._netloc()}: the proxy's certificate is not "
+                               f"trusted ({exc.verify_message}): set $HPO_PROXY_CA_FILE to its CA") from None
             except (ConnectionError, http.client.RemoteDisconnected, TimeoutError, OSError) as exc:
                 conn.close()
                 if time.monotonic() - start + delay > self.retry_s:
                     raise HpoError(
-                        f"artifact store http://{self._netloc()} (the storage proxy's --artifact-port) does not "
+                        f"artifact store {self._scheme()}://{self._netloc()} (the storage proxy's --artifact-port) does not "
                         f"answer: {type(exc).__name__}: {exc}"
                     ) from None
                 time.sleep(delay * random.uniform(0.75, 1.25))
@@ -180,7 +201,9 @@ class HttpArtifactStore:
         text = message[0] if message else response.reason
         if response.status == 409:
             raise ArtifactCorrupted(text)
-        raise HpoError(f"artifact store http://{self._netloc()}: {response.status} {text}")
+        if response.status == 401:
+            raise HpoError(refusal(f"{self._scheme()}://{self._netloc()}", self.auth))
+        raise HpoError(f"artifact store {self._scheme()}://{self._netloc()}: {response.status} {text}")
 
 
 class _CheckedResponse(io.RawIOBase):

@@ -9,7 +9,9 @@ names nobody needs any more cannot drift apart:
 * a checkpoint's **artifact id** is ``checkpoint-<key>-<slot>.pt`` (two slots, odd and even
   epochs, so a kill mid-write leaves the other whole);
 * a pretrained encoder's artifact id is ``encoder-<encoder key>.pt``, shared by every study of the
-  same data, model and pretraining settings.
+  same data, model and pretraining settings;
+* a kept trial's best-epoch weights (``artifacts.keep_best``, :mod:`hpo.storage.artifacts.retention`)
+  are ``weights-<study key>-trial-<number>.pt``: one file per trial, never rewritten.
 
 The ids are derived, not registered in the database: a checkpoint costs no storage round trip.
 
@@ -18,6 +20,7 @@ Example::
     key = checkpoint_key("3f2a9c1e07b4", 12)          # "3f2a9c1e07b4-trial-12"
     checkpoint_id(key, "a")                           # "checkpoint-3f2a9c1e07b4-trial-12-a.pt"
     trial_of_key(key)                                 # 12
+    weights_id("3f2a9c1e07b4", 12)                    # "weights-3f2a9c1e07b4-trial-12.pt"
     sweep_checkpoints(study, store)                   # (files, bytes) removed
 """
 
@@ -32,6 +35,7 @@ from hpo.record import StudyRecord
 
 CHECKPOINT_PREFIX = "checkpoint-"
 ENCODER_PREFIX = "encoder-"
+WEIGHTS_PREFIX = "weights-"
 SLOTS = ("a", "b")
 _TRIAL = "-trial-"
 
@@ -60,6 +64,23 @@ def key_of_checkpoint(artifact_id: str) -> str:
 def checkpoint_prefix(study: optuna.Study) -> str:
     """What every checkpoint of this study's trials is named with (its uid tells reused names apart)."""
     return f"{CHECKPOINT_PREFIX}{StudyRecord.of(study).key}{_TRIAL}"
+
+
+def weights_id(study_key: str, trial_number: int) -> str:
+    """Where a kept trial's best-epoch weights live."""
+    return f"{WEIGHTS_PREFIX}{study_key}{_TRIAL}{trial_number}.pt"
+
+
+def weights_prefix(study: optuna.Study) -> str:
+    """What every kept-weights file of this study is named with."""
+    return f"{WEIGHTS_PREFIX}{StudyRecord.of(study).key}{_TRIAL}"
+
+
+def trial_of_weights(artifact_id: str) -> int | None:
+    """``weights-<study key>-trial-12.pt`` -> 12; None for anything else."""
+    if not artifact_id.startswith(WEIGHTS_PREFIX) or not artifact_id.endswith(".pt"):
+        return None
+    return trial_of_key(artifact_id[: -len(".pt")])
 
 
 def encoder_id(key: str) -> str:

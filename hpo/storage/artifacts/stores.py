@@ -208,7 +208,7 @@ def open_location(location: str, storage: Any) -> Any:
     """The store a recorded location names, reached through ``storage`` when it is the database."""
     if location == DATABASE:
         if rdb_engine(storage) is None and hasattr(storage, "artifact_address"):
-            return HttpArtifactStore(*storage.artifact_address)  # through `hpo storage-proxy`
+            return HttpArtifactStore(*storage.artifact_address, auth=storage.auth)  # through `hpo storage-proxy`
         return DatabaseStore.for_storage(storage)
     if location.startswith("s3://"):
         return _s3_store(location)

@@ -1,4 +1,5 @@
-"""What a study's artifacts take, by kind: trial figures (and other uploads), checkpoints, encoders.
+"""What a study's artifacts take, by kind: trial figures (and other uploads), checkpoints, kept
+weights, encoders.
 
 Stores here say how large an artifact is and list artifacts by prefix
 (:class:`~hpo.storage.artifacts.stores.FolderStore`, the database and HTTP stores); an S3 store
@@ -7,7 +8,7 @@ counts 0. The summary at the end of `hpo optimize` and in `hpo report` comes fro
 Example::
 
     usage(study, artifact_store(study)).describe()
-    # "41.2 kB (figures 41.2 kB; no checkpoints left)"
+    # "12.4 MB (figures 41.2 kB; no checkpoints left; weights of trials 4, 9, 12 kept, 12.3 MB)"
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hpo.storage.artifacts.keys import (
     checkpoint_prefix,
     study_encoder_ids,
 )
+from hpo.storage.artifacts.retention import kept_trials
 from hpo.storage.artifacts.stores import (
     DATABASE,
     artifact_location,
@@ -38,22 +40,32 @@ from hpo.storage.optuna_private import storage_of
 
 @dataclass(frozen=True)
 class Usage:
-    """Bytes a study's artifacts take: trial figures (and other uploads), checkpoints, encoders."""
+    """Bytes a study's artifacts take: trial figures (and other uploads), checkpoints, kept weights, encoders."""
 
     figures: int
     checkpoints: int
     checkpoint_files: int
     encoders: int = 0
+    weights: int = 0
+    kept: tuple[int, ...] = ()  # the trials whose best-epoch weights are kept (artifacts.keep_best), best first
 
     @property
     def total(self) -> int:
-        return self.figures + self.checkpoints + self.encoders
+        return self.figures + self.checkpoints + self.encoders + self.weights
 
     def describe(self) -> str:
         left = (f"; checkpoints {human_bytes(self.checkpoints)} in {self.checkpoint_files} files, kept for "
                 "trials that may still resume") if self.checkpoint_files else "; no checkpoints left"
+        kept = (f"; weights of {describe_trials(self.kept)} kept, {human_bytes(self.weights)}" if self.kept
+                else "; no weights kept")
         encoders = f"; pretrained encoders {human_bytes(self.encoders)}" if self.encoders else ""
-        return f"{human_bytes(self.total)} (figures {human_bytes(self.figures)}{left}{encoders})"
+        return f"{human_bytes(self.total)} (figures {human_bytes(self.figures)}{left}{kept}{encoders})"
+
+
+def describe_trials(numbers: tuple[int, ...] | list[int]) -> str:
+    """``(4, 9, 12)`` -> ``trials 4, 9, 12``; ``(7,)`` -> ``trial 7``."""
+    ordered = sorted(numbers)
+    return f"trial{'s' * (len(ordered) != 1)} {', '.join(str(n) for n in ordered)}"
 
 
 def usage(study: optuna.Study, store: Any) -> Usage:
@@ -79,7 +91,9 @@ def usage(study: optuna.Study, store: Any) -> Usage:
     checkpoints = ids(checkpoint_prefix(study))
     ours = set(study_encoder_ids(study))
     encoders = [i for i in ids(ENCODER_PREFIX) if i in ours]
-    return Usage(figures, sum(size(i) for i in checkpoints), len(checkpoints), sum(size(i) for i in encoders))
+    kept = kept_trials(study, store)
+    return Usage(figures, sum(size(i) for i in checkpoints), len(checkpoints), sum(size(i) for i in encoders),
+                 sum(size(i) for i in kept.values()), tuple(kept))
 
 
 def usage_summary(study: optuna.Study) -> dict[str, Any]:
@@ -99,7 +113,7 @@ def usage_summary(study: optuna.Study) -> dict[str, Any]:
         return {"store": describe_location(location), "summary": f"unknown ({exc})"}
     return {"store": repr(store), "summary": used.describe(), "total_bytes": used.total, "figure_bytes": used.figures,
             "checkpoint_bytes": used.checkpoints, "checkpoint_files": used.checkpoint_files,
-            "encoder_bytes": used.encoders}
+            "encoder_bytes": used.encoders, "weights_bytes": used.weights, "kept_weights": list(used.kept)}
 
 
 def sa_has_table(engine: Any, table: str) -> bool:

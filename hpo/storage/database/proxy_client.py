@@ -12,6 +12,10 @@ are found and failed by the proxy, so the worker's own check before each trial c
 The proxy also serves the database's artifact store over HTTP (default: the gRPC port + 1, or
 ``?artifact_port=N`` in the storage URL): :func:`artifact_address`.
 
+Every call carries the proxy's token and goes over TLS when asked
+(:mod:`hpo.storage.database.proxy_auth`); the proxy's refusal (no token, a wrong one) becomes one
+HpoError line, checked once when the storage opens so that a worker stops before its first trial.
+
 Example::
 
     storage = open_grpc("grpc://proxy-host:13000", heartbeat_interval=10)
@@ -20,32 +24,64 @@ Example::
 
 from __future__ import annotations
 
+import collections
+import os
 import warnings
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.errors import HpoError
-from hpo.storage.optuna_private import BaseHeartbeat
+from hpo.storage.database.proxy_auth import CA_VAR, ClientAuth, client_auth, refusal
+from hpo.storage.optuna_private import BaseHeartbeat, use_grpc_channel
 
 READY_TIMEOUT_S = 10.0  # how long a worker waits for the proxy to answer when it opens the storage
 # The key of a trial system attribute that is never stored: the proxy records a heartbeat instead.
 HEARTBEAT_ATTR = "hpo:heartbeat"
+
+# gRPC's core logs each failed TLS handshake (a client without TLS, a port scan) to stderr in its
+# own format, at INFO; the proxy reports refusals itself, once a minute per address. The level is
+# read once, when grpc is first imported, which is here in every hpo process; yours wins if set.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 try:  # grpcio is optional (hpo[proxy]); without it grpc:// URLs are one clear error in open_grpc
     import grpc
     from optuna.storages import GrpcStorageProxy as _GrpcStorageProxy
 
     HAVE_GRPC = True
+    _Interceptor: Any = grpc.UnaryUnaryClientInterceptor
 except ImportError:
-    # An empty stand-in, never instantiated, so that the class below still defines: every hpo
+    # Empty stand-ins, never instantiated, so that the classes below still define: every hpo
     # process imports this module (open_storage parses URLs with it), grpcio or not.
     class _GrpcStorageProxy:  # type: ignore[no-redef]
         pass
 
+    _Interceptor = object
     HAVE_GRPC = False
+
+# What grpc wants for a call's details: the fields of grpc.ClientCallDetails, as a value.
+_CallDetails = collections.namedtuple(
+    "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"))
+
+
+class _Credentials(_Interceptor):  # type: ignore[misc,valid-type]
+    """Adds the token to every call, and turns the proxy's refusal into one HpoError line."""
+
+    def __init__(self, url: str, auth: ClientAuth) -> None:
+        self.url, self.auth = url, auth
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        header = self.auth.header()
+        if header is not None:
+            details = _CallDetails(details.method, details.timeout, [*(details.metadata or ()), header],
+                                   details.credentials, getattr(details, "wait_for_ready", None),
+                                   getattr(details, "compression", None))
+        outcome = continuation(details, request)
+        if outcome.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise HpoError(refusal(self.url, self.auth))
+        return outcome
 
 
 def grpc_address(url: str) -> tuple[str, int] | None:
@@ -78,18 +114,52 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
     """
 
     def __init__(self, *, host: str, port: int, artifact_address: tuple[str, int],
-                 heartbeat_interval: int | None = None, grpc_url: str | None = None) -> None:
+                 heartbeat_interval: int | None = None, grpc_url: str | None = None,
+                 auth: ClientAuth | None = None) -> None:
         self.artifact_address = artifact_address
         self.grpc_url = grpc_url or f"grpc://{host}:{port}"  # not ``url``: that names a database to hpo
+        self.auth = auth or ClientAuth()
         self._heartbeat_interval = heartbeat_interval
-        super().__init__(host=host, port=port)
+        super().__init__(host=host, port=port)  # calls _setup
+
+    def _open_channel(self) -> Any:
+        address = f"{self._host}:{self._port}"
+        options = [("grpc.max_receive_message_length", -1)]  # as Optuna's own client
+        if self.auth.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.auth.ca_pem)
+            return grpc.secure_channel(address, credentials, options=options)
+        return grpc.insecure_channel(address, options=options)
+
+    def _setup(self) -> None:
+        self._raw_channel = self._open_channel()
+        use_grpc_channel(self, grpc.intercept_channel(self._raw_channel, _Credentials(self.grpc_url, self.auth)))
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_raw_channel", None)
+        return state
+
+    def wait_server_ready(self, timeout: float | None = None) -> None:
+        """Waits until the proxy answers on this storage's own channel (TLS or not); ConnectionError."""
+        try:
+            grpc.channel_ready_future(self._raw_channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as exc:
+            raise ConnectionError("GRPC connection timeout") from exc
+
+    def check_access(self) -> None:
+        """One cheap call: an HpoError line now if the proxy refuses this client's token."""
+        try:
+            self.get_study_id_from_name("hpo:access-check")  # a name no study has: NOT_FOUND, unless refused
+        except KeyError:
+            pass
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
-        except grpc.RpcError:
-            # The proxy is restarting: the next beat (a quarter of the grace period later at
-            # most) tries again. Raising here would end Optuna's heartbeat thread for good.
+        except (grpc.RpcError, HpoError):
+            # The proxy is restarting (or restarted with another token, which the trial's own
+            # next call reports): the next beat (a quarter of the grace period later at most)
+            # tries again. Raising here would end Optuna's heartbeat thread for good.
             pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -111,12 +181,17 @@ def open_grpc(url: str, timeout_s: float | None = None, heartbeat_interval: int 
     timeout_s = READY_TIMEOUT_S if timeout_s is None else timeout_s
     if not HAVE_GRPC:
         raise HpoError("grpc:// storage needs grpcio: pip install 'hpo[proxy]'")
+    auth = client_auth(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable enough since Optuna 4.2
         storage = ProxiedStorage(host=host, port=port, artifact_address=artifact_address(url),
-                                 heartbeat_interval=heartbeat_interval, grpc_url=url)
+                                 heartbeat_interval=heartbeat_interval, grpc_url=url, auth=auth)
     try:
         storage.wait_server_ready(timeout=timeout_s)
     except ConnectionError:
-        raise HpoError(f"no storage proxy answers at {url} within {timeout_s:.0f} s: is `hpo storage-proxy` running there?") from None
+        tls = (f"over TLS (${CA_VAR} or ?tls=1): does the proxy have --tls-cert, and a certificate for this host name?"
+               if auth.tls else f"without TLS: if the proxy has --tls-cert, set ${CA_VAR}")
+        raise HpoError(f"no storage proxy answers at {url} within {timeout_s:.0f} s: is `hpo storage-proxy` running "
+                       f"there? (connecting {tls})") from None
+    storage.check_access()
     return storage

@@ -42,7 +42,7 @@ from hpo.storage.database import trial_writes
 from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.proxy_client import grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS
+from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index
 
 Log = Callable[[str], None]
 
@@ -142,7 +142,9 @@ def open_storage(
             with creation_lock(url):
                 if backend == "sqlite":
                     _enable_wal(url)
-                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
+                storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
+                ensure_trial_state_index(storage)  # the stale-trial check and trial counts read what they need
+                return storage
     except HpoError:
         raise
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
@@ -298,6 +300,11 @@ class ResilientStorage(optuna.storages.RDBStorage):
         return self._call("delete_study", lambda: optuna.storages.RDBStorage.delete_study(self, study_id), landed)
 
     # --- retrying ---
+
+    def retrying(self, name: str, read: Callable[[], Any]) -> Any:
+        """``read()`` (a read of this storage's database made outside Optuna's methods), retried
+        after connection errors as the storage's own reads are."""
+        return self._call(name, read)
 
     def _call(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None = None) -> Any:
         """``attempt()``, retried after connection errors by the outermost call only.

@@ -4,7 +4,12 @@ store over plain HTTP, for the workers behind the proxy (their client:
 
 An upload is hashed as it goes into the database, and a mismatch (or a client that vanishes
 mid-body) raises inside the store's write transaction, which is rolled back: the previous content
-stays. There is no TLS: serve it on a private network.
+stays.
+
+Given the proxy's token, every request must carry it (``Authorization: Bearer TOKEN``, compared in
+constant time) or gets 401 and closes its connection, before its body is read; given an SSL
+context, each connection is a TLS one, its handshake done in the connection's own thread so that
+a slow or broken client holds up no other.
 
 Example::
 
@@ -17,9 +22,10 @@ import hashlib
 import io
 import json
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from optuna.artifacts.exceptions import ArtifactNotFound
@@ -27,7 +33,11 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from hpo.errors import HpoError
 from hpo.storage.artifacts.database_store import CHUNK_BYTES, ArtifactCorrupted
 from hpo.storage.artifacts.http_store import SHA_HEADER
+from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, token_matches
 from hpo.storage.database.urls import scrub
+
+HANDSHAKE_TIMEOUT_S = 30.0
+Refused = Callable[[str, str, str], None]  # (port, peer address, why): RefusalLog.refused
 
 
 class _Body(io.RawIOBase):
@@ -65,11 +75,28 @@ class _Mismatch(Exception):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    store: Any  # set on the subclass serve_artifacts makes
+    store: Any  # set on the subclass serve_artifacts makes, with the two below
+    token: str | None = None
+    refused: Refused = staticmethod(lambda port, peer, why: None)  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # one line per request would drown the proxy's log
         pass
+
+    def parse_request(self) -> bool:
+        """The request line and headers, then the token, before any handler reads a body."""
+        if not super().parse_request():
+            return False
+        if self.token is None:
+            return True
+        presented = self.headers.get("Authorization")
+        if token_matches(presented, self.token):
+            return True
+        why = "no token" if presented is None else "a wrong token"
+        self.refused("artifact", _peer(self.client_address), why)
+        self.close_connection = True  # the body, if any, is never read
+        self._reply(401, f"{why}: set ${TOKEN_VAR} or ${TOKEN_FILE_VAR} to the proxy's", {"Connection": "close"})
+        return False
 
     def _one_line(self, exc: BaseException) -> str:
         """The error in one line, without the database password (a driver may quote the URL)."""
@@ -173,15 +200,44 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(204)
 
 
+def _peer(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a download in progress does not hold up the proxy's stop
     allow_reuse_address = True
+    tls: ssl.SSLContext | None = None
+    refused: Refused = staticmethod(lambda port, peer, why: None)  # type: ignore[assignment]
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's thread: the TLS handshake first, if any."""
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.refused("artifact", _peer(client_address), f"TLS handshake failed ({type(exc).__name__})")
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()
 
 
-def serve_artifacts(store: Any, host: str, port: int) -> ThreadingHTTPServer:
-    """Serves ``store`` (a DatabaseStore) on ``host:port`` from a thread; ``.shutdown()`` stops it."""
-    handler = type("ArtifactHandler", (_Handler,), {"store": store})
-    server_class = type("Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
+def serve_artifacts(store: Any, host: str, port: int, token: str | None = None, tls: ssl.SSLContext | None = None,
+                    refused: Refused | None = None) -> ThreadingHTTPServer:
+    """Serves ``store`` (a DatabaseStore) on ``host:port`` from a thread; ``.shutdown()`` stops it.
+
+    ``token``: the proxy's, required on every request; ``tls``: a server SSL context; ``refused``
+    is told of every refused client (port, address, why).
+    """
+    extra = {"refused": staticmethod(refused)} if refused is not None else {}
+    handler = type("ArtifactHandler", (_Handler,), {"store": store, "token": token, **extra})
+    base = type("ArtifactServer", (_Server,), {"tls": tls, **extra})
+    server_class = type("Server6", (base,), {"address_family": socket.AF_INET6}) if ":" in host else base
     try:
         server = server_class((host, port), handler)
     except OSError as exc:

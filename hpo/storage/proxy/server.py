@@ -43,25 +43,35 @@ workers keep the database's lock (released at once by a dead worker), so a direc
 worker starting at the same moment are not kept apart: start a shared study's first worker alone.
 
 The proxy also serves the database's artifact store (:mod:`hpo.storage.artifacts.http_store`) over
-plain HTTP on ``--artifact-port`` (default: the gRPC port + 1), so a proxied worker reaches its
+HTTP on ``--artifact-port`` (default: the gRPC port + 1), so a proxied worker reaches its
 checkpoints, figures and pretrained encoders through the same machine. A worker on
 ``grpc://host:PORT`` looks for it at ``host:PORT+1``, or at the port of ``?artifact_port=N`` in its
-storage URL. Neither port has a login or TLS: keep them on a private network.
+storage URL.
+
+**Who may connect.** Both ports serve only clients presenting the shared token
+(``$HPO_PROXY_TOKEN`` or ``$HPO_PROXY_TOKEN_FILE``, :mod:`hpo.storage.database.proxy_auth`): a gRPC
+interceptor checks every call before Optuna's servicer sees it (a refusal is ``UNAUTHENTICATED``)
+and the artifact port every request (401). Each refusal is logged with the peer's address, never
+what it sent, at most once a minute per address. ``--tls-cert``/``--tls-key`` put both ports
+under TLS. Without a token the proxy serves loopback addresses only, unless ``--insecure``.
 
 Example::
 
-    hpo storage-proxy --storage postgresql+psycopg://hpo@db/hpo --host 0.0.0.0 --port 13000   # and 13001
-    HPO_STORAGE=grpc://proxy-host:13000 hpo optimize --study imdb --trials 100
+    HPO_PROXY_TOKEN_FILE=/run/secrets/hpo-proxy/token \
+        hpo storage-proxy --storage postgresql+psycopg://hpo@db/hpo --host 0.0.0.0 --port 13000   # and 13001
+    HPO_PROXY_TOKEN_FILE=... HPO_STORAGE=grpc://proxy-host:13000 hpo optimize --study imdb --trials 100
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Callable
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy as sa
@@ -70,6 +80,7 @@ from optuna.trial import TrialState
 from hpo.errors import HpoError
 from hpo.storage import optuna_private
 from hpo.storage.artifacts.database_store import DatabaseStore
+from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, ServerTls, is_loopback, proxy_token, token_matches
 from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, grpc_address
 from hpo.storage.database.resilient import (
     GRACE_PERIOD_S,
@@ -87,11 +98,62 @@ try:  # grpcio is optional (hpo[proxy]): without it `hpo storage-proxy` is one c
 
     _Servicer = optuna_private.grpc_servicer()
     _api_pb2, _api_pb2_grpc = optuna_private.grpc_api()
+    _ServerInterceptor: Any = grpc.ServerInterceptor
 except ImportError:
     grpc = None
 
     class _Servicer:  # type: ignore[no-redef]  # never instantiated: serve() stops first
         pass
+
+    _ServerInterceptor = object
+
+REFUSAL_LOG_S = 60.0  # a client retrying with a wrong token is logged once a minute, not per call
+
+
+class RefusalLog:
+    """Logs refused clients by address, the first refusal at once, then at most every ``REFUSAL_LOG_S``
+    per address with how many there were; never what the client sent. Shared by both ports."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}  # address -> (last logged, refusals since)
+
+    def refused(self, port: str, peer: str, why: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, count = self._seen.get(peer, (float("-inf"), 0))
+            if now - last < REFUSAL_LOG_S:
+                self._seen[peer] = (last, count + 1)
+                return
+            self._seen[peer] = (now, 0)
+        more = f" ({count} more refused since the last line)" if count else ""
+        self.log(f"storage proxy: refused a client at {peer} on the {port} port: {why}{more}")
+
+
+def grpc_peer(peer: str) -> str:
+    """``ipv4:10.0.0.7:5123`` or ``ipv6:%5B::1%5D:5123`` (gRPC's form) as ``10.0.0.7:5123`` or ``[::1]:5123``."""
+    kind, _, address = peer.partition(":")
+    return unquote(address) if kind in ("ipv4", "ipv6") else peer
+
+
+class _TokenCheck(_ServerInterceptor):  # type: ignore[misc,valid-type]
+    """Lets a call through to Optuna's servicer only with the proxy's token in its metadata."""
+
+    def __init__(self, token: str, refusals: RefusalLog) -> None:
+        self.token, self.refusals = token, refusals
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        presented = dict(details.invocation_metadata or ()).get("authorization")
+        if token_matches(presented, self.token):
+            return continuation(details)
+        why = "no token" if presented is None else "a wrong token"
+
+        def refuse(request: Any, context: Any) -> Any:
+            self.refusals.refused("gRPC", grpc_peer(context.peer()), why)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}: set ${TOKEN_VAR} or ${TOKEN_FILE_VAR} to the proxy's")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)  # every call of Optuna's protocol is unary
 
 
 class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
@@ -150,34 +212,52 @@ def reap(storage: Any, grace_period: int, log: Log = lambda m: None) -> int:
 
 
 def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: threading.Event | None = None,
-          artifact_port: int | None = None, grace_period: int | None = None) -> None:
+          artifact_port: int | None = None, grace_period: int | None = None, tls: ServerTls | None = None,
+          insecure: bool = False) -> None:
     """Serve the database at ``url`` on ``host:port`` (gRPC) and its artifact store on
     ``host:artifact_port`` (HTTP; default port + 1) until SIGTERM or Ctrl-C.
 
     Trials whose heartbeat is ``grace_period`` seconds old (default: a worker's default) are
     failed and queued again, checked every :func:`~hpo.storage.database.resilient.heartbeat_interval`.
+    Clients must present the token of the environment (:func:`~hpo.storage.database.proxy_auth.proxy_token`);
+    without one, only a loopback ``host`` is served, unless ``insecure``. ``tls``: both ports over TLS.
     """
     if grpc is None:
         raise HpoError("hpo storage-proxy needs grpcio: pip install 'hpo[proxy]'")
 
     if grpc_address(url) is not None:
         raise HpoError("hpo storage-proxy needs the database URL itself, not another proxy's grpc:// address")
+    token = proxy_token()
+    if token is None and not insecure and not is_loopback(host):
+        raise HpoError(f"--host {host} lets other machines in, and the proxy can change every study: set ${TOKEN_VAR} "
+                       f"or ${TOKEN_FILE_VAR} (the workers need the same; `openssl rand -hex 24` makes one), "
+                       "or pass --insecure on a network you trust")
     grace_period = GRACE_PERIOD_S if grace_period is None else grace_period
     artifact_port = port + 1 if artifact_port is None else artifact_port
     if artifact_port == port:
         raise HpoError(f"--artifact-port {artifact_port} is the gRPC --port: choose another (workers look at {port + 1})")
     storage = open_storage(url, grace_period=grace_period, log=log)
-    server = grpc.server(ThreadPoolExecutor(max_workers=THREADS))
+    refusals = RefusalLog(log)
+    server = grpc.server(ThreadPoolExecutor(max_workers=THREADS),
+                         interceptors=[_TokenCheck(token, refusals)] if token is not None else None)
     _api_pb2_grpc.add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
     try:
-        server.add_insecure_port(f"{host}:{port}")
+        if tls is not None:
+            server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)]))
+        else:
+            server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpc cannot bind the port
         raise HpoError(f"cannot serve on {host}:{port}: {exc}; choose another --port") from None
-    artifacts = serve_artifacts(DatabaseStore.for_storage(storage), host, artifact_port)  # HpoError if taken
+    artifacts = serve_artifacts(DatabaseStore.for_storage(storage), host, artifact_port, token=token,
+                                tls=tls.ssl_context() if tls is not None else None,
+                                refused=refusals.refused)  # HpoError if taken
     server.start()
     shown = f"[{host}]" if ":" in host else host
-    log(f"storage proxy: grpc://{shown}:{port} -> {display_url(url)} (workers: --storage grpc://HOST:{port}); "
-        f"artifacts: http://{shown}:{artifact_port}; trials silent for {grace_period} s are re-run")
+    access = "token required" if token is not None else "NO TOKEN: anyone who reaches the ports may change every study"
+    tls_note = "TLS" if tls is not None else "no TLS"
+    log(f"storage proxy: grpc://{shown}:{port} -> {display_url(url)} (workers: --storage grpc://HOST:{port}"
+        f"{'?tls=1' if tls is not None else ''}); artifacts: http{'s' if tls is not None else ''}://{shown}:{artifact_port}; "
+        f"{access}, {tls_note}; trials silent for {grace_period} s are re-run")
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if ready is not None:

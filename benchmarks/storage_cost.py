@@ -1,0 +1,302 @@
+"""What one finished trial asks of PostgreSQL, counted by the server: plain Optuna against hpo's workers.
+
+``pg_stat_statements`` (the server must preload it; see docs/operations/scale.rst) counts, per
+statement, the calls, the rows returned or written, the shared buffers touched (hit + read, 8 kB
+each: the bytes the server went through) and the execution time. This script takes a snapshot
+before and after a window of ``--measured`` finished trials and divides the difference by the
+trials that finished in it. The figures count the database's work, not this machine's speed: on 2
+shared cores a worker's wall time says little, a statement count says the same on any machine.
+
+Per cell (study size x workers x mode), in a database of its own choosing (``--storage``):
+
+* a study pre-filled with ``size`` finished trials: one trial run by the mode's own objective,
+  then copied ``size - 1`` times in SQL (parameters, values, epochs, attributes, and for hpo the
+  trial's dashboard note), then ``ANALYZE`` (this server runs without autovacuum; a production one
+  has its statistics);
+* ``workers`` forked processes, each with its own storage, run a cheap objective (7 sampled
+  floats, 3 "epochs" that each store the epochs so far as one attribute and report a value, an
+  outcome attribute at the end; no sleep) with a RandomSampler, whose own cost does not grow
+  with the study;
+   - plain: ``RDBStorage`` + ``study.optimize`` + ``MaxTrialsCallback`` on COMPLETE and PRUNED
+     (the closest plain equivalent of hpo's global budget);
+   - hpo: ``open_storage(grace_period=60)`` (heartbeats, stale-trial check, retrying writes) +
+     ``hpo.search.workers.work`` (the budget loop) with the :class:`DashboardNotes` of
+     ``run_worker`` (a note per trial as it ends, the study's note at most once a minute);
+* the window opens once every worker has finished a trial (its first read of the study, which
+  loads every trial once per process, is the "join" column, per worker) and closes
+  ``--measured`` trials later.
+
+    python benchmarks/storage_cost.py                       # sizes 100,1000,10000 x workers 1,8,32
+    python benchmarks/storage_cost.py --sizes 1000 --workers 8 --top 12   # and the costliest statements
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import optuna  # noqa: E402
+import sqlalchemy  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from hpo import record  # noqa: E402
+from hpo.record import EpochRecord, Outcome, TrialRecord  # noqa: E402
+from hpo.search.callbacks import DashboardNotes  # noqa: E402
+from hpo.search.workers import work  # noqa: E402
+from hpo.storage.database.resilient import open_storage  # noqa: E402
+from hpo.storage.database.urls import mask_url  # noqa: E402
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/cost_bench"
+EPOCHS = 3
+TAG = "/* cost-monitor */"  # the benchmark's own statements, left out of the counts
+BLOCK = 8192
+
+
+def objective(trial: optuna.Trial, notes: DashboardNotes | None = None) -> float:
+    """hpo's objective's storage traffic without its training: the same attributes and reports."""
+    x = [trial.suggest_float(f"p{i}", 1e-4, 1e-1, log=True) for i in range(7)]
+    value = 1.0 - sum(x)
+    record.write_lr_groups(trial, {"embedding": x[0], "head": x[1]})
+    rows: list[EpochRecord] = []
+    for epoch in range(1, EPOCHS + 1):
+        rows.append(EpochRecord(epoch, 0.5 / epoch, 0.6 / epoch, value * epoch / EPOCHS, {"head": 0.1}, {"head": 0.2},
+                                0.0, {"head": x[1]}, 0.01))
+        record.write_epochs(trial, rows)
+        trial.report(rows[-1].val_accuracy, epoch)
+    outcome = Outcome(None, EPOCHS, EPOCHS, 10, "fp32")
+    record.write_outcome(trial, outcome)
+    if notes is not None:  # what run_worker's DashboardNotes listener does as a trial ends
+        notes.trial_ending(trial, TrialRecord(trial.number, record.COMPLETE, trial.params, trial.distributions,
+                                              value, tuple(rows), outcome, {}))
+    return value
+
+
+# --- the study, pre-filled -------------------------------------------------------------------
+
+
+def _storage(mode: str, url: str):
+    if mode == "hpo":
+        return open_storage(url, grace_period=60)
+    return optuna.storages.RDBStorage(url)
+
+
+def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
+    first = [True]
+    notes = DashboardNotes(every_s=60.0) if mode == "hpo" else None
+
+    ready_box = [ready]
+
+    def wrapped(trial: optuna.Trial) -> float:
+        box = ready_box[0]
+        if not first[0] and box is not None:
+            with box.get_lock():  # this worker's first trial, its callbacks included, is over
+                box.value += 1
+            ready_box[0] = None
+        first[0] = False
+        return objective(trial, notes)
+
+    if mode == "hpo":
+        work(study, wrapped, budget, poll_s=0.05, callbacks=[notes])
+    else:
+        stop = optuna.study.MaxTrialsCallback(budget, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        study.optimize(wrapped, callbacks=[stop], gc_after_trial=False)
+
+
+def prefill(mode: str, url: str, engine: sqlalchemy.Engine, size: int) -> str:
+    """A new study of ``size`` finished trials: one run by the mode's objective, the rest copied in SQL."""
+    name = f"cost-{mode}-{size}-{uuid.uuid4().hex[:6]}"
+    storage = _storage(mode, url)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler())
+    _run(mode, study, 1)
+    with engine.begin() as conn:
+        sid = conn.exec_driver_sql(f"{TAG} SELECT study_id FROM studies WHERE study_name = %(n)s", {"n": name}).scalar()
+        tid = conn.exec_driver_sql(f"{TAG} SELECT trial_id FROM trials WHERE study_id = %(s)s", {"s": sid}).scalar()
+        conn.exec_driver_sql(
+            f"{TAG} INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+            "SELECT g, study_id, state, datetime_start, datetime_complete FROM trials, generate_series(1, %(n)s) g "
+            "WHERE trial_id = %(t)s", {"n": size - 1, "t": tid})
+        for table in ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
+                      "trial_intermediate_values"):
+            cols = [c for c in _columns(conn, table) if c != "trial_id"][1:]  # [0]: the primary key
+            listed = ", ".join(cols)
+            conn.exec_driver_sql(
+                f"{TAG} INSERT INTO {table} (trial_id, {listed}) SELECT t.trial_id, {', '.join('c.' + c for c in cols)} "
+                f"FROM trials t JOIN {table} c ON c.trial_id = %(t)s WHERE t.study_id = %(s)s AND t.trial_id <> %(t)s",
+                {"t": tid, "s": sid})
+        # every trial's dashboard note, as DashboardNotes leaves one per trial in the study's attributes
+        conn.exec_driver_sql(
+            f"{TAG} INSERT INTO study_system_attributes (study_id, key, value_json) "
+            "SELECT %(s)s, replace(a.key, 'dashboard:' || %(t)s || ':', 'dashboard:' || t.trial_id || ':'), a.value_json "
+            "FROM trials t JOIN study_system_attributes a ON a.study_id = %(s)s AND a.key LIKE 'dashboard:' || %(t)s || ':%%' "
+            "WHERE t.study_id = %(s)s AND t.trial_id <> %(t)s", {"t": tid, "s": sid})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(f"{TAG} ANALYZE")
+    return name
+
+
+def _columns(conn, table: str) -> list[str]:
+    rows = conn.exec_driver_sql(
+        f"{TAG} SELECT column_name FROM information_schema.columns WHERE table_name = %(t)s ORDER BY ordinal_position",
+        {"t": table}).all()
+    return [r[0] for r in rows]
+
+
+# --- counting --------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    finished: int
+    per_query: dict[int, tuple[str, int, int, int, float]]  # queryid -> (text, calls, rows, blocks, ms)
+    cpu_s: float = 0.0  # the workers' CPU time (user + system) so far
+
+    def minus(self, before: "Snapshot") -> tuple[int, int, int, float]:
+        calls = rows = blocks = 0
+        ms = 0.0
+        for qid, (_, c, r, b, t) in self.per_query.items():
+            _, c0, r0, b0, t0 = before.per_query.get(qid, ("", 0, 0, 0, 0.0))
+            calls, rows, blocks, ms = calls + c - c0, rows + r - r0, blocks + b - b0, ms + t - t0
+        return calls, rows, blocks, ms
+
+
+def snapshot(conn, name: str) -> Snapshot:
+    rows = conn.exec_driver_sql(
+        f"{TAG} SELECT queryid, min(query), sum(calls), sum(rows), sum(shared_blks_hit + shared_blks_read), "
+        "sum(total_exec_time) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database()) AND query NOT LIKE '%%cost-monitor%%' GROUP BY queryid").all()
+    finished = conn.exec_driver_sql(
+        f"{TAG} SELECT count(*) FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = %(n)s "
+        "AND t.state IN ('COMPLETE', 'PRUNED')", {"n": name}).scalar()
+    return Snapshot(int(finished), {r[0]: (r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows})
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _worker(mode: str, url: str, name: str, budget: int, ready) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=_storage(mode, url), sampler=optuna.samplers.RandomSampler())
+    _run(mode, study, budget, ready)
+
+
+@dataclass
+class Cost:
+    trials: int
+    calls: float
+    rows: float
+    kbytes: float
+    ms: float
+    cpu_ms: float
+    join_calls: float
+    join_rows: float
+    join_kbytes: float
+    top: list[tuple[str, float, float, float]]
+
+
+def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: int, measured: int, top: int) -> Cost:
+    name = prefill(mode, url, engine, size)
+    budget = 10**9  # the workers run until the window closes, then they are killed: a slow starter cannot miss it
+    ctx = multiprocessing.get_context("fork")  # hpo and Optuna are imported already; storages are opened after
+    ready = ctx.Value("i", 0)
+    engine.dispose()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        s0 = snapshot(conn, name)
+        procs = [ctx.Process(target=_worker, args=(mode, url, name, budget, ready), daemon=True) for _ in range(workers)]
+        for p in procs:
+            p.start()
+        while ready.value < workers:
+            time.sleep(0.02)
+        pids = [p.pid for p in procs]
+        s1 = snapshot(conn, name)
+        s1.cpu_s = cpu_seconds(pids)
+        while True:
+            s2 = snapshot(conn, name)
+            s2.cpu_s = cpu_seconds(pids)
+            if s2.finished >= s1.finished + measured:
+                break
+            if not any(p.is_alive() for p in procs):
+                raise RuntimeError(f"{mode}, {workers} workers: the workers stopped before the window closed")
+            time.sleep(0.02)
+        for p in procs:
+            p.kill()  # what a killed worker leaves (a RUNNING trial) is past the window
+            p.join()
+    n = s2.finished - s1.finished
+    calls, rows, blocks, ms = s2.minus(s1)
+    jc, jr, jb, _ = s1.minus(s0)
+    # what the join leaves once the trials that ran in it are taken out at the steady rate
+    joined = s1.finished - s0.finished
+    top_rows = []
+    for qid, (text, c, r, b, t) in s2.per_query.items():
+        _, c0, r0, b0, t0 = s1.per_query.get(qid, ("", 0, 0, 0, 0.0))
+        if c > c0:
+            top_rows.append((" ".join(text.split())[:150], (c - c0) / n, (r - r0) / n, (b - b0) * BLOCK / 1024 / n))
+    top_rows.sort(key=lambda x: -x[3])
+    return Cost(n, calls / n, rows / n, blocks * BLOCK / 1024 / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
+                (jc - joined * calls / n) / workers, (jr - joined * rows / n) / workers,
+                (jb * BLOCK / 1024 - joined * blocks * BLOCK / 1024 / n) / workers, top_rows[:top])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--storage", default=os.environ.get("HPO_COST_STORAGE") or DEFAULT_URL,
+                        help="a PostgreSQL database with pg_stat_statements (CREATE EXTENSION done)")
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--workers", default="1,8,32")
+    parser.add_argument("--modes", default="plain,hpo")
+    parser.add_argument("--measured", type=int, default=50, help="finished trials per window")
+    parser.add_argument("--top", type=int, default=0, help="also print the N statements that read the most")
+    args = parser.parse_args()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    engine = sqlalchemy.create_engine(args.storage, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        version = conn.exec_driver_sql("SHOW server_version").scalar()
+    print(f"# storage {mask_url(args.storage)} (PostgreSQL {version}), {os.cpu_count()} CPUs; optuna "
+          f"{optuna.__version__}; objective: {EPOCHS} epochs of bookkeeping, no sleep; RandomSampler; "
+          f"{args.measured} trials per window", flush=True)
+    print(f"{'size':>6} {'workers':>7}  {'mode':<6}{'stmts/trial':>12}{'rows/trial':>11}{'kB/trial':>10}"
+          f"{'db ms/trial':>12}{'cpu ms/trial':>13}  | join/worker: {'stmts':>6}{'rows':>8}{'kB':>9}", flush=True)
+    baseline: dict[tuple[int, int], Cost] = {}
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for mode in args.modes.split(","):
+                try:
+                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
+                except sqlalchemy.exc.OperationalError as exc:  # a server restarted under the cell: once more
+                    print(f"# {size} {workers} {mode}: measured again after {str(exc).splitlines()[0][:100]}", flush=True)
+                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
+                ratio = ""
+                if mode == "plain":
+                    baseline[(size, workers)] = c
+                elif (size, workers) in baseline:
+                    b = baseline[(size, workers)]
+                    ratio = f"  x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} kB of plain"
+                print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>10.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
+                      f"  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
+                for text, calls, rows, kb in c.top:
+                    print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} kB  {text}")
+    print("# per trial: statements (BEGIN/COMMIT included), rows returned or written, shared buffers hit+read x 8 kB, "
+          "server execution time (lock waits included), the workers' own CPU time; over the window's finished trials. join/worker: what a worker's start costs on top "
+          "(its first full read of the study), the window's per-trial rate taken out")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Reads and writes whose cost does not grow with the study: trial counts by state, study attributes by key.
+
+Optuna's storage API reads a study's trials with all their attributes, and its system attributes
+all at once; optuna-dashboard keeps every trial's note among the latter. A worker that asked
+"what version is this trial's note at?" through that API read every note of the study to answer,
+once per trial, so a trial's cost grew with the study (benchmarks/storage_cost.py). Here such
+questions cost one small query on a database (SQLite, PostgreSQL, MySQL), retried through an
+outage like the storage's own calls; any other storage (the proxy's gRPC client, a journal file,
+memory) answers through the public API, which is what those storages serve anyway.
+
+Example::
+
+    trial_counts(storage, study_id)                         # {"COMPLETE": 950, "RUNNING": 8, ...}
+    study_attrs(storage, study_id, ["dashboard:note_ver"])  # {} when the study has no note yet
+    rewrite_study_attrs(storage, study_id, ["n"], lambda found: {"n": found.get("n", 0) + 1})
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Iterable, TypeVar
+
+from hpo.storage.database.resilient import ResilientStorage
+from hpo.storage.optuna_private import (
+    count_trials_by_state,
+    rdb_of,
+    rewrite_study_system_attrs,
+    study_system_attrs_by_key,
+)
+
+T = TypeVar("T")
+Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def trial_counts(storage: Any, study_id: int) -> dict[str, int]:
+    """``{state name: number of trials}`` of the study (states without trials left out)."""
+    rdb = rdb_of(storage)
+    if rdb is None:
+        return dict(Counter(t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)))
+    return _retried(rdb, "trial_counts", lambda: count_trials_by_state(rdb, study_id))
+
+
+def study_attrs(storage: Any, study_id: int, keys: Iterable[str]) -> dict[str, Any]:
+    """The study system attributes among ``keys`` that exist (a missing key is left out)."""
+    wanted = list(dict.fromkeys(keys))
+    rdb = rdb_of(storage)
+    if rdb is None:
+        attrs = storage.get_study_system_attrs(study_id)
+        return {k: attrs[k] for k in wanted if k in attrs}
+    return _retried(rdb, "study_attrs", lambda: study_system_attrs_by_key(rdb, study_id, wanted))
+
+
+def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrite: Rewrite) -> None:
+    """Write the study system attributes ``rewrite(found)`` returns, ``found`` being those among
+    ``keys`` that exist: on a database in one transaction, which a retry runs whole again."""
+    wanted = list(dict.fromkeys(keys))
+    rdb = rdb_of(storage)
+    if rdb is None:
+        attrs = storage.get_study_system_attrs(study_id)
+        for key, value in rewrite({k: attrs[k] for k in wanted if k in attrs}).items():
+            storage.set_study_system_attr(study_id, key, value)
+        return
+    _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite))
+
+
+def _retried(rdb: Any, name: str, call: Callable[[], T]) -> T:
+    if isinstance(rdb, ResilientStorage):
+        return rdb.retrying(name, call)
+    return call()

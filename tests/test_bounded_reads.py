@@ -1,0 +1,114 @@
+"""Reads whose cost does not grow with the study (hpo.storage.database.bounded) answer as Optuna's
+own API does, on SQLite, PostgreSQL and MariaDB, and through the fallback of any other storage.
+
+The servers are real (tests/db_servers.py): unreachable, they skip, except under CI=true.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from contextlib import contextmanager
+from typing import Iterator
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from hpo.record import TrialRecord
+from hpo.search.study import LiveTally, tally
+from hpo.storage.database.bounded import rewrite_study_attrs, study_attrs, trial_counts
+from hpo.storage.database.resilient import open_storage
+from hpo.storage.optuna_private import TRIAL_STATE_INDEX, ensure_trial_state_index, storage_of, study_id
+from tests.db_servers import fresh_database
+
+KINDS = ("sqlite", "postgres", "mysql", "memory")
+
+
+@contextmanager
+def storage_for(kind: str, tmp_path) -> Iterator[object]:
+    if kind == "memory":
+        yield optuna.storages.InMemoryStorage()
+    elif kind == "sqlite":
+        yield open_storage(f"sqlite:///{tmp_path / 'counts.db'}")
+    else:
+        with fresh_database(kind) as url:
+            storage = open_storage(url)
+            try:
+                yield storage
+            finally:
+                storage.remove_session()
+                storage.engine.dispose()
+
+
+def _mixed_study(storage) -> optuna.Study:
+    """Trials in every state, two studies side by side (counts must not mix them), pruned ones diverged or not."""
+    other = optuna.create_study(study_name="other", storage=storage)
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    study = optuna.create_study(study_name="mixed", storage=storage, direction="maximize")
+    for i, state in enumerate([TrialState.COMPLETE] * 4 + [TrialState.PRUNED] * 3 + [TrialState.FAIL] * 2):
+        trial = study.ask()
+        trial.report(0.1 * i, 1)
+        if state == TrialState.PRUNED and i % 2:
+            trial.set_user_attr("outcome", {"verdict": {"reason": "nan", "epoch": 1}, "epochs_run": 1})
+        study.tell(trial, 0.1 * i if state == TrialState.COMPLETE else None, state=state)
+    study.ask()  # RUNNING
+    study.ask()
+    study.enqueue_trial({"x": 0.5})  # WAITING
+    return study
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trial_counts_match_what_get_trials_counts(kind, tmp_path) -> None:
+    with storage_for(kind, tmp_path) as storage:
+        study = _mixed_study(storage)
+        expected = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+        assert expected == {"COMPLETE": 4, "PRUNED": 3, "FAIL": 2, "RUNNING": 2, "WAITING": 1}
+        assert trial_counts(storage_of(study), study_id(study)) == expected
+        study.tell(study.ask(), 1.0)  # runs the WAITING one: a change after the first count shows in the next
+        assert trial_counts(storage_of(study), study_id(study)) == {"COMPLETE": 5, "PRUNED": 3, "FAIL": 2, "RUNNING": 2}
+
+
+@pytest.mark.parametrize("kind", ("sqlite", "postgres", "mysql"))
+def test_opening_a_database_indexes_trials_by_study_and_state_once(kind, tmp_path) -> None:
+    """Optuna's stale-trial search (every trial start) and the counts read the index, not every trial."""
+    with storage_for(kind, tmp_path) as storage:
+        again = open_storage(storage.url)  # a second worker: finds the index, makes no second one
+        indexes = [ix for ix in sqlalchemy.inspect(again.engine).get_indexes("trials") if ix["name"] == TRIAL_STATE_INDEX]
+        assert [ix["column_names"] for ix in indexes] == [["study_id", "state"]]
+        assert ensure_trial_state_index(again) is True
+        again.engine.dispose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_study_attrs_by_key_and_their_rewrite_in_one_go(kind, tmp_path) -> None:
+    with storage_for(kind, tmp_path) as storage:
+        study = optuna.create_study(study_name="attrs", storage=storage)
+        other = optuna.create_study(study_name="neighbour", storage=storage)
+        storage.set_study_system_attr(study_id(other), "n", 99)  # same key, other study: not ours
+        sid = study_id(study)
+        storage.set_study_system_attr(sid, "n", 1)
+        storage.set_study_system_attr(sid, "keep", "as it was")
+        assert study_attrs(storage, sid, ["n", "missing"]) == {"n": 1}
+        rewrite_study_attrs(storage, sid, ["n", "new"], lambda found: {"n": found["n"] + 1, "new": sorted(found)})
+        assert storage.get_study_system_attrs(sid) == {"n": 2, "new": ["n"], "keep": "as it was"}
+        assert storage.get_study_system_attrs(study_id(other)) == {"n": 99}
+
+
+@pytest.mark.parametrize("kind", ("sqlite", "memory"))
+def test_live_tally_read_after_each_change_equals_a_full_tally(kind, tmp_path) -> None:
+    """The incremental tally (records built once per finished trial) against Tally.of every trial."""
+    with storage_for(kind, tmp_path) as storage:
+        study = _mixed_study(storage)
+        live = LiveTally()
+        assert live.read(study) == tally(study)
+        for value, state in [(0.95, TrialState.COMPLETE), (None, TrialState.PRUNED), (0.99, TrialState.COMPLETE)]:
+            trial = study.ask()
+            trial.report(0.5, 1)
+            study.tell(trial, value, state=state)
+            assert live.read(study) == tally(study)
+        assert live.read(study).best.accuracy == 0.99 and live.read(study).diverged == 1
+        finished = [t for t in study.get_trials() if t.state.is_finished() and t.state != TrialState.FAIL]
+        assert live.mean_epochs() == pytest.approx(statistics.fmean(TrialRecord.from_trial(t).epochs_run for t in finished))
+        assert live.mean_epochs() > 0  # the diverged trial's outcome says it ran an epoch
