@@ -22,15 +22,33 @@ Example::
     hpo.load_model("model.pt").predict(["A moving, funny film."])   # a file from hpo export
 """
 
+import importlib
+from typing import Any
+
 from hpo.analysis.diagnose import Diagnosis, diagnose
 from hpo.analysis.logs import parse_log, read_log
-from hpo.analysis.trials import load_study_records
 from hpo.divergence import DivergenceMonitor, check_divergence
 from hpo.errors import HpoError
-from hpo.export import Model, Prediction, export_model, load_model
 from hpo.record import TrialRecord
-from hpo.search.run import OptimizeOutcome, optimize
 from hpo.spec import ModelSpec, Spec, load_spec
+
+# The names that need PyTorch, Optuna's storages or SQLAlchemy load on first use: ``import hpo``
+# stays light (a log to diagnose, a spec to read), and the command line's start-up guard
+# (hpo/cli.py) covers the seconds that importing torch takes, so a Ctrl-C then is one line.
+_LAZY = {
+    "load_study_records": "hpo.analysis.trials",
+    "Model": "hpo.export", "Prediction": "hpo.export", "export_model": "hpo.export", "load_model": "hpo.export",
+    "OptimizeOutcome": "hpo.search.run", "optimize": "hpo.search.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hpo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["Diagnosis", "DivergenceMonitor", "HpoError", "Model", "ModelSpec", "OptimizeOutcome", "Prediction", "Spec",
            "TrialRecord", "check_divergence", "diagnose", "export_model", "load_model", "load_spec", "load_study_records",

@@ -516,12 +516,7 @@ def _torch_loading(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("moment", [
-    pytest.param("importing", marks=pytest.mark.xfail(
-        reason="since hpo/__init__.py imports hpo.search.run (torch), torch loads before hpo.cli's start-up guard: "
-               "the guard has to move to the package's front door (open, rel2's notes)", strict=False)),
-    "loading-data",
-])
+@pytest.mark.parametrize("moment", ["importing", "loading-data"])
 def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -> None:
     """Before the fix: Python's traceback of ``import torch`` (or of the data loading), exit 1."""
     proc, log = _optimize(tmp_path, data_cache_dir, "early", 1, "--jobs", "1")
