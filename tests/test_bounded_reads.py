@@ -21,7 +21,7 @@ from hpo.search.study import LiveTally, tally
 from hpo.storage.database.bounded import rewrite_study_attrs, study_attrs, trial_counts
 from hpo.storage.database.resilient import open_storage
 from hpo.storage.optuna_private import TRIAL_STATE_INDEX, ensure_trial_state_index, storage_of, study_id
-from tests.db_servers import fresh_database
+from db_servers import fresh_database
 
 KINDS = ("sqlite", "postgres", "mysql", "memory")
 
