@@ -55,3 +55,18 @@ def test_the_cnn_example_spec_runs_from_the_command_line_by_the_factory_s_name(t
     assert report.exit_code == 0 and "lr_conv" in report.output  # the best trial's rates, by group
     (record,) = hpo.load_study_records("text-cnn", storage)
     assert set(record.epochs[0].grad_norm_mean) == {"embedding", "conv", "head"}
+
+
+def test_a_factory_other_processes_cannot_import_is_one_line_for_several_jobs(text_cnn, tmp_path):
+    """The example's module was loaded by path, as a notebook's function would be: spawned workers
+    cannot import its factory, so two jobs are refused before a study exists (one job runs it)."""
+    import optuna
+
+    csv = text_cnn.write_reviews_csv(tmp_path / "r.csv", per_class=60)
+    storage = f"sqlite:///{tmp_path / 'jobs.db'}"
+    overrides = {**SMALL, "data.path": str(csv), "data.text_column": "review_body", "data.label_column": "category",
+                 "model.factory": text_cnn.cnn, "train.max_epochs": 1}
+    with pytest.raises(hpo.HpoError, match=r"^jobs = 2: worker processes cannot import the model factory "
+                                           r"'text_cnn_example:cnn'.*or run with jobs=1$"):
+        hpo.optimize(str(EXAMPLE.with_suffix(".toml")), trials=1, storage=storage, jobs=2, overrides=overrides)
+    assert optuna.study.get_all_study_names(storage) == []

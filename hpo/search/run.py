@@ -33,7 +33,7 @@ from hpo.search.workers import WorkerOutcome, auto_jobs, run_worker, run_workers
 from hpo.spec import Spec, apply_overrides, factory_name, load_spec, spec_from_dict
 from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage
 from hpo.storage.database.urls import display_url, resolve_storage_url
-from hpo.training.calibrate import ensure_calibration
+from hpo.training.calibrate import crosses_processes, ensure_calibration
 from hpo.training.device import precision_note, resolve_device
 from hpo.training.models import check_model
 
@@ -178,6 +178,12 @@ def optimize(
     if note:
         say(note)
     n_jobs, why = choose_jobs(spec, jobs, measured)
+    if n_jobs > 1 and not crosses_processes(spec):
+        if jobs != "auto":
+            raise HpoError(f"jobs = {n_jobs}: worker processes cannot import the model factory "
+                           f"{factory_name(spec.model.factory)!r} (a function from a notebook or a file loaded by path): "
+                           "name it as 'package.module:function' on an importable path, or run with jobs=1")
+        n_jobs = 1
     if n_jobs > 1:
         outcome = run_workers(spec, url, trials, n_jobs, timeout=timeout, seed=seed, log=say, grace_period=grace_period,
                               why=why, precision=precision, onednn=onednn, tensorboard=tensorboard)

@@ -29,6 +29,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import random
 import tempfile
@@ -200,6 +201,24 @@ def measure_parallel(spec: Spec, data: Dataset, candidate: Candidate, processes:
             p.join(timeout=30)
 
 
+def crosses_processes(spec: Spec) -> bool:
+    """Whether other processes can rebuild this spec's model: a factory given as a Python object
+    from a module they cannot import (a file loaded by path, a notebook cell) cannot."""
+    try:
+        pickle.dumps(spec)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _parallel_measurable(spec: Spec, log: Log) -> bool:
+    if not crosses_processes(spec):
+        log(f"calibration: one process only: worker processes cannot import the model factory "
+            f"{factory_name(spec.model.factory)!r}; name it as 'package.module:function' to measure several")
+        return False
+    return True
+
+
 def calibrate(spec: Spec, data: Dataset, device: torch.device, log: Log = lambda m: None) -> Calibration:
     """Measure every candidate; the fastest, with the number of processes that runs it fastest."""
     start = time.perf_counter()
@@ -214,7 +233,7 @@ def calibrate(spec: Spec, data: Dataset, device: torch.device, log: Log = lambda
     best = max(measured, key=measured.__getitem__)
     jobs, threads, total = 1, best.threads, measured[best]
     labels = {c.label: tps for c, tps in measured.items()}
-    if device.type == "cpu" and cores > 1:
+    if device.type == "cpu" and cores > 1 and _parallel_measurable(spec, log):
         together = measure_parallel(spec, data, best, cores)
         labels[f"{best.precision}, {cores} processes x 1 thread"] = together
         if together > total:
