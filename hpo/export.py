@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -40,6 +39,7 @@ import optuna
 import torch
 
 from hpo.data import PAD, UNK, tokenize
+from hpo.data.cache import atomic_save
 from hpo.data.text import TOKENIZER_VERSION
 from hpo.errors import HpoError
 from hpo.record import StudyRecord, TrialRecord
@@ -141,20 +141,8 @@ def export_model(study: optuna.Study, out: str | os.PathLike, trial: int | None 
         "vocab": "\n".join(vocab or []), "classes": list(classes or []), "members": members,
     }
     path = Path(out)
-    _atomic_save(payload, path)
+    atomic_save(payload, path)
     return Exported(str(path), tuple(numbers), path.stat().st_size)
-
-
-def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- loaded and used ------------------------------------------------------------------------------

@@ -86,7 +86,9 @@ def _cache_key(spec: DataSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _atomic_save(obj: object, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -221,7 +223,7 @@ def load_dataset(spec: DataSpec, log: Log = lambda msg: None) -> Dataset:
     if not path.exists():
         with file_lock(folder / f"imdb-{key}.lock"):
             if not path.exists():  # another worker may have built it while we waited
-                _atomic_save(_build(spec, log), path)
+                atomic_save(_build(spec, log), path)
     blob = torch.load(path, weights_only=True)
     splits = {n: Split(blob[f"{n}.tokens"], blob[f"{n}.offsets"], blob[f"{n}.labels"]) for n in ("train", "valid", "test")}
     return Dataset(
