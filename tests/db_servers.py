@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -185,3 +189,21 @@ def study_database(kind: str, tmp_path) -> Iterator[str]:
     else:
         with fresh_database(kind) as url:
             yield url
+
+
+def start_storage_proxy(port: int, cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """`hpo storage-proxy --port PORT ARGS` with ``env`` (the database URL travels there, never on the
+    command line), once it says it serves: (the process, its lines so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port), *args], cwd=cwd,
+                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("storage proxy: grpc://"):
+            return proc, lines
+    proc.kill()
+    pytest.fail("hpo storage-proxy did not start:\n" + "".join(lines))

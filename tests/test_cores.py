@@ -59,7 +59,7 @@ def test_a_reused_pid_or_a_dead_pid_is_not_counted(tmp_path: Path, other_process
     register(tmp_path, other_process.pid, started="1")  # same pid, another start time: a reused pid
     register(tmp_path, 2**22 + 7, started="")  # above pid_max: no such process
     (tmp_path / "not-a-pid").write_text("")
-    assert share.processes() == 1 and share.threads() == 2
+    assert share.processes() == 1 and share.rebalance() == 2
     share.close()
 
 

@@ -13,8 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -27,6 +25,7 @@ from hpo.search.workers import work
 from hpo.storage.artifacts.http_store import HttpArtifactStore
 from hpo.storage.database.proxy_auth import ClientAuth, client_auth, proxy_token, token_matches
 from hpo.storage.database.resilient import open_storage
+from db_servers import start_storage_proxy
 from test_dashboard_browser import _free_port
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
@@ -44,21 +43,10 @@ def _no_credentials_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
 def _start_proxy(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], int, list[str]]:
     """`hpo storage-proxy` on a fresh SQLite file, once it says it serves: (process, port, its lines so far)."""
     port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if k not in AUTH_VARS}, "PYTHONUNBUFFERED": "1",
+    env = {**{k: v for k, v in os.environ.items() if k not in AUTH_VARS},
            "HPO_STORAGE": f"sqlite:///{tmp_path / 'proxy.db'}", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port), *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("storage proxy: grpc://"):
-            return proc, port, lines
-    proc.kill()
-    pytest.fail("hpo storage-proxy did not start:\n" + "".join(lines))
+    proc, lines = start_storage_proxy(port, tmp_path, env, *args)
+    return proc, port, lines
 
 
 def _stop(proc: subprocess.Popen[str], lines: list[str]) -> str:

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
-from db_servers import fresh_database
+from db_servers import fresh_database, start_storage_proxy
 from hpo.cli import main
 from hpo.storage.database.resilient import open_storage
 from hpo.search.study import FINISHED
@@ -25,22 +25,10 @@ pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test
 
 def _start_proxy(url: str, port: int, cwd: Path, grace: int | None = None) -> tuple[subprocess.Popen[str], list[str]]:
     """`hpo storage-proxy` on ``port`` (gRPC) and ``port + 1`` (artifacts), once it says it serves."""
-    env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1"}  # the password stays off the command line
+    env = {**os.environ, "HPO_STORAGE": url}  # the password stays off the command line
     if grace is not None:
         env["HPO_GRACE_PERIOD"] = str(grace)
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("storage proxy: grpc://"):
-            return proc, lines
-    proc.kill()
-    pytest.fail("hpo storage-proxy did not start:\n" + "".join(lines))
+    return start_storage_proxy(port, cwd, env)
 
 
 def _objective(trial: optuna.Trial) -> float:

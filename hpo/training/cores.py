@@ -89,9 +89,6 @@ class CoreShare:
                 entry.unlink(missing_ok=True)
         return max(alive, 1)
 
-    def threads(self) -> int:
-        return max(1, self.cores // self.processes())
-
     def rebalance(self, log: Callable[[str], None] = lambda m: None) -> int:
         """Set this process's intra-op threads to its share; says so when the share changes."""
         processes = self.processes()
