@@ -170,7 +170,9 @@ class Model:
         # (the weights replace it). A factory of yours is built as it builds itself (it may make
         # buffers that the weights do not hold).
         builtin = factory_name(self.spec.model.factory) == BUILTIN_FACTORY
-        with torch.device("meta") if builtin else contextlib.nullcontext():
+        # build_model seeds torch's global generator (training wants every trial to start alike);
+        # a user who loads a model inside their own seeded code must not have their stream reset.
+        with torch.random.fork_rng(devices=[]), (torch.device("meta") if builtin else contextlib.nullcontext()):
             net = build_model(self.spec, len(self.vocab), None if dropout is None else float(dropout),
                               num_classes=len(self.classes))
         try:

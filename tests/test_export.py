@@ -84,6 +84,15 @@ def test_predict_from_python_reproduces_the_recorded_test_accuracy_without_the_s
     assert model.classes == ("negative", "positive") and model.trials == (study_dir["best"].number,)
 
 
+def test_loading_a_model_leaves_the_callers_random_state_alone(study_dir: dict) -> None:
+    # Building the network seeds torch for training's sake; a user's own seeded code must not feel it.
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    hpo.load_model(study_dir["folder"] / "model.pt")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_predict_from_the_cli_reproduces_the_recorded_test_accuracy(study_dir: dict, tmp_path: Path) -> None:
     folder = study_dir["folder"]
     recorded = record.TrialRecord.from_trial(study_dir["best"]).test_accuracy
