@@ -450,11 +450,13 @@ def storage_proxy(storage: str | None, host: str, port: int, artifact_port: int 
                    "warmup_epochs, confirm_epochs, no_progress_epochs, chance_margin, grad_norm_limit).")
 @click.option("--columns", "columns", multiple=True, metavar="ROLE=NAME",
               help="Name a column yourself, e.g. --columns val_loss=my_loss (roles: train_loss, val_loss, accuracy).")
+@click.option("--classes", "num_classes", type=click.IntRange(min=2), default=None, metavar="K",
+              help="How many classes the model chooses among: chance is ln K (default: a study's own, else 2).")
 @click.option("--study", default=None, help="Judge a trial of this hpo study instead of a file (with --trial).")
 @click.option("--trial", "trial_number", type=int, default=None, help="The trial's number (with --study).")
 @_STORAGE
 def diagnose_command(log_file: str | None, fmt: str, out_dir: str | None, rules: tuple[str, ...],
-                     columns: tuple[str, ...], study: str | None, trial_number: int | None,
+                     columns: tuple[str, ...], num_classes: int | None, study: str | None, trial_number: int | None,
                      storage: str | None) -> None:
     """Judge a training run from its log: diverged, overfitting, stable, or cannot judge, and what to try.
 
@@ -473,7 +475,7 @@ def diagnose_command(log_file: str | None, fmt: str, out_dir: str | None, rules:
         log = read_log(log_file)
     else:
         raise HpoError("give a log: hpo diagnose FILE, - for stdin, or --study S --trial N")
-    result = diagnose(log, rules_from_pairs(rules, stored), columns_from_pairs(columns))
+    result = diagnose(log, rules_from_pairs(rules, stored), columns_from_pairs(columns), num_classes)
     _echo(result.to_json() if fmt == "json" else result.render())
     if out_dir:
         path = result.figure(out_dir)

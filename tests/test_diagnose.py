@@ -3,6 +3,7 @@ edges, advice, the JSON form, the figure, the command line and hpo's own trials.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -206,3 +207,25 @@ def test_the_package_front_door_judges_a_file_path_as_the_command_does() -> None
     assert from_path.to_json() == parsed.to_json()
     out = CliRunner().invoke(main, ["diagnose", str(path), "--format", "json"])
     assert json.loads(out.output) == json.loads(from_path.to_json())
+
+
+# A 4-class run that learns slowly: its loss sits between ln 2 and ln 4 (1.386), with one large gradient norm.
+_FOUR_CLASS = """epoch  train_loss  val_loss  grad_norm_head
+    1  1.30  1.25  150.0
+    2  1.22  1.20  3.0
+    3  1.15  1.16  2.5
+"""
+
+
+def test_chance_is_ln_k_for_k_classes_from_the_option_or_the_study() -> None:
+    log = parse_log(_FOUR_CLASS)
+    as_binary = diagnose(log)  # read as two classes, 1.2 never got below ln 2: "no progress"
+    assert as_binary.verdict == "diverged" and "ln 2 = 0.693" in as_binary.reason
+    assert diagnose(log, num_classes=4).verdict == "stable"  # below ln 4: it is learning
+    stored = diagnose(dataclasses.replace(log, num_classes=4))  # what an hpo study's trial log carries
+    assert stored.verdict == "stable"
+    runner = CliRunner()
+    out = runner.invoke(main, ["diagnose", "-", "--classes", "4"], input=_FOUR_CLASS)
+    assert out.exit_code == 0 and "verdict: stable" in out.output, out.output
+    bad = runner.invoke(main, ["diagnose", "-", "--classes", "1"], input=_FOUR_CLASS)
+    assert bad.exit_code == 2 and "--classes" in bad.output

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hpo.analysis.logs import Columns, TrainingLog, choose_columns, read_log
-from hpo.divergence import CHANCE_LOSS, check_divergence, recovered
+from hpo.divergence import chance_loss, check_divergence, recovered
 from hpo.errors import HpoError
 from hpo.record import Verdict
 from hpo.spec.schema import DivergenceSpec
@@ -115,11 +115,17 @@ class Diagnosis:
 
 
 def diagnose(log: TrainingLog | str | os.PathLike[str], rules: DivergenceSpec | None = None,
-             columns: Mapping[str, str] | None = None) -> Diagnosis:
+             columns: Mapping[str, str] | None = None, num_classes: int | None = None) -> Diagnosis:
     """Judge ``log`` (a parsed log, or a file or folder to read) with ``rules`` (default: the
-    project's); ``columns`` names roles' columns."""
+    project's); ``columns`` names roles' columns. ``num_classes`` (K) sets the chance loss, ln K,
+    that the rules measure a rise and "no progress" against: default the log's own count (an hpo
+    trial's study knows it), else 2."""
     if not isinstance(log, TrainingLog):
         log = read_log(log)
+    k = num_classes or log.num_classes or 2
+    if k < 2:
+        raise HpoError(f"num_classes = {k}: a classifier chooses among 2 classes or more")
+    log = dataclasses.replace(log, num_classes=k)
     rules = rules or DivergenceSpec()
     cols = choose_columns(log, columns)
     make = lambda verdict, reason, **kw: Diagnosis(verdict, reason, columns=cols, log=log, **kw)  # noqa: E731
@@ -137,7 +143,7 @@ def diagnose(log: TrainingLog | str | os.PathLike[str], rules: DivergenceSpec | 
     if curves.train is None:
         rules = dataclasses.replace(rules, train_rise=0.0)
         notes = ("no train loss in the log: the jump rule judged the validation loss alone",)
-    verdict = check_divergence(curves.val, curves.train or [], curves.grad, rules)
+    verdict = check_divergence(curves.val, curves.train or [], curves.grad, rules, k)
     if verdict is None and log.recorded is not None:
         return _recorded(log.recorded, curves, cols, log, notes)
     if verdict is not None:
@@ -214,7 +220,7 @@ def _train_nan(log: TrainingLog, cols: Columns) -> str:
 def _diverged(verdict: Verdict, c: _Curves, cols: Columns, log: TrainingLog, rules: DivergenceSpec,
               notes: tuple[str, ...]) -> Diagnosis:
     j = verdict.epoch - 1
-    back = recovered(c.val, verdict.epoch, verdict, rules)
+    back = recovered(c.val, verdict.epoch, verdict, rules, log.num_classes or 2)
     epoch = c.epochs[j]
     if verdict.reason == "jump":
         before = min(c.val[:j])
@@ -228,7 +234,8 @@ def _diverged(verdict: Verdict, c: _Curves, cols: Columns, log: TrainingLog, rul
                  if not math.isfinite(v)]
         reason = f"{' and '.join(which)} loss became NaN/inf at epoch {epoch}"
     else:
-        reason = (f"the validation loss never got below chance (ln 2 = {CHANCE_LOSS:.3f}) by epoch {epoch} while a "
+        k = log.num_classes or 2
+        reason = (f"the validation loss never got below chance (ln {k} = {chance_loss(k):.3f}) by epoch {epoch} while a "
                   f"gradient norm reached {max(c.grad[:j + 1]):.3g} (limit {rules.grad_norm_limit:g})")
     reason += _came_back(back, c, j, rules)
     ratio = verdict.ratio if verdict.reason == "jump" else None

@@ -64,7 +64,8 @@ class TrainingLog:
 
     ``columns[name][i]`` belongs to epoch ``epochs[i]``; ``None`` where the log has no value (a
     NaN or inf the log printed stays NaN or inf). ``recorded``: the divergence verdict of the
-    process that trained the run, when it left one (hpo's own trials).
+    process that trained the run, when it left one (hpo's own trials). ``num_classes``: how many
+    classes the run's model chose among, when the source says (an hpo study does); None: unknown.
     """
 
     epochs: list[int]
@@ -73,6 +74,7 @@ class TrainingLog:
     source: str
     notes: tuple[str, ...] = ()
     recorded: Verdict | None = None
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         for name, values in self.columns.items():

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -121,10 +122,12 @@ def trial_log(name: str, storage: optuna.storages.BaseStorage, number: int) -> t
     trials = study.get_trials(deepcopy=False)
     for t in trials:
         if t.number == number:
+            record = StudyRecord.of(study)
             try:
-                spec = StudyRecord.of(study).parsed_spec()
+                spec = record.parsed_spec()
             except HpoError:  # a spec of another hpo version: the default rules
                 spec = None
-            return from_trial_record(TrialRecord.from_trial(t), name), spec.divergence if spec else None
+            log = dataclasses.replace(from_trial_record(TrialRecord.from_trial(t), name), num_classes=record.num_classes)
+            return log, spec.divergence if spec else None
     have = f"{trials[0].number}-{trials[-1].number}" if trials else "none yet"
     raise HpoError(f"study {name!r} has no trial {number} (its trials: {have})")
