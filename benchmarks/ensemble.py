@@ -12,8 +12,10 @@ with the command, machine and study on top.
     python benchmarks/ensemble.py --trials 12 --storage sqlite:////tmp/ensemble-study/hpo.db \\
         --set data.max_train=4000 --set data.max_len=400 --set train.max_epochs=3 --set name=imdb-ensemble
 
-The study's size is what a shared 2-core CPU affords (see the file's header); the user's
-command, ``hpo optimize --study imdb --trials 100`` on full data, is ~3 CPU hours.
+The study's size is what a shared 2-core CPU affords (see the file's header). A study that has
+its trials already (the user's command, ``hpo optimize --study imdb --trials 100 --set
+artifacts.keep_best=5``) is only read: the same ``--study``, ``--set``, ``--trials`` and
+``--storage``, and ``--name`` for the result file.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", default="sqlite:///ensemble.db")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="ensemble.txt", help="the result file's name in --out")
     args = parser.parse_args()
     overrides = [*args.overrides, f"artifacts.keep_best={max(TOPS)}"]
     try:
@@ -97,7 +100,7 @@ def main() -> None:
         ]
         notes.append(f"The {len(members)} networks predicted both splits in {seconds:.0f} s, one process each "
                      "(fit s of a model row: its share of that).")
-        baselines.run(args.study, overrides, Path(args.out), {}, "ensemble.txt",
+        baselines.run(args.study, overrides, Path(args.out), {}, args.name,
                       ["benchmarks/ensemble.py", *sys.argv[1:]], notes, scored)
     except HpoError as exc:
         print(f"error: {exc}", file=sys.stderr)
