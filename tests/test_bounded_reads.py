@@ -91,7 +91,7 @@ def test_study_attrs_by_key_and_their_rewrite_in_one_go(kind, tmp_path) -> None:
         storage.set_study_system_attr(sid, "n", 1)
         storage.set_study_system_attr(sid, "keep", "as it was")
         assert study_attrs(storage, sid, ["n", "missing"]) == {"n": 1}
-        rewrite_study_attrs(storage, sid, ["n", "new"], lambda found: {"n": found["n"] + 1, "new": sorted(found)})
+        rewrite_study_attrs(storage, sid, ["n", "new"], lambda found, more: {"n": found["n"] + 1, "new": sorted(found)})
         assert storage.get_study_system_attrs(sid) == {"n": 2, "new": ["n"], "keep": "as it was"}
         assert storage.get_study_system_attrs(study_id(other)) == {"n": 99}
 
@@ -112,3 +112,72 @@ def test_live_tally_read_after_each_change_equals_a_full_tally(kind, tmp_path) -
         finished = [t for t in study.get_trials() if t.state.is_finished() and t.state != TrialState.FAIL]
         assert live.mean_epochs() == pytest.approx(statistics.fmean(TrialRecord.from_trial(t).epochs_run for t in finished))
         assert live.mean_epochs() > 0  # the diverged trial's outcome says it ran an epoch
+
+
+@contextmanager
+def statements(storage) -> Iterator[list[tuple[str, object]]]:
+    """The SQL statements (and their parameters) the storage's engine sends inside the block."""
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        seen.append((" ".join(statement.split()), parameters))
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_note_replacing_a_much_longer_one_is_saved(kind, tmp_path) -> None:
+    """A note shorter by more chunks than save_note's spare keys: the old tail is blanked, not
+    inserted a second time (a unique-index violation on a database, and the new note was lost)."""
+    from optuna_dashboard import get_note
+
+    from hpo.analysis.notes import NOTE_CHUNK, save_note
+
+    with storage_for(kind, tmp_path) as storage:
+        study = optuna.create_study(study_name="notes", storage=storage)
+        trial = study.ask()
+        long = "y" * (5 * NOTE_CHUNK + 7)  # six chunks
+        save_note(study, long)
+        save_note(trial, long)
+        save_note(study, "short")
+        save_note(trial, "shorter")
+        assert [get_note(study)[:20], get_note(trial)[:20]] == ["short", "shorter"]
+        attrs = storage.get_study_system_attrs(study_id(study))
+        assert attrs["dashboard:note_ver"] == 2 and attrs["dashboard:note_str:5"] == ""
+
+
+def test_a_study_is_found_by_name_without_reading_any_study_attributes(tmp_path) -> None:
+    """load_existing (every read of a study, the worker's study-note rewrite among them) asked for
+    every study with its system attributes, which hold the dashboard note of every trial."""
+    from hpo.analysis.notes import save_note
+    from hpo.storage.database.studies import has_study, load_existing
+
+    with storage_for("sqlite", tmp_path) as storage:
+        study = optuna.create_study(study_name="big", storage=storage)
+        for _ in range(3):
+            save_note(study.ask(), "a trial's note")
+        with statements(storage) as seen:
+            assert load_existing("big", storage).study_name == "big"
+            assert has_study(storage, "big") and not has_study(storage, "absent")
+        assert seen and not [s for s, _ in seen if "study_system_attributes" in s]
+
+
+def test_a_new_trial_note_reads_its_version_key_alone(tmp_path) -> None:
+    """A trial's note is new once per trial: one key looked up, not the note's every chunk key."""
+    from hpo.analysis.notes import save_note
+
+    with storage_for("sqlite", tmp_path) as storage:
+        study = optuna.create_study(study_name="notes", storage=storage)
+        trial = study.ask()
+        with statements(storage) as seen:
+            save_note(trial, "a trial's note")
+        reads = [p for s, p in seen if s.startswith("SELECT") and "study_system_attributes" in s]
+        assert len(reads) == 1 and len(reads[0]) == 2  # (study_id, the version key)
+        with statements(storage) as seen:
+            save_note(trial, "written again")  # the version is there: now the chunks are read too
+        reads = [p for s, p in seen if s.startswith("SELECT") and "study_system_attributes" in s]
+        assert [len(p) for p in reads] == [2, 4]

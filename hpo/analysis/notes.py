@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
@@ -58,14 +58,16 @@ def save_note(study_or_trial: Any, body: str) -> None:
     else:
         study, prefix = study_or_trial.study, f"dashboard:{trial_id(study_or_trial)}:"
     chunks = [body[i:i + NOTE_CHUNK] for i in range(0, len(body), NOTE_CHUNK)]
-    # The chunks a longer note before this one left: some spare keys past ours, or all when those run out.
+    # The chunks a longer note before this one left: some spare keys past ours, more when those run out.
     keys = [prefix + "note_ver", *(f"{prefix}note_str:{i}" for i in range(len(chunks) + _SPARE_CHUNKS))]
     storage, sid = storage_of(study), study_id(study)
 
-    def rewrite(found: dict[str, Any]) -> dict[str, Any]:
-        if keys[-1] in found:  # a note that was longer still
-            found = storage.get_study_system_attrs(sid)
+    def rewrite(found: dict[str, Any], more: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
         before = sum(key.startswith(prefix + "note_str:") for key in found)
+        read = len(keys) - 1  # the chunk keys read so far
+        while before == read:  # a note that was longer still: read on, a few chunks at a time
+            extra = more([f"{prefix}note_str:{i}" for i in range(read, read + 8)])
+            found, before, read = {**found, **extra}, before + len(extra), read + 8
         out: dict[str, Any] = {prefix + "note_ver": found.get(prefix + "note_ver", 0) + 1}
         out.update({f"{prefix}note_str:{i}": chunk for i, chunk in enumerate(chunks)})
         out.update({f"{prefix}note_str:{i}": "" for i in range(len(chunks), before)})

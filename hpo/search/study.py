@@ -38,7 +38,7 @@ from hpo.storage.artifacts.stores import artifact_location
 from hpo.storage.database.locks import storage_lock_of
 from hpo.storage.database.proxied_lock import PREFIX as LOCK_PREFIX
 from hpo.storage.database.proxied_lock import is_lock_study
-from hpo.storage.database.studies import study_names
+from hpo.storage.database.studies import has_study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Settings of one machine, not of the study: they may differ between workers.
@@ -75,7 +75,7 @@ def find_study(spec: Spec, storage: optuna.storages.BaseStorage) -> optuna.Study
     failed command leaves no study behind whose spec would refuse the corrected one.
     """
     _check_name(spec)
-    if spec.name not in study_names(storage):
+    if not has_study(storage, spec.name):
         return None
     study = optuna.load_study(study_name=spec.name, storage=storage)
     _check_joinable(spec, study)

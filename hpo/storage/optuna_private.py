@@ -141,13 +141,27 @@ def study_system_attrs_by_key(rdb: optuna.storages.RDBStorage, study_id: int, ke
 
 
 def rewrite_study_system_attrs(rdb: optuna.storages.RDBStorage, study_id: int, keys: list[str],
-                               rewrite: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Read the study system attributes among ``keys``, and write what ``rewrite(found)`` returns,
-    in one transaction (Optuna's own calls take one transaction per attribute, with a read each)."""
+                               rewrite: Callable[[dict[str, Any], Callable[[list[str]], dict[str, Any]]], dict[str, Any]]) -> None:
+    """Read the study system attributes among ``keys``, and write what ``rewrite(found, more)``
+    returns, in one transaction (Optuna's own calls take one transaction per attribute, with a read
+    each). ``more(other_keys)`` reads further keys in the same transaction: a read through the
+    storage's own calls there would share this thread's session, end it, and lose the write.
+
+    ``keys[0]`` is read first, and the others only when it exists: a note's version key, without
+    which it has no chunks either (a new trial's note, once per trial, reads one key, not all)."""
     model = _rdb_models.StudySystemAttributeModel
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        rows = _attr_rows(session, study_id, keys)
-        for key, value in rewrite({k: json.loads(r.value_json) for k, r in rows.items()}).items():
+    with _create_scoped_session(rdb.scoped_session) as session:
+        rows = _attr_rows(session, study_id, keys[:1])
+        if rows:
+            rows.update(_attr_rows(session, study_id, keys[1:]))
+
+        def more(other: list[str]) -> dict[str, Any]:
+            found = _attr_rows(session, study_id, [k for k in other if k not in rows])
+            rows.update(found)
+            return {k: json.loads(rows[k].value_json) for k in other if k in rows}
+
+        out = rewrite({k: json.loads(r.value_json) for k, r in rows.items()}, more)
+        for key, value in out.items():
             if key in rows:
                 rows[key].value_json = json.dumps(value)
             else:
@@ -155,6 +169,8 @@ def rewrite_study_system_attrs(rdb: optuna.storages.RDBStorage, study_id: int, k
 
 
 def _attr_rows(session: Any, study_id: int, keys: list[str]) -> dict[str, Any]:
+    if not keys:
+        return {}
     model = _rdb_models.StudySystemAttributeModel
     return {r.key: r for r in session.query(model).filter(model.study_id == study_id, model.key.in_(keys)).all()}
 

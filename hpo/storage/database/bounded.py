@@ -12,7 +12,7 @@ Example::
 
     trial_counts(storage, study_id)                         # {"COMPLETE": 950, "RUNNING": 8, ...}
     study_attrs(storage, study_id, ["dashboard:note_ver"])  # {} when the study has no note yet
-    rewrite_study_attrs(storage, study_id, ["n"], lambda found: {"n": found.get("n", 0) + 1})
+    rewrite_study_attrs(storage, study_id, ["n"], lambda found, more: {"n": found.get("n", 0) + 1})
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from hpo.storage.optuna_private import (
 )
 
 T = TypeVar("T")
-Rewrite = Callable[[dict[str, Any]], dict[str, Any]]
+Rewrite = Callable[[dict[str, Any], Callable[[list[str]], dict[str, Any]]], dict[str, Any]]
 
 
 def trial_counts(storage: Any, study_id: int) -> dict[str, int]:
@@ -51,13 +51,17 @@ def study_attrs(storage: Any, study_id: int, keys: Iterable[str]) -> dict[str, A
 
 
 def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrite: Rewrite) -> None:
-    """Write the study system attributes ``rewrite(found)`` returns, ``found`` being those among
-    ``keys`` that exist: on a database in one transaction, which a retry runs whole again."""
+    """Write the study system attributes ``rewrite(found, more)`` returns, ``found`` being those among
+    ``keys`` that exist, ``more(other_keys)`` a read of further keys: on a database in one
+    transaction, which a retry runs whole again. The first key is read first and the others only
+    when it exists (:func:`~hpo.storage.optuna_private.rewrite_study_system_attrs`): none of them
+    may exist without it."""
     wanted = list(dict.fromkeys(keys))
     rdb = rdb_of(storage)
     if rdb is None:
         attrs = storage.get_study_system_attrs(study_id)
-        for key, value in rewrite({k: attrs[k] for k in wanted if k in attrs}).items():
+        found = {k: attrs[k] for k in wanted if k in attrs}
+        for key, value in rewrite(found, lambda other: {k: attrs[k] for k in other if k in attrs}).items():
             storage.set_study_system_attr(study_id, key, value)
         return
     _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite))
