@@ -148,6 +148,25 @@ def test_finishing_a_trial_whose_reply_was_lost_is_one_finish(kind, tmp_path) ->
         assert done.state == TrialState.COMPLETE and done.value == 0.5
 
 
+@pytest.mark.parametrize("state", [TrialState.COMPLETE, TrialState.PRUNED])
+def test_a_trial_finished_by_its_worker_writes_no_token(state, tmp_path) -> None:
+    """Only the trial's own worker completes or prunes it, so after a lost reply its state tells
+    whether the finish landed (the test above); the token's write was one statement per trial."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'finish.db'}")
+    study = optuna.create_study(study_name="finish", storage=storage)
+    trial = study.ask()
+    created = storage.get_trial_system_attrs(trial._trial_id)["hpo:write"]
+    sent: list[str] = []
+    listen = lambda conn, cursor, statement, *rest: sent.append(statement)  # noqa: E731
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", listen)
+    study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
+    writes = [s for s in sent if re.match(r"\s*(INSERT INTO|UPDATE) trial_system_attributes", s)]
+    assert writes == []  # Optuna's own re-read of the finished trial still reads them
+    assert storage.get_trial(trial._trial_id).state == state
+    assert storage.get_trial_system_attrs(trial._trial_id)["hpo:write"] == created
+
+
 # --- 2. The checkpoint of a finished epoch is durable before the epoch is announced -----------------
 
 # Same settings every trial, no pruning and no divergence verdicts: a trial's fate is decided by the

@@ -270,6 +270,11 @@ class ResilientStorage(optuna.storages.RDBStorage):
                           landed)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if not trial_writes.needs_token(state):  # a finish of our own trial: its state says whether it landed
+            return self._call(
+                "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, None),
+                lambda: True if trial_writes.state_of(self, trial_id) == state else _NOT_LANDED,
+            )
         token = trial_writes.new_token()
         return self._call(
             "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, token),

@@ -59,11 +59,12 @@ def new_token() -> str:
 
 
 def set_state(storage: RDBStorage, trial_id: int, state: TrialState, values: Sequence[float] | None,
-              token: str) -> bool:
+              token: str | None) -> bool:
     """RDBStorage.set_trial_state_values, decided by the database: True when this call made the change.
 
     A claim (``RUNNING``) succeeds only from WAITING (False: another worker has it); a finish only
     from RUNNING or WAITING (``UpdateFinishedTrialError``: finished already, by someone else).
+    ``token=None`` writes no token (:func:`needs_token`).
     """
     allowed = (TrialState.WAITING,) if state == TrialState.RUNNING else (TrialState.RUNNING, TrialState.WAITING)
     changes: dict[str, object] = {"state": state}
@@ -77,7 +78,8 @@ def set_state(storage: RDBStorage, trial_id: int, state: TrialState, values: Seq
             storage.check_trial_is_updatable(trial_id, trial.state)
             for objective, value in enumerate(values or ()):
                 set_value_in(storage, session, trial, objective, value)
-            set_system_attr_in(storage, session, trial_id, WRITE_ATTR, token)
+            if token is not None:
+                set_system_attr_in(storage, session, trial_id, WRITE_ATTR, token)
             moved = session.execute(
                 sa.update(models.TrialModel)
                 .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state.in_(allowed))
@@ -90,6 +92,23 @@ def set_state(storage: RDBStorage, trial_id: int, state: TrialState, values: Seq
         storage.check_trial_is_updatable(trial_id, _state(storage, trial_id))  # finished: raises
         return False
     return True
+
+
+def needs_token(state: TrialState) -> bool:
+    """Whether a change to ``state`` needs a token to be recognised after a lost reply.
+
+    A claim (RUNNING) does: another worker may claim the same WAITING trial, and only the token tells
+    whose claim landed. So do FAIL (the stale-trial check of any worker fails any silent trial) and
+    WAITING. COMPLETE and PRUNED do not: only the worker running a trial finishes it that way, so
+    finding the trial in that state after a lost reply means this write landed (:func:`state_of`).
+    The token's write and its read-back were 2 of the ~130 statements of a trial.
+    """
+    return state not in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def state_of(storage: RDBStorage, trial_id: int) -> TrialState:
+    """The trial's state now, read from the database."""
+    return _state(storage, trial_id)
 
 
 def create_trial(storage: RDBStorage, study_id: int, template: FrozenTrial | None, token: str) -> FrozenTrial:
