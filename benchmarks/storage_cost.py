@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -53,6 +55,7 @@ from hpo.search.callbacks import DashboardNotes  # noqa: E402
 from hpo.search.workers import work  # noqa: E402
 from hpo.storage.database.resilient import open_storage  # noqa: E402
 from hpo.storage.database.urls import mask_url  # noqa: E402
+from hpo.storage.optuna_private import TRIAL_STATE_INDEX  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/cost_bench"
 EPOCHS = 3
@@ -83,14 +86,14 @@ def objective(trial: optuna.Trial, notes: DashboardNotes | None = None) -> float
 
 
 def _storage(mode: str, url: str):
-    if mode == "hpo":
+    if mode in ("hpo", "proxy"):  # proxy: ``url`` is the proxy's grpc:// address
         return open_storage(url, grace_period=60)
     return optuna.storages.RDBStorage(url)
 
 
 def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
     first = [True]
-    notes = DashboardNotes(every_s=60.0) if mode == "hpo" else None
+    notes = DashboardNotes(every_s=60.0) if mode != "plain" else None
 
     ready_box = [ready]
 
@@ -103,7 +106,7 @@ def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
         first[0] = False
         return objective(trial, notes)
 
-    if mode == "hpo":
+    if mode != "plain":
         work(study, wrapped, budget, poll_s=0.05, callbacks=[notes])
     else:
         stop = optuna.study.MaxTrialsCallback(budget, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -113,41 +116,65 @@ def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
 def prefill(mode: str, url: str, engine: sqlalchemy.Engine, size: int) -> str:
     """A new study of ``size`` finished trials: one run by the mode's objective, the rest copied in SQL."""
     name = f"cost-{mode}-{size}-{uuid.uuid4().hex[:6]}"
-    storage = _storage(mode, url)
+    storage = _storage("plain" if mode == "plain" else "hpo", url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler())
     _run(mode, study, 1)
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    q = "`" if mysql else '"'
     with engine.begin() as conn:
         sid = conn.exec_driver_sql(f"{TAG} SELECT study_id FROM studies WHERE study_name = %(n)s", {"n": name}).scalar()
         tid = conn.exec_driver_sql(f"{TAG} SELECT trial_id FROM trials WHERE study_id = %(s)s", {"s": sid}).scalar()
-        conn.exec_driver_sql(
-            f"{TAG} INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
-            "SELECT g, study_id, state, datetime_start, datetime_complete FROM trials, generate_series(1, %(n)s) g "
-            "WHERE trial_id = %(t)s", {"n": size - 1, "t": tid})
+        numbers = f"seq_1_to_{size - 1} g" if mysql else "generate_series(1, %(n)s) AS g(seq)"
+        if size > 1:
+            conn.exec_driver_sql(
+                f"{TAG} INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+                f"SELECT g.seq, study_id, state, datetime_start, datetime_complete FROM trials, {numbers} "
+                "WHERE trial_id = %(t)s", {"n": size - 1, "t": tid})
         for table in ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
                       "trial_intermediate_values"):
             cols = [c for c in _columns(conn, table) if c != "trial_id"][1:]  # [0]: the primary key
-            listed = ", ".join(cols)
+            listed = ", ".join(f"{q}{c}{q}" for c in cols)
             conn.exec_driver_sql(
-                f"{TAG} INSERT INTO {table} (trial_id, {listed}) SELECT t.trial_id, {', '.join('c.' + c for c in cols)} "
+                f"{TAG} INSERT INTO {table} (trial_id, {listed}) SELECT t.trial_id, {', '.join(f'c.{q}{c}{q}' for c in cols)} "
                 f"FROM trials t JOIN {table} c ON c.trial_id = %(t)s WHERE t.study_id = %(s)s AND t.trial_id <> %(t)s",
                 {"t": tid, "s": sid})
         # every trial's dashboard note, as DashboardNotes leaves one per trial in the study's attributes
+        prefix = "CONCAT('dashboard:', %(t)s, ':')" if mysql else "'dashboard:' || %(t)s || ':'"
+        own = "CONCAT('dashboard:', t.trial_id, ':')" if mysql else "'dashboard:' || t.trial_id || ':'"
+        like = f"CONCAT({prefix}, '%%')" if mysql else f"{prefix} || '%%'"
         conn.exec_driver_sql(
-            f"{TAG} INSERT INTO study_system_attributes (study_id, key, value_json) "
-            "SELECT %(s)s, replace(a.key, 'dashboard:' || %(t)s || ':', 'dashboard:' || t.trial_id || ':'), a.value_json "
-            "FROM trials t JOIN study_system_attributes a ON a.study_id = %(s)s AND a.key LIKE 'dashboard:' || %(t)s || ':%%' "
+            f"{TAG} INSERT INTO study_system_attributes (study_id, {q}key{q}, value_json) "
+            f"SELECT %(s)s, replace(a.{q}key{q}, {prefix}, {own}), a.value_json "
+            f"FROM trials t JOIN study_system_attributes a ON a.study_id = %(s)s AND a.{q}key{q} LIKE {like} "
             "WHERE t.study_id = %(s)s AND t.trial_id <> %(t)s", {"t": tid, "s": sid})
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"{TAG} ANALYZE")
+        if mysql:
+            conn.exec_driver_sql(f"{TAG} ANALYZE TABLE trials, trial_params, trial_values, trial_user_attributes, "
+                                 "trial_system_attributes, trial_intermediate_values, study_system_attributes, trial_heartbeats")
+        else:
+            conn.exec_driver_sql(f"{TAG} ANALYZE")
     return name
 
 
 def _columns(conn, table: str) -> list[str]:
+    schema = "DATABASE()" if conn.dialect.name in ("mysql", "mariadb") else "current_schema()"
     rows = conn.exec_driver_sql(
-        f"{TAG} SELECT column_name FROM information_schema.columns WHERE table_name = %(t)s ORDER BY ordinal_position",
-        {"t": table}).all()
+        f"{TAG} SELECT column_name FROM information_schema.columns WHERE table_name = %(t)s "
+        f"AND table_schema = {schema} ORDER BY ordinal_position", {"t": table}).all()
     return [r[0] for r in rows]
+
+
+def same_schema(mode: str, engine: sqlalchemy.Engine) -> None:
+    """Plain cells run without hpo's trial-state index (an earlier hpo cell made it): both sides with
+    the schema each would have alone. hpo's workers make it again as they open the storage."""
+    if mode != "plain":
+        return
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        inspector = sqlalchemy.inspect(conn)
+        if inspector.has_table("trials") and TRIAL_STATE_INDEX in {ix["name"] for ix in inspector.get_indexes("trials")}:
+            conn.exec_driver_sql(f"{TAG} DROP INDEX {TRIAL_STATE_INDEX}" + (" ON trials" if mysql else ""))
 
 
 # --- counting --------------------------------------------------------------------------------
@@ -169,6 +196,18 @@ class Snapshot:
 
 
 def snapshot(conn, name: str) -> Snapshot:
+    if conn.dialect.name in ("mysql", "mariadb"):
+        # performance_schema's digests: rows = sent + affected, "blocks" = rows examined (MariaDB
+        # counts no buffer pages per statement), time in picoseconds. The monitor's connection has
+        # no default database, so its own statements fall under another schema.
+        rows = conn.exec_driver_sql(
+            "SELECT DIGEST, MIN(DIGEST_TEXT), SUM(COUNT_STAR), SUM(SUM_ROWS_SENT + SUM_ROWS_AFFECTED), "
+            "SUM(SUM_ROWS_EXAMINED), SUM(SUM_TIMER_WAIT) / 1e9 FROM performance_schema.events_statements_summary_by_digest "
+            "WHERE SCHEMA_NAME = %(db)s GROUP BY DIGEST", {"db": _database(conn)}).all()
+        finished = conn.exec_driver_sql(
+            f"SELECT count(*) FROM `{_database(conn)}`.trials t JOIN `{_database(conn)}`.studies s USING (study_id) "
+            "WHERE s.study_name = %(n)s AND t.state IN ('COMPLETE', 'PRUNED')", {"n": name}).scalar()
+        return Snapshot(int(finished), {r[0]: (r[1] or "", int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows})
     rows = conn.exec_driver_sql(
         f"{TAG} SELECT queryid, min(query), sum(calls), sum(rows), sum(shared_blks_hit + shared_blks_read), "
         "sum(total_exec_time) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
@@ -177,6 +216,31 @@ def snapshot(conn, name: str) -> Snapshot:
         f"{TAG} SELECT count(*) FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = %(n)s "
         "AND t.state IN ('COMPLETE', 'PRUNED')", {"n": name}).scalar()
     return Snapshot(int(finished), {r[0]: (r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows})
+
+
+def connections(conn) -> int:
+    """The database's client connections now, the monitor's own left out."""
+    if conn.dialect.name in ("mysql", "mariadb"):
+        return int(conn.exec_driver_sql("SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %(db)s",
+                                        {"db": _database(conn)}).scalar())
+    return int(conn.exec_driver_sql(f"{TAG} SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND pid <> pg_backend_pid()").scalar())
+
+
+_DB: dict[str, str] = {}
+
+
+def _database(conn) -> str:
+    return _DB["name"]
+
+
+def monitor_engine(url: str) -> sqlalchemy.Engine:
+    """The monitor's engine: on MySQL without a default database (see :func:`snapshot`)."""
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        _DB["name"] = parsed.database
+        parsed = parsed.set(database=None)
+    return sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -189,6 +253,30 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def start_proxy(url: str) -> tuple[subprocess.Popen, str]:
+    """`hpo storage-proxy` on a free loopback port for ``url`` (passed in $HPO_STORAGE): (process, grpc:// URL)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port),
+                             "--artifact-port", str(port + 1 if port < 65535 else port - 1)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("storage proxy: grpc://"):
+            return proc, f"grpc://127.0.0.1:{port}"
+    proc.kill()
+    raise RuntimeError("hpo storage-proxy did not start:\n" + "".join(lines))
 
 
 def _worker(mode: str, url: str, name: str, budget: int, ready) -> None:
@@ -209,32 +297,51 @@ class Cost:
     join_rows: float
     join_kbytes: float
     top: list[tuple[str, float, float, float]]
+    peak_connections: int = 0
 
 
 def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: int, measured: int, top: int) -> Cost:
-    name = prefill(mode, url, engine, size)
+    data = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)  # ``engine`` is the monitor's
+    try:
+        same_schema(mode, data)
+        name = prefill(mode, url, data, size)
+    finally:
+        data.dispose()
+    proxy, worker_url = (start_proxy(url) if mode == "proxy" else (None, url))
+    try:
+        return _window(mode, worker_url, engine, name, workers, measured, top)
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=30)
+
+
+def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: int, measured: int, top: int) -> Cost:
     budget = 10**9  # the workers run until the window closes, then they are killed: a slow starter cannot miss it
     ctx = multiprocessing.get_context("fork")  # hpo and Optuna are imported already; storages are opened after
     ready = ctx.Value("i", 0)
     engine.dispose()
+    peak = 0
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         s0 = snapshot(conn, name)
         procs = [ctx.Process(target=_worker, args=(mode, url, name, budget, ready), daemon=True) for _ in range(workers)]
         for p in procs:
             p.start()
         while ready.value < workers:
-            time.sleep(0.02)
+            peak = max(peak, connections(conn))
+            time.sleep(0.05)
         pids = [p.pid for p in procs]
         s1 = snapshot(conn, name)
         s1.cpu_s = cpu_seconds(pids)
         while True:
+            peak = max(peak, connections(conn))
             s2 = snapshot(conn, name)
             s2.cpu_s = cpu_seconds(pids)
             if s2.finished >= s1.finished + measured:
                 break
             if not any(p.is_alive() for p in procs):
                 raise RuntimeError(f"{mode}, {workers} workers: the workers stopped before the window closed")
-            time.sleep(0.02)
+            time.sleep(0.05)
         for p in procs:
             p.kill()  # what a killed worker leaves (a RUNNING trial) is past the window
             p.join()
@@ -247,11 +354,16 @@ def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: 
     for qid, (text, c, r, b, t) in s2.per_query.items():
         _, c0, r0, b0, t0 = s1.per_query.get(qid, ("", 0, 0, 0, 0.0))
         if c > c0:
-            top_rows.append((" ".join(text.split())[:150], (c - c0) / n, (r - r0) / n, (b - b0) * BLOCK / 1024 / n))
+            top_rows.append((" ".join(text.split())[:150], (c - c0) / n, (r - r0) / n, (b - b0) * _unit(engine) / n))
     top_rows.sort(key=lambda x: -x[3])
-    return Cost(n, calls / n, rows / n, blocks * BLOCK / 1024 / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
+    return Cost(n, calls / n, rows / n, blocks * _unit(engine) / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
                 (jc - joined * calls / n) / workers, (jr - joined * rows / n) / workers,
-                (jb * BLOCK / 1024 - joined * blocks * BLOCK / 1024 / n) / workers, top_rows[:top])
+                (jb * _unit(engine) - joined * blocks * _unit(engine) / n) / workers, top_rows[:top], peak)
+
+
+def _unit(engine: sqlalchemy.Engine) -> float:
+    """What one count of the third column is worth: 8 kB buffers on PostgreSQL; rows examined on MySQL."""
+    return 1.0 if engine.dialect.name in ("mysql", "mariadb") else BLOCK / 1024
 
 
 def main() -> None:
@@ -260,20 +372,24 @@ def main() -> None:
                         help="a PostgreSQL database with pg_stat_statements (CREATE EXTENSION done)")
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--workers", default="1,8,32")
-    parser.add_argument("--modes", default="plain,hpo")
+    parser.add_argument("--modes", default="plain,hpo",
+                        help="plain (RDBStorage), hpo (open_storage), proxy (hpo's workers through `hpo storage-proxy`)")
     parser.add_argument("--measured", type=int, default=50, help="finished trials per window")
     parser.add_argument("--top", type=int, default=0, help="also print the N statements that read the most")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    engine = sqlalchemy.create_engine(args.storage, poolclass=sqlalchemy.pool.NullPool)
+    engine = monitor_engine(args.storage)
+    mysql = engine.dialect.name in ("mysql", "mariadb")
     with engine.connect() as conn:
-        version = conn.exec_driver_sql("SHOW server_version").scalar()
-    print(f"# storage {mask_url(args.storage)} (PostgreSQL {version}), {os.cpu_count()} CPUs; optuna "
+        version = conn.exec_driver_sql("SELECT VERSION()" if mysql else "SHOW server_version").scalar()
+    third = "examined/trial" if mysql else "kB/trial"
+    print(f"# storage {mask_url(args.storage)} ({'MariaDB/MySQL' if mysql else 'PostgreSQL'} {version}), {os.cpu_count()} CPUs; optuna "
           f"{optuna.__version__}; objective: {EPOCHS} epochs of bookkeeping, no sleep; RandomSampler; "
           f"{args.measured} trials per window", flush=True)
-    print(f"{'size':>6} {'workers':>7}  {'mode':<6}{'stmts/trial':>12}{'rows/trial':>11}{'kB/trial':>10}"
-          f"{'db ms/trial':>12}{'cpu ms/trial':>13}  | join/worker: {'stmts':>6}{'rows':>8}{'kB':>9}", flush=True)
+    print(f"{'size':>6} {'workers':>7}  {'mode':<6}{'stmts/trial':>12}{'rows/trial':>11}{third:>15}"
+          f"{'db ms/trial':>12}{'cpu ms/trial':>13}{'peak conns':>11}  | join/worker: {'stmts':>6}{'rows':>8}{third.split('/')[0]:>9}",
+          flush=True)
     baseline: dict[tuple[int, int], Cost] = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         for workers in [int(w) for w in args.workers.split(",")]:
@@ -288,13 +404,16 @@ def main() -> None:
                     baseline[(size, workers)] = c
                 elif (size, workers) in baseline:
                     b = baseline[(size, workers)]
-                    ratio = f"  x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} kB of plain"
-                print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>10.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
-                      f"  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
+                    ratio = f"  x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} {third.split('/')[0]} of plain"
+                print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
+                      f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
                 for text, calls, rows, kb in c.top:
                     print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} kB  {text}")
-    print("# per trial: statements (BEGIN/COMMIT included), rows returned or written, shared buffers hit+read x 8 kB, "
-          "server execution time (lock waits included), the workers' own CPU time; over the window's finished trials. join/worker: what a worker's start costs on top "
+    third_means = ("rows examined (performance_schema; MariaDB counts no buffer pages)" if mysql
+                   else "shared buffers hit+read x 8 kB")
+    print(f"# per trial: statements (BEGIN/COMMIT included), rows returned or written, {third_means}, "
+          "server execution time (lock waits included), the workers' own CPU time (not the proxy's); over the window's finished trials. "
+          "peak conns: the database's client connections, sampled every 50 ms (the monitor's left out). join/worker: what a worker's start costs on top "
           "(its first full read of the study), the window's per-trial rate taken out")
 
 
