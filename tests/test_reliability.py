@@ -167,6 +167,24 @@ def test_a_trial_finished_by_its_worker_writes_no_token(state, tmp_path) -> None
     assert storage.get_trial_system_attrs(trial._trial_id)["hpo:write"] == created
 
 
+def test_the_search_for_stale_trials_runs_once_per_half_heartbeat_interval(tmp_path) -> None:
+    """Optuna searches at every trial start (and hpo's waiting loop at every poll), each time reading
+    every running trial with its heartbeat; a trial goes stale only after several intervals."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'stale.db'}", grace_period=4)  # heartbeat every 1 s
+    study = optuna.create_study(study_name="stale", storage=storage)
+    study.ask()
+    sent: list[str] = []
+    listen = lambda conn, cursor, statement, *rest: sent.append(statement)  # noqa: E731
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", listen)
+    for _ in range(3):
+        optuna.storages.fail_stale_trials(study)
+    searches = sum("FROM trial_heartbeats" in s for s in sent)
+    time.sleep(0.6)  # past half the interval: searched again
+    optuna.storages.fail_stale_trials(study)
+    sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
+    assert (searches, sum("FROM trial_heartbeats" in s for s in sent)) == (1, 2)
+
+
 # --- 2. The checkpoint of a finished epoch is durable before the epoch is announced -----------------
 
 # Same settings every trial, no pruning and no divergence verdicts: a trial's fate is decided by the

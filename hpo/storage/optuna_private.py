@@ -63,8 +63,9 @@ RDB_RETRIABLE_METHODS = (
     "get_trial_system_attrs", "get_all_studies", "_set_trial_param",
     "get_trial_param", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
-    "get_trial", "_get_trials", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
+    "get_trial", "_get_trials", "_get_best_trial_id", "record_heartbeat",
 )
+# ``_get_stale_trial_ids`` is retriable too; the resilient storage throttles it and retries it itself.
 
 
 def storage_of(study: optuna.Study) -> Any:

@@ -244,6 +244,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
         self._log = log
         self._outage_lock = threading.Lock()
         self._outage_since: float | None = None
+        self._stale_checked: dict[int, float] = {}  # study id -> when this process last looked for stale trials
         super().__init__(url, **kwargs)
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -256,6 +257,24 @@ class ResilientStorage(optuna.storages.RDBStorage):
         super().__setstate__(state)
         self._outage_lock = threading.Lock()
         self._outage_since = None
+        self._stale_checked = {}
+
+    # --- the search for stale trials, throttled ---
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's search for the trials of dead workers, at most once per half heartbeat interval
+        per study in this process (none found in between). Optuna runs it at every trial start and
+        hpo's waiting loop at every poll: each reads every running trial with its heartbeat, which
+        for short trials or many waiting workers was a read per trial per worker. A trial is stale
+        only after a grace period of several intervals, so it is found as late as before, give or
+        take half an interval."""
+        now = time.monotonic()
+        last = self._stale_checked.get(study_id)
+        if last is not None and now - last < (self.heartbeat_interval or 0) / 2:
+            return []
+        self._stale_checked[study_id] = now
+        return self._call("_get_stale_trial_ids",
+                          lambda: optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id))
 
     # --- writes that are checked before they are tried again ---
 
