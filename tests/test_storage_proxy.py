@@ -120,3 +120,42 @@ def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_insta
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)  # not the repository root
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["ResilientStorage", "grpc:// storage needs grpcio: pip install 'hpo[proxy]'"]
+
+
+def test_the_proxy_checks_a_parameter_against_the_distribution_it_remembers(tmp_path) -> None:
+    """Behind Optuna's servicer each parameter looked its study up in trial_params (a scan that
+    grows with the database); the proxy remembers each study's distributions, as a direct worker's
+    cache does, and still refuses an incompatible one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    import sqlalchemy
+    from optuna.storages import GrpcStorageProxy
+
+    from hpo.storage import optuna_private
+    from hpo.storage.proxy.server import _HeartbeatServicer
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'proxied.db'}")
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    optuna_private.grpc_api()[1].add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    lookups: list[str] = []
+
+    def listen(conn, cursor, statement, *rest) -> None:
+        if "FROM trial_params JOIN trials" in " ".join(statement.split()):
+            lookups.append(statement)
+
+    try:
+        study = optuna.create_study(study_name="proxied", storage=GrpcStorageProxy(host="127.0.0.1", port=port))
+        sqlalchemy.event.listen(storage.engine, "before_cursor_execute", listen)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("n", 1, 3), n_trials=3)
+        assert len(lookups) == 2  # the first trial's two parameters; none after
+        trial = study.ask()
+        with pytest.raises(Exception):  # the proxy's INVALID_ARGUMENT, as Optuna's servicer answers
+            trial.suggest_categorical("x", ["a", "b"])  # the study's x is a float
+        assert "x" not in storage.get_trial(trial._trial_id).params
+        assert [t.state for t in storage.get_all_trials(study._study_id)][:3] == [optuna.trial.TrialState.COMPLETE] * 3
+    finally:
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
+        server.stop(None)

@@ -23,6 +23,8 @@ see at a glance what hpo relies on:
   (benchmarks/storage_cost.py). Small queries over Optuna's tables do it in constant work;
 * :func:`ensure_trial_state_index`: an index of hpo's own on Optuna's trials table, so that
   Optuna's search for stale trials (every trial start, with heartbeats) stops reading every trial;
+* :func:`set_trial_param`: the proxy checks a parameter against the distribution it remembers for
+  the study, as Optuna's cache does for a direct worker (the public call looks it up in the database);
 * :func:`rdb_session`, :func:`set_value_in`, :func:`set_system_attr_in`, :func:`new_trial_in`,
   :func:`set_trial_id`: RDBStorage's own steps without their commit, so that
   :mod:`hpo.storage.database.trial_writes` can put a write and the token that recognises it in one
@@ -47,7 +49,7 @@ from sqlalchemy import func, inspect
 
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
            "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
-           "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_id", "set_value_in", "storage_of", "study_id",
+           "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_param", "set_trial_id", "set_value_in", "storage_of", "study_id",
            "trial_id"]
 
 # The RDBStorage methods that open a database session and may simply run again after a connection
@@ -207,6 +209,12 @@ def use_grpc_channel(client: Any, channel: Any) -> None:
     client._channel = channel
     client._stub = api_pb2_grpc.StorageServiceStub(channel)
     client._cache = GrpcClientCache(client._stub)
+
+
+def set_trial_param(storage: Any, trial_id: int, name: str, value: float, distribution: Any, previous: Any) -> None:
+    """RDBStorage's ``_set_trial_param`` with the study's known distribution of the parameter
+    (Optuna's cache passes it; without it, the storage looks it up in the study's trials)."""
+    storage._set_trial_param(trial_id, name, value, distribution, previous)
 
 
 def rdb_session(storage: Any) -> Any:

@@ -75,6 +75,7 @@ from urllib.parse import unquote
 
 import optuna
 import sqlalchemy as sa
+from optuna.distributions import json_to_distribution
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
@@ -156,8 +157,51 @@ class _TokenCheck(_ServerInterceptor):  # type: ignore[misc,valid-type]
         return grpc.unary_unary_rpc_method_handler(refuse)  # every call of Optuna's protocol is unary
 
 
+KNOWN_TRIALS = 100_000  # trial ids whose study the proxy remembers (a few MB); the oldest are forgotten first
+
+
 class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
-    """Optuna's servicer, where a write of :data:`HEARTBEAT_ATTR` records the trial's heartbeat."""
+    """Optuna's servicer, where a write of :data:`HEARTBEAT_ATTR` records the trial's heartbeat, and
+    a parameter is checked against the distribution the study's first trial gave it, remembered.
+
+    Behind Optuna's servicer the database storage has no cache, so every parameter a trial sets
+    looked for an earlier trial of the study with that parameter (a join of trial_params and
+    trials by name, which PostgreSQL answers by scanning trial_params from the start: 26 MB per
+    trial in a database of a few studies, benchmarks/storage_cost.py --modes proxy). A direct
+    worker's Optuna cache remembers the distribution per study; the proxy now does the same, for
+    the trials created through it (a trial it did not create is checked by Optuna's own lookup).
+    """
+
+    def __init__(self, storage: Any) -> None:
+        super().__init__(storage)
+        self._study_of_trial: dict[int, int] = {}
+        self._distributions: dict[tuple[int, str], Any] = {}  # (study id, parameter) -> its first distribution
+
+    def CreateNewTrial(self, request: Any, context: Any) -> Any:
+        reply = super().CreateNewTrial(request, context)
+        self._study_of_trial[reply.trial_id] = request.study_id
+        if len(self._study_of_trial) > KNOWN_TRIALS:
+            self._study_of_trial.pop(next(iter(self._study_of_trial)), None)
+        return reply
+
+    def SetTrialParameter(self, request: Any, context: Any) -> Any:
+        study = self._study_of_trial.get(request.trial_id)
+        known = None if study is None else self._distributions.get((study, request.param_name))
+        if known is None:
+            reply = super().SetTrialParameter(request, context)  # Optuna's own lookup; it raised if refused
+            if study is not None:
+                self._distributions[(study, request.param_name)] = json_to_distribution(request.distribution)
+            return reply
+        try:
+            optuna_private.set_trial_param(self._backend, request.trial_id, request.param_name,
+                                           request.param_value_internal, json_to_distribution(request.distribution), known)
+        except KeyError as e:  # the replies Optuna's servicer gives
+            context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(e))
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+            context.abort(code=grpc.StatusCode.FAILED_PRECONDITION, details=str(e))
+        except ValueError as e:
+            context.abort(code=grpc.StatusCode.INVALID_ARGUMENT, details=str(e))
+        return _api_pb2.SetTrialParameterReply()
 
     def SetTrialSystemAttribute(self, request: Any, context: Any) -> Any:
         if request.key != HEARTBEAT_ATTR:
