@@ -122,7 +122,7 @@ def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_insta
     assert done.stdout.splitlines() == ["ResilientStorage", "grpc:// storage needs grpcio: pip install 'hpo[proxy]'"]
 
 
-def test_the_proxy_checks_a_parameter_against_the_distribution_it_remembers(tmp_path) -> None:
+def test_the_proxy_reads_what_a_worker_asks_for_and_remembers_distributions(tmp_path) -> None:
     """Behind Optuna's servicer each parameter looked its study up in trial_params (a scan that
     grows with the database); the proxy remembers each study's distributions, as a direct worker's
     cache does, and still refuses an incompatible one."""
@@ -141,16 +141,26 @@ def test_the_proxy_checks_a_parameter_against_the_distribution_it_remembers(tmp_
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     lookups: list[str] = []
+    whole_study: list[str] = []
 
     def listen(conn, cursor, statement, *rest) -> None:
-        if "FROM trial_params JOIN trials" in " ".join(statement.split()):
-            lookups.append(statement)
+        flat = " ".join(statement.split())
+        if "FROM trial_params JOIN trials" in flat:
+            lookups.append(flat)
+        if "FROM trials WHERE trials.study_id = ? ORDER BY" in flat:  # every trial, unfiltered
+            whole_study.append(flat)
 
     try:
         study = optuna.create_study(study_name="proxied", storage=GrpcStorageProxy(host="127.0.0.1", port=port))
         sqlalchemy.event.listen(storage.engine, "before_cursor_execute", listen)
-        study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("n", 1, 3), n_trials=3)
+        objective = lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("n", 1, 3)  # noqa: E731
+        study.optimize(objective, n_trials=1)
+        whole_study.clear()  # before any trial finished, Optuna itself asks for them all
+        study.optimize(objective, n_trials=2)
         assert len(lookups) == 2  # the first trial's two parameters; none after
+        # A worker's cache asks for its unfinished trials and the newer ones; Optuna's servicer read
+        # the whole study for each such call and filtered afterwards.
+        assert whole_study == []
         trial = study.ask()
         with pytest.raises(Exception):  # the proxy's INVALID_ARGUMENT, as Optuna's servicer answers
             trial.suggest_categorical("x", ["a", "b"])  # the study's x is a float

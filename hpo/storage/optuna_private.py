@@ -23,6 +23,8 @@ see at a glance what hpo relies on:
   (benchmarks/storage_cost.py). Small queries over Optuna's tables do it in constant work;
 * :func:`ensure_trial_state_index`: an index of hpo's own on Optuna's trials table, so that
   Optuna's search for stale trials (every trial start, with heartbeats) stops reading every trial;
+* :func:`trials_since`, :func:`grpc_trial_proto`: the proxy answers a worker's cache with the trials
+  it asks for, read as such (Optuna's servicer reads every trial of the study for each call);
 * :func:`set_trial_param`: the proxy checks a parameter against the distribution it remembers for
   the study, as Optuna's cache does for a direct worker (the public call looks it up in the database);
 * :func:`rdb_session`, :func:`set_value_in`, :func:`set_system_attr_in`, :func:`new_trial_in`,
@@ -49,7 +51,7 @@ from sqlalchemy import func, inspect
 
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
            "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
-           "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_param", "set_trial_id", "set_value_in", "storage_of", "study_id",
+           "grpc_trial_proto", "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_param", "trials_since", "set_trial_id", "set_value_in", "storage_of", "study_id",
            "trial_id"]
 
 # The RDBStorage methods that open a database session and may simply run again after a connection
@@ -215,6 +217,19 @@ def set_trial_param(storage: Any, trial_id: int, name: str, value: float, distri
     """RDBStorage's ``_set_trial_param`` with the study's known distribution of the parameter
     (Optuna's cache passes it; without it, the storage looks it up in the study's trials)."""
     storage._set_trial_param(trial_id, name, value, distribution, previous)
+
+
+def trials_since(storage: Any, study_id: int, included_trial_ids: set[int], trial_id_greater_than: int) -> list[Any]:
+    """The study's trials with an id above ``trial_id_greater_than`` or in ``included_trial_ids``, read as
+    such (RDBStorage's ``_get_trials``, which Optuna's cache uses; the public ``get_all_trials`` reads all)."""
+    return storage._get_trials(study_id, None, included_trial_ids, trial_id_greater_than)
+
+
+def grpc_trial_proto(trial: Any) -> Any:
+    """A FrozenTrial as the gRPC protocol's message (Optuna's servicer's ``_to_proto_trial``)."""
+    from optuna.storages._grpc.servicer import _to_proto_trial
+
+    return _to_proto_trial(trial)
 
 
 def rdb_session(storage: Any) -> Any:

@@ -184,6 +184,18 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
             self._study_of_trial.pop(next(iter(self._study_of_trial)), None)
         return reply
 
+    def GetTrials(self, request: Any, context: Any) -> Any:
+        """The trials a worker's cache asks for (its unfinished ones, and those past its last
+        finished one), read as such: Optuna's servicer read every trial of the study with all
+        its attributes for each call and filtered them afterwards, several times per trial (a
+        study of 1,000 trials: 2,150 trials read per finished trial, and growing with the study)."""
+        try:
+            trials = optuna_private.trials_since(self._backend, request.study_id, set(request.included_trial_ids),
+                                                 request.trial_id_greater_than)
+        except KeyError as e:
+            context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(e))
+        return _api_pb2.GetTrialsReply(trials=[optuna_private.grpc_trial_proto(t) for t in trials])
+
     def SetTrialParameter(self, request: Any, context: Any) -> Any:
         study = self._study_of_trial.get(request.trial_id)
         known = None if study is None else self._distributions.get((study, request.param_name))
