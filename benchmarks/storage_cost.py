@@ -224,7 +224,7 @@ def connections(conn) -> int:
         return int(conn.exec_driver_sql("SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = %(db)s",
                                         {"db": _database(conn)}).scalar())
     return int(conn.exec_driver_sql(f"{TAG} SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND pid <> pg_backend_pid()").scalar())
+                                    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").scalar())
 
 
 _DB: dict[str, str] = {}
