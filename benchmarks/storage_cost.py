@@ -239,7 +239,7 @@ def monitor_engine(url: str) -> sqlalchemy.Engine:
     parsed = sqlalchemy.engine.make_url(url)
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         _DB["name"] = parsed.database
-        parsed = parsed.set(database=None)
+        parsed = parsed._replace(database=None)  # URL.set(database=None) keeps the old one
     return sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool)
 
 
@@ -408,7 +408,7 @@ def main() -> None:
                 print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
                       f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
                 for text, calls, rows, kb in c.top:
-                    print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} kB  {text}")
+                    print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} {'examined' if mysql else 'kB'}  {text}")
     third_means = ("rows examined (performance_schema; MariaDB counts no buffer pages)" if mysql
                    else "shared buffers hit+read x 8 kB")
     print(f"# per trial: statements (BEGIN/COMMIT included), rows returned or written, {third_means}, "
