@@ -120,6 +120,8 @@ def prefill(mode: str, url: str, engine: sqlalchemy.Engine, size: int) -> str:
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler())
     _run(mode, study, 1)
+    storage.remove_session()
+    storage.engine.dispose()  # else its idle connections, inherited by the forked workers, count as theirs
     mysql = engine.dialect.name in ("mysql", "mariadb")
     q = "`" if mysql else '"'
     with engine.begin() as conn:
