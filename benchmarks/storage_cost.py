@@ -232,6 +232,11 @@ def connections(conn) -> int:
 _DB: dict[str, str] = {}
 
 
+def _qualified(conn, table: str) -> str:
+    """``table`` as the monitor's connection names it (on MySQL it has no default database)."""
+    return f"`{_DB['name']}`.{table}" if conn.dialect.name in ("mysql", "mariadb") else table
+
+
 def _database(conn) -> str:
     return _DB["name"]
 
@@ -347,6 +352,11 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
         for p in procs:
             p.kill()  # what a killed worker leaves (a RUNNING trial) is past the window
             p.join()
+        # ...and is failed here, uncounted: else a later cell's proxy, whose reaper looks at every
+        # study of the database, would re-run it inside that cell's window and count it there.
+        conn.exec_driver_sql(
+            f"{TAG} UPDATE {_qualified(conn, 'trials')} SET state = 'FAIL' WHERE state = 'RUNNING' AND study_id = "
+            f"(SELECT study_id FROM {_qualified(conn, 'studies')} WHERE study_name = %(n)s)", {"n": name})
     n = s2.finished - s1.finished
     calls, rows, blocks, ms = s2.minus(s1)
     jc, jr, jb, _ = s1.minus(s0)
