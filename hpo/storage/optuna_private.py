@@ -13,6 +13,8 @@ see at a glance what hpo relies on:
   that the resilient storage may simply run again after a connection error;
 * :func:`rdb_models`, :func:`grpc_servicer`, :func:`grpc_api`: the proxy finds stale trials with
   one query over Optuna's own tables and answers heartbeats in Optuna's own servicer;
+* :func:`grpc_trial_from_proto`, :func:`grpc_trial_state_from_proto`: the proxy answers a resent
+  write (a new trial, a state change) itself, with the servicer's own message conversions;
 * :func:`use_grpc_channel`: Optuna's gRPC client opens a plain channel that sends no metadata;
   hpo's client talks to the proxy over its own (TLS, the proxy's token on every call);
 * :func:`backend_of`: Optuna's cache wraps the RDB storage in ``_backend``;
@@ -46,7 +48,7 @@ import sqlalchemy
 from sqlalchemy import func, inspect
 
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
-           "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
+           "grpc_servicer", "grpc_trial_from_proto", "grpc_trial_state_from_proto", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
            "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_id", "set_value_in", "storage_of", "study_id",
            "trial_id"]
 
@@ -176,6 +178,20 @@ def grpc_api() -> tuple[Any, Any]:
     from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 
     return api_pb2, api_pb2_grpc
+
+
+def grpc_trial_from_proto(proto: Any) -> Any:
+    """A FrozenTrial from the protocol's Trial message (the servicer's own conversion)."""
+    from optuna.storages._grpc.servicer import _from_proto_trial
+
+    return _from_proto_trial(proto)
+
+
+def grpc_trial_state_from_proto(state: Any) -> Any:
+    """A TrialState from the protocol's enum (the servicer's own conversion)."""
+    from optuna.storages._grpc.servicer import _from_proto_trial_state
+
+    return _from_proto_trial_state(state)
 
 
 def use_grpc_channel(client: Any, channel: Any) -> None:
