@@ -43,8 +43,9 @@ clock, Optuna's row lock and Optuna's retry callback do all of it.
 pretraining an encoder happen under :func:`~hpo.storage.database.locks.creation_lock`, a database lock a
 proxied worker cannot take. For ``grpc://`` it is a :class:`~hpo.storage.database.proxied_lock.StorageLock`,
 made of plain storage calls (a study ``hpo-lock:NAME`` whose first trial is the token), so it
-needs nothing from the proxy; a worker killed while holding it holds the others up for the
-lock's stale time (2 min) instead of releasing it at once as a database session would. Direct
+needs nothing from the proxy; a worker killed while holding it is broken at once by a waiter on
+its machine (its pid is gone or reused), and otherwise holds the others up for the lock's stale
+time (2 min) instead of releasing it at once as a database session would. Direct
 workers keep the database's lock (released at once by a dead worker), so a direct and a proxied
 worker starting at the same moment are not kept apart: start a shared study's first worker alone.
 
