@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import uuid
@@ -41,7 +42,7 @@ from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
 from hpo.storage.database.proxy_client import WORKER_READY_S, grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index
+from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr
 
 Log = Callable[[str], None]
 
@@ -74,6 +75,15 @@ def heartbeat_interval(grace_period: int) -> int:
     return max(1, min(10, grace_period // 4))
 
 
+class _Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry, minus the failed trial's constraints (see :func:`retry_callback`)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        own = copy.copy(trial)
+        own.system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
+        super().__call__(study, own)
+
+
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     """Queues a copy of a failed trial (same parameters and attributes) to be run again.
 
@@ -81,10 +91,14 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     never checkpointed, and its re-run (resuming from an earlier epoch, or starting over) would
     report that step again, which Optuna ignores with a warning. The re-run reports the epochs it
     resumes from itself, from its checkpoint (:class:`hpo.objective.Objective`).
+
+    Nor does it inherit constraints (``diverged``): a trial stopped after it set its constraint
+    would pass it on, and Optuna keeps the first value set (with a warning), so the re-run's own
+    verdict would be lost. The re-run sets its own.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
+        return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
 
 def open_storage(
