@@ -161,3 +161,26 @@ def test_writes_whose_reply_was_lost_are_applied_once(tmp_path) -> None:
         assert lose.lost == 1 and open_storage(url).get_study_id_from_name("made-once") == made
     finally:
         _kill(proxy)
+
+
+def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_proxy_log(tmp_path) -> None:
+    """A worker killed with a kept-alive connection to the artifact port resets it; the proxy
+    logged socketserver's traceback for each (the chaos run: 12 'tracebacks' in 6 faults, all
+    ConnectionResetError from the artifact port)."""
+    import socket
+    import struct
+
+    db, port = tmp_path / "reset.db", _free_port()
+    proxy = _proxy(db, port, tmp_path)
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port + 1)) as conn:
+                conn.sendall(b"GET /artifacts/x HTTP/1.1\r\n")  # part of a request, then gone
+                time.sleep(0.2)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        time.sleep(1.0)
+    finally:
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=30)
+    assert "storage proxy: stopped" in out
+    assert "Traceback" not in out and "ConnectionResetError" not in out, out

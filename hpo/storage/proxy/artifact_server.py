@@ -23,6 +23,7 @@ import io
 import json
 import socket
 import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Callable
@@ -210,6 +211,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     tls: ssl.SSLContext | None = None
     refused: Refused = staticmethod(lambda port, peer, why: None)  # type: ignore[assignment]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (a worker killed or stopped, its kept-alive
+        connection reset) is routine for a proxy: no traceback in its log. Anything else is a bug
+        and keeps socketserver's traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: the TLS handshake first, if any."""
