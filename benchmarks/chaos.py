@@ -136,7 +136,7 @@ class Tally:
     faults: Counter = field(default_factory=Counter)
     unexplained_exits: list[str] = field(default_factory=list)
     resume_mismatches: list[str] = field(default_factory=list)
-    hangs: int = 0
+    hangs: list[str] = field(default_factory=list)  # logs of the runs that did not end after a signal
 
 
 def _free_port() -> int:
@@ -213,10 +213,18 @@ def _resume_args(log: Path) -> list[str] | None:
 
 
 def _wait_exit(station: Station, timeout: float, tally: Tally) -> int:
+    """The station's exit code; a station still running after ``timeout`` s is hung: SIGABRT makes
+    each of its Python processes print every thread's stack into its log (PYTHONFAULTHANDLER, "most
+    recent call first", not counted as a traceback), then SIGKILL ends it."""
     try:
         return station.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        tally.hangs += 1
+        tally.hangs.append(station.log.name)
+        station.signal_group(signal.SIGABRT)
+        try:
+            station.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
         station.signal_group(signal.SIGKILL)
         return station.proc.wait()
 
@@ -356,7 +364,8 @@ def main() -> None:
     else:
         db_url, database = _fresh_database(kind)
     proxy = None
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPO_GRACE_PERIOD": str(args.grace), "HPO_STORAGE": db_url}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPO_GRACE_PERIOD": str(args.grace), "HPO_STORAGE": db_url,
+           "PYTHONFAULTHANDLER": "1"}  # a hung station's stacks, on the SIGABRT of _wait_exit
     if args.backend == "proxy":
         proxy = Proxy(db_url, folder, args.grace)
         proxy.start()
@@ -428,7 +437,7 @@ def main() -> None:
     for line in tally.unexplained_exits:
         print(f"      {line}")
     print(f"  {'resume commands changed':26} {len(tally.resume_mismatches)}")
-    print(f"  {'hung after a signal':26} {tally.hangs}")
+    print(f"  {'hung after a signal':26} {len(tally.hangs)}" + (f"  {tally.hangs} (their stacks: 'most recent call first' in them)" if tally.hangs else ""))
     print(f"  {'wall time':26} {wall:.0f} s")
     print(f"  logs: {folder}")
 
