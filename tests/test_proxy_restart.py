@@ -184,3 +184,40 @@ def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_pro
         out, _ = proxy.communicate(timeout=30)
     assert "storage proxy: stopped" in out
     assert "Traceback" not in out and "ConnectionResetError" not in out, out
+
+
+def test_an_upload_stalled_mid_body_does_not_hold_up_the_other_workers(tmp_path) -> None:
+    """A worker stopped (Ctrl-C) while it uploads a checkpoint may leave its connection open with
+    the body half sent. The proxy streamed bodies straight into the database's write transaction,
+    so on SQLite every other write waited behind it (the chaos run: a station hung 120 s in
+    set_trial_state_values, 'database is locked' in the proxy's log). Now another worker's write
+    goes through at once."""
+    import hashlib
+    import socket
+
+    from optuna.study import StudyDirection
+
+    from hpo.storage.artifacts.database_store import CHUNK_BYTES
+
+    db, port = tmp_path / "stall.db", _free_port()
+    proxy = _proxy(db, port, tmp_path)
+    try:
+        storage = open_storage(f"grpc://127.0.0.1:{port}")
+        storage.create_new_study([StudyDirection.MINIMIZE], "before")  # the tables exist
+        body = os.urandom(3 * CHUNK_BYTES)
+        stalled = socket.create_connection(("127.0.0.1", port + 1))
+        stalled.sendall(f"PUT /artifacts/stalled HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                        f"X-Sha256: {hashlib.sha256(body).hexdigest()}\r\n\r\n".encode())
+        stalled.sendall(body[:CHUNK_BYTES + 10])  # more than one chunk: the store has begun writing
+        time.sleep(2.0)
+        done: list[int] = []
+        other = threading.Thread(target=lambda: done.append(storage.create_new_study([StudyDirection.MINIMIZE], "other")))
+        start = time.monotonic()
+        other.start()
+        other.join(20)
+        waited = time.monotonic() - start
+        stalled.close()
+        other.join(120)
+        assert done and waited < 20, f"another worker's write waited {waited:.0f} s behind the stalled upload"
+    finally:
+        _kill(proxy)
