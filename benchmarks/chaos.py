@@ -3,7 +3,7 @@
 A small but real study (a few hundred reviews, 3 short epochs, a tiny LSTM: a trial takes seconds)
 runs in several ``hpo optimize --jobs N`` commands ("stations", ``--jobs 2 1``: one with two worker
 processes, one with one), each in its own process group, on one storage: SQLite, PostgreSQL,
-MariaDB, or `hpo storage-proxy` (with a token) in front of PostgreSQL. Every few seconds (``--gap``,
+MariaDB, or `hpo storage-proxy` (with a token) in front of PostgreSQL (or SQLite: ``--proxy-db``). Every few seconds (``--gap``,
 random) one fault hits a random station or the servers; a station's fault lands at a random moment
 of its start-up (``--early`` of them) or a random moment of its training (the others: a station
 that has printed an epoch line, waited for if none has):
@@ -26,6 +26,7 @@ exits that no fault explains, resume commands that differ from the command they 
     python benchmarks/chaos.py --backend postgres --db-restarts 2
     python benchmarks/chaos.py --backend mysql --db-restarts 2
     python benchmarks/chaos.py --backend proxy --db-restarts 2
+    python benchmarks/chaos.py --backend proxy --proxy-db sqlite   # leaves the shared servers alone
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Tally:
     faults: Counter = field(default_factory=Counter)
     unexplained_exits: list[str] = field(default_factory=list)
     resume_mismatches: list[str] = field(default_factory=list)
-    hangs: int = 0
+    hangs: list[str] = field(default_factory=list)  # logs of the runs that did not end after a signal
 
 
 def _free_port() -> int:
@@ -183,7 +184,9 @@ class Proxy:
         self.logs.append(log)
         env = {**os.environ, "HPO_STORAGE": self.db_url, "HPO_PROXY_TOKEN": self.token, "PYTHONUNBUFFERED": "1",
                "HPO_GRACE_PERIOD": str(self.grace)}
-        deadline = time.monotonic() + 120
+        # A proxy killed with SIGKILL leaves its port in use for a while, and a loaded machine starts
+        # Python slowly: 300 s, as long as a worker waits for the proxy (WORKER_READY_S).
+        deadline = time.monotonic() + 300
         while True:
             with open(log, "a") as out:
                 self.proc = subprocess.Popen([*HPO, "storage-proxy", "--port", str(self.port)], env=env, cwd=self.folder,
@@ -210,10 +213,18 @@ def _resume_args(log: Path) -> list[str] | None:
 
 
 def _wait_exit(station: Station, timeout: float, tally: Tally) -> int:
+    """The station's exit code; a station still running after ``timeout`` s is hung: SIGABRT makes
+    each of its Python processes print every thread's stack into its log (PYTHONFAULTHANDLER, "most
+    recent call first", not counted as a traceback), then SIGKILL ends it."""
     try:
         return station.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        tally.hangs += 1
+        tally.hangs.append(station.log.name)
+        station.signal_group(signal.SIGABRT)
+        try:
+            station.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
         station.signal_group(signal.SIGKILL)
         return station.proc.wait()
 
@@ -256,7 +267,7 @@ def inject(kind: str, stations: list[Station], proxy: Proxy | None, backend: str
             tally.unexplained_exits.append(f"{station.log.name}: exit {code} after SIGTERM")
         station.start()
     elif kind == "db-restart":
-        took = restart_server("postgres" if backend == "proxy" else backend)
+        took = restart_server(backend)
         log(f"  (the server answered again after {took:.1f} s)")
     elif kind == "proxy-restart":
         assert proxy is not None
@@ -331,6 +342,8 @@ def main() -> None:
     parser.add_argument("--gap", type=float, nargs=2, default=(1.0, 6.0), metavar=("MIN", "MAX"),
                         help="seconds between faults, drawn uniformly")
     parser.add_argument("--early", type=float, default=0.4, help="share of signals sent at any moment, start-up included")
+    parser.add_argument("--proxy-db", choices=["postgres", "sqlite"], default="postgres",
+                        help="--backend proxy: the database behind the proxy (a fresh one on the shared PostgreSQL, or a SQLite file)")
     parser.add_argument("--db-restarts", type=int, default=0,
                         help="PostgreSQL/MariaDB restarts among the faults (the servers are shared: a few)")
     parser.add_argument("--grace", type=int, default=10, help="$HPO_GRACE_PERIOD of every worker (and the proxy)")
@@ -344,14 +357,15 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix=f"chaos-{args.backend}-"))
     cache = os.environ.get("HPO_CACHE_DIR") or os.environ.get("HPO_TEST_CACHE_DIR")
     spec = [*SPEC, *([f"data.cache_dir={cache!r}"] if cache else [])]
-    kind = "postgres" if args.backend == "proxy" else args.backend
+    kind = args.proxy_db if args.backend == "proxy" else args.backend
     database = None
     if kind == "sqlite":
         db_url = f"sqlite:///{folder / 'chaos.db'}"
     else:
         db_url, database = _fresh_database(kind)
     proxy = None
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPO_GRACE_PERIOD": str(args.grace), "HPO_STORAGE": db_url}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HPO_GRACE_PERIOD": str(args.grace), "HPO_STORAGE": db_url,
+           "PYTHONFAULTHANDLER": "1"}  # a hung station's stacks, on the SIGABRT of _wait_exit
     if args.backend == "proxy":
         proxy = Proxy(db_url, folder, args.grace)
         proxy.start()
@@ -366,7 +380,8 @@ def main() -> None:
         return args
 
     shape = " + ".join(f"hpo optimize --jobs {j}" for j in args.jobs)
-    print(f"chaos: {args.backend}, {shape}, {args.faults} faults, logs in {folder}", flush=True)
+    behind = f" in front of {kind}" if args.backend == "proxy" else ""
+    print(f"chaos: {args.backend}{behind}, {shape}, {args.faults} faults, logs in {folder}", flush=True)
     stations = [Station(i, command(jobs, budget), env, folder) for i, jobs in enumerate(args.jobs)]
     tally = Tally()
     start = time.monotonic()
@@ -380,7 +395,7 @@ def main() -> None:
                 break
             time.sleep(rng.uniform(*args.gap))
             _check_exits(stations, tally)
-            inject("db-restart" if n in restarts_at else rng.choice(kinds), stations, proxy, args.backend, tally, rng,
+            inject("db-restart" if n in restarts_at else rng.choice(kinds), stations, proxy, kind, tally, rng,
                    lambda m: print(m, flush=True), args.early)
         # The end: Ctrl-C everywhere, then one run without faults to a budget just above what is finished.
         for station in stations:
@@ -422,7 +437,7 @@ def main() -> None:
     for line in tally.unexplained_exits:
         print(f"      {line}")
     print(f"  {'resume commands changed':26} {len(tally.resume_mismatches)}")
-    print(f"  {'hung after a signal':26} {tally.hangs}")
+    print(f"  {'hung after a signal':26} {len(tally.hangs)}" + (f"  {tally.hangs} (their stacks: 'most recent call first' in them)" if tally.hangs else ""))
     print(f"  {'wall time':26} {wall:.0f} s")
     print(f"  logs: {folder}")
 

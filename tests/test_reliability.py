@@ -386,6 +386,32 @@ def test_a_rerun_reports_no_step_its_predecessor_reported(lose_checkpoints, smal
     assert done.user_attrs.get("resumed_at_epoch") == (None if lose_checkpoints else 3)
 
 
+@pytest.mark.skipif(not hasattr(optuna.Trial, "set_constraint"), reason="Optuna 5 constraints")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() here
+def test_a_rerun_sets_its_own_diverged_constraint(tmp_path) -> None:
+    """A trial stopped after it set its constraint (a SIGKILL after its last epoch) is re-run; the
+    re-run's verdict is its own. Before, the copy inherited the constraint and Optuna ignored the
+    re-run's with a warning ('this constraint ... is already set'): a re-run that converged stayed
+    'diverged' to the sampler."""
+    from optuna.distributions import FloatDistribution
+
+    from hpo.search.objective import DIVERGED_CONSTRAINT
+    from hpo.storage.database.resilient import retry_callback
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    study = optuna.create_study(study_name="c", storage=storage)
+    first = study.ask({"x": FloatDistribution(0, 1)})
+    first.set_constraint(DIVERGED_CONSTRAINT, 1.0)
+    storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    retry_callback()(study, storage.get_trial(first._trial_id))
+    rerun = study.ask()  # claims the WAITING copy
+    assert rerun.params == first.params
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "already set" would be an error here
+        rerun.set_constraint(DIVERGED_CONSTRAINT, 0.0)
+    assert storage.get_trial(rerun._trial_id).system_attrs[f"constraints:{DIVERGED_CONSTRAINT}"] == 0.0
+
+
 # --- 5. Tables are created once, under a lock ------------------------------------------------------
 
 def _slow_ddl(conn, cursor, statement, parameters, context, executemany) -> None:

@@ -13,6 +13,10 @@ see at a glance what hpo relies on:
   that the resilient storage may simply run again after a connection error;
 * :func:`rdb_models`, :func:`grpc_servicer`, :func:`grpc_api`: the proxy finds stale trials with
   one query over Optuna's own tables and answers heartbeats in Optuna's own servicer;
+* :func:`grpc_trial_from_proto`, :func:`grpc_trial_state_from_proto`: the proxy answers a resent
+  write (a new trial, a state change) itself, with the servicer's own message conversions;
+* :func:`is_constraint_attr`: a re-run must not inherit its predecessor's constraints, which
+  Optuna stores as system attributes under a private prefix;
 * :func:`use_grpc_channel`: Optuna's gRPC client opens a plain channel that sends no metadata;
   hpo's client talks to the proxy over its own (TLS, the proxy's token on every call);
 * :func:`backend_of`: Optuna's cache wraps the RDB storage in ``_backend``;
@@ -44,14 +48,17 @@ from typing import Any, Callable
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.storages._rdb import models as _rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
 import sqlalchemy
 from sqlalchemy import func, inspect
 
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
-           "grpc_servicer", "rdb_models", "rdb_of", "rewrite_study_system_attrs", "study_system_attrs_by_key", "use_grpc_channel",
-           "grpc_trial_proto", "new_trial_in", "rdb_session", "set_system_attr_in", "set_trial_param", "trials_since", "set_trial_id", "set_value_in", "storage_of", "study_id",
+           "grpc_servicer", "grpc_trial_from_proto", "grpc_trial_proto", "grpc_trial_state_from_proto", "is_constraint_attr",
+           "new_trial_in", "rdb_models", "rdb_of", "rdb_session", "rewrite_study_system_attrs", "set_system_attr_in",
+           "set_trial_id", "set_trial_param", "set_value_in", "storage_of", "study_id", "study_system_attrs_by_key",
+           "trials_since", "use_grpc_channel",
            "trial_id"]
 
 # The RDBStorage methods that open a database session and may simply run again after a connection
@@ -197,6 +204,25 @@ def grpc_api() -> tuple[Any, Any]:
     from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 
     return api_pb2, api_pb2_grpc
+
+
+def grpc_trial_from_proto(proto: Any) -> Any:
+    """A FrozenTrial from the protocol's Trial message (the servicer's own conversion)."""
+    from optuna.storages._grpc.servicer import _from_proto_trial
+
+    return _from_proto_trial(proto)
+
+
+def grpc_trial_state_from_proto(state: Any) -> Any:
+    """A TrialState from the protocol's enum (the servicer's own conversion)."""
+    from optuna.storages._grpc.servicer import _from_proto_trial_state
+
+    return _from_proto_trial_state(state)
+
+
+def is_constraint_attr(key: str) -> bool:
+    """Whether a trial system attribute is a constraint of ``Trial.set_constraint`` (Optuna 5: ``constraints:NAME``)."""
+    return key.startswith(f"{_CONSTRAINTS_KEY}:")
 
 
 def use_grpc_channel(client: Any, channel: Any) -> None:

@@ -75,7 +75,8 @@ def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
     connection of its own (or a file descriptor), so a worker that dies while holding it
     releases it. ``grpc://`` (`hpo storage-proxy`): a :class:`~hpo.storage.database.proxied_lock.StorageLock`
     through ``storage`` (or a connection of its own to the proxy), an HpoError when it is not had
-    within ``timeout_s``; a worker that dies holding it holds it up for its stale time (2 min).
+    within ``timeout_s`` while its holder is alive; a worker of this machine that dies holding it is
+    broken at once, one of another machine after its stale time (2 min).
     """
     if url.startswith("grpc://"):
         own = storage is None

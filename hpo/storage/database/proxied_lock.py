@@ -9,7 +9,14 @@ API, so they cannot take the database's own locks (:func:`~hpo.storage.database.
   lock study's first trial, number 0: the *token*. Creating trials locks the study's row, so
   exactly one trial is number 0; a creator whose trial is not number 0 does not hold the lock.
 * **While held**, a daemon thread writes the token's system attribute ``hpo:lock-beat`` every
-  ``stale_s / 6`` seconds; ``hpo:lock-holder`` names the holder (host, pid).
+  ``stale_s / 6`` seconds; ``hpo:lock-holder`` names the holder (host, pid), and
+  ``hpo:lock-holder-start`` its process's start time (Linux: ``/proc/PID/stat``).
+* **A dead holder on the waiter's own machine is broken at once**: its pid is gone, or now names
+  another process (a reused pid: another start time). A killed worker that held the lock while
+  creating a study would otherwise hold every new command on that machine up for ``stale_s``.
+* **A waiter gives up only on a live holder.** At its timeout a waiter raises only if the token
+  beat within the last ``stale_s / 3``; a silent holder is waited out until it is broken (the
+  timeout used to equal ``stale_s``, so waiters gave up just before they would have broken it).
 * **Release and break are one compare-and-set**: finishing the token as COMPLETE with a random
   value of one's own. Finishing a trial locks its row and a finished trial cannot be finished
   again, so exactly one party's value is stored; that party, and only it, deletes the study.
@@ -64,6 +71,7 @@ Log = Callable[[str], None]
 PREFIX = "hpo-lock:"
 BEAT_ATTR = "hpo:lock-beat"
 HOLDER_ATTR = "hpo:lock-holder"
+HOLDER_START_ATTR = "hpo:lock-holder-start"
 STALE_S = 120.0  # a token silent this long is a dead holder's: beats every 20 s, so 5 missed beats
 MIN_POLL_S, MAX_POLL_S = 0.2, 2.0  # waiters poll faster at first: most holds (creating a study) are short
 
@@ -87,6 +95,35 @@ class _Seen:
     values: tuple[float, ...] | None
     beat: Any
     holder: str | None
+    holder_start: str | None = None
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None if it
+    does not exist or this is no Linux. A pid reused by a new process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def holder_is_dead(holder: str | None, started: str | None) -> bool:
+    """True only when ``holder`` (``host pid N``) is a process of this machine that is gone: no
+    process with its pid, or one that started at another time. Another machine's holder is never
+    known dead here: it is waited out by its silence."""
+    if not holder or not started or not os.path.isdir("/proc/self"):
+        return False
+    host, sep, pid = holder.rpartition(" pid ")
+    if not sep or host != socket.gethostname() or not pid.isdigit():
+        return False
+    return process_start(int(pid)) != started
 
 
 class StorageLock:
@@ -122,6 +159,7 @@ class StorageLock:
         deadline = time.monotonic() + timeout_s
         seen: _Seen | None = None
         since = time.monotonic()
+        beating = False  # seen to change while we watched: its holder is known alive
         delay = MIN_POLL_S
         error: Exception | None = None
         while True:
@@ -138,20 +176,26 @@ class StorageLock:
             except Exception as exc:  # the proxy or the database is away: what we saw says nothing
                 error, since = exc, time.monotonic()
             now = time.monotonic()
-            if look is not None and look != seen:
+            dead = look is not None and not (look.state is not None and look.state.is_finished()) \
+                and holder_is_dead(look.holder, look.holder_start)
+            if look is not None and look != seen and not dead:
+                beating = seen is not None and seen.study_id == look.study_id
                 seen, since = look, now
-            elif look is not None and now - since >= self.stale_s:
+            elif look is not None and (dead or now - since >= self.stale_s):
                 try:
-                    self._break(look, now - since)
+                    self._break(look, now - since, dead=dead)
                 except (KeyError, UpdateFinishedTrialError):
                     pass  # it changed hands meanwhile
                 except Exception as exc:
                     error = exc
-                seen, since, delay = None, time.monotonic(), MIN_POLL_S
+                seen, since, delay, beating = None, time.monotonic(), MIN_POLL_S, False
                 continue
             elif look is None:
                 delay = MIN_POLL_S  # released just now, or changing hands: try again soon
-            if now >= deadline:
+            # A holder silent for a while is not waited on any less: it is broken at stale_s,
+            # which may be after the deadline. Only a holder known alive (beating) is given up on.
+            alive = error is not None or look is None or (beating and now - since < self.stale_s / 3)
+            if now >= deadline and alive:
                 raise HpoError(self._timeout_message(timeout_s, seen, now - since, error))
             time.sleep(min(delay * random.uniform(0.75, 1.25), max(0.0, deadline - now)))
             delay = min(delay * 2, MAX_POLL_S)
@@ -166,8 +210,8 @@ class StorageLock:
         token = self.storage.create_new_trial(study_id)  # KeyError: broken and deleted while we stalled
         if self.storage.get_trial(token).number != 0:
             return False  # we stalled for stale_s between the two calls: trial 0, the lock, is a breaker's
-        holder = f"{socket.gethostname()} pid {os.getpid()}"
-        self.storage.set_trial_system_attr(token, HOLDER_ATTR, holder)
+        self.storage.set_trial_system_attr(token, HOLDER_START_ATTR, process_start(os.getpid()))
+        self.storage.set_trial_system_attr(token, HOLDER_ATTR, holder_name())
         self.storage.set_trial_system_attr(token, BEAT_ATTR, time.time())
         self._study_id, self._token, self.broken = study_id, token, False
         self._stop.clear()
@@ -189,9 +233,9 @@ class StorageLock:
         trial = self.storage.get_trial(token)
         attrs = trial.system_attrs
         return _Seen(study_id, token, trial.state, tuple(trial.values) if trial.values else None,
-                     attrs.get(BEAT_ATTR), attrs.get(HOLDER_ATTR))
+                     attrs.get(BEAT_ATTR), attrs.get(HOLDER_ATTR), attrs.get(HOLDER_START_ATTR))
 
-    def _break(self, seen: _Seen, silent_s: float) -> None:
+    def _break(self, seen: _Seen, silent_s: float, dead: bool = False) -> None:
         """Finish the stale token with our mark; if ours is the mark stored, delete the lock study."""
         token = seen.token
         if token is None:  # its creator died before making trial 0: make it, and finish it at once
@@ -206,8 +250,9 @@ class StorageLock:
         if not self._finish(token):
             return  # another breaker, or the holder releasing, finished it first
         self._delete(seen.study_id)
-        self.log(f"lock '{self.name}': broke it, its holder ({seen.holder or 'unknown'}) had been silent for "
-                 f"{silent_s:.0f} s (dead, or cut off from the storage)")
+        why = ("is no longer running on this machine" if dead
+               else f"had been silent for {silent_s:.0f} s (dead, or cut off from the storage)")
+        self.log(f"lock '{self.name}': broke it, its holder ({seen.holder or 'unknown'}) {why}")
 
     # --- hold and release ------------------------------------------------------------------
 

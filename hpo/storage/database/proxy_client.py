@@ -16,6 +16,15 @@ Every call carries the proxy's token and goes over TLS when asked
 (:mod:`hpo.storage.database.proxy_auth`); the proxy's refusal (no token, a wrong one) becomes one
 HpoError line, checked once when the storage opens so that a worker stops before its first trial.
 
+**A proxy restart pauses the workers, it does not kill them.** A call that finds no proxy
+(``UNAVAILABLE``) is tried again by the policy every storage path shares
+(:mod:`hpo.storage.database.outage`: up to 300 s), and a worker that starts while no proxy answers
+waits as long, saying so in one line. A call that may have committed before its reply was lost
+is never simply sent again: a new trial and a state change carry a write token (gRPC metadata
+``hpo-write-token``) by which the proxy recognises the resent call and answers with what the
+first one did (:mod:`hpo.storage.proxy.server`); creating a study, deleting one and setting a
+parameter are read back before they are resent. Heartbeats are not retried: the next beat is.
+
 Example::
 
     storage = open_grpc("grpc://proxy-host:13000", heartbeat_interval=10)
@@ -26,18 +35,31 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
+import threading
+import uuid
 import warnings
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
 import optuna
+from optuna.storages._base import DEFAULT_STUDY_NAME_PREFIX
 from optuna.trial import FrozenTrial
 
 from hpo.errors import HpoError
+from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage
 from hpo.storage.database.proxy_auth import CA_VAR, ClientAuth, client_auth, refusal
 from hpo.storage.optuna_private import BaseHeartbeat, use_grpc_channel
 
-READY_TIMEOUT_S = 10.0  # how long a worker waits for the proxy to answer when it opens the storage
+Log = Callable[[str], None]
+READY_TIMEOUT_S = 10.0  # how long a read-only command waits for the proxy to answer: it says so soon
+WORKER_READY_S = RETRY_S  # how long a worker waits for it: a proxy restart is no reason to give up
+SAY_WAITING_S = 2.0  # a proxy that has not answered by then gets a line saying the worker waits
+WRITE_TOKEN_KEY = "hpo-write-token"  # gRPC metadata: the proxy answers a resent write with what the first did
+# gRPC reconnects with exponential backoff up to 120 s by default: after a long outage a worker
+# would find its restarted proxy only minutes later. Capped, it looks again every few seconds.
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.initial_reconnect_backoff_ms", 500),
+                    ("grpc.max_reconnect_backoff_ms", 4000)]
 # The key of a trial system attribute that is never stored: the proxy records a heartbeat instead.
 HEARTBEAT_ATTR = "hpo:heartbeat"
 
@@ -66,16 +88,21 @@ _CallDetails = collections.namedtuple(
     "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"))
 
 
+_write_token = threading.local()  # the token of the write this thread is sending, if any
+
+
 class _Credentials(_Interceptor):  # type: ignore[misc,valid-type]
-    """Adds the token to every call, and turns the proxy's refusal into one HpoError line."""
+    """Adds the token (and a write's token) to every call, and turns the proxy's refusal into one HpoError line."""
 
     def __init__(self, url: str, auth: ClientAuth) -> None:
         self.url, self.auth = url, auth
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        header = self.auth.header()
-        if header is not None:
-            details = _CallDetails(details.method, details.timeout, [*(details.metadata or ()), header],
+        extra = [header] if (header := self.auth.header()) is not None else []
+        if (token := getattr(_write_token, "value", None)) is not None:
+            extra.append((WRITE_TOKEN_KEY, token))
+        if extra:
+            details = _CallDetails(details.method, details.timeout, [*(details.metadata or ()), *extra],
                                    details.credentials, getattr(details, "wait_for_ready", None),
                                    getattr(details, "compression", None))
         outcome = continuation(details, request)
@@ -105,8 +132,20 @@ def artifact_address(url: str) -> tuple[str, int]:
     return host, int(wanted)
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True for "no proxy answers right now" (stopped, restarting, the connection reset)."""
+    return HAVE_GRPC and isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _describe(exc: BaseException) -> str:
+    details = exc.details() if HAVE_GRPC and isinstance(exc, grpc.RpcError) else str(exc)
+    lines = (details or "").strip().splitlines()
+    return f"the storage proxy: {lines[0]}" if lines else f"the storage proxy: {type(exc).__name__}"
+
+
 class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,valid-type]
-    """Optuna's gRPC client, plus heartbeats that `hpo storage-proxy` records (see the module doc).
+    """Optuna's gRPC client, plus heartbeats that `hpo storage-proxy` records and calls that ride
+    out a proxy restart (see the module doc).
 
     Stale trials are found and failed by the proxy, so :meth:`_get_stale_trial_ids` is empty
     here: Optuna's check before each trial costs no call. ``artifact_address`` is where the
@@ -115,20 +154,21 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
 
     def __init__(self, *, host: str, port: int, artifact_address: tuple[str, int],
                  heartbeat_interval: int | None = None, grpc_url: str | None = None,
-                 auth: ClientAuth | None = None) -> None:
+                 auth: ClientAuth | None = None, retry_s: float = RETRY_S, log: Log | None = None) -> None:
         self.artifact_address = artifact_address
         self.grpc_url = grpc_url or f"grpc://{host}:{port}"  # not ``url``: that names a database to hpo
         self.auth = auth or ClientAuth()
         self._heartbeat_interval = heartbeat_interval
+        self._retry_s = retry_s
+        self._outage = Outage(retry_s, log or _stderr, describe=_describe)
         super().__init__(host=host, port=port)  # calls _setup
 
     def _open_channel(self) -> Any:
         address = f"{self._host}:{self._port}"
-        options = [("grpc.max_receive_message_length", -1)]  # as Optuna's own client
         if self.auth.tls:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.auth.ca_pem)
-            return grpc.secure_channel(address, credentials, options=options)
-        return grpc.insecure_channel(address, options=options)
+            return grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
+        return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
 
     def _setup(self) -> None:
         self._raw_channel = self._open_channel()
@@ -137,7 +177,12 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         state.pop("_raw_channel", None)
+        state.pop("_outage", None)  # a lock: a copy in another process makes its own
         return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        state["_outage"] = Outage(state.get("_retry_s", RETRY_S), _stderr, describe=_describe)
+        super().__setstate__(state)
 
     def wait_server_ready(self, timeout: float | None = None) -> None:
         """Waits until the proxy answers on this storage's own channel (TLS or not); ConnectionError."""
@@ -152,6 +197,65 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
             self.get_study_id_from_name("hpo:access-check")  # a name no study has: NOT_FOUND, unless refused
         except KeyError:
             pass
+
+    # --- calls that ride out a proxy restart ---
+
+    def _retried(self, attempt: Callable[[], Any], landed: Callable[[], Any] | None = None) -> Any:
+        return self._outage.call(attempt, is_unavailable, landed)
+
+    def _tokened(self, attempt: Callable[[], Any]) -> Any:
+        """``attempt()`` sent, and resent, with one write token: the proxy applies it once."""
+        _write_token.value = uuid.uuid4().hex
+        try:
+            return self._retried(attempt)
+        finally:
+            _write_token.value = None
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._tokened(lambda: super(ProxiedStorage, self).create_new_trial(study_id, template_trial))
+
+    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+        return self._tokened(lambda: super(ProxiedStorage, self).set_trial_state_values(trial_id, state, values))
+
+    def create_new_study(self, directions: Any, study_name: str | None = None) -> int:
+        # Named here, so that a resend looks for the study the first attempt made (studies are
+        # created under hpo's creation lock: a study of that name is ours).
+        name = study_name or f"{DEFAULT_STUDY_NAME_PREFIX}{uuid.uuid4()}"
+
+        def landed() -> Any:
+            try:
+                return super(ProxiedStorage, self).get_study_id_from_name(name)
+            except KeyError:
+                return NOT_LANDED
+
+        return self._retried(lambda: super(ProxiedStorage, self).create_new_study(directions, name), landed)
+
+    def delete_study(self, study_id: int) -> None:
+        def landed() -> Any:
+            try:
+                super(ProxiedStorage, self).get_study_name_from_id(study_id)
+            except KeyError:
+                self._cache.delete_study_cache(study_id)
+                return None  # gone: deleted by the attempt whose reply was lost
+            return NOT_LANDED
+
+        return self._retried(lambda: super(ProxiedStorage, self).delete_study(study_id), landed)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any) -> None:
+        def landed() -> Any:
+            trial = super(ProxiedStorage, self).get_trial(trial_id)
+            if param_name in trial.params and \
+                    trial.distributions[param_name].to_internal_repr(trial.params[param_name]) == param_value_internal:
+                return None
+            return NOT_LANDED
+
+        return self._retried(lambda: super(ProxiedStorage, self).set_trial_param(
+            trial_id, param_name, param_value_internal, distribution), landed)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if key == HEARTBEAT_ATTR:  # a beat is not resent: the next one is due soon
+            return super().set_trial_system_attr(trial_id, key, value)
+        return self._retried(lambda: super(ProxiedStorage, self).set_trial_system_attr(trial_id, key, value))
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -172,22 +276,63 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
         return None
 
 
-def open_grpc(url: str, timeout_s: float | None = None, heartbeat_interval: int | None = None) -> ProxiedStorage:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _make_retried(name: str) -> Callable[..., Any]:
+    method = getattr(_GrpcStorageProxy, name)
+
+    def retried(self: ProxiedStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retried(lambda: method(self, *args, **kwargs))
+
+    retried.__name__ = retried.__qualname__ = name
+    retried.__doc__ = method.__doc__
+    return retried
+
+
+# Reads, and writes that land the same however often they are sent (attributes, intermediate
+# values): resent as they are after UNAVAILABLE. The writes that are not (above) are checked first.
+_RESENT_AS_THEY_ARE = (
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_all_studies", "set_study_user_attr", "set_study_system_attr",
+    "set_trial_intermediate_value", "set_trial_user_attr", "get_trial_id_from_study_id_trial_number",
+    "get_trial", "get_all_trials",
+)
+if HAVE_GRPC:
+    for _name in _RESENT_AS_THEY_ARE:
+        setattr(ProxiedStorage, _name, _make_retried(_name))
+
+
+def open_grpc(url: str, timeout_s: float | None = None, heartbeat_interval: int | None = None,
+              log: Log | None = None) -> ProxiedStorage:
     """A :class:`ProxiedStorage` on ``grpc://host:port``, once the proxy answers; else an HpoError.
 
-    ``heartbeat_interval`` (seconds) turns on heartbeats for the trials this process runs.
+    ``timeout_s``: how long to wait for the proxy (default :data:`READY_TIMEOUT_S`; workers wait
+    :data:`WORKER_READY_S`, saying so in one line after :data:`SAY_WAITING_S`). ``heartbeat_interval``
+    (seconds) turns on heartbeats for the trials this process runs. ``log`` hears about outages
+    (default: stderr).
     """
     host, port = grpc_address(url) or ("", 0)
     timeout_s = READY_TIMEOUT_S if timeout_s is None else timeout_s
+    log = log or _stderr
     if not HAVE_GRPC:
         raise HpoError("grpc:// storage needs grpcio: pip install 'hpo[proxy]'")
     auth = client_auth(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable enough since Optuna 4.2
         storage = ProxiedStorage(host=host, port=port, artifact_address=artifact_address(url),
-                                 heartbeat_interval=heartbeat_interval, grpc_url=url, auth=auth)
+                                 heartbeat_interval=heartbeat_interval, grpc_url=url, auth=auth, log=log)
     try:
-        storage.wait_server_ready(timeout=timeout_s)
+        if timeout_s > SAY_WAITING_S:
+            try:
+                storage.wait_server_ready(timeout=SAY_WAITING_S)
+            except ConnectionError:
+                log(f"no storage proxy answers at {url} yet: waiting up to {timeout_s:.0f} s for it "
+                    "(is `hpo storage-proxy` running there, or restarting?)")
+                storage.wait_server_ready(timeout=timeout_s - SAY_WAITING_S)
+        else:
+            storage.wait_server_ready(timeout=timeout_s)
     except ConnectionError:
         tls = (f"over TLS (${CA_VAR} or ?tls=1): does the proxy have --tls-cert, and a certificate for this host name?"
                if auth.tls else f"without TLS: if the proxy has --tls-cert, set ${CA_VAR}")

@@ -21,8 +21,8 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import functools
-import random
 import threading
 import time
 import uuid
@@ -40,13 +40,13 @@ from sqlalchemy.engine import make_url
 from hpo.errors import HpoError
 from hpo.storage.database import trial_writes
 from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
-from hpo.storage.database.proxy_client import grpc_address, open_grpc
+from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
+from hpo.storage.database.proxy_client import WORKER_READY_S, grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index
+from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr
 
 Log = Callable[[str], None]
 
-RETRY_S = 300.0  # how long a worker waits for its database to come back before giving up
 GRACE_PERIOD_S = 60  # silence after which a running trial's worker is taken for dead
 MAX_RETRY = 3  # re-runs of one trial whose workers keep dying (e.g. it runs out of memory)
 _DRIVER_HINT = {
@@ -76,6 +76,15 @@ def heartbeat_interval(grace_period: int) -> int:
     return max(1, min(10, grace_period // 4))
 
 
+class _Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry, minus the failed trial's constraints (see :func:`retry_callback`)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        own = copy.copy(trial)
+        own.system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
+        super().__call__(study, own)
+
+
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     """Queues a copy of a failed trial (same parameters and attributes) to be run again.
 
@@ -83,10 +92,14 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     never checkpointed, and its re-run (resuming from an earlier epoch, or starting over) would
     report that step again, which Optuna ignores with a warning. The re-run reports the epochs it
     resumes from itself, from its checkpoint (:class:`hpo.objective.Objective`).
+
+    Nor does it inherit constraints (``diverged``): a trial stopped after it set its constraint
+    would pass it on, and Optuna keeps the first value set (with a warning), so the re-run's own
+    verdict would be lost. The re-run sets its own.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
+        return _Retry(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
 
 def open_storage(
@@ -94,7 +107,7 @@ def open_storage(
     *,
     grace_period: int | None = None,
     retry_s: float = RETRY_S,
-    log: Log = lambda m: None,
+    log: Log | None = None,
     create: bool = True,
 ) -> Any:
     """A :class:`ResilientStorage` for ``url`` (for ``grpc://host:port``, the
@@ -109,7 +122,10 @@ def open_storage(
     if grpc_address(url) is not None:
         # `hpo storage-proxy` records the heartbeats and fails the trials of silent workers, by
         # its own --grace-period; this worker only beats, as often as its grace period asks.
-        return open_grpc(url, heartbeat_interval=None if grace_period is None else heartbeat_interval(grace_period))
+        # A worker (create=True) waits for a proxy that is restarting as it would for a database
+        # that restarts; a read-only command says at once that none answers.
+        return open_grpc(url, timeout_s=WORKER_READY_S if create else None, log=log,
+                         heartbeat_interval=None if grace_period is None else heartbeat_interval(grace_period))
     hb: dict[str, Any] = {}
     if grace_period is not None:
         hb = {
@@ -135,14 +151,14 @@ def open_storage(
             # Heartbeats are "experimental" in Optuna 4 but stable in practice: say it once, here.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if not create:
-                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log,
+                return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log or _quiet,
                                         skip_table_creation=True, **hb)
             # Tables, schema version and alembic stamp are created by the first opener; ten workers
             # starting at once would race on them, so creation happens under a database-wide lock.
             with creation_lock(url):
                 if backend == "sqlite":
                     _enable_wal(url)
-                storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log, **hb)
+                storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log or _quiet, **hb)
                 ensure_trial_state_index(storage)  # the stale-trial check and trial counts read what they need
                 return storage
     except HpoError:
@@ -218,7 +234,7 @@ def is_transient(exc: BaseException) -> bool:
 # Writes whose first attempt may have committed when the connection broke (creating a study or a
 # trial, deleting a study, changing a trial's state) are never run blindly again: ResilientStorage
 # overrides each to check, after a connection error, whether the attempt landed.
-_NOT_LANDED = object()
+_NOT_LANDED = NOT_LANDED
 
 
 class ResilientStorage(optuna.storages.RDBStorage):
@@ -239,25 +255,25 @@ class ResilientStorage(optuna.storages.RDBStorage):
         #                        "storage reachable again after 11.2 s"
     """
 
-    def __init__(self, url: str, *, retry_s: float = RETRY_S, log: Log = lambda m: None, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, retry_s: float = RETRY_S, log: Log = _quiet, **kwargs: Any) -> None:
         self._retry_s = retry_s
-        self._log = log
-        self._outage_lock = threading.Lock()
-        self._outage_since: float | None = None
+        self._outage = Outage(retry_s, log, describe=self._describe)
         self._stale_checked: dict[int, float] = {}  # study id -> when this process last looked for stale trials
         super().__init__(url, **kwargs)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        del state["_outage_lock"]
-        state["_log"] = _quiet  # a closure need not pickle; a copy in another process stays quiet
+        del state["_outage"]  # a lock and a closure: a copy in another process waits as long, quietly
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self._outage_lock = threading.Lock()
-        self._outage_since = None
+        self._outage = Outage(self._retry_s, describe=self._describe)
         self._stale_checked = {}
+
+    def _describe(self, exc: BaseException) -> str:
+        reason = scrub(str(driver_error(exc)), self.url).strip().splitlines()
+        return reason[0] if reason else type(exc).__name__
 
     # --- the search for stale trials, throttled ---
 
@@ -278,8 +294,9 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
     # --- writes that are checked before they are tried again ---
 
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        token = trial_writes.new_token()
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None,
+                          token: str | None = None) -> FrozenTrial:
+        token = token or trial_writes.new_token()
 
         def landed() -> Any:
             trial_id = trial_writes.created_trial(self, study_id, token)
@@ -288,17 +305,34 @@ class ResilientStorage(optuna.storages.RDBStorage):
         return self._call("_create_new_trial", lambda: trial_writes.create_trial(self, study_id, template_trial, token),
                           landed)
 
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        if not trial_writes.needs_token(state):  # a finish of our own trial: its state says whether it landed
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None,
+                               token: str | None = None) -> bool:
+        if token is None and not trial_writes.needs_token(state):  # a finish of our own trial: its state says whether it landed
             return self._call(
                 "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, None),
                 lambda: True if trial_writes.state_of(self, trial_id) == state else _NOT_LANDED,
             )
-        token = trial_writes.new_token()
+        token = token or trial_writes.new_token()
         return self._call(
             "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, token),
             lambda: True if trial_writes.last_write(self, trial_id) == token else _NOT_LANDED,
         )
+
+    # --- writes resent by a client whose reply was lost (the storage proxy's workers) ---
+
+    def create_new_trial_once(self, study_id: int, template_trial: FrozenTrial | None, token: str) -> int:
+        """The id of the trial made with ``token``: made now, or by an earlier call with the same token."""
+        made = self._call("created_trial", lambda: trial_writes.created_trial(self, study_id, token))
+        if made is not None:
+            return made
+        return self._create_new_trial(study_id, template_trial, token)._trial_id
+
+    def set_trial_state_values_once(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
+                                    token: str) -> bool:
+        """:meth:`set_trial_state_values` with ``token``; True at once if an earlier call with it made the change."""
+        if self._call("last_write", lambda: trial_writes.last_write(self, trial_id)) == token:
+            return True
+        return self.set_trial_state_values(trial_id, state, values, token)
 
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         # Named here, not inside each attempt, so that a retry looks for the study the first attempt made.
@@ -346,51 +380,10 @@ class ResilientStorage(optuna.storages.RDBStorage):
             _nesting.depth = 0
 
     def _retrying(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None) -> Any:
-        start = time.monotonic()
-        delay = 0.5
-        tries = 0
-        while True:
-            try:
-                result = _NOT_LANDED
-                if tries and landed is not None:
-                    result = landed()
-                if result is _NOT_LANDED:
-                    result = attempt()
-            except Exception as exc:
-                if not is_transient(exc) or time.monotonic() - start + delay > self._retry_s:
-                    raise
-                self._outage_started(exc)
-                time.sleep(delay * random.uniform(0.75, 1.25))
-                delay = min(delay * 2, 8.0)
-                tries += 1
-                continue
-            if tries:
-                self._outage_ended()
-            return result
-
-    def _outage_started(self, exc: BaseException) -> None:
-        with self._outage_lock:
-            if self._outage_since is not None:
-                return
-            self._outage_since = time.monotonic()
-        reason = scrub(str(driver_error(exc)), self.url).strip().splitlines()
-        self._log(
-            f"storage unreachable ({reason[0] if reason else type(exc).__name__}): "
-            f"retrying for up to {self._retry_s:.0f} s"
-        )
-
-    def _outage_ended(self) -> None:
-        with self._outage_lock:
-            since, self._outage_since = self._outage_since, None
-        if since is not None:
-            self._log(f"storage reachable again after {time.monotonic() - since:.1f} s")
+        return self._outage.call(attempt, is_transient, landed)
 
 
 _nesting = threading.local()
-
-
-def _quiet(message: str) -> None:
-    pass
 
 
 def _make_retrying(name: str) -> Callable[..., Any]:

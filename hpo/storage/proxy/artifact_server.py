@@ -21,8 +21,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import socket
 import ssl
+import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Callable
@@ -43,8 +46,8 @@ Refused = Callable[[str, str, str], None]  # (port, peer address, why): RefusalL
 class _Body(io.RawIOBase):
     """An upload's body: exactly Content-Length bytes, whose sha256 must match the client's header.
 
-    Read by the store inside its write transaction: raising here (wrong sha256, a body cut short)
-    rolls the write back.
+    Read whole into a local file before the store's write transaction opens (:meth:`_Handler.do_PUT`):
+    raising here (wrong sha256, a body cut short) stores nothing.
     """
 
     def __init__(self, rfile: BinaryIO, length: int, sha256: str) -> None:
@@ -175,7 +178,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._reply(400, "PUT /artifacts/ID needs Content-Length and X-Sha256")
         try:
-            self.store.write(artifact_id, io.BufferedReader(_Body(self.rfile, int(length), sha), CHUNK_BYTES))
+            # The body is read off the network first, into a local file, and only then written to
+            # the database. Streamed straight into the store's transaction, a client that stalled
+            # mid-upload (a worker stopped by Ctrl-C with its connection still open) held SQLite's
+            # write lock for as long, and every other worker's call waited behind it.
+            with tempfile.SpooledTemporaryFile(max_size=CHUNK_BYTES) as local:
+                shutil.copyfileobj(io.BufferedReader(_Body(self.rfile, int(length), sha), CHUNK_BYTES), local, CHUNK_BYTES)
+                local.seek(0)
+                self.store.write(artifact_id, local)
         except _Mismatch as exc:
             return self._reply(409, str(exc))
         except ConnectionError:
@@ -210,6 +220,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     tls: ssl.SSLContext | None = None
     refused: Refused = staticmethod(lambda port, peer, why: None)  # type: ignore[assignment]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request (a worker killed or stopped, its kept-alive
+        connection reset) is routine for a proxy: no traceback in its log. Anything else is a bug
+        and keeps socketserver's traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Runs in the connection's thread: the TLS handshake first, if any."""

@@ -24,6 +24,12 @@ stays RUNNING for ever. Two small additions make a proxied worker's death end as
   time; the loser sees ``UpdateFinishedTrialError`` and does nothing) and one copy with its
   parameters is queued, which the next free worker runs, resuming from its checkpoint.
 
+  A trial's silence counts from its last heartbeat, or from when this proxy first saw it
+  running, whichever is later: while the proxy was down (restarting, for minutes) no worker
+  could beat, and a trial claimed again keeps its old heartbeat until its new worker's first
+  beat. Counting from the heartbeat alone, a restarted proxy failed trials whose workers were
+  still running them (they then died on "Cannot tell a FAIL trial").
+
   The proxy reaps rather than the workers because a worker cannot ask the proxy for stale trials
   (no call for it) and one reaper per database needs no coordination; the workers' own check
   before each trial is empty for a proxied storage.
@@ -37,8 +43,9 @@ clock, Optuna's row lock and Optuna's retry callback do all of it.
 pretraining an encoder happen under :func:`~hpo.storage.database.locks.creation_lock`, a database lock a
 proxied worker cannot take. For ``grpc://`` it is a :class:`~hpo.storage.database.proxied_lock.StorageLock`,
 made of plain storage calls (a study ``hpo-lock:NAME`` whose first trial is the token), so it
-needs nothing from the proxy; a worker killed while holding it holds the others up for the
-lock's stale time (2 min) instead of releasing it at once as a database session would. Direct
+needs nothing from the proxy; a worker killed while holding it is broken at once by a waiter on
+its machine (its pid is gone or reused), and otherwise holds the others up for the lock's stale
+time (2 min) instead of releasing it at once as a database session would. Direct
 workers keep the database's lock (released at once by a dead worker), so a direct and a proxied
 worker starting at the same moment are not kept apart: start a shared study's first worker alone.
 
@@ -67,22 +74,22 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable
 from urllib.parse import unquote
 
 import optuna
 import sqlalchemy as sa
 from optuna.distributions import json_to_distribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
 from hpo.storage import optuna_private
 from hpo.storage.artifacts.database_store import DatabaseStore
 from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, ServerTls, is_loopback, proxy_token, token_matches
-from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, grpc_address
+from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, WRITE_TOKEN_KEY, grpc_address
 from hpo.storage.database.resilient import (
     GRACE_PERIOD_S,
     heartbeat_interval,
@@ -162,7 +169,9 @@ KNOWN_TRIALS = 100_000  # trial ids whose study the proxy remembers (a few MB); 
 
 class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
     """Optuna's servicer, where a write of :data:`HEARTBEAT_ATTR` records the trial's heartbeat, and
-    a parameter is checked against the distribution the study's first trial gave it, remembered.
+    a parameter is checked against the distribution the study's first trial gave it, remembered, and
+    a new trial or a state change resent with the same write token (a worker whose reply was lost
+    in a restart) is applied once: the resend gets what the first call did.
 
     Behind Optuna's servicer the database storage has no cache, so every parameter a trial sets
     looked for an earlier trial of the study with that parameter (a join of trial_params and
@@ -174,15 +183,44 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
 
     def __init__(self, storage: Any) -> None:
         super().__init__(storage)
+        self._tokens = threading.Lock()
+        self._in_flight: dict[str, threading.Event] = {}
         self._study_of_trial: dict[int, int] = {}
         self._distributions: dict[tuple[int, str], Any] = {}  # (study id, parameter) -> its first distribution
 
+    def _once(self, context: Any, fresh: Callable[[], Any], once: Callable[[str], Any]) -> Any:
+        """``once(token)`` for a call that carries a write token, else ``fresh()``.
+
+        A resend that arrives while its first call still runs (the client saw its connection
+        reset, the proxy did not) waits for it, then finds its token written.
+        """
+        token = dict(context.invocation_metadata() or ()).get(WRITE_TOKEN_KEY)
+        if token is None:
+            return fresh()
+        with self._tokens:
+            running = self._in_flight.get(token)
+            if running is None:
+                self._in_flight[token] = threading.Event()
+        if running is not None:
+            running.wait()
+            return once(token)
+        try:
+            return once(token)
+        finally:
+            with self._tokens:
+                self._in_flight.pop(token).set()
+
     def CreateNewTrial(self, request: Any, context: Any) -> Any:
-        reply = super().CreateNewTrial(request, context)
-        self._study_of_trial[reply.trial_id] = request.study_id
+        template = None if request.template_trial_is_none else optuna_private.grpc_trial_from_proto(request.template_trial)
+        try:
+            trial_id = self._once(context, lambda: self._backend.create_new_trial(request.study_id, template),
+                                  lambda token: self._backend.create_new_trial_once(request.study_id, template, token))
+        except KeyError as exc:
+            context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(exc))
+        self._study_of_trial[trial_id] = request.study_id
         if len(self._study_of_trial) > KNOWN_TRIALS:
             self._study_of_trial.pop(next(iter(self._study_of_trial)), None)
-        return reply
+        return _api_pb2.CreateNewTrialReply(trial_id=trial_id)
 
     def GetTrials(self, request: Any, context: Any) -> Any:
         """The trials a worker's cache asks for (its unfinished ones, and those past its last
@@ -209,11 +247,24 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
                                            request.param_value_internal, json_to_distribution(request.distribution), known)
         except KeyError as e:  # the replies Optuna's servicer gives
             context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(e))
-        except optuna.exceptions.UpdateFinishedTrialError as e:
+        except UpdateFinishedTrialError as e:
             context.abort(code=grpc.StatusCode.FAILED_PRECONDITION, details=str(e))
         except ValueError as e:
             context.abort(code=grpc.StatusCode.INVALID_ARGUMENT, details=str(e))
         return _api_pb2.SetTrialParameterReply()
+
+    def SetTrialStateValues(self, request: Any, context: Any) -> Any:
+        state = optuna_private.grpc_trial_state_from_proto(request.state)
+        values = list(request.values) if request.values else None
+        try:
+            updated = self._once(
+                context, lambda: self._backend.set_trial_state_values(request.trial_id, state, values),
+                lambda token: self._backend.set_trial_state_values_once(request.trial_id, state, values, token))
+        except KeyError as exc:
+            context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(exc))
+        except UpdateFinishedTrialError as exc:
+            context.abort(code=grpc.StatusCode.FAILED_PRECONDITION, details=str(exc))
+        return _api_pb2.SetTrialStateValuesReply(trial_updated=updated)
 
     def SetTrialSystemAttribute(self, request: Any, context: Any) -> Any:
         if request.key != HEARTBEAT_ATTR:
@@ -225,46 +276,62 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         return _api_pb2.SetTrialSystemAttributeReply()
 
 
-def stale_studies(storage: Any, grace_period: int) -> set[int]:
-    """Ids of studies with a RUNNING trial whose last heartbeat is over ``grace_period`` s old.
-
-    One query over every study (by the database's clock, as Optuna's own check), so that the
-    proxy looks at a study only when one of its trials looks dead.
-    """
-    models = optuna_private.rdb_models()
-    trial, beat = models.TrialModel, models.TrialHeartbeatModel
-    with storage.engine.connect() as conn:
-        now = conn.execute(sa.select(sa.func.now())).scalar()
-        rows = conn.execute(
-            sa.select(trial.study_id, beat.heartbeat)
-            .join(beat, beat.trial_id == trial.trial_id)
-            .where(trial.state == TrialState.RUNNING)
-        ).all()
-    now = now.replace(tzinfo=None)  # PostgreSQL answers with a time zone, the column has none
-    return {study_id for study_id, at in rows if now - at > timedelta(seconds=grace_period)}
-
-
-def reap(storage: Any, grace_period: int, log: Log = lambda m: None) -> int:
-    """Fails the stale trials of every study in ``storage`` and queues their re-runs; how many.
+class Reaper:
+    """Fails the trials of every study in ``storage`` that are silent for ``grace_period`` s, and
+    queues their re-runs (see "The proxy reaps" above).
 
     ``storage`` is the proxy's own (a ResilientStorage opened with ``grace_period``, whose
-    heartbeat-stale callback is hpo's retry). Optuna's ``fail_stale_trials`` does the failing, so
-    a trial another reaper fails first is skipped, not re-run twice.
+    heartbeat-stale callback is hpo's retry). A trial is failed by one conditional state change,
+    so a trial another reaper (or a direct worker) fails first is skipped, not re-run twice.
     """
-    failed = 0
-    for study_id in sorted(stale_studies(storage, grace_period)):
-        name = storage.get_study_name_from_id(study_id)
-        study = optuna.Study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        now_failed = sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
-        for number in now_failed:
-            log(f"storage proxy: study {name!r}, trial {number}: no heartbeat for {grace_period} s; "
-                "failed, and a re-run with its parameters is queued")
-        failed += len(now_failed)
-    return failed
+
+    def __init__(self, storage: Any, grace_period: int, log: Log = lambda m: None) -> None:
+        self.storage, self.grace_period, self.log = storage, grace_period, log
+        self._first_seen: dict[int, datetime] = {}  # RUNNING trial id -> when this proxy first saw it (database clock)
+
+    def silent(self) -> dict[int, list[int]]:
+        """{study id: ids of its RUNNING trials silent for over the grace period}, by the database's clock.
+
+        One query over every study, so that the proxy looks at a study only when one of its trials looks dead.
+        """
+        models = optuna_private.rdb_models()
+        trial, beat = models.TrialModel, models.TrialHeartbeatModel
+        with self.storage.engine.connect() as conn:
+            now = conn.execute(sa.select(sa.func.now())).scalar()
+            rows = conn.execute(
+                sa.select(trial.study_id, trial.trial_id, beat.heartbeat)
+                .join(beat, beat.trial_id == trial.trial_id)
+                .where(trial.state == TrialState.RUNNING)
+            ).all()
+        now = now.replace(tzinfo=None)  # PostgreSQL answers with a time zone, the column has none
+        seen = {trial_id: self._first_seen.get(trial_id, now) for _, trial_id, _ in rows}
+        self._first_seen = seen  # finished trials drop out
+        silent: dict[int, list[int]] = {}
+        for study_id, trial_id, at in rows:
+            if now - max(at, seen[trial_id]) > timedelta(seconds=self.grace_period):
+                silent.setdefault(study_id, []).append(trial_id)
+        return silent
+
+    def round(self) -> int:
+        """One look: how many trials it failed (each with a re-run queued)."""
+        failed = 0
+        callback = self.storage.get_heartbeat_stale_trial_callback()
+        for study_id, trial_ids in sorted(self.silent().items()):
+            name = self.storage.get_study_name_from_id(study_id)
+            study = optuna.Study(study_name=name, storage=self.storage, sampler=optuna.samplers.RandomSampler())
+            for trial_id in sorted(trial_ids):
+                try:  # as Optuna's fail_stale_trials, for these trials only
+                    if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                        continue
+                except UpdateFinishedTrialError:
+                    continue  # finished meanwhile: by its worker, or by another reaper
+                dead = self.storage.get_trial(trial_id)
+                if callback is not None:
+                    callback(study, dead)
+                self.log(f"storage proxy: study {name!r}, trial {dead.number}: no heartbeat for {self.grace_period} s; "
+                         "failed, and a re-run with its parameters is queued")
+                failed += 1
+        return failed
 
 
 def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: threading.Event | None = None,
@@ -319,10 +386,11 @@ def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: thre
     if ready is not None:
         ready.set()
     interval = heartbeat_interval(grace_period)
+    reaper = Reaper(storage, grace_period, log)
     try:
         while not stop.wait(interval):
             try:
-                reap(storage, grace_period, log)
+                reaper.round()
             except Exception as exc:  # the database is away: the next round tries again
                 log(f"storage proxy: could not check for dead workers' trials ({type(exc).__name__}); retrying")
     except KeyboardInterrupt:
