@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import optuna
 import pytest
 
+from hpo.record import write_artifact_location
+from hpo.search.workers import WorkerOutcome, run_worker
 from hpo.spec import Spec, load_spec
+from hpo.storage.database.resilient import open_storage
 
 # Small subsets of the real reviews: every training test exercises the real data, model and
 # loop, in seconds.
@@ -78,3 +87,60 @@ def diverged_run(tiny_data):
     cfg = TrainConfig(lrs=lrs, clip_norm=0.0, cycle_len=1, max_epochs=4)
     monitor = DivergenceMonitor(DivergenceSpec(step_warmup=3), steps)
     return train(model, tiny_data, cfg, torch.device("cpu"), monitor=monitor), lrs, steps
+
+
+# The shared study's spec: every trial completes (no pruner) and keeps its step telemetry (the
+# figures read it); 3 of its 4 trials keep their weights, so one has none (export refuses it).
+TRAINED_KEEP = 3
+TRAINED = ["pruner.type=none", "data.max_train=400", "train.max_epochs=1", f"artifacts.keep_best={TRAINED_KEEP}"]
+
+
+@dataclass(frozen=True)
+class TrainedStudy:
+    """A real 4-trial study 'imdb' in ``folder``: ``hpo.db`` and its folder store ``hpo-artifacts``.
+
+    The session's copy is trained once and never changed; ``copy(folder)`` gives a test a study of
+    its own to change, move or delete (an export, a plot, a clean-up).
+    """
+
+    folder: Path
+    spec: Spec
+    outcome: WorkerOutcome  # what run_worker returned when it was trained
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.folder / 'hpo.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.folder / "hpo-artifacts"
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.spec.name, storage=open_storage(self.url))
+
+    def copy(self, folder: Path) -> "TrainedStudy":
+        """The database and the artifacts copied into ``folder``; the copy records its own folder store."""
+        folder.mkdir(parents=True, exist_ok=True)
+        # SQLite's backup, not a file copy: the study's last writes may still be in its -wal file
+        with closing(sqlite3.connect(self.folder / "hpo.db")) as source, closing(sqlite3.connect(folder / "hpo.db")) as target:
+            source.backup(target)
+        shutil.copytree(self.artifacts, folder / "hpo-artifacts")
+        copied = replace(self, folder=folder)
+        storage = open_storage(copied.url)
+        study = optuna.load_study(study_name=self.spec.name, storage=storage)
+        # the study records where its artifacts are, as an absolute path: the original's folder
+        write_artifact_location(study, str(copied.artifacts), folder=True)
+        storage.engine.dispose()  # no connection left open on a file the test may move
+        return copied
+
+
+@pytest.fixture(scope="session")
+def trained_study(tmp_path_factory: pytest.TempPathFactory, data_cache_dir: str) -> TrainedStudy:
+    """One real study (real data, model and training, on 400 reviews) for the tests that read a
+    finished study: trained once per session, not once per test module (about 20 s each on 2 cores)."""
+    folder = tmp_path_factory.mktemp("trained-study")
+    spec = load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", *TRAINED])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("HPO_ARTIFACTS", raising=False)  # its folder store beside its database, as a new user's
+        outcome = run_worker(spec, f"sqlite:///{folder / 'hpo.db'}", trials=4, seed=1)
+    return TrainedStudy(folder, spec, outcome)

@@ -54,20 +54,17 @@ def test_the_figure_has_four_panels_on_one_step_axis_with_the_marks(diverged):
     assert (width, height) == (720, 648)  # constrained layout keeps the size
 
 
-def test_hpo_plot_trial_writes_the_step_figure_and_refuses_unknown_trials(small_spec, tmp_path, monkeypatch):
-    from hpo.search.workers import run_worker
-
+def test_hpo_plot_trial_writes_the_step_figure_and_refuses_unknown_trials(trained_study, tmp_path, monkeypatch):
+    study = trained_study.copy(tmp_path / "study")  # its trials' step telemetry, in the copy's folder store
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "artifacts"))
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    run_worker(small_spec("name='steps-cli'", "train.max_epochs=1", "data.max_train=300"), url, trials=1)
-    ok = CliRunner().invoke(main, ["plot", "--study", "steps-cli", "--storage", url, "--trial", "0", "--out", "out"])
+    monkeypatch.delenv("HPO_ARTIFACTS", raising=False)
+    ok = CliRunner().invoke(main, ["plot", "--study", "imdb", "--storage", study.url, "--trial", "0", "--out", "out"])
     assert ok.exit_code == 0, ok.output
     html = (tmp_path / "out" / "trial-0-steps.html").read_text()
     assert "plotly.min.js" in html and "update |dw|" in html and (tmp_path / "out" / "plotly.min.js").exists()
     assert (tmp_path / "out" / "trial-0-steps.png").read_bytes().startswith(b"\x89PNG")
-    bad = CliRunner().invoke(main, ["plot", "--study", "steps-cli", "--storage", url, "--trial", "3"])
-    assert bad.exit_code == 2 and bad.stderr.strip() == "error: study 'steps-cli' has no trial 3 (trials 0 to 0)"
+    bad = CliRunner().invoke(main, ["plot", "--study", "imdb", "--storage", study.url, "--trial", "4"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: study 'imdb' has no trial 4 (trials 0 to 3)"
 
 
 def test_a_diverged_trials_note_says_what_happened_in_one_or_two_lines(diverged):

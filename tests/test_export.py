@@ -22,7 +22,7 @@ import torch
 from click.testing import CliRunner
 
 import hpo
-from conftest import SMALL
+from conftest import SMALL, TRAINED_KEEP, TrainedStudy
 from hpo import record
 from hpo.cli import main
 from hpo.data import split_reviews
@@ -36,19 +36,16 @@ from hpo.storage.artifacts.stores import FolderStore, artifact_store
 from hpo.storage.database.resilient import open_storage
 from hpo.training.checkpoints import save_weights
 
-KEEP = 3
+KEEP = TRAINED_KEEP
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory: pytest.TempPathFactory, data_cache_dir: str) -> dict:
-    """A 4-trial study keeping the top 3, its best exported as model.pt and its top 3 as top3.pt."""
+def study_dir(tmp_path_factory: pytest.TempPathFactory, trained_study: TrainedStudy) -> dict:
+    """The session's 4-trial study keeping the top 3, its best exported as model.pt and its top 3 as top3.pt."""
     folder = tmp_path_factory.mktemp("export-study")
-    spec = load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", "pruner.type=none",
-                              "data.max_train=400", "train.max_epochs=1", "train.telemetry_every=-1",
-                              f"artifacts.keep_best={KEEP}"])
-    url = f"sqlite:///{folder / 'hpo.db'}"
-    outcome = run_worker(spec, url, trials=4, seed=1)
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    trained = trained_study.copy(folder)
+    spec, outcome = trained.spec, trained.outcome
+    study = trained.study()
     best = study.best_trial
     exported = export_model(study, folder / "model.pt")
     ensemble = export_model(study, folder / "top3.pt", top=3)
@@ -64,6 +61,21 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory, data_cache_dir: str) -> 
         writer.writerows([text, ("negative", "positive")[y]] for text, y in test)
     return {"folder": folder, "spec": spec, "outcome": outcome, "best": best, "exported": exported,
             "ensemble": ensemble, "ranked": ranked, "test": test}
+
+
+def test_a_copy_of_the_trained_study_is_a_study_of_its_own(trained_study: TrainedStudy, tmp_path: Path) -> None:
+    """What the tests that share the session's study rely on: a copy reads its own artifacts, and
+    what a test does to its copy (here: `hpo clean`'s sweep with keep 1) leaves the original alone."""
+    copy = trained_study.copy(tmp_path / "copy")
+    study = copy.study()
+    store = artifact_store(study)
+    assert isinstance(store, FolderStore) and store.folder == copy.artifacts
+    assert len(kept_trials(study, store)) == KEEP  # the weights files are there, in the copy's folder
+    sweep_weights(study, store, 1)
+    assert len(kept_trials(study, store)) == 1
+    original = trained_study.study()
+    assert len(kept_trials(original, artifact_store(original))) == KEEP
+    assert artifact_store(original).folder == trained_study.artifacts
 
 
 def test_the_summary_names_the_trials_whose_weights_are_kept(study_dir: dict) -> None:

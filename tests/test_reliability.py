@@ -22,6 +22,7 @@ import optuna
 import pytest
 import sqlalchemy
 from click.testing import CliRunner
+import spawned
 from db_servers import ADMIN_URLS, _admin_engine, study_database
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
@@ -42,21 +43,6 @@ BACKENDS = ["sqlite", "postgres", "mysql"]
 
 # --- 1. A WAITING re-run is claimed by exactly one worker -----------------------------------------
 
-def _claimer(url: str, name: str, waiting: int, start: multiprocessing.synchronize.Barrier,
-             out: multiprocessing.Queue[list[int]]) -> None:
-    """Asks for trials until it gets a new one (numbered after the ``waiting`` ones): the WAITING ones it was handed."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=open_storage(url))
-    start.wait()
-    got = []
-    while True:
-        trial = study.ask()
-        if trial.number >= waiting:  # a new trial: nothing was waiting any more
-            break
-        got.append(trial.number)
-    out.put(got)
-
-
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_a_waiting_trial_is_claimed_by_exactly_one_of_four_processes(kind, tmp_path) -> None:
     waiting, workers = 40, 4
@@ -66,7 +52,7 @@ def test_a_waiting_trial_is_claimed_by_exactly_one_of_four_processes(kind, tmp_p
             study.enqueue_trial({"x": i})
         ctx = multiprocessing.get_context("spawn")
         start, out = ctx.Barrier(workers), ctx.Queue()
-        procs = [ctx.Process(target=_claimer, args=(url, "claims", waiting, start, out)) for _ in range(workers)]
+        procs = [ctx.Process(target=spawned.claim_waiting, args=(url, "claims", waiting, start, out)) for _ in range(workers)]
         for p in procs:
             p.start()
         claims = [number for _ in procs for number in out.get(timeout=120)]
@@ -414,31 +400,13 @@ def test_a_rerun_sets_its_own_diverged_constraint(tmp_path) -> None:
 
 # --- 5. Tables are created once, under a lock ------------------------------------------------------
 
-def _slow_ddl(conn, cursor, statement, parameters, context, executemany) -> None:
-    if statement.lstrip().upper().startswith("CREATE TABLE"):
-        time.sleep(0.5)  # a busy server: workers that checked "missing" at once all get to CREATE
-
-
-def _open_store(url: str, start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue[str]) -> None:
-    from hpo.storage.artifacts.database_store import DatabaseStore
-
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    sqlalchemy.event.listen(engine, "before_cursor_execute", _slow_ddl)
-    start.wait()
-    try:
-        DatabaseStore(engine)
-        out.put("ok")
-    except Exception as exc:  # what the worker would have died of
-        out.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
-
-
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
 def test_workers_starting_at_once_create_the_artifact_tables_once(kind, tmp_path) -> None:
     """Three processes open the database store of a fresh database at the same moment."""
     ctx = multiprocessing.get_context("spawn")
     with study_database(kind, tmp_path) as url:
         start, out = ctx.Barrier(3), ctx.Queue()
-        procs = [ctx.Process(target=_open_store, args=(url, start, out)) for _ in range(3)]
+        procs = [ctx.Process(target=spawned.open_database_store, args=(url, start, out)) for _ in range(3)]
         for p in procs:
             p.start()
         said = [out.get(timeout=120) for _ in procs]

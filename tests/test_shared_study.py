@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
-import threading
 
 import optuna
 import pytest
 from click.testing import CliRunner
 
+import spawned
 from db_servers import fresh_database
 from hpo.cli import main
 from hpo.errors import HpoError
-from hpo.spec import Spec
 from hpo.storage.database.resilient import open_storage
 from hpo.record import SPEC_ATTR
 from hpo.search.study import open_study
@@ -68,25 +67,6 @@ def test_a_worker_with_another_spec_is_refused_in_one_line(small_spec, tmp_path,
     assert "Traceback" not in result.output
 
 
-def _join_all(urls: dict[str, str], spec: Spec, barrier: "multiprocessing.synchronize.Barrier",
-              results: "multiprocessing.Queue[tuple]") -> None:
-    """In one worker process, join the study on every database at once, one thread each."""
-    barrier.wait(timeout=120)  # every process has imported optuna and hpo: they start together
-
-    def join(kind: str, url: str) -> None:
-        try:
-            study = open_study(spec, open_storage(url))
-            results.put((kind, "ok", study._study_id))
-        except BaseException as exc:  # reported to the test, whatever it is
-            results.put((kind, "error", repr(exc)))
-
-    threads = [threading.Thread(target=join, args=item) for item in urls.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
 @pytest.mark.slow
 def test_ten_workers_starting_at_once_on_empty_databases_make_one_study(small_spec, tmp_path) -> None:
     spec = small_spec("name=race")
@@ -95,7 +75,7 @@ def test_ten_workers_starting_at_once_on_empty_databases_make_one_study(small_sp
         urls = {"sqlite": f"sqlite:///{tmp_path / 'race.db'}", "postgres": pg, "mysql": my}
         results = ctx.Queue()
         barrier = ctx.Barrier(10)
-        procs = [ctx.Process(target=_join_all, args=(urls, spec, barrier, results)) for _ in range(10)]
+        procs = [ctx.Process(target=spawned.join_all, args=(urls, spec, barrier, results)) for _ in range(10)]
         for p in procs:
             p.start()
         outcomes = [results.get(timeout=120) for _ in range(10 * len(urls))]

@@ -159,7 +159,8 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+# MariaDB's run is a matrix test: PostgreSQL's runs by default, SQLite's is the --jobs test below.
+@pytest.mark.parametrize("kind", ["postgres", pytest.param("mysql", marks=pytest.mark.matrix)])
 def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cache_dir) -> None:
     with fresh_database(kind) as url:
         password = PASSWORDS[kind]
@@ -294,7 +295,8 @@ def _kill_one_of_two(workers: "Workers") -> tuple[list[int], FrozenTrial]:
         workers.kill_all()
 
 
-@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+# PostgreSQL's run is a matrix test: the proxy test below kills and resumes on PostgreSQL by default.
+@pytest.mark.parametrize("kind", [pytest.param("postgres", marks=pytest.mark.matrix), "mysql"])
 def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
     """Two workers in folders of their own, no $HPO_ARTIFACTS: one is killed mid-trial, the other
     resumes its trial from the checkpoint in the database; a dashboard started in a third folder
