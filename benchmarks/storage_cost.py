@@ -38,6 +38,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -263,27 +264,27 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def start_proxy(url: str) -> tuple[subprocess.Popen, str]:
-    """`hpo storage-proxy` on a free loopback port for ``url`` (passed in $HPO_STORAGE): (process, grpc:// URL)."""
+    """`hpo storage-proxy` on a free loopback port for ``url`` (passed in $HPO_STORAGE): (process, grpc:// URL).
+    Its lines go to a file (a pipe nobody reads would stop it once full), named on stderr."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port),
-                             "--artifact-port", str(port + 1 if port < 65535 else port - 1)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
+    log = Path(tempfile.mkstemp(prefix="storage-proxy-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port),
+                                 "--artifact-port", str(port + 1 if port < 65535 else port - 1)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    print(f"# proxy log: {log}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("storage proxy: grpc://"):
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(line.startswith("storage proxy: grpc://") for line in log.read_text().splitlines()):
             return proc, f"grpc://127.0.0.1:{port}"
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("hpo storage-proxy did not start:\n" + "".join(lines))
+    raise RuntimeError("hpo storage-proxy did not start:\n" + log.read_text())
 
 
 def _worker(mode: str, url: str, name: str, budget: int, ready) -> None:
@@ -336,6 +337,8 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
             p.start()
         while ready.value < workers:
             peak = max(peak, connections(conn))
+            if sum(p.is_alive() for p in procs) < workers:  # one died before its first trial: it never gets ready
+                raise RuntimeError(f"{mode}, {workers} workers: a worker stopped before its first trial ended")
             time.sleep(0.05)
         pids = [p.pid for p in procs]
         s1 = snapshot(conn, name)
