@@ -1,4 +1,5 @@
-"""What one finished trial asks of PostgreSQL, counted by the server: plain Optuna against hpo's workers.
+"""What one finished trial asks of PostgreSQL (or MariaDB/MySQL), counted by the server: plain Optuna
+against hpo's workers, direct or through `hpo storage-proxy`.
 
 ``pg_stat_statements`` (the server must preload it; see docs/operations/scale.rst) counts, per
 statement, the calls, the rows returned or written, the shared buffers touched (hit + read, 8 kB
@@ -26,7 +27,14 @@ Per cell (study size x workers x mode), in a database of its own choosing (``--s
   loads every trial once per process, is the "join" column, per worker) and closes
   ``--measured`` trials later.
 
+On MariaDB/MySQL (``--storage mysql+pymysql://...``) the counts come from ``performance_schema``'s
+statement digests: rows sent + affected, and rows examined where PostgreSQL's buffers stand.
+``--modes proxy`` starts ``hpo storage-proxy`` per cell (its log in a temporary file) and runs hpo's
+workers on its ``grpc://`` address. The peak-connections column samples the database's client
+connections every 50 ms. A cell ends by failing the trials its killed workers left RUNNING.
+
     python benchmarks/storage_cost.py                       # sizes 100,1000,10000 x workers 1,8,32
+    python benchmarks/storage_cost.py --sizes 1000 --workers 64 --modes plain,proxy
     python benchmarks/storage_cost.py --sizes 1000 --workers 8 --top 12   # and the costliest statements
 """
 
