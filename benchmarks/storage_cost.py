@@ -1,4 +1,5 @@
-"""What one finished trial asks of PostgreSQL, counted by the server: plain Optuna against hpo's workers.
+"""What one finished trial asks of PostgreSQL (or MariaDB/MySQL), counted by the server: plain Optuna
+against hpo's workers, direct or through `hpo storage-proxy`.
 
 ``pg_stat_statements`` (the server must preload it; see docs/operations/scale.rst) counts, per
 statement, the calls, the rows returned or written, the shared buffers touched (hit + read, 8 kB
@@ -26,7 +27,14 @@ Per cell (study size x workers x mode), in a database of its own choosing (``--s
   loads every trial once per process, is the "join" column, per worker) and closes
   ``--measured`` trials later.
 
+On MariaDB/MySQL (``--storage mysql+pymysql://...``) the counts come from ``performance_schema``'s
+statement digests: rows sent + affected, and rows examined where PostgreSQL's buffers stand.
+``--modes proxy`` starts ``hpo storage-proxy`` per cell (its log in a temporary file) and runs hpo's
+workers on its ``grpc://`` address. The peak-connections column samples the database's client
+connections every 50 ms. A cell ends by failing the trials its killed workers left RUNNING.
+
     python benchmarks/storage_cost.py                       # sizes 100,1000,10000 x workers 1,8,32
+    python benchmarks/storage_cost.py --sizes 1000 --workers 64 --modes plain,proxy
     python benchmarks/storage_cost.py --sizes 1000 --workers 8 --top 12   # and the costliest statements
 """
 
@@ -38,6 +46,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -263,27 +272,27 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def start_proxy(url: str) -> tuple[subprocess.Popen, str]:
-    """`hpo storage-proxy` on a free loopback port for ``url`` (passed in $HPO_STORAGE): (process, grpc:// URL)."""
+    """`hpo storage-proxy` on a free loopback port for ``url`` (passed in $HPO_STORAGE): (process, grpc:// URL).
+    Its lines go to a file (a pipe nobody reads would stop it once full), named on stderr."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "HPO_STORAGE": url, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port),
-                             "--artifact-port", str(port + 1 if port < 65535 else port - 1)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
+    log = Path(tempfile.mkstemp(prefix="storage-proxy-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "storage-proxy", "--port", str(port),
+                                 "--artifact-port", str(port + 1 if port < 65535 else port - 1)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    print(f"# proxy log: {log}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("storage proxy: grpc://"):
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(line.startswith("storage proxy: grpc://") for line in log.read_text().splitlines()):
             return proc, f"grpc://127.0.0.1:{port}"
+        time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("hpo storage-proxy did not start:\n" + "".join(lines))
+    raise RuntimeError("hpo storage-proxy did not start:\n" + log.read_text())
 
 
 def _worker(mode: str, url: str, name: str, budget: int, ready) -> None:
@@ -336,6 +345,8 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
             p.start()
         while ready.value < workers:
             peak = max(peak, connections(conn))
+            if sum(p.is_alive() for p in procs) < workers:  # one died before its first trial: it never gets ready
+                raise RuntimeError(f"{mode}, {workers} workers: a worker stopped before its first trial ended")
             time.sleep(0.05)
         pids = [p.pid for p in procs]
         s1 = snapshot(conn, name)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -169,6 +170,24 @@ def test_the_search_for_stale_trials_runs_once_per_half_heartbeat_interval(tmp_p
     optuna.storages.fail_stale_trials(study)
     sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
     assert (searches, sum("FROM trial_heartbeats" in s for s in sent)) == (1, 2)
+
+
+def test_a_call_that_waits_too_long_for_a_pooled_connection_waits_again(tmp_path) -> None:
+    """`hpo storage-proxy` serves 16 calls at once on a pool of 4 connections: when 64 workers joined
+    at once (each reading the study), calls waited past the pool's timeout and the workers died of a
+    StorageInternalError. All connections busy is a database busy for now: retried like an outage."""
+    from hpo.storage.database.resilient import ResilientStorage
+
+    url = f"sqlite:///{tmp_path / 'pool.db'}"
+    storage = ResilientStorage(url, retry_s=30, engine_kwargs={"pool_size": 2, "max_overflow": 0, "pool_timeout": 0.2})
+    study = optuna.create_study(study_name="pool", storage=storage)
+    held = [storage.engine.connect() for _ in range(2)]  # the pool's connections, busy elsewhere for a while
+    release = threading.Timer(1.0, lambda: [c.close() for c in held])
+    release.start()
+    try:
+        assert storage.get_study_id_from_name("pool") == study._study_id
+    finally:
+        release.join()
 
 
 # --- 2. The checkpoint of a finished epoch is durable before the epoch is announced -----------------

@@ -195,3 +195,48 @@ def test_the_proxy_reads_what_a_worker_asks_for_and_remembers_distributions(tmp_
     finally:
         sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
         server.stop(None)
+
+
+def test_a_note_through_the_proxy_reads_its_own_keys_not_every_note(tmp_path) -> None:
+    """Optuna's protocol reads a study's system attributes only all at once, every trial's note
+    among them; hpo's proxy answers a read by key, so a trial's note costs the same as direct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    import sqlalchemy
+    from optuna_dashboard import get_note
+
+    from hpo.analysis.notes import save_note
+    from hpo.storage import optuna_private
+    from hpo.storage.database.proxy_client import ProxiedStorage
+    from hpo.storage.proxy.server import _HeartbeatServicer, study_attrs_handler
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'proxied.db'}")
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    optuna_private.grpc_api()[1].add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
+    server.add_generic_rpc_handlers((study_attrs_handler(storage),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    whole: list[str] = []
+
+    def listen(conn, cursor, statement, *rest) -> None:
+        flat = " ".join(statement.split())
+        if "FROM study_system_attributes WHERE ? = study_system_attributes.study_id" in flat or \
+                flat.endswith("FROM study_system_attributes WHERE study_system_attributes.study_id = ?"):
+            whole.append(flat)  # every attribute of the study
+
+    try:
+        client = ProxiedStorage(host="127.0.0.1", port=port, artifact_address=("127.0.0.1", port + 1))
+        study = optuna.create_study(study_name="noted", storage=client)
+        for _ in range(3):
+            save_note(study.ask(), "another trial's note")
+        trial = study.ask()
+        sqlalchemy.event.listen(storage.engine, "before_cursor_execute", listen)
+        save_note(trial, "this trial's note")
+        save_note(trial, "x" * 9000)  # rewritten longer, then shorter: the chunks are found by key too
+        save_note(trial, "short")
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
+        assert whole == []
+        assert get_note(trial) == "short"
+    finally:
+        server.stop(None)

@@ -5,8 +5,9 @@ all at once; optuna-dashboard keeps every trial's note among the latter. A worke
 "what version is this trial's note at?" through that API read every note of the study to answer,
 once per trial, so a trial's cost grew with the study (benchmarks/storage_cost.py). Here such
 questions cost one small query on a database (SQLite, PostgreSQL, MySQL), retried through an
-outage like the storage's own calls; any other storage (the proxy's gRPC client, a journal file,
-memory) answers through the public API, which is what those storages serve anyway.
+outage like the storage's own calls; the proxy's gRPC client asks the proxy for attributes by key
+(an hpo call beside Optuna's protocol, which has none), and any other storage (a journal file,
+memory, an older proxy) answers through the public API.
 
 Example::
 
@@ -45,6 +46,9 @@ def study_attrs(storage: Any, study_id: int, keys: Iterable[str]) -> dict[str, A
     wanted = list(dict.fromkeys(keys))
     rdb = rdb_of(storage)
     if rdb is None:
+        found = _by_key(storage, study_id, wanted)
+        if found is not None:
+            return found
         attrs = storage.get_study_system_attrs(study_id)
         return {k: attrs[k] for k in wanted if k in attrs}
     return _retried(rdb, "study_attrs", lambda: study_system_attrs_by_key(rdb, study_id, wanted))
@@ -59,12 +63,26 @@ def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrit
     wanted = list(dict.fromkeys(keys))
     rdb = rdb_of(storage)
     if rdb is None:
-        attrs = storage.get_study_system_attrs(study_id)
-        found = {k: attrs[k] for k in wanted if k in attrs}
-        for key, value in rewrite(found, lambda other: {k: attrs[k] for k in other if k in attrs}).items():
+        first = _by_key(storage, study_id, wanted[:1])
+        if first is not None:  # the proxy reads by key: the first key, then the others if it exists
+            found = {**first, **(_by_key(storage, study_id, wanted[1:]) or {})} if first else {}
+            more: Callable[[list[str]], dict[str, Any]] = lambda other: _by_key(storage, study_id, other) or {}  # noqa: E731
+        else:
+            attrs = storage.get_study_system_attrs(study_id)
+            found = {k: attrs[k] for k in wanted if k in attrs}
+            more = lambda other: {k: attrs[k] for k in other if k in attrs}  # noqa: E731
+        for key, value in rewrite(found, more).items():
             storage.set_study_system_attr(study_id, key, value)
         return
     _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite))
+
+
+def _by_key(storage: Any, study_id: int, keys: list[str]) -> dict[str, Any] | None:
+    """The attributes among ``keys``, from a storage that reads them by key itself (the proxy's
+    client: :meth:`~hpo.storage.database.proxy_client.ProxiedStorage.study_attrs_by_key`); None from
+    any other, or from a proxy without that call."""
+    read = getattr(storage, "study_attrs_by_key", None)
+    return None if read is None else read(study_id, keys)
 
 
 def _retried(rdb: Any, name: str, call: Callable[[], T]) -> T:

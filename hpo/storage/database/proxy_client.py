@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import threading
@@ -109,6 +110,12 @@ class _Credentials(_Interceptor):  # type: ignore[misc,valid-type]
         if outcome.code() == grpc.StatusCode.UNAUTHENTICATED:
             raise HpoError(refusal(self.url, self.auth))
         return outcome
+
+
+# hpo's own call beside Optuna's protocol, which has no read of one study attribute: a trial's
+# dashboard note read every attribute of the study (every trial's note) through the proxy.
+STUDY_ATTRS_SERVICE = "hpo.StudyAttributes"
+STUDY_ATTRS_METHOD = f"/{STUDY_ATTRS_SERVICE}/Get"
 
 
 def grpc_address(url: str) -> tuple[str, int] | None:
@@ -268,6 +275,18 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return []
+
+    def study_attrs_by_key(self, study_id: int, keys: list[str]) -> dict[str, Any] | None:
+        """The study system attributes among ``keys`` that exist, read by key in the proxy's database
+        (:data:`STUDY_ATTRS_METHOD`); None from a proxy of an older hpo, which lacks the call."""
+        call = self._channel.unary_unary(STUDY_ATTRS_METHOD)  # bytes in, bytes out: JSON both ways
+        try:
+            reply = call(json.dumps({"study_id": study_id, "keys": list(keys)}).encode())
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise
+        return dict(json.loads(reply))
 
     def get_heartbeat_interval(self) -> int | None:
         return self._heartbeat_interval

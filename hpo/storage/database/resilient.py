@@ -208,7 +208,10 @@ def _enable_wal(url: str) -> None:
 
 # --- Riding out database outages ---------------------------------------------------------------
 
-_TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)
+# sqlalchemy.exc.TimeoutError: every pooled connection busy past the pool's timeout (the storage
+# proxy serves 16 calls on 4 connections; 64 workers joining at once each read the whole study).
+_TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError,
+              sqlalchemy.exc.TimeoutError)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -71,6 +71,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -89,7 +90,8 @@ from hpo.errors import HpoError
 from hpo.storage import optuna_private
 from hpo.storage.artifacts.database_store import DatabaseStore
 from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, ServerTls, is_loopback, proxy_token, token_matches
-from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, WRITE_TOKEN_KEY, grpc_address
+from hpo.storage.database.bounded import study_attrs
+from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, STUDY_ATTRS_SERVICE, WRITE_TOKEN_KEY, grpc_address
 from hpo.storage.database.resilient import (
     GRACE_PERIOD_S,
     heartbeat_interval,
@@ -276,6 +278,18 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         return _api_pb2.SetTrialSystemAttributeReply()
 
 
+def study_attrs_handler(storage: Any) -> Any:
+    """hpo's call :data:`~hpo.storage.database.proxy_client.STUDY_ATTRS_METHOD`: a study's system
+    attributes by key (JSON ``{"study_id", "keys"}`` in, ``{key: value}`` of those that exist out),
+    read by key as a direct worker reads them (:func:`~hpo.storage.database.bounded.study_attrs`)."""
+
+    def get(request: bytes, context: Any) -> bytes:
+        ask = json.loads(request)
+        return json.dumps(study_attrs(storage, int(ask["study_id"]), [str(k) for k in ask["keys"]])).encode()
+
+    return grpc.method_handlers_generic_handler(STUDY_ATTRS_SERVICE, {"Get": grpc.unary_unary_rpc_method_handler(get)})
+
+
 class Reaper:
     """Fails the trials of every study in ``storage`` that are silent for ``grace_period`` s, and
     queues their re-runs (see "The proxy reaps" above).
@@ -364,6 +378,7 @@ def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: thre
     server = grpc.server(ThreadPoolExecutor(max_workers=THREADS),
                          interceptors=[_TokenCheck(token, refusals)] if token is not None else None)
     _api_pb2_grpc.add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
+    server.add_generic_rpc_handlers((study_attrs_handler(storage),))
     try:
         if tls is not None:
             server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)]))
