@@ -281,7 +281,7 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
         (:data:`STUDY_ATTRS_METHOD`); None from a proxy of an older hpo, which lacks the call."""
         call = self._channel.unary_unary(STUDY_ATTRS_METHOD)  # bytes in, bytes out: JSON both ways
         try:
-            reply = call(json.dumps({"study_id": study_id, "keys": list(keys)}).encode())
+            reply = self._retried(lambda: call(json.dumps({"study_id": study_id, "keys": list(keys)}).encode()))  # a read
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None
