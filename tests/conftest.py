@@ -137,7 +137,7 @@ class TrainedStudy:
 @pytest.fixture(scope="session")
 def trained_study(tmp_path_factory: pytest.TempPathFactory, data_cache_dir: str) -> TrainedStudy:
     """One real study (real data, model and training, on 400 reviews) for the tests that read a
-    finished study: trained once per session, not once per test module (about 20 s each on 2 cores)."""
+    finished study: trained once per session, not once per test that reads one."""
     folder = tmp_path_factory.mktemp("trained-study")
     spec = load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", *TRAINED])
     with pytest.MonkeyPatch.context() as mp:
