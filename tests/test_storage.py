@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine
 from hpo.cli import main
 from hpo.errors import HpoError
-from hpo.storage.database.resilient import is_transient, open_storage
+from hpo.storage.database.resilient import _while_restarting, is_restarting, is_transient, open_storage
 from hpo.storage.database.urls import mask_url, resolve_storage_url
 from sqlalchemy.engine import make_url
 
@@ -39,6 +39,40 @@ def test_misspelt_database_name_is_named() -> None:
     message = str(info.value)
     assert 'database "hpo_no_such_db" does not exist' in message
     assert "topsecret" not in message and "***" in message
+
+
+# What a worker started during benchmarks/chaos.py's PostgreSQL restart got (its log, PostgreSQL 15).
+_SHUTTING_DOWN = ('connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                  "FATAL:  the database system is shutting down")
+
+
+def test_a_worker_waits_for_a_server_that_says_it_is_restarting() -> None:
+    """Found by benchmarks/chaos.py: a worker started while PostgreSQL shut down for a restart exited 2;
+    now it waits, saying so once, as it waits out an outage once open. A refused connection or a
+    missing database stays one line at once (the two tests above)."""
+    restarting = sqlalchemy.exc.OperationalError("connect", {}, Exception(_SHUTTING_DOWN))
+    assert is_restarting(restarting)
+    assert not is_restarting(sqlalchemy.exc.OperationalError("connect", {}, Exception("Connection refused")))
+    url = "postgresql+psycopg://me:topsecret@127.0.0.1/hpo"
+    attempts: list[float] = []
+    said: list[str] = []
+
+    def open_() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise restarting
+        return "storage"
+
+    assert _while_restarting(open_, url, 30, said.append) == "storage"
+    assert len(attempts) == 3 and attempts[-1] - attempts[0] >= 3.5
+    assert len(said) == 1 and "is restarting" in said[0] and "waiting up to 30 s" in said[0]
+    assert "topsecret" not in said[0]
+
+    def never() -> str:
+        raise restarting
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # past its time, the error as before (one line in open_storage)
+        _while_restarting(never, url, 0, said.append)
 
 
 def test_missing_driver_says_which_extra_to_install() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 import threading
 import time
 import uuid
@@ -153,14 +154,7 @@ def open_storage(
             if not create:
                 return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log or _quiet,
                                         skip_table_creation=True, **hb)
-            # Tables, schema version and alembic stamp are created by the first opener; ten workers
-            # starting at once would race on them, so creation happens under a database-wide lock.
-            with creation_lock(url):
-                if backend == "sqlite":
-                    _enable_wal(url)
-                storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log or _quiet, **hb)
-                ensure_trial_state_index(storage)  # the stale-trial check and trial counts read what they need
-                return storage
+            return _while_restarting(lambda: _open_shared(url, backend, retry_s, log, hb), url, retry_s, log)
     except HpoError:
         raise
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
@@ -171,6 +165,54 @@ def open_storage(
         raise HpoError(
             f"cannot open storage {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
         ) from None
+
+
+def _open_shared(url: str, backend: str, retry_s: float, log: Log | None, hb: dict[str, Any]) -> ResilientStorage:
+    # Tables, schema version and alembic stamp are created by the first opener; ten workers
+    # starting at once would race on them, so creation happens under a database-wide lock.
+    with creation_lock(url):
+        if backend == "sqlite":
+            _enable_wal(url)
+        storage = ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log or _quiet, **hb)
+        ensure_trial_state_index(storage)  # the stale-trial check and trial counts read what they need
+        return storage
+
+
+# What a server says while it restarts (PostgreSQL's 57P03 cannot_connect_now; MariaDB's 1053).
+_RESTARTING = ("the database system is starting up", "the database system is shutting down",
+               "the database system is in recovery mode", "the database system is not yet accepting connections",
+               "server shutdown in progress")
+
+
+def is_restarting(exc: BaseException) -> bool:
+    """True when the server answered that it is restarting: a worker waits for it, as it waits out
+    an outage once open. A refused connection, a wrong password or a missing database are not
+    (they are one line at once: a misspelt URL must not hang a new user's command)."""
+    text = str(driver_error(exc)).lower()
+    return any(phrase in text for phrase in _RESTARTING)
+
+
+def _while_restarting(open_: Callable[[], Any], url: str, retry_s: float, log: Log | None) -> Any:
+    """``open_()``, tried again every 2 s for up to ``retry_s`` while the server says it is restarting
+    (benchmarks/chaos.py: a worker started during a PostgreSQL restart exited 2), saying so once."""
+    deadline = time.monotonic() + retry_s
+    said = False
+    while True:
+        try:
+            return open_()
+        except Exception as exc:
+            if not is_restarting(exc) or time.monotonic() > deadline:
+                raise
+            if not said:
+                reason = scrub(str(driver_error(exc)), url).strip().splitlines()
+                (log or _stderr)(f"storage {mask_url(url)} is restarting ({reason[-1].strip() if reason else ''}): "
+                                 f"waiting up to {retry_s:.0f} s for it")
+                said = True
+            time.sleep(2)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def driver_error(exc: BaseException) -> BaseException:
