@@ -193,22 +193,14 @@ def is_restarting(exc: BaseException) -> bool:
 
 
 def _while_restarting(open_: Callable[[], Any], url: str, retry_s: float, log: Log | None) -> Any:
-    """``open_()``, tried again every 2 s for up to ``retry_s`` while the server says it is restarting
-    (benchmarks/chaos.py: a worker started during a PostgreSQL restart exited 2), saying so once."""
-    deadline = time.monotonic() + retry_s
-    said = False
-    while True:
-        try:
-            return open_()
-        except Exception as exc:
-            if not is_restarting(exc) or time.monotonic() > deadline:
-                raise
-            if not said:
-                reason = scrub(str(driver_error(exc)), url).strip().splitlines()
-                (log or _stderr)(f"storage {mask_url(url)} is restarting ({reason[-1].strip() if reason else ''}): "
-                                 f"waiting up to {retry_s:.0f} s for it")
-                said = True
-            time.sleep(2)
+    """``open_()``, waited for with the shared outage policy while the server says it is restarting
+    (benchmarks/chaos.py: a worker started during a PostgreSQL restart exited 2)."""
+
+    def describe(exc: BaseException) -> str:
+        reason = scrub(str(driver_error(exc)), url).strip().splitlines()
+        return reason[-1].strip() if reason else type(exc).__name__
+
+    return Outage(retry_s, log or _stderr, describe=describe).call(open_, is_restarting)
 
 
 def _stderr(message: str) -> None:
