@@ -89,7 +89,7 @@ def set_state(storage: RDBStorage, trial_id: int, state: TrialState, values: Seq
             if moved != 1:
                 raise _Lost  # rolls back the values and the token with it
     except _Lost:
-        storage.check_trial_is_updatable(trial_id, _state(storage, trial_id))  # finished: raises
+        storage.check_trial_is_updatable(trial_id, state_of(storage, trial_id))  # finished: raises
         return False
     return True
 
@@ -104,11 +104,6 @@ def needs_token(state: TrialState) -> bool:
     The token's write and its read-back were 2 of the ~130 statements of a trial.
     """
     return state not in (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def state_of(storage: RDBStorage, trial_id: int) -> TrialState:
-    """The trial's state now, read from the database."""
-    return _state(storage, trial_id)
 
 
 def create_trial(storage: RDBStorage, study_id: int, template: FrozenTrial | None, token: str) -> FrozenTrial:
@@ -147,7 +142,8 @@ def last_write(storage: RDBStorage, trial_id: int) -> str | None:
     return None if value is None else json.loads(value)
 
 
-def _state(storage: RDBStorage, trial_id: int) -> TrialState:
+def state_of(storage: RDBStorage, trial_id: int) -> TrialState:
+    """The trial's state now, read from the database."""
     with rdb_session(storage) as session:
         return models.TrialModel.find_or_raise_by_id(trial_id, session).state
 
