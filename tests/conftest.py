@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -38,6 +39,15 @@ def own_core_registry(tmp_path_factory: pytest.TempPathFactory) -> None:
     the suite or an hpo command beside it: a thread count that changes with what else runs would
     make a run's numbers depend on it (hpo.training.cores)."""
     os.environ["HPO_RUN_DIR"] = str(tmp_path_factory.mktemp("hpo-running"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_is_keyboard_interrupt() -> None:
+    """Tests that press Ctrl-C on this process (os.kill SIGINT) expect Python's KeyboardInterrupt, and
+    that hpo puts that handler back. A shell starts a background job (`pytest &`) with SIGINT
+    ignored, so Python installs no handler and those tests failed there, not in a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
