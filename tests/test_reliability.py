@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import pytest
 import sqlalchemy
 from click.testing import CliRunner
 import spawned
-from db_servers import ADMIN_URLS, _admin_engine, study_database
+from db_servers import ADMIN_URLS, _admin_engine, free_port, study_database
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -437,12 +436,6 @@ def test_workers_starting_at_once_create_the_artifact_tables_once(kind, tmp_path
 
 # --- 6. Every read-only command names the real connection error ------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 READ_ONLY = [["report"], ["importance"], ["replay"], ["plot"], ["clean"], ["dashboard", "--port", "0"]]
 
 
@@ -450,7 +443,7 @@ READ_ONLY = [["report"], ["importance"], ["replay"], ["plot"], ["clean"], ["dash
 @pytest.mark.parametrize("where", ["nothing-listens", "wrong-password"])
 def test_a_read_only_command_names_the_connection_error(where, command) -> None:
     if where == "nothing-listens":
-        url, reason = f"postgresql+psycopg://me:topsecret@127.0.0.1:{_free_port()}/hpo", "Connection refused"
+        url, reason = f"postgresql+psycopg://me:topsecret@127.0.0.1:{free_port()}/hpo", "Connection refused"
     else:
         _admin_engine("mysql")  # skips (or fails under CI) without a server
         admin = make_url(ADMIN_URLS["mysql"])

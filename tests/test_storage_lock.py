@@ -17,7 +17,7 @@ from hpo.storage.database.locks import creation_lock
 from hpo.storage.database.resilient import open_storage
 from hpo.storage.database.proxied_lock import StorageLock, is_lock_study
 from hpo.storage.database.studies import load_existing
-from test_dashboard_browser import _free_port
+from db_servers import free_port
 from test_pretrain import TINY_LM, assert_two_workers_pretrain_once
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
@@ -29,7 +29,7 @@ def proxy_url(tmp_path_factory):
     from test_storage_proxy import _start_proxy
 
     with fresh_database("postgres") as url:
-        port = _free_port()
+        port = free_port()
         proc, _ = _start_proxy(url, port, tmp_path_factory.mktemp("proxy"))
         try:
             yield f"grpc://127.0.0.1:{port}"

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from conftest import SMALL
-from db_servers import ADMIN_URLS, PASSWORDS, CuttableProxy, _admin_engine, fresh_database
+from db_servers import ADMIN_URLS, PASSWORDS, CuttableProxy, _admin_engine, free_port, fresh_database
 from hpo.training.checkpoints import TrialCheckpoints
 from hpo.pruning import record_epoch
 from hpo.record import TrialRecord, epoch_rows
@@ -304,7 +304,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
     (The same kill on SQLite with a shared folder was a test of its own; the folder store's resume
     is still shown by the SIGTERM test below, so this one replaced it.)"""
-    from test_dashboard_browser import _free_port, _start_dashboard, _wait_http
+    from test_dashboard_browser import _start_dashboard, _wait_http
 
     with fresh_database(kind) as url:
         workers = Workers(url, f"one-url-{kind}", tmp_path, data_cache_dir, KILLED, grace=3, shared_folder=False)
@@ -320,7 +320,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
         viewer = tmp_path / "viewer"
         viewer.mkdir()
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS"}
         proc, _, lines = _start_dashboard(["--study", study.study_name, "--storage", url, "--port", str(port)], viewer, env)
         try:
@@ -353,13 +353,12 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
     On PostgreSQL only (21 s a server): behind the proxy the database is the same RDBStorage and
     database artifact store that the direct kill test above runs on MariaDB as well."""
     pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
-    from test_dashboard_browser import _free_port
     from test_storage_proxy import _start_proxy
 
     from hpo.storage.artifacts.http_store import HttpArtifactStore
 
     with fresh_database(kind) as url:
-        port = _free_port()
+        port = free_port()
         proxy, _ = _start_proxy(url, port, tmp_path, grace=3)
         proxied = f"grpc://127.0.0.1:{port}"
         workers = Workers(proxied, f"proxied-{kind}", tmp_path, data_cache_dir, KILLED, grace=3, shared_folder=False)
