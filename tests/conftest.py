@@ -12,11 +12,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from hpo.record import write_artifact_location
 from hpo.search.workers import WorkerOutcome, run_worker
 from hpo.spec import Spec, load_spec
 from hpo.storage.database.resilient import open_storage
+from hpo.training.device import available_cores
 
 # Small subsets of the real reviews: every training test exercises the real data, model and
 # loop, in seconds.
@@ -38,7 +40,16 @@ def own_core_registry(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The suite's training processes share cores among themselves only, not with another run of
     the suite or an hpo command beside it: a thread count that changes with what else runs would
     make a run's numbers depend on it (hpo.training.cores)."""
-    os.environ["HPO_RUN_DIR"] = str(tmp_path_factory.mktemp("hpo-running"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers == 1:
+        os.environ["HPO_RUN_DIR"] = str(tmp_path_factory.mktemp("hpo-running"))
+        return
+    # pytest -n N: the N test processes share one registry (the run's temporary root), and each
+    # trains in-process on its share of the cores, so that two of them never oversubscribe 2 cores
+    shared = tmp_path_factory.getbasetemp().parent / "hpo-running"
+    shared.mkdir(exist_ok=True)
+    os.environ["HPO_RUN_DIR"] = str(shared)
+    torch.set_num_threads(max(1, available_cores() // workers))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -139,6 +139,7 @@ def _trained_study(kind, url, small_spec, tmp_path, monkeypatch):
     return dict(kind=kind, url=url, viewer=viewer, env=env, artifact_id=artifact_id, steps_id=steps_id)
 
 
+@pytest.mark.e2e
 def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monkeypatch):
     """One study on SQLite with a folder store ($HPO_ARTIFACTS), one on PostgreSQL with the figures
     in the database, its dashboard started from another folder with no $HPO_ARTIFACTS; one

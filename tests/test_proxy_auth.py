@@ -124,6 +124,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.e2e
 def test_tls_with_a_self_signed_certificate(tmp_path, monkeypatch) -> None:
     cert, key = _self_signed(tmp_path)
     token = secrets.token_hex(24)
@@ -146,6 +147,7 @@ def test_tls_with_a_self_signed_certificate(tmp_path, monkeypatch) -> None:
     assert token not in log and "Traceback" not in log and "Handshake failed" not in log, log
 
 
+@pytest.mark.e2e
 def test_without_a_token_the_proxy_serves_loopback_only_unless_insecure(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HPO_STORAGE", f"sqlite:///{tmp_path / 'never-opened.db'}")
     result = CliRunner().invoke(main, ["storage-proxy", "--host", "0.0.0.0", "--port", str(free_port())])

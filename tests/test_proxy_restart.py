@@ -34,6 +34,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.communicate(timeout=30)
 
 
+@pytest.mark.e2e
 def test_a_proxy_killed_and_restarted_mid_trial_is_waited_for(tmp_path) -> None:
     """Trials running through a proxy that is SIGKILLed and comes back 4 s later finish, each
     once: the worker's calls wait for it. Before, the first call after the kill raised grpc's
@@ -75,6 +76,7 @@ def test_a_proxy_killed_and_restarted_mid_trial_is_waited_for(tmp_path) -> None:
                 _kill(proc)
 
 
+@pytest.mark.e2e
 def test_a_worker_started_while_no_proxy_answers_waits_for_it(tmp_path, capfd) -> None:
     """A worker opening its storage while the proxy restarts waits (one line says so) and goes on
     when it answers; before, it gave up after 10 s ('no storage proxy answers')."""
@@ -132,6 +134,7 @@ def _losing(storage: Any, method: str) -> _LoseReplyOnce:
     return lose
 
 
+@pytest.mark.e2e
 def test_writes_whose_reply_was_lost_are_applied_once(tmp_path) -> None:
     """A new trial, a claim of a WAITING trial and a new study whose replies were lost in a
     restart are resent and land once: one trial made, the claim ours (not 'another worker has
@@ -163,6 +166,7 @@ def test_writes_whose_reply_was_lost_are_applied_once(tmp_path) -> None:
         _kill(proxy)
 
 
+@pytest.mark.e2e
 def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_proxy_log(tmp_path) -> None:
     """A worker killed with a kept-alive connection to the artifact port resets it; the proxy
     logged socketserver's traceback for each (the chaos run: 12 'tracebacks' in 6 faults, all
@@ -186,6 +190,7 @@ def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_pro
     assert "Traceback" not in out and "ConnectionResetError" not in out, out
 
 
+@pytest.mark.e2e
 def test_an_upload_stalled_mid_body_does_not_hold_up_the_other_workers(tmp_path) -> None:
     """A worker stopped (Ctrl-C) while it uploads a checkpoint may leave its connection open with
     the body half sent. The proxy streamed bodies straight into the database's write transaction,

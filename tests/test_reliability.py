@@ -44,7 +44,8 @@ BACKENDS = ["sqlite", "postgres", "mysql"]
 
 # --- 1. A WAITING re-run is claimed by exactly one worker -----------------------------------------
 
-@pytest.mark.parametrize("kind", BACKENDS)
+# The servers' runs are e2e tests (a server's claim is also shown in-process by the lost-reply tests below).
+@pytest.mark.parametrize("kind", ["sqlite", *(pytest.param(k, marks=pytest.mark.e2e) for k in ("postgres", "mysql"))])
 def test_a_waiting_trial_is_claimed_by_exactly_one_of_four_processes(kind, tmp_path) -> None:
     waiting, workers = 40, 4
     with study_database(kind, tmp_path) as url:
@@ -219,6 +220,7 @@ def _study_with_folder(tmp_path: Path, name: str = "s") -> optuna.Study:
     return study
 
 
+@pytest.mark.e2e
 def test_an_epoch_is_checkpointed_before_it_is_announced(small_spec, tmp_path) -> None:
     """Whatever stops the worker once it has printed ``epoch k/N`` (Ctrl-C, SIGTERM, SIGKILL), epoch k
     is in the store: the line is printed as the epoch is announced to the listeners."""
@@ -251,6 +253,7 @@ class _StopWhileEnding(TrialListener):
             raise KeyboardInterrupt
 
 
+@pytest.mark.e2e
 def test_a_trial_stopped_after_its_last_epoch_finishes_without_training_again(small_spec, tmp_path) -> None:
     """Found by benchmarks/chaos.py: before, no checkpoint followed the last epoch, and a re-run trained it again."""
     spec = small_spec(*STEADY)
@@ -336,6 +339,7 @@ def _wait_for_line(proc: subprocess.Popen[str], log: Path, pattern: str, timeout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.e2e
 def test_a_printed_epoch_survives_the_signal_that_follows_it(sig, tmp_path, data_cache_dir, small_spec) -> None:
     proc, log = _optimize(tmp_path, data_cache_dir, "sig", 1, "--jobs", "1", grace=2)
     try:
@@ -420,6 +424,7 @@ def test_a_rerun_sets_its_own_diverged_constraint(tmp_path) -> None:
 # --- 5. Tables are created once, under a lock ------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.e2e
 def test_workers_starting_at_once_create_the_artifact_tables_once(kind, tmp_path) -> None:
     """Three processes open the database store of a fresh database at the same moment."""
     ctx = multiprocessing.get_context("spawn")
@@ -498,6 +503,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; only its exit status is left
 
 
+@pytest.mark.e2e
 def test_jobs_workers_end_when_hpo_optimize_is_killed(tmp_path, data_cache_dir) -> None:
     proc, log = _optimize(tmp_path, data_cache_dir, "orphans", 6, "--jobs", "2")
     workers: list[int] = []
@@ -529,6 +535,7 @@ def test_jobs_workers_end_when_hpo_optimize_is_killed(tmp_path, data_cache_dir) 
     assert sorted(t.system_attrs["failed_trial"] for t in rerun) == sorted(t.number for t in failed)
 
 
+@pytest.mark.e2e
 def test_ctrl_c_of_jobs_workers_hands_every_trial_over_once(tmp_path, data_cache_dir) -> None:
     """Ctrl-C reaches the command and its workers together, and the command then SIGTERMs the workers
     too: the second signal must not cut a worker's hand-over (Optuna's FAIL, the re-queue) short."""

@@ -164,6 +164,7 @@ def test_a_held_lock_broken_by_another_is_not_deleted_by_its_late_release(proxy_
     assert _lock_studies(proxy_url) == []
 
 
+@pytest.mark.e2e
 def test_creation_lock_on_a_grpc_url_is_the_storage_lock(proxy_url) -> None:
     inside = threading.Event()
     with creation_lock(proxy_url, name="via url", timeout_s=5):

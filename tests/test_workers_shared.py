@@ -159,8 +159,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-# MariaDB's run is a matrix test: PostgreSQL's runs by default, SQLite's is the --jobs test below.
-@pytest.mark.parametrize("kind", ["postgres", pytest.param("mysql", marks=pytest.mark.matrix)])
+# SQLite's run is the --jobs test below.
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.e2e
 def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cache_dir) -> None:
     with fresh_database(kind) as url:
         password = PASSWORDS[kind]
@@ -187,6 +188,7 @@ def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cac
         assert f"{make_url(url).username}:***@" in output  # the URL is shown, masked
 
 
+@pytest.mark.e2e
 def test_three_jobs_processes_share_one_sqlite_file(tmp_path, data_cache_dir) -> None:
     """More training processes than the 2 cores CI has, one SQLite file. (Three, not four: a fourth
     process only adds its ~5 s of start-up; the synthetic test below hammers the file with four.)"""
@@ -223,6 +225,7 @@ def _synthetic_worker(url: str, name: str, budget: int) -> None:
     work(study, objective, budget, poll_s=0.05)
 
 
+@pytest.mark.e2e
 def test_four_processes_hammering_one_sqlite_file_never_see_it_locked(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'stress.db'}"
     optuna.create_study(study_name="stress", storage=open_storage(url))
@@ -295,8 +298,8 @@ def _kill_one_of_two(workers: "Workers") -> tuple[list[int], FrozenTrial]:
         workers.kill_all()
 
 
-# PostgreSQL's run is a matrix test: the proxy test below kills and resumes on PostgreSQL by default.
-@pytest.mark.parametrize("kind", [pytest.param("postgres", marks=pytest.mark.matrix), "mysql"])
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.e2e
 def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
     """Two workers in folders of their own, no $HPO_ARTIFACTS: one is killed mid-trial, the other
     resumes its trial from the checkpoint in the database; a dashboard started in a third folder
@@ -344,6 +347,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
 
 @pytest.mark.parametrize("kind", ["postgres"])
+@pytest.mark.e2e
 def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
     """As above, but the two workers know only ``grpc://`` of `hpo storage-proxy`: the proxy
     records their heartbeats, fails the killed worker's trial after the grace period and queues
@@ -390,6 +394,7 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
         assert PASSWORDS[kind] not in out
 
 
+@pytest.mark.e2e
 def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_cache_dir, small_spec) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     workers = Workers(url, "term", tmp_path, data_cache_dir, STEADY)
@@ -415,6 +420,7 @@ def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_
     assert retry.user_attrs["resumed_at_epoch"] >= 3
 
 
+@pytest.mark.e2e
 def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
     admin = make_url(ADMIN_URLS["postgres"])
     _admin_engine("postgres")
@@ -446,6 +452,7 @@ def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
         assert [t.number for t in trials if t.state == TrialState.FAIL] == [], output
 
 
+@pytest.mark.e2e
 def test_a_killed_jobs_child_is_one_line_and_the_study_goes_on(tmp_path, data_cache_dir) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     workers = Workers(url, "child", tmp_path, data_cache_dir, KILLED, grace=3)
