@@ -589,6 +589,33 @@ def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -
     assert output.strip().splitlines()[-1].startswith("interrupted"), output  # one message: what was done, how to resume
 
 
+def test_ctrl_c_while_a_jobs_worker_imports_is_one_line_per_worker(tmp_path, data_cache_dir) -> None:
+    """Found by benchmarks/chaos.py on SQLite: a --jobs worker took Ctrl-C while it imported torch (its
+    spawn start-up imports hpo.cli); torch's C++ start-up turned the KeyboardInterrupt into
+    std::terminate and SIGABRT (exit -6). Where the Ctrl-C lands in the import is chance (most often
+    hpo.cli's guard says "interrupted while hpo was starting"); the fix holds it until the worker's own
+    handler is in, which hands the trial over and says so. Before the fix neither worker said that here."""
+    proc, log = _optimize(tmp_path, data_cache_dir, "early-worker", 2, "--jobs", "2")
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _workers_of(proc.pid)
+            if any(_torch_loading(pid) for pid in workers):
+                break
+            time.sleep(0.002)
+        assert workers and proc.poll() is None, log.read_text()
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the command and its workers at once
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 130, output
+    assert "Traceback" not in output and "terminate called" not in output and "Fatal Python error" not in output, output
+    assert output.count("interrupted: its running trial is queued to run again") == 2, output  # each worker, once
+
+
 def _swallows_ctrl_c(trial: optuna.Trial) -> float:
     """A trial in which some code catches the KeyboardInterrupt of a Ctrl-C, as library code may."""
     try:
