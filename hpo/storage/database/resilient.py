@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
+from hpo.record import RUN_ATTRS
 from hpo.storage.database import trial_writes
 from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
@@ -78,11 +79,12 @@ def heartbeat_interval(grace_period: int) -> int:
 
 
 class _Retry(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry, minus the failed trial's constraints (see :func:`retry_callback`)."""
+    """Optuna's retry, minus the failed trial's constraints and what its run alone did (see :func:`retry_callback`)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         own = copy.copy(trial)
         own.system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
+        own.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
         super().__call__(study, own)
 
 
@@ -97,6 +99,10 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     Nor does it inherit constraints (``diverged``): a trial stopped after it set its constraint
     would pass it on, and Optuna keeps the first value set (with a warning), so the re-run's own
     verdict would be lost. The re-run sets its own.
+
+    Nor what its predecessor's run alone did (:data:`hpo.record.RUN_ATTRS`: where it resumed, which
+    worker ran it): a copy that started over, or was stopped before it loaded its checkpoint, said
+    it had resumed where its predecessor had (benchmarks/chaos.py counted one as redoing 2 epochs).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
