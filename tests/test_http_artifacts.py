@@ -10,6 +10,9 @@ import hashlib
 import http.client
 import io
 import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +20,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
 from hpo.storage.artifacts.database_store import ArtifactCorrupted, DatabaseStore, artifacts
-from hpo.storage.artifacts.http_store import HttpArtifactStore
+from hpo.storage.artifacts.http_store import CHUNK_BYTES, HttpArtifactStore
 from hpo.storage.proxy.artifact_server import serve_artifacts
 from test_dashboard_browser import _free_port
 
@@ -112,3 +115,45 @@ def test_a_database_error_is_one_line_without_the_password(served, monkeypatch) 
     message = str(caught.value)
     assert message.startswith(f"artifact store http://127.0.0.1:{client.port}: 500 OperationalError: server closed")
     assert "s3cret-pw" not in message and "\n" not in message
+
+
+def _established_to(port: int) -> int:
+    """This machine's client sockets connected to ``port`` on 127.0.0.1 (/proc/net/tcp, state ESTABLISHED)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if (f := row.split()) and int(f[2].split(":")[1], 16) == port and f[3] == "01")
+
+
+class _CtrlCMidUpload(io.BytesIO):
+    """A body that takes a real Ctrl-C (SIGINT to this process) once the upload itself is under way:
+    the client reads it once to hash it, rewinds it, then sends it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.sending = False
+
+    def seek(self, *args) -> int:
+        self.sending = self.sending or self.tell() > 0  # rewound after the hashing pass
+        return super().seek(*args)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.sending and self.tell() > 0:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the KeyboardInterrupt is raised here
+        return super().read(n)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
+def test_a_ctrl_c_mid_upload_closes_the_connection_at_once(served) -> None:
+    """The worker's hand-over after Ctrl-C (Optuna's FAIL, the re-queue) runs while the interrupt's
+    traceback is alive, and that traceback held the upload's socket open: the proxy's end waited
+    for the rest of the body. Before the fix the connection was still established here."""
+    db, client = served
+    with pytest.raises(KeyboardInterrupt) as caught:
+        client.write("a", _CtrlCMidUpload(os.urandom(3 * CHUNK_BYTES)))
+    assert caught.traceback  # held, as the worker holds it while it hands its trial over
+    deadline = time.monotonic() + 5
+    while _established_to(client.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _established_to(client.port) == 0
+    assert client.size("a") is None  # nothing half-stored
+
