@@ -11,6 +11,7 @@ import http.client
 import io
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
 from hpo.storage.artifacts.database_store import ArtifactCorrupted, DatabaseStore, artifacts
-from hpo.storage.artifacts.http_store import CHUNK_BYTES, HttpArtifactStore
+from hpo.storage.artifacts.http_store import CHUNK_BYTES, SHA_HEADER, HttpArtifactStore
 from hpo.storage.proxy.artifact_server import serve_artifacts
 from test_dashboard_browser import _free_port
 
@@ -157,3 +158,20 @@ def test_a_ctrl_c_mid_upload_closes_the_connection_at_once(served) -> None:
     assert _established_to(client.port) == 0
     assert client.size("a") is None  # nothing half-stored
 
+
+def test_a_client_gone_silent_mid_upload_is_dropped(tmp_path) -> None:
+    """A worker stopped mid-upload with its socket open held one of the proxy's connection threads for
+    ever: the artifact port had no socket timeout. Before the fix the server never closed this one."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    store = DatabaseStore(engine)
+    server = serve_artifacts(store, "127.0.0.1", 0, idle_timeout_s=1)
+    try:
+        with socket.create_connection(server.server_address[:2]) as sock:
+            sock.sendall(b"PUT /artifacts/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                         + f"{SHA_HEADER}: {'0' * 64}\r\n\r\n".encode() + b"x" * 10)
+            sock.settimeout(15)
+            assert sock.recv(1) == b""  # closed by the server, with no answer: nobody is listening
+        assert store.size("a") is None
+    finally:
+        server.shutdown()
+        engine.dispose()
