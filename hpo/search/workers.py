@@ -190,14 +190,16 @@ def run_worker(
     precision: str | None = None,
     onednn: bool = True,
     tensorboard: str | None = None,
+    reached: bool = False,
 ) -> WorkerOutcome:
     """Optimize ``spec``'s study in this process until it has ``trials`` finished trials.
 
     ``precision``, ``onednn``: what this machine's calibration chose for ``train.precision =
     "auto"`` (oneDNN's fused LSTM on or off: process-wide, so set here, where a worker starts).
     ``tensorboard``: a folder to write each trial's step telemetry to as TensorBoard scalars.
+    ``reached``: the caller opened ``storage_url`` moments ago (:func:`open_storage`'s ``reached``).
     """
-    storage = open_storage(storage_url, grace_period=grace_period, log=log)
+    storage = open_storage(storage_url, grace_period=grace_period, log=log, reached=reached)
     existing = find_study(spec, storage)
     if existing is not None and tally(existing).finished >= trials:
         log(f"study {spec.name!r} already has {tally(existing).finished} finished trials (budget {trials}): nothing to run")
@@ -334,8 +336,9 @@ def _worker_process(
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             if parent is not None:
                 end_with_parent(parent, from_main_thread)
+            # its command opened the storage just now: a refused connection is a restart, not a wrong URL
             run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
-                       precision=precision, onednn=onednn, tensorboard=tensorboard)
+                       precision=precision, onednn=onednn, tensorboard=tensorboard, reached=True)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
