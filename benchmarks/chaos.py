@@ -21,6 +21,10 @@ fault. Counted from the database and the logs: trials run twice (a trial number 
 lines, or a failed trial re-run more than once), trials left RUNNING, finished epochs redone (a
 re-run that did not resume after every epoch its predecessor recorded), failed trials, tracebacks,
 exits that no fault explains, resume commands that differ from the command they resume, wall time.
+A re-run is judged by what it did itself: where it resumed (``resumed_at_epoch``, which its queued
+copy no longer inherits) or, with none, whether it reported an epoch of its own (it started over);
+one stopped before either redid no finished epoch (a start-over stopped inside its first epoch is
+the epoch in flight).
 
     python benchmarks/chaos.py --backend sqlite
     python benchmarks/chaos.py --backend postgres --db-restarts 2
@@ -308,7 +312,10 @@ def count(db_url: str, logs: list[Path]) -> dict[str, Any]:
         if t.state == TrialState.WAITING:
             continue  # never started
         recorded = len(TrialRecord.from_trial(by_number[before]).epochs)
-        resumed_at = t.user_attrs.get("resumed_at_epoch") or 1
+        resumed_at = t.user_attrs.get("resumed_at_epoch")  # its own: a queued copy no longer inherits it
+        if resumed_at is None and not t.intermediate_values:
+            continue  # stopped before it resumed or finished a first epoch: nothing finished was redone
+        resumed_at = resumed_at or 1  # no resume, yet it reported an epoch of its own: it started over
         if recorded > resumed_at - 1:
             redone_by[t.number] = recorded - (resumed_at - 1)
     redone = sum(redone_by.values())

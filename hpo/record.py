@@ -63,6 +63,9 @@ WORKER = "worker"
 RESUMED_AT = "resumed_at_epoch"
 PRETRAINED = "pretrained_encoder"
 WEIGHTS = "weights"
+# What one run of a trial did (where it resumed, which worker ran it): a re-run's queued copy starts
+# without them and writes its own, while the rest (its checkpoint key above all) passes down the chain.
+RUN_ATTRS = (RESUMED_AT, WORKER)
 
 # Trial states by name (optuna.trial.TrialState.X.name), so this module needs no Optuna.
 COMPLETE, PRUNED, FAIL, RUNNING, WAITING = "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"

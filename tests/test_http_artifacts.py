@@ -10,6 +10,10 @@ import hashlib
 import http.client
 import io
 import os
+import signal
+import socket
+import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +21,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
 from hpo.storage.artifacts.database_store import ArtifactCorrupted, DatabaseStore, artifacts
-from hpo.storage.artifacts.http_store import HttpArtifactStore
+from hpo.storage.artifacts.http_store import CHUNK_BYTES, SHA_HEADER, HttpArtifactStore
 from hpo.storage.proxy.artifact_server import serve_artifacts
 from db_servers import free_port
 
@@ -112,3 +116,62 @@ def test_a_database_error_is_one_line_without_the_password(served, monkeypatch) 
     message = str(caught.value)
     assert message.startswith(f"artifact store http://127.0.0.1:{client.port}: 500 OperationalError: server closed")
     assert "s3cret-pw" not in message and "\n" not in message
+
+
+def _established_to(port: int) -> int:
+    """This machine's client sockets connected to ``port`` on 127.0.0.1 (/proc/net/tcp, state ESTABLISHED)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if (f := row.split()) and int(f[2].split(":")[1], 16) == port and f[3] == "01")
+
+
+class _CtrlCMidUpload(io.BytesIO):
+    """A body that takes a real Ctrl-C (SIGINT to this process) once the upload itself is under way:
+    the client reads it once to hash it, rewinds it, then sends it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.sending = False
+
+    def seek(self, *args) -> int:
+        self.sending = self.sending or self.tell() > 0  # rewound after the hashing pass
+        return super().seek(*args)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.sending and self.tell() > 0:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the KeyboardInterrupt is raised here
+        return super().read(n)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
+def test_a_ctrl_c_mid_upload_closes_the_connection_at_once(served) -> None:
+    """The worker's hand-over after Ctrl-C (Optuna's FAIL, the re-queue) runs while the interrupt's
+    traceback is alive, and that traceback held the upload's socket open: the proxy's end waited
+    for the rest of the body. Before the fix the connection was still established here."""
+    db, client = served
+    with pytest.raises(KeyboardInterrupt) as caught:
+        client.write("a", _CtrlCMidUpload(os.urandom(3 * CHUNK_BYTES)))
+    assert caught.traceback  # held, as the worker holds it while it hands its trial over
+    deadline = time.monotonic() + 5
+    while _established_to(client.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _established_to(client.port) == 0
+    assert client.size("a") is None  # nothing half-stored
+
+
+def test_a_client_gone_silent_mid_upload_is_dropped(tmp_path) -> None:
+    """A worker stopped mid-upload with its socket open held one of the proxy's connection threads for
+    ever: the artifact port had no socket timeout. Before the fix the server never closed this one."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    store = DatabaseStore(engine)
+    server = serve_artifacts(store, "127.0.0.1", 0, idle_timeout_s=1)
+    try:
+        with socket.create_connection(server.server_address[:2]) as sock:
+            sock.sendall(b"PUT /artifacts/a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                         + f"{SHA_HEADER}: {'0' * 64}\r\n\r\n".encode() + b"x" * 10)
+            sock.settimeout(15)
+            assert sock.recv(1) == b""  # closed by the server, with no answer: nobody is listening
+        assert store.size("a") is None
+    finally:
+        server.shutdown()
+        engine.dispose()

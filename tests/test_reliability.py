@@ -395,6 +395,30 @@ def test_a_rerun_reports_no_step_its_predecessor_reported(lose_checkpoints, smal
     assert done.user_attrs.get("resumed_at_epoch") == (None if lose_checkpoints else 3)
 
 
+def test_a_rerun_says_where_it_resumed_itself_not_where_its_predecessor_did(small_spec, tmp_path) -> None:
+    """Optuna's retry copies the failed trial's user attributes, and the copy carried its predecessor's
+    ``resumed_at_epoch`` (and ``worker``) until it wrote its own: a re-run that starts over, or one stopped
+    before it loaded its checkpoint, said it had resumed where its predecessor did. benchmarks/chaos.py on
+    MariaDB counted such a copy (trial 34: no line, no reported step) as a re-run that redid 2 epochs.
+    Before the fix the last re-run here said 3: trial 1's resume."""
+    spec = small_spec(*STEADY)
+    study = _study_with_folder(tmp_path)
+    store = artifact_store(study)
+    data = load_dataset(spec.data)
+    for epoch in (2, 3):  # trial 0 stops after epoch 2; its re-run, trial 1, resumes at 3 and stops after it
+        with pytest.raises(KeyboardInterrupt):
+            work(study, Objective(spec, data, listeners=[_Listen(_interrupt_at(epoch, []))], store=store), 1)
+    first, resumed, queued = study.get_trials(deepcopy=False)
+    assert resumed.user_attrs["resumed_at_epoch"] == 3 and queued.state == TrialState.WAITING
+    assert "resumed_at_epoch" not in queued.user_attrs and "worker" not in queued.user_attrs  # it has run nowhere yet
+    assert queued.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]  # what the chain shares, it keeps
+    TrialCheckpoints(store, first.user_attrs["checkpoint"]).remove()  # the store lost them: it starts over
+    work(study, Objective(spec, data, store=store), 1)
+    done = study.get_trials(deepcopy=False)[2]
+    assert done.state == TrialState.COMPLETE and "resumed_at_epoch" not in done.user_attrs
+    assert done.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+
+
 @pytest.mark.skipif(not hasattr(optuna.Trial, "set_constraint"), reason="Optuna 5 constraints")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() here
 def test_a_rerun_sets_its_own_diverged_constraint(tmp_path) -> None:
@@ -587,6 +611,33 @@ def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -
     output = log.read_text()
     assert code == 130 and "Traceback" not in output, output
     assert output.strip().splitlines()[-1].startswith("interrupted"), output  # one message: what was done, how to resume
+
+
+def test_ctrl_c_while_a_jobs_worker_imports_is_one_line_per_worker(tmp_path, data_cache_dir) -> None:
+    """Found by benchmarks/chaos.py on SQLite: a --jobs worker took Ctrl-C while it imported torch (its
+    spawn start-up imports hpo.cli); torch's C++ start-up turned the KeyboardInterrupt into
+    std::terminate and SIGABRT (exit -6). Where the Ctrl-C lands in the import is chance (most often
+    hpo.cli's guard says "interrupted while hpo was starting"); the fix holds it until the worker's own
+    handler is in, which hands the trial over and says so. Before the fix neither worker said that here."""
+    proc, log = _optimize(tmp_path, data_cache_dir, "early-worker", 2, "--jobs", "2")
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _workers_of(proc.pid)
+            if any(_torch_loading(pid) for pid in workers):
+                break
+            time.sleep(0.002)
+        assert workers and proc.poll() is None, log.read_text()
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the command and its workers at once
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == 130, output
+    assert "Traceback" not in output and "terminate called" not in output and "Fatal Python error" not in output, output
+    assert output.count("interrupted: its running trial is queued to run again") == 2, output  # each worker, once
 
 
 def _swallows_ctrl_c(trial: optuna.Trial) -> float:

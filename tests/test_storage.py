@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 from click.testing import CliRunner
 
-from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine
+from db_servers import ADMIN_URLS, CuttableProxy, _admin_engine, fresh_database
 from hpo.cli import main
 from hpo.errors import HpoError
 from hpo.storage.database.resilient import _while_restarting, is_restarting, is_transient, open_storage
@@ -74,6 +74,29 @@ def test_a_worker_waits_for_a_server_that_says_it_is_restarting() -> None:
 
     with pytest.raises(sqlalchemy.exc.OperationalError):  # past its time, the error as before (one line in open_storage)
         _while_restarting(never, url, 0, said.append)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_jobs_worker_waits_for_the_server_its_command_just_opened(kind) -> None:
+    """Found by benchmarks/chaos.py on MariaDB: a command opened its study, then the server went down
+    for a restart while it started its two --jobs workers; both were refused and exited 2, and the
+    command with them. A worker (reached=True) now waits; a new command still says it at once.
+    Before the fix the reached=True open raised the same one line as the other."""
+    with fresh_database(kind) as direct:
+        target = make_url(direct)
+        with CuttableProxy(target.host or "127.0.0.1", target.port) as proxy:
+            url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+            open_storage(url)  # the command's open: the tables are there
+            proxy.cut()  # the server restarts
+            with pytest.raises(HpoError, match="cannot open storage"):
+                open_storage(url)  # a user's command on a dead port: one line at once, as before
+            said: list[str] = []
+            threading.Timer(3, proxy.restore).start()
+            started = time.monotonic()
+            storage = open_storage(url, reached=True, log=said.append)
+            assert time.monotonic() - started >= 2.5 and storage.get_all_studies() == []
+            assert len(said) == 2 and said[0].startswith("storage unreachable") and "reachable again" in said[1], said
+            storage.engine.dispose()
 
 
 def test_missing_driver_says_which_extra_to_install() -> None:

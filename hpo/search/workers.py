@@ -36,6 +36,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from typing import Any, Callable, Iterator, Sequence
 
 import optuna
@@ -189,14 +190,16 @@ def run_worker(
     precision: str | None = None,
     onednn: bool = True,
     tensorboard: str | None = None,
+    reached: bool = False,
 ) -> WorkerOutcome:
     """Optimize ``spec``'s study in this process until it has ``trials`` finished trials.
 
     ``precision``, ``onednn``: what this machine's calibration chose for ``train.precision =
     "auto"`` (oneDNN's fused LSTM on or off: process-wide, so set here, where a worker starts).
     ``tensorboard``: a folder to write each trial's step telemetry to as TensorBoard scalars.
+    ``reached``: the caller opened ``storage_url`` moments ago (:func:`open_storage`'s ``reached``).
     """
-    storage = open_storage(storage_url, grace_period=grace_period, log=log)
+    storage = open_storage(storage_url, grace_period=grace_period, log=log, reached=reached)
     existing = find_study(spec, storage)
     if existing is not None and tally(existing).finished >= trials:
         log(f"study {spec.name!r} already has {tally(existing).finished} finished trials (budget {trials}): nothing to run")
@@ -278,17 +281,19 @@ def run_workers(
     # automatic threads: each worker registers and takes its share, with any other hpo beside it
     worker_threads = threads if spec.train.threads else None
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_worker_process,
-            args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, worker_threads, grace_period, i, precision,
-                  onednn, tensorboard, os.getpid(), threading.current_thread() is threading.main_thread()),
-            name=f"hpo-worker-{i}",
-        )
-        for i in range(jobs)
-    ]
-    for p in procs:
-        p.start()
+    with _signals_held() as held:  # each worker takes them once its own handlers are in
+        procs = [
+            ctx.Process(
+                target=_worker_process,
+                args=(spec, storage_url, trials, timeout, None if seed is None else seed + i, worker_threads, grace_period, i,
+                      precision, onednn, tensorboard, os.getpid(), threading.current_thread() is threading.main_thread(),
+                      held),
+                name=f"hpo-worker-{i}",
+            )
+            for i in range(jobs)
+        ]
+        for p in procs:
+            p.start()
     try:
         with _interruptible():
             for p in procs:
@@ -319,7 +324,7 @@ def run_workers(
 def _worker_process(
     spec: Spec, url: str, trials: int, timeout: float | None, seed: int | None, threads: int | None, grace_period: int, index: int,
     precision: str | None = None, onednn: bool = True, tensorboard: str | None = None, parent: int | None = None,
-    from_main_thread: bool = True,
+    from_main_thread: bool = True, held: tuple[int, ...] = (),
 ) -> None:
     def log(message: str) -> None:
         print(f"[worker {index}] {message}", flush=True)
@@ -327,10 +332,13 @@ def _worker_process(
     quiet_optuna_logging()
     try:
         with _interruptible():  # from here on, the parent's death (a SIGTERM) hands the trial over
+            if held:  # a Ctrl-C or SIGTERM that came during the start-up's imports is raised here
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             if parent is not None:
                 end_with_parent(parent, from_main_thread)
+            # its command opened the storage just now: a refused connection is a restart, not a wrong URL
             run_worker(spec, url, trials, timeout=timeout, seed=seed, threads=threads, log=log, grace_period=grace_period,
-                       precision=precision, onednn=onednn, tensorboard=tensorboard)
+                       precision=precision, onednn=onednn, tensorboard=tensorboard, reached=True)
     except HpoError as exc:
         print(f"[worker {index}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -463,6 +471,30 @@ def _interruptible() -> Iterator[threading.Event]:
 
 def _ignore(signum: int, frame: Any) -> None:
     pass
+
+
+@contextmanager
+def _signals_held() -> Iterator[tuple[int, ...]]:
+    """Blocks Ctrl-C and SIGTERM in this thread while it starts worker processes; yields those it blocked.
+
+    A spawned worker inherits the block and lifts it once its handlers are in (:func:`_worker_process`):
+    a signal sent in between waits for it instead of landing in the start-up's imports, where torch's
+    C++ start-up turned the KeyboardInterrupt into std::terminate and SIGABRT (benchmarks/chaos.py on
+    SQLite, exit -6). Nothing is lost: the kernel keeps it pending, and this process gets its own
+    when the block is left, a few milliseconds later. (CPython protects its resource tracker's
+    start the same way, bpo-33613; that start unblocks both signals when it is done, so the tracker
+    is started first, outside the block.)
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield ()
+        return
+    resource_tracker.ensure_running()
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        yield tuple(int(sig) for sig in sorted(wanted - before))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextmanager

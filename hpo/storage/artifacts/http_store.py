@@ -192,6 +192,9 @@ class HttpArtifactStore:
                     ) from None
                 time.sleep(delay * random.uniform(0.75, 1.25))
                 delay = min(delay * 2, 8.0)
+            except BaseException:  # a Ctrl-C mid-request: the proxy's end is freed now, not when the traceback is
+                conn.close()
+                raise
 
     def _check(self, response: http.client.HTTPResponse, conn: http.client.HTTPConnection) -> None:
         if 200 <= response.status < 300:

@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
+from hpo.record import RUN_ATTRS
 from hpo.storage.database import trial_writes
 from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
@@ -78,11 +79,12 @@ def heartbeat_interval(grace_period: int) -> int:
 
 
 class _Retry(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry, minus the failed trial's constraints (see :func:`retry_callback`)."""
+    """Optuna's retry, minus the failed trial's constraints and what its run alone did (see :func:`retry_callback`)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         own = copy.copy(trial)
         own.system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
+        own.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
         super().__call__(study, own)
 
 
@@ -97,6 +99,10 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     Nor does it inherit constraints (``diverged``): a trial stopped after it set its constraint
     would pass it on, and Optuna keeps the first value set (with a warning), so the re-run's own
     verdict would be lost. The re-run sets its own.
+
+    Nor what its predecessor's run alone did (:data:`hpo.record.RUN_ATTRS`: where it resumed, which
+    worker ran it): a copy that started over, or was stopped before it loaded its checkpoint, said
+    it had resumed where its predecessor had (benchmarks/chaos.py counted one as redoing 2 epochs).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -110,6 +116,7 @@ def open_storage(
     retry_s: float = RETRY_S,
     log: Log | None = None,
     create: bool = True,
+    reached: bool = False,
 ) -> Any:
     """A :class:`ResilientStorage` for ``url`` (for ``grpc://host:port``, the
     :class:`~hpo.storage.database.proxy_client.ProxiedStorage` of `hpo storage-proxy`); any failure becomes one
@@ -119,6 +126,12 @@ def open_storage(
     failed and queued again. ``log`` hears about database outages and recoveries. With
     ``create=False`` (the read-only commands) nothing is created: no SQLite file, no lock file,
     no tables; a SQLite file that does not exist is an HpoError naming its absolute path.
+
+    Opening waits for a server that says it is restarting; a refused connection is one line at
+    once (a wrong port must not hang a new user's command). ``reached=True``: the process that
+    started this one opened the same URL moments ago (a ``--jobs`` worker), so any connection error
+    is a restart to wait out, as once open (benchmarks/chaos.py on MariaDB: both workers of a command
+    started during a restart were refused and exited 2).
     """
     if grpc_address(url) is not None:
         # `hpo storage-proxy` records the heartbeats and fails the trials of silent workers, by
@@ -154,7 +167,8 @@ def open_storage(
             if not create:
                 return ResilientStorage(url, engine_kwargs=engine_kwargs(url), retry_s=retry_s, log=log or _quiet,
                                         skip_table_creation=True, **hb)
-            return _while_restarting(lambda: _open_shared(url, backend, retry_s, log, hb), url, retry_s, log)
+            return _while_restarting(lambda: _open_shared(url, backend, retry_s, log, hb), url, retry_s, log,
+                                     is_transient if reached else is_restarting)
     except HpoError:
         raise
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
@@ -192,15 +206,16 @@ def is_restarting(exc: BaseException) -> bool:
     return any(phrase in text for phrase in _RESTARTING)
 
 
-def _while_restarting(open_: Callable[[], Any], url: str, retry_s: float, log: Log | None) -> Any:
-    """``open_()``, waited for with the shared outage policy while the server says it is restarting
-    (benchmarks/chaos.py: a worker started during a PostgreSQL restart exited 2)."""
+def _while_restarting(open_: Callable[[], Any], url: str, retry_s: float, log: Log | None,
+                      restarting: Callable[[BaseException], bool] = is_restarting) -> Any:
+    """``open_()``, waited for with the shared outage policy while ``restarting`` says the error is a
+    restart (benchmarks/chaos.py: a worker started during a PostgreSQL restart exited 2)."""
 
     def describe(exc: BaseException) -> str:
         reason = scrub(str(driver_error(exc)), url).strip().splitlines()
         return reason[-1].strip() if reason else type(exc).__name__
 
-    return Outage(retry_s, log or _stderr, describe=describe).call(open_, is_restarting)
+    return Outage(retry_s, log or _stderr, describe=describe).call(open_, restarting)
 
 
 def _stderr(message: str) -> None:

@@ -40,6 +40,10 @@ from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, token_mat
 from hpo.storage.database.urls import scrub
 
 HANDSHAKE_TIMEOUT_S = 30.0
+# A client silent this long mid-request (a worker stopped, or gone with its socket left open) is
+# dropped: its connection's thread waited for it for ever. Generous: it bounds each wait for the
+# next bytes, not a whole upload.
+IDLE_TIMEOUT_S = 60.0
 Refused = Callable[[str, str, str], None]  # (port, peer address, why): RefusalLog.refused
 
 
@@ -82,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
     token: str | None = None
     refused: Refused = staticmethod(lambda port, peer, why: None)  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S  # socketserver sets it on the connection as it starts
 
     def log_message(self, format: str, *args: Any) -> None:  # one line per request would drown the proxy's log
         pass
@@ -188,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.store.write(artifact_id, local)
         except _Mismatch as exc:
             return self._reply(409, str(exc))
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):  # the client went, or went silent: nobody to answer
             self.close_connection = True
             return
         except HpoError as exc:
@@ -246,14 +251,15 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve_artifacts(store: Any, host: str, port: int, token: str | None = None, tls: ssl.SSLContext | None = None,
-                    refused: Refused | None = None) -> ThreadingHTTPServer:
+                    refused: Refused | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S) -> ThreadingHTTPServer:
     """Serves ``store`` (a DatabaseStore) on ``host:port`` from a thread; ``.shutdown()`` stops it.
 
     ``token``: the proxy's, required on every request; ``tls``: a server SSL context; ``refused``
-    is told of every refused client (port, address, why).
+    is told of every refused client (port, address, why); ``idle_timeout_s``: how long a client
+    may go silent mid-request before its connection is dropped.
     """
     extra = {"refused": staticmethod(refused)} if refused is not None else {}
-    handler = type("ArtifactHandler", (_Handler,), {"store": store, "token": token, **extra})
+    handler = type("ArtifactHandler", (_Handler,), {"store": store, "token": token, "timeout": idle_timeout_s, **extra})
     base = type("ArtifactServer", (_Server,), {"tls": tls, **extra})
     server_class = type("Server6", (base,), {"address_family": socket.AF_INET6}) if ":" in host else base
     try:
