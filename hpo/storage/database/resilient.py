@@ -44,7 +44,7 @@ from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
 from hpo.storage.database.proxy_client import WORKER_READY_S, grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr
+from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr, stale_trial_ids
 
 Log = Callable[[str], None]
 
@@ -315,19 +315,24 @@ class ResilientStorage(optuna.storages.RDBStorage):
     # --- the search for stale trials, throttled ---
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's search for the trials of dead workers, at most once per half heartbeat interval
-        per study in this process (none found in between). Optuna runs it at every trial start and
-        hpo's waiting loop at every poll: each reads every running trial with its heartbeat, which
-        for short trials or many waiting workers was a read per trial per worker. A trial is stale
-        only after a grace period of several intervals, so it is found as late as before, give or
-        take half an interval."""
+        """The trials of dead workers, at most once per half heartbeat interval per study in this
+        process (none found in between). Optuna runs it at every trial start and hpo's waiting loop
+        at every poll, which for short trials or many waiting workers was a search per trial per
+        worker. A trial is stale only after a grace period of several intervals, so it is found as
+        late as before, give or take half an interval. Each search is one query that returns the
+        stale trials alone (:func:`~hpo.storage.optuna_private.stale_trial_ids`; Optuna's reads every
+        running trial and its heartbeat)."""
         now = time.monotonic()
         last = self._stale_checked.get(study_id)
         if last is not None and now - last < (self.heartbeat_interval or 0) / 2:
             return []
         self._stale_checked[study_id] = now
-        return self._call("_get_stale_trial_ids",
-                          lambda: optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id))
+        return self._call("_get_stale_trial_ids", lambda: stale_trial_ids(self, study_id, self._grace_period_s()))
+
+    def _grace_period_s(self) -> int:
+        """Optuna's rule: the grace period given, else two heartbeat intervals."""
+        assert self.heartbeat_interval is not None
+        return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
 
     # --- writes that are checked before they are tried again ---
 
