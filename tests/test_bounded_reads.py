@@ -211,3 +211,28 @@ def test_the_search_for_stale_trials_returns_the_stale_ones_alone_as_optuna_find
         assert found == [stale._trial_id]
         assert found == optuna.storages.RDBStorage._get_stale_trial_ids(storage, study_id(study))
         assert len([s for s in sent if s.lstrip().upper().startswith("SELECT")]) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_trials_note_as_it_ends_is_inserted_unread_and_replaces_one_written_meanwhile(kind, tmp_path) -> None:
+    """A trial's note is written once, as it ends: inserted without reading its version first (one
+    statement of every trial). A note that is there after all (written in the dashboard while the
+    trial ran) is read and replaced, its version bumped, as without ``new``."""
+    from optuna_dashboard import get_note
+
+    from hpo.analysis.notes import save_note
+
+    with storage_for(kind, tmp_path) as storage:
+        study = optuna.create_study(study_name="notes", storage=storage)
+        fresh, edited = study.ask(), study.ask()
+        if kind != "memory":
+            with statements(storage) as seen:
+                save_note(fresh, "ended", new=True)
+            assert [s for s, _ in seen if "study_system_attributes" in s and s.lstrip().startswith("SELECT")] == []
+        else:
+            save_note(fresh, "ended", new=True)
+        save_note(edited, "a user's remark")
+        save_note(edited, "ended too", new=True)
+        assert (get_note(fresh), get_note(edited)) == ("ended", "ended too")
+        attrs = storage.get_study_system_attrs(study_id(study))
+        assert (attrs[f"dashboard:{fresh._trial_id}:note_ver"], attrs[f"dashboard:{edited._trial_id}:note_ver"]) == (1, 2)

@@ -183,17 +183,20 @@ def study_system_attrs_by_key(rdb: optuna.storages.RDBStorage, study_id: int, ke
 
 
 def rewrite_study_system_attrs(rdb: optuna.storages.RDBStorage, study_id: int, keys: list[str],
-                               rewrite: Callable[[dict[str, Any], Callable[[list[str]], dict[str, Any]]], dict[str, Any]]) -> None:
+                               rewrite: Callable[[dict[str, Any], Callable[[list[str]], dict[str, Any]]], dict[str, Any]],
+                               new: bool = False) -> None:
     """Read the study system attributes among ``keys``, and write what ``rewrite(found, more)``
     returns, in one transaction (Optuna's own calls take one transaction per attribute, with a read
     each). ``more(other_keys)`` reads further keys in the same transaction: a read through the
     storage's own calls there would share this thread's session, end it, and lose the write.
 
     ``keys[0]`` is read first, and the others only when it exists: a note's version key, without
-    which it has no chunks either (a new trial's note, once per trial, reads one key, not all)."""
+    which it has no chunks either (a new trial's note, once per trial, reads one key, not all).
+    With ``new``, not even that: the caller expects none of them, and the insert fails with
+    sqlalchemy's ``IntegrityError``, nothing written, if ``keys[0]`` exists after all."""
     model = _rdb_models.StudySystemAttributeModel
     with _create_scoped_session(rdb.scoped_session) as session:
-        rows = _attr_rows(session, study_id, keys[:1])
+        rows = {} if new else _attr_rows(session, study_id, keys[:1])
         if rows:
             rows.update(_attr_rows(session, study_id, keys[1:]))
 
