@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -688,6 +689,7 @@ def test_ctrl_c_while_hpo_starts_is_one_line(moment, tmp_path, data_cache_dir) -
     assert output.strip().splitlines()[-1].startswith("interrupted"), output  # one message: what was done, how to resume
 
 
+@pytest.mark.e2e
 def test_ctrl_c_while_a_jobs_worker_imports_is_one_line_per_worker(tmp_path, data_cache_dir) -> None:
     """Found by benchmarks/chaos.py on SQLite: a --jobs worker took Ctrl-C while it imported torch (its
     spawn start-up imports hpo.cli); torch's C++ start-up turned the KeyboardInterrupt into
