@@ -83,7 +83,8 @@ def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrit
         return
     if new:
         try:
-            return _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite, new=True))
+            return _retried(rdb, "rewrite_study_attrs",
+                            lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite, new=True))
         except sqlalchemy.exc.IntegrityError:
             pass  # there after all: read it
     _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite))
