@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import shutil
+import signal
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
+import torch
 
 from hpo.record import write_artifact_location
 from hpo.search.workers import WorkerOutcome, run_worker
 from hpo.spec import Spec, load_spec
 from hpo.storage.database.resilient import open_storage
+from hpo.training.device import available_cores
 
 # Small subsets of the real reviews: every training test exercises the real data, model and
 # loop, in seconds.
@@ -32,18 +38,53 @@ SMALL = [
 ]
 
 
+def _xdist_workers() -> int:
+    """How many test processes share this run (``pytest -n N``); 1 without pytest-xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def _run_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this run that every test process of it shares (under ``pytest -n N`` the run's
+    temporary root, above each process's own), so that they build what they share only once."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if _xdist_workers() > 1 else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _run_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
+    """Held by one test process of the run at a time."""
+    with open(_run_folder(tmp_path_factory, "locks") / name, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def own_core_registry(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The suite's training processes share cores among themselves only, not with another run of
     the suite or an hpo command beside it: a thread count that changes with what else runs would
-    make a run's numbers depend on it (hpo.training.cores)."""
-    os.environ["HPO_RUN_DIR"] = str(tmp_path_factory.mktemp("hpo-running"))
+    make a run's numbers depend on it (hpo.training.cores). Under ``pytest -n N`` the N test
+    processes share the registry, and each trains in-process on its share of the cores, so that
+    two of them never oversubscribe 2 cores."""
+    os.environ["HPO_RUN_DIR"] = str(_run_folder(tmp_path_factory, "hpo-running"))
+    if _xdist_workers() > 1:
+        torch.set_num_threads(max(1, available_cores() // _xdist_workers()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_is_keyboard_interrupt() -> None:
+    """Tests that press Ctrl-C on this process (os.kill SIGINT) expect Python's KeyboardInterrupt, and
+    that hpo puts that handler back. A shell starts a background job (`pytest &`) with SIGINT
+    ignored, so Python installs no handler and those tests failed there, not in a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
 def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The on-disk tensor cache for the whole session (tokenizing 25k reviews takes ~10 s once)."""
-    folder = os.environ.get("HPO_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("hpo-cache"))
+    folder = os.environ.get("HPO_TEST_CACHE_DIR") or str(_run_folder(tmp_path_factory, "hpo-cache"))
     return folder
 
 
@@ -138,9 +179,13 @@ class TrainedStudy:
 def trained_study(tmp_path_factory: pytest.TempPathFactory, data_cache_dir: str) -> TrainedStudy:
     """One real study (real data, model and training, on 400 reviews) for the tests that read a
     finished study: trained once per session, not once per test that reads one."""
-    folder = tmp_path_factory.mktemp("trained-study")
+    folder = _run_folder(tmp_path_factory, "trained-study")
     spec = load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", *TRAINED])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("HPO_ARTIFACTS", raising=False)  # its folder store beside its database, as a new user's
-        outcome = run_worker(spec, f"sqlite:///{folder / 'hpo.db'}", trials=4, seed=1)
-    return TrainedStudy(folder, spec, outcome)
+    done = folder / "outcome.pickle"  # written last: the study is complete (pytest -n N: one process trains it)
+    with _run_lock(tmp_path_factory, "trained-study"):
+        if not done.exists():
+            with pytest.MonkeyPatch.context() as mp:
+                mp.delenv("HPO_ARTIFACTS", raising=False)  # its folder store beside its database, as a new user's
+                outcome = run_worker(spec, f"sqlite:///{folder / 'hpo.db'}", trials=4, seed=1)
+            done.write_bytes(pickle.dumps(outcome))
+    return TrainedStudy(folder, spec, pickle.loads(done.read_bytes()))

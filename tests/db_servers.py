@@ -181,6 +181,24 @@ class CuttableProxy:
                 pass
 
 
+def free_port() -> int:
+    """A local port with nothing listening on it nor on the port after it: ``hpo storage-proxy --port P``
+    serves artifacts on P + 1 by default, and a free P alone failed it now and then ("cannot serve
+    artifacts on 127.0.0.1:P+1: Address already in use") when other programs held ephemeral ports."""
+    while True:
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+
+
 @contextmanager
 def study_database(kind: str, tmp_path) -> Iterator[str]:
     """A study database of ``kind``: a SQLite file in ``tmp_path``, or a fresh server database."""

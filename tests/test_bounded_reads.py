@@ -7,6 +7,8 @@ The servers are real (tests/db_servers.py): unreachable, they skip, except under
 from __future__ import annotations
 
 import statistics
+import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,7 +23,7 @@ from hpo.search.study import LiveTally, tally
 from hpo.storage.database.bounded import rewrite_study_attrs, study_attrs, trial_counts
 from hpo.storage.database.resilient import open_storage
 from hpo.storage.optuna_private import TRIAL_STATE_INDEX, ensure_trial_state_index, storage_of, study_id
-from db_servers import fresh_database
+from db_servers import fresh_database, study_database
 
 KINDS = ("sqlite", "postgres", "mysql", "memory")
 
@@ -181,3 +183,56 @@ def test_a_new_trial_note_reads_its_version_key_alone(tmp_path) -> None:
             save_note(trial, "written again")  # the version is there: now the chunks are read too
         reads = [p for s, p in seen if s.startswith("SELECT") and "study_system_attributes" in s]
         assert [len(p) for p in reads] == [2, 4]
+
+
+@pytest.mark.parametrize("kind", ("sqlite", "postgres", "mysql"))
+def test_the_search_for_stale_trials_returns_the_stale_ones_alone_as_optuna_finds_them(kind, tmp_path) -> None:
+    """One statement that returns the stale trials only: Optuna's search reads the clock, then every
+    running trial, then their heartbeats, a row per running worker per look (with 32 workers, most
+    of what hpo read over plain Optuna). It finds what Optuna's finds, by the database's clock."""
+    with study_database(kind, tmp_path) as url:
+        storage = open_storage(url, grace_period=2)
+        study = optuna.create_study(study_name="stale", storage=storage)
+        other = optuna.create_study(study_name="other", storage=storage)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna: heartbeats are meant for study.optimize
+            stale, fresh, finished, silent, elsewhere = study.ask(), study.ask(), study.ask(), study.ask(), other.ask()
+            for trial in (stale, fresh, finished, elsewhere):
+                storage.record_heartbeat(trial._trial_id)
+            study.tell(finished, 1.0)
+            time.sleep(3.5)  # past the grace period
+            storage.record_heartbeat(fresh._trial_id)
+        sent: list[str] = []
+        listen = lambda conn, cursor, statement, *rest: sent.append(statement)  # noqa: E731
+        sqlalchemy.event.listen(storage.engine, "before_cursor_execute", listen)
+        storage._stale_checked.clear()
+        found = storage._get_stale_trial_ids(study_id(study))
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", listen)
+        assert found == [stale._trial_id]
+        assert found == optuna.storages.RDBStorage._get_stale_trial_ids(storage, study_id(study))
+        assert len([s for s in sent if s.lstrip().upper().startswith("SELECT")]) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_trials_note_as_it_ends_is_inserted_unread_and_replaces_one_written_meanwhile(kind, tmp_path) -> None:
+    """A trial's note is written once, as it ends: inserted without reading its version first (one
+    statement of every trial). A note that is there after all (written in the dashboard while the
+    trial ran) is read and replaced, its version bumped, as without ``new``."""
+    from optuna_dashboard import get_note
+
+    from hpo.analysis.notes import save_note
+
+    with storage_for(kind, tmp_path) as storage:
+        study = optuna.create_study(study_name="notes", storage=storage)
+        fresh, edited = study.ask(), study.ask()
+        if kind != "memory":
+            with statements(storage) as seen:
+                save_note(fresh, "ended", new=True)
+            assert [s for s, _ in seen if "study_system_attributes" in s and s.lstrip().startswith("SELECT")] == []
+        else:
+            save_note(fresh, "ended", new=True)
+        save_note(edited, "a user's remark")
+        save_note(edited, "ended too", new=True)
+        assert (get_note(fresh), get_note(edited)) == ("ended", "ended too")
+        attrs = storage.get_study_system_attrs(study_id(study))
+        assert (attrs[f"dashboard:{fresh._trial_id}:note_ver"], attrs[f"dashboard:{edited._trial_id}:note_ver"]) == (1, 2)

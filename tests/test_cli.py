@@ -106,6 +106,7 @@ def test_huge_learning_rates_end_as_diverged_within_two_of_five_epochs(run):
     assert "lr_head 5" in result.output  # the rates of a diverged trial are on its line
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_the_trial_and_says_how_to_resume(tmp_path, data_cache_dir):
     import os
     import signal

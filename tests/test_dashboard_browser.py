@@ -6,7 +6,6 @@ Playwright for Python with ``executable_path``: no browser is downloaded.
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.database.resilient import open_storage
 from hpo.search.workers import run_worker
 
-from db_servers import study_database
+from db_servers import free_port, study_database
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,10 +42,6 @@ def _require_browser():
         pytest.skip(missing)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_dashboard(args, cwd, env=None):
@@ -144,6 +139,7 @@ def _trained_study(kind, url, small_spec, tmp_path, monkeypatch):
     return dict(kind=kind, url=url, viewer=viewer, env=env, artifact_id=artifact_id, steps_id=steps_id)
 
 
+@pytest.mark.e2e
 def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monkeypatch):
     """One study on SQLite with a folder store ($HPO_ARTIFACTS), one on PostgreSQL with the figures
     in the database, its dashboard started from another folder with no $HPO_ARTIFACTS; one
@@ -177,7 +173,7 @@ def test_dashboard_shows_the_study_and_a_trial_figure(small_spec, tmp_path, monk
 @contextmanager
 def _dashboard(study):
     """``hpo dashboard`` for ``study``, started in its viewer folder; ``started()`` waits for its URL and page."""
-    port = _free_port()
+    port = free_port()
     hpo = shutil.which("hpo", path=str(Path(sys.executable).parent)) or "hpo"
     args = ["--study", "browser-e2e", "--storage", study["url"], "--port", str(port)]
     proc = subprocess.Popen([hpo, "dashboard", *args], cwd=study["viewer"], stdout=subprocess.PIPE,

@@ -122,6 +122,7 @@ def _build_in_process(args):
     return ds.cache_key, int(ds.train.tokens.sum())
 
 
+@pytest.mark.e2e
 def test_concurrent_workers_build_one_consistent_cache(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:

@@ -220,6 +220,7 @@ def test_a_running_trial_keeps_its_weights_through_another_workers_sweep(tmp_pat
     assert list(kept_trials(study, store)) == [c.number]
 
 
+@pytest.mark.e2e
 def test_a_20_trial_study_of_two_workers_ends_with_exactly_k_trials_holding_weights(
         tmp_path: Path, data_cache_dir: str) -> None:
     """Two worker processes (trials finishing at the same moment), one epoch on a tiny subset."""

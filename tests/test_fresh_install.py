@@ -9,7 +9,7 @@ package. ``pytest`` does not, and no test may rely on the root being importable.
 
 Two depths, because a full install unpacks ~1.9 GB:
 
-* by default (in the matrix run, ``pytest -m matrix``, as CI runs it) the fresh venv sees this
+* by default (in the e2e run, ``pytest -m e2e``, as CI runs it) the fresh venv sees this
   environment's third-party packages through a ``.pth`` line, so the README's ``pip install
   '.[test]'`` resolves every requirement against them and installs hpo alone, from the copy,
   without downloading anything. pip writes no ``pytest`` script for a package that is already
@@ -62,9 +62,9 @@ def _shell(command: str, cwd: Path, env: dict[str, str], timeout: float) -> subp
     return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-# A matrix test: CI's own run (.ci/run) is the README's install on a fresh clone already.
+# An e2e test: CI's own run (.ci/run) is the README's install on a fresh clone already.
 @pytest.mark.slow
-@pytest.mark.matrix
+@pytest.mark.e2e
 def test_the_readme_install_and_test_commands_work_in_a_fresh_venv(tmp_path: Path) -> None:
     full = os.environ.get("HPO_TEST_FRESH_VENV") == "full"
     clone = tmp_path / "hpo"

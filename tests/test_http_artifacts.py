@@ -23,7 +23,7 @@ from hpo.errors import HpoError
 from hpo.storage.artifacts.database_store import ArtifactCorrupted, DatabaseStore, artifacts
 from hpo.storage.artifacts.http_store import CHUNK_BYTES, SHA_HEADER, HttpArtifactStore
 from hpo.storage.proxy.artifact_server import serve_artifacts
-from test_dashboard_browser import _free_port
+from db_servers import free_port
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_a_damaged_download_raises_at_its_end(served) -> None:
 
 
 def test_no_server_is_one_line() -> None:
-    port = _free_port()  # free: nothing listens there
+    port = free_port()  # free: nothing listens there
     with pytest.raises(HpoError, match=rf"artifact store http://127.0.0.1:{port} \(the storage proxy's --artifact-port\) does not answer"):
         HttpArtifactStore("127.0.0.1", port, retry_s=0).size("a")
 

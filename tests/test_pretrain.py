@@ -7,6 +7,7 @@ import math
 import multiprocessing
 from pathlib import Path
 
+import pytest
 import torch
 
 from hpo.data import load_dataset
@@ -69,6 +70,7 @@ def assert_two_workers_pretrain_once(spec, artifacts: Path, url: str) -> None:
     assert len(list(artifacts.glob("encoder-*.pt"))) == 1
 
 
+@pytest.mark.e2e
 def test_two_workers_started_together_pretrain_once_and_share_it(small_spec, tmp_path) -> None:
     # ensure_encoder pretrains on the whole training split (a 30k-word softmax): the race needs
     # only a short stream and a small held-out part, not the few million tokens' worth of work

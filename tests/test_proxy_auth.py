@@ -26,7 +26,7 @@ from hpo.storage.artifacts.http_store import HttpArtifactStore
 from hpo.storage.database.proxy_auth import ClientAuth, client_auth, proxy_token, token_matches
 from hpo.storage.database.resilient import open_storage
 from db_servers import start_storage_proxy
-from test_dashboard_browser import _free_port
+from db_servers import free_port
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 
@@ -42,7 +42,7 @@ def _no_credentials_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _start_proxy(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], int, list[str]]:
     """`hpo storage-proxy` on a fresh SQLite file, once it says it serves: (process, port, its lines so far)."""
-    port = _free_port()
+    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if k not in AUTH_VARS},
            "HPO_STORAGE": f"sqlite:///{tmp_path / 'proxy.db'}", **env}
     proc, lines = start_storage_proxy(port, tmp_path, env, *args)
@@ -124,6 +124,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.e2e
 def test_tls_with_a_self_signed_certificate(tmp_path, monkeypatch) -> None:
     cert, key = _self_signed(tmp_path)
     token = secrets.token_hex(24)
@@ -146,9 +147,10 @@ def test_tls_with_a_self_signed_certificate(tmp_path, monkeypatch) -> None:
     assert token not in log and "Traceback" not in log and "Handshake failed" not in log, log
 
 
+@pytest.mark.e2e
 def test_without_a_token_the_proxy_serves_loopback_only_unless_insecure(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HPO_STORAGE", f"sqlite:///{tmp_path / 'never-opened.db'}")
-    result = CliRunner().invoke(main, ["storage-proxy", "--host", "0.0.0.0", "--port", str(_free_port())])
+    result = CliRunner().invoke(main, ["storage-proxy", "--host", "0.0.0.0", "--port", str(free_port())])
     assert result.exit_code == 2 and "--host 0.0.0.0 lets other machines in" in result.stderr, result.output
     assert "--insecure" in result.stderr and not (tmp_path / "never-opened.db").exists()  # refused before opening it
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from db_servers import start_storage_proxy
 from hpo.storage.database.resilient import open_storage
-from test_dashboard_browser import _free_port
+from db_servers import free_port
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 
@@ -34,11 +34,12 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.communicate(timeout=30)
 
 
+@pytest.mark.e2e
 def test_a_proxy_killed_and_restarted_mid_trial_is_waited_for(tmp_path) -> None:
     """Trials running through a proxy that is SIGKILLed and comes back 4 s later finish, each
     once: the worker's calls wait for it. Before, the first call after the kill raised grpc's
     UNAVAILABLE out of study.optimize (the chaos run: a traceback, a dead worker)."""
-    db, port = tmp_path / "proxied.db", _free_port()
+    db, port = tmp_path / "proxied.db", free_port()
     proxy = _proxy(db, port, tmp_path)
     restarted: list[subprocess.Popen[str]] = []
     try:
@@ -75,10 +76,11 @@ def test_a_proxy_killed_and_restarted_mid_trial_is_waited_for(tmp_path) -> None:
                 _kill(proc)
 
 
+@pytest.mark.e2e
 def test_a_worker_started_while_no_proxy_answers_waits_for_it(tmp_path, capfd) -> None:
     """A worker opening its storage while the proxy restarts waits (one line says so) and goes on
     when it answers; before, it gave up after 10 s ('no storage proxy answers')."""
-    db, port = tmp_path / "late.db", _free_port()
+    db, port = tmp_path / "late.db", free_port()
     opened: list[Any] = []
     worker = threading.Thread(target=lambda: opened.append(open_storage(f"grpc://127.0.0.1:{port}", grace_period=10)))
     worker.start()
@@ -132,6 +134,7 @@ def _losing(storage: Any, method: str) -> _LoseReplyOnce:
     return lose
 
 
+@pytest.mark.e2e
 def test_writes_whose_reply_was_lost_are_applied_once(tmp_path) -> None:
     """A new trial, a claim of a WAITING trial and a new study whose replies were lost in a
     restart are resent and land once: one trial made, the claim ours (not 'another worker has
@@ -139,7 +142,7 @@ def test_writes_whose_reply_was_lost_are_applied_once(tmp_path) -> None:
     UNAVAILABLE out of the call."""
     from optuna.study import StudyDirection
 
-    db, port = tmp_path / "tokens.db", _free_port()
+    db, port = tmp_path / "tokens.db", free_port()
     proxy = _proxy(db, port, tmp_path)
     try:
         url = f"grpc://127.0.0.1:{port}"
@@ -163,6 +166,7 @@ def test_writes_whose_reply_was_lost_are_applied_once(tmp_path) -> None:
         _kill(proxy)
 
 
+@pytest.mark.e2e
 def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_proxy_log(tmp_path) -> None:
     """A worker killed with a kept-alive connection to the artifact port resets it; the proxy
     logged socketserver's traceback for each (the chaos run: 12 'tracebacks' in 6 faults, all
@@ -170,7 +174,7 @@ def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_pro
     import socket
     import struct
 
-    db, port = tmp_path / "reset.db", _free_port()
+    db, port = tmp_path / "reset.db", free_port()
     proxy = _proxy(db, port, tmp_path)
     try:
         for _ in range(3):
@@ -186,6 +190,7 @@ def test_a_client_that_resets_its_artifact_connection_is_no_traceback_in_the_pro
     assert "Traceback" not in out and "ConnectionResetError" not in out, out
 
 
+@pytest.mark.e2e
 def test_an_upload_stalled_mid_body_does_not_hold_up_the_other_workers(tmp_path) -> None:
     """A worker stopped (Ctrl-C) while it uploads a checkpoint may leave its connection open with
     the body half sent. The proxy streamed bodies straight into the database's write transaction,
@@ -199,7 +204,7 @@ def test_an_upload_stalled_mid_body_does_not_hold_up_the_other_workers(tmp_path)
 
     from hpo.storage.artifacts.database_store import CHUNK_BYTES
 
-    db, port = tmp_path / "stall.db", _free_port()
+    db, port = tmp_path / "stall.db", free_port()
     proxy = _proxy(db, port, tmp_path)
     try:
         storage = open_storage(f"grpc://127.0.0.1:{port}")

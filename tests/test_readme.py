@@ -116,10 +116,10 @@ def test_ci_runs_the_readme_install_and_test_commands_as_written() -> None:
     lines = _code_lines(README)
     install = next(line for line in lines if line.startswith("pip install '."))
     test = next(line for line in lines if re.fullmatch(r"pytest( -\w+)*", line))
-    matrix = next((line for line in lines if re.fullmatch(r"pytest( -\w+)* -m matrix", line)), None)
+    e2e = next((line for line in lines if re.fullmatch(r"pytest( -\w+)* -m e2e", line)), None)
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.lstrip().startswith("#")]
     assert install in ci and test in ci
-    assert matrix in ci and ci.index(matrix) > ci.index(test)  # the matrix step as well, after the default run
+    assert e2e in ci and ci.index(e2e) > ci.index(test)  # the e2e step as well, after the default run
     assert not any(re.search(r"pip install .*(-e|--editable)\b", line) for line in ci)  # a normal install
     assert not any("python -m pytest" in line for line in ci + lines)  # that imports the source folder
     build = re.search(r"``(sphinx-build [^`]+)``", README.read_text()).group(1)
@@ -133,11 +133,11 @@ def test_the_readme_links_only_to_pages_that_exist() -> None:
         assert (ROOT / link).is_file(), link
 
 
-def test_the_default_run_leaves_out_the_matrix_tests_and_says_what_they_are(pytestconfig: pytest.Config) -> None:
-    """``pytest`` on a laptop leaves out the server and packaging variants; ``pytest -m matrix`` (CI) runs them."""
+def test_the_default_run_leaves_out_the_e2e_tests_and_says_what_they_are(pytestconfig: pytest.Config) -> None:
+    """``pytest`` on a laptop leaves out the end-to-end runs; ``pytest -m e2e`` (CI) runs them."""
     addopts = pytestconfig.getini("addopts")
-    assert "-m" in addopts and addopts[addopts.index("-m") + 1] == "not matrix"  # a command line's own -m replaces it
-    assert any(marker.startswith("matrix: ") for marker in pytestconfig.getini("markers"))
+    assert "-m" in addopts and addopts[addopts.index("-m") + 1] == "not e2e"  # a command line's own -m replaces it
+    assert any(marker.startswith("e2e: ") for marker in pytestconfig.getini("markers"))
 
 
 def test_the_divergence_rules_in_your_own_study_example_runs_and_prunes_the_jumps(capsys) -> None:

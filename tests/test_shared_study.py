@@ -68,6 +68,7 @@ def test_a_worker_with_another_spec_is_refused_in_one_line(small_spec, tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_ten_workers_starting_at_once_on_empty_databases_make_one_study(small_spec, tmp_path) -> None:
     spec = small_spec("name=race")
     ctx = multiprocessing.get_context("spawn")

@@ -17,7 +17,7 @@ from hpo.storage.database.locks import creation_lock
 from hpo.storage.database.resilient import open_storage
 from hpo.storage.database.proxied_lock import StorageLock, is_lock_study
 from hpo.storage.database.studies import load_existing
-from test_dashboard_browser import _free_port
+from db_servers import free_port
 from test_pretrain import TINY_LM, assert_two_workers_pretrain_once
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
@@ -29,7 +29,7 @@ def proxy_url(tmp_path_factory):
     from test_storage_proxy import _start_proxy
 
     with fresh_database("postgres") as url:
-        port = _free_port()
+        port = free_port()
         proc, _ = _start_proxy(url, port, tmp_path_factory.mktemp("proxy"))
         try:
             yield f"grpc://127.0.0.1:{port}"
@@ -164,6 +164,7 @@ def test_a_held_lock_broken_by_another_is_not_deleted_by_its_late_release(proxy_
     assert _lock_studies(proxy_url) == []
 
 
+@pytest.mark.e2e
 def test_creation_lock_on_a_grpc_url_is_the_storage_lock(proxy_url) -> None:
     inside = threading.Event()
     with creation_lock(proxy_url, name="via url", timeout_s=5):

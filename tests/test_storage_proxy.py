@@ -18,7 +18,7 @@ from hpo.cli import main
 from hpo.storage.database.resilient import open_storage
 from hpo.search.study import FINISHED
 from hpo.search.workers import work
-from test_dashboard_browser import _free_port
+from db_servers import free_port
 
 pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 
@@ -39,7 +39,7 @@ def _objective(trial: optuna.Trial) -> float:
 
 def test_workers_run_one_budget_through_the_proxy(tmp_path) -> None:
     with fresh_database("postgres") as url:
-        port = _free_port()
+        port = free_port()
         proc, lines = _start_proxy(url, port, tmp_path)
         try:
             assert f"storage proxy: grpc://127.0.0.1:{port} -> " in lines[-1]
@@ -57,7 +57,7 @@ def test_workers_run_one_budget_through_the_proxy(tmp_path) -> None:
 
 def test_a_proxy_nobody_runs_and_bad_addresses_are_one_line(monkeypatch) -> None:
     monkeypatch.setattr("hpo.storage.database.proxy_client.READY_TIMEOUT_S", 1.0)
-    port = _free_port()
+    port = free_port()
     result = CliRunner().invoke(main, ["report", "--study", "s", "--storage", f"grpc://127.0.0.1:{port}"])
     assert result.exit_code == 2 and f"no storage proxy answers at grpc://127.0.0.1:{port}" in result.stderr, result.output
     result = CliRunner().invoke(main, ["report", "--study", "s", "--storage", "grpc://nohost"])

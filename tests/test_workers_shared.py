@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
 from conftest import SMALL
-from db_servers import ADMIN_URLS, PASSWORDS, CuttableProxy, _admin_engine, fresh_database
+from db_servers import ADMIN_URLS, PASSWORDS, CuttableProxy, _admin_engine, free_port, fresh_database
 from hpo.training.checkpoints import TrialCheckpoints
 from hpo.pruning import record_epoch
 from hpo.record import TrialRecord, epoch_rows
@@ -159,8 +159,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-# MariaDB's run is a matrix test: PostgreSQL's runs by default, SQLite's is the --jobs test below.
-@pytest.mark.parametrize("kind", ["postgres", pytest.param("mysql", marks=pytest.mark.matrix)])
+# SQLite's run is the --jobs test below.
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.e2e
 def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cache_dir) -> None:
     with fresh_database(kind) as url:
         password = PASSWORDS[kind]
@@ -187,6 +188,7 @@ def test_three_workers_finish_one_study_with_one_budget(kind, tmp_path, data_cac
         assert f"{make_url(url).username}:***@" in output  # the URL is shown, masked
 
 
+@pytest.mark.e2e
 def test_three_jobs_processes_share_one_sqlite_file(tmp_path, data_cache_dir) -> None:
     """More training processes than the 2 cores CI has, one SQLite file. (Three, not four: a fourth
     process only adds its ~5 s of start-up; the synthetic test below hammers the file with four.)"""
@@ -223,6 +225,7 @@ def _synthetic_worker(url: str, name: str, budget: int) -> None:
     work(study, objective, budget, poll_s=0.05)
 
 
+@pytest.mark.e2e
 def test_four_processes_hammering_one_sqlite_file_never_see_it_locked(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'stress.db'}"
     optuna.create_study(study_name="stress", storage=open_storage(url))
@@ -295,8 +298,8 @@ def _kill_one_of_two(workers: "Workers") -> tuple[list[int], FrozenTrial]:
         workers.kill_all()
 
 
-# PostgreSQL's run is a matrix test: the proxy test below kills and resumes on PostgreSQL by default.
-@pytest.mark.parametrize("kind", [pytest.param("postgres", marks=pytest.mark.matrix), "mysql"])
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.e2e
 def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
     """Two workers in folders of their own, no $HPO_ARTIFACTS: one is killed mid-trial, the other
     resumes its trial from the checkpoint in the database; a dashboard started in a third folder
@@ -304,7 +307,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
     (The same kill on SQLite with a shared folder was a test of its own; the folder store's resume
     is still shown by the SIGTERM test below, so this one replaced it.)"""
-    from test_dashboard_browser import _free_port, _start_dashboard, _wait_http
+    from test_dashboard_browser import _start_dashboard, _wait_http
 
     with fresh_database(kind) as url:
         workers = Workers(url, f"one-url-{kind}", tmp_path, data_cache_dir, KILLED, grace=3, shared_folder=False)
@@ -320,7 +323,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
         viewer = tmp_path / "viewer"
         viewer.mkdir()
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "HPO_ARTIFACTS"}
         proc, _, lines = _start_dashboard(["--study", study.study_name, "--storage", url, "--port", str(port)], viewer, env)
         try:
@@ -344,6 +347,7 @@ def test_one_database_url_is_all_two_machines_need(kind, tmp_path, data_cache_di
 
 
 @pytest.mark.parametrize("kind", ["postgres"])
+@pytest.mark.e2e
 def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_dir) -> None:
     """As above, but the two workers know only ``grpc://`` of `hpo storage-proxy`: the proxy
     records their heartbeats, fails the killed worker's trial after the grace period and queues
@@ -353,13 +357,12 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
     On PostgreSQL only (21 s a server): behind the proxy the database is the same RDBStorage and
     database artifact store that the direct kill test above runs on MariaDB as well."""
     pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
-    from test_dashboard_browser import _free_port
     from test_storage_proxy import _start_proxy
 
     from hpo.storage.artifacts.http_store import HttpArtifactStore
 
     with fresh_database(kind) as url:
-        port = _free_port()
+        port = free_port()
         proxy, _ = _start_proxy(url, port, tmp_path, grace=3)
         proxied = f"grpc://127.0.0.1:{port}"
         workers = Workers(proxied, f"proxied-{kind}", tmp_path, data_cache_dir, KILLED, grace=3, shared_folder=False)
@@ -391,6 +394,7 @@ def test_one_proxy_address_is_all_two_machines_need(kind, tmp_path, data_cache_d
         assert PASSWORDS[kind] not in out
 
 
+@pytest.mark.e2e
 def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_cache_dir, small_spec) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     workers = Workers(url, "term", tmp_path, data_cache_dir, STEADY)
@@ -416,6 +420,7 @@ def test_sigterm_hands_the_running_trial_over_to_the_next_worker(tmp_path, data_
     assert retry.user_attrs["resumed_at_epoch"] >= 3
 
 
+@pytest.mark.e2e
 def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
     admin = make_url(ADMIN_URLS["postgres"])
     _admin_engine("postgres")
@@ -447,6 +452,7 @@ def test_workers_ride_out_a_database_restart(tmp_path, data_cache_dir) -> None:
         assert [t.number for t in trials if t.state == TrialState.FAIL] == [], output
 
 
+@pytest.mark.e2e
 def test_a_killed_jobs_child_is_one_line_and_the_study_goes_on(tmp_path, data_cache_dir) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     workers = Workers(url, "child", tmp_path, data_cache_dir, KILLED, grace=3)

@@ -45,14 +45,16 @@ NOTE_CHUNK = 2045
 _SPARE_CHUNKS = 2  # a note may shrink by this many chunks (4 kB) before save_note reads every attribute
 
 
-def save_note(study_or_trial: Any, body: str) -> None:
+def save_note(study_or_trial: Any, body: str, new: bool = False) -> None:
     """``optuna_dashboard.save_note``, without importing optuna_dashboard: that imports its web app
     and, through ``optuna.importance``, scikit-learn and SciPy, ~2 s of CPU in every worker process
     (on a quiet core; as much as PyTorch's import) for one function that writes a few attributes.
     tests/test_analysis_steps.py reads what this writes with optuna-dashboard's own ``get_note``.
 
     It reads the note's own keys only: the study's system attributes hold every trial's note, and
-    reading them all for each trial's note made a trial's cost grow with the study."""
+    reading them all for each trial's note made a trial's cost grow with the study. ``new``: a note
+    expected not to exist yet (a trial's, as it ends) is inserted without reading even its version
+    (one statement of each trial; one that exists after all is read and rewritten)."""
     if isinstance(study_or_trial, optuna.Study):
         study, prefix = study_or_trial, "dashboard:"
     else:
@@ -73,7 +75,7 @@ def save_note(study_or_trial: Any, body: str) -> None:
         out.update({f"{prefix}note_str:{i}": "" for i in range(len(chunks), before)})
         return out
 
-    rewrite_study_attrs(storage, sid, keys, rewrite)
+    rewrite_study_attrs(storage, sid, keys, rewrite, new=new)
 
 
 def spike(t: StepTelemetry, before: int | None = None) -> tuple[str, float, int] | None:

@@ -104,7 +104,7 @@ class DashboardNotes(TrialListener):
 
     def trial_ending(self, trial: optuna.Trial, ending: TrialRecord) -> None:
         try:
-            save_note(trial, trial_note(ending, ending.steps))
+            save_note(trial, trial_note(ending, ending.steps), new=True)  # written once, as the trial ends
         except Exception as exc:
             self._warn(f"trial {trial.number}: note not saved: {exc}")
 

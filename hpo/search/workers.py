@@ -66,8 +66,8 @@ from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.bounded import trial_counts
-from hpo.storage.database.resilient import GRACE_PERIOD_S, open_storage, retry_callback
-from hpo.storage.optuna_private import storage_of, study_id
+from hpo.storage.database.resilient import GRACE_PERIOD_S, ResilientStorage, open_storage, retry_callback
+from hpo.storage.optuna_private import rdb_of, storage_of, study_id
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
 from hpo.training.models import check_model
@@ -144,12 +144,13 @@ def work(
 
     def tracked(trial: optuna.Trial) -> float:
         current[:] = [trial.number]
-        record.write_worker(trial, worker_id)  # which machine and process ran it, for the dashboard
+        if trial.user_attrs.get(record.WORKER) != worker_id:  # a re-run claimed here, or a storage that cannot stamp
+            record.write_worker(trial, worker_id)  # which machine and process ran it, for the dashboard
         return objective(trial)
 
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = False
-    with _interruptible() as stopping:
+    with _interruptible() as stopping, _stamped(study, {record.WORKER: worker_id}):
         try:
             while True:
                 if stopping.is_set():  # a signal whose KeyboardInterrupt something swallowed: stop now
@@ -378,6 +379,19 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     """Finished and running trials, counted by the database (states only, no attributes)."""
     counts = trial_counts(storage_of(study), study_id(study))
     return sum(counts.get(s.name, 0) for s in FINISHED), counts.get(TrialState.RUNNING.name, 0)
+
+
+@contextmanager
+def _stamped(study: optuna.Study, user_attrs: dict[str, Any]) -> Iterator[None]:
+    """The study's trials created in the block carry ``user_attrs`` (and their first heartbeat) from
+    their creation on, where the storage can do it (:meth:`ResilientStorage.stamping`); elsewhere
+    (the proxy's client, other storages) the block does nothing and ``tracked`` writes them."""
+    rdb = rdb_of(storage_of(study))
+    if isinstance(rdb, ResilientStorage):
+        with rdb.stamping(user_attrs):
+            yield
+    else:
+        yield
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

@@ -26,7 +26,9 @@ see at a glance what hpo relies on:
   counts of states or a note's few keys; each ran once per trial and grew with the study
   (benchmarks/storage_cost.py). Small queries over Optuna's tables do it in constant work;
 * :func:`ensure_trial_state_index`: an index of hpo's own on Optuna's trials table, so that
-  Optuna's search for stale trials (every trial start, with heartbeats) stops reading every trial;
+  the search for stale trials (every trial start, with heartbeats) stops reading every trial;
+* :func:`stale_trial_ids`: that search as one query that returns the stale trials only (Optuna's
+  reads every running trial and its heartbeat, and compares them in Python);
 * :func:`trials_since`, :func:`grpc_trial_proto`: the proxy answers a worker's cache with the trials
   it asks for, read as such (Optuna's servicer reads every trial of the study for each call);
 * :func:`set_trial_param`: the proxy checks a parameter against the distribution it remembers for
@@ -48,6 +50,7 @@ from typing import Any, Callable
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import TrialState
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.storages._rdb import models as _rdb_models
 from optuna.storages._rdb.storage import _create_scoped_session
@@ -57,7 +60,7 @@ from sqlalchemy import func, inspect
 __all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
            "grpc_servicer", "grpc_trial_from_proto", "grpc_trial_proto", "grpc_trial_state_from_proto", "is_constraint_attr",
            "new_trial_in", "rdb_models", "rdb_of", "rdb_session", "rewrite_study_system_attrs", "set_system_attr_in",
-           "set_trial_id", "set_trial_param", "set_value_in", "storage_of", "study_id", "study_system_attrs_by_key",
+           "set_trial_id", "set_trial_param", "set_value_in", "stale_trial_ids", "storage_of", "study_id", "study_system_attrs_by_key",
            "trials_since", "use_grpc_channel",
            "trial_id"]
 
@@ -146,6 +149,33 @@ def count_trials_by_state(rdb: optuna.storages.RDBStorage, study_id: int) -> dic
     return {state.name: int(n) for state, n in rows}
 
 
+def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, grace_period_s: int) -> list[int]:
+    """The study's RUNNING trials whose last heartbeat is older than ``grace_period_s`` by the
+    database's clock, found by the database: RDBStorage's ``_get_stale_trial_ids`` reads every
+    running trial with its heartbeat to compare them in Python (and the clock in a statement of its
+    own), which with many workers was a row per running trial per look. Trials without a heartbeat
+    are not stale, as in Optuna."""
+    trial, beat = _rdb_models.TrialModel, _rdb_models.TrialHeartbeatModel
+    with _create_scoped_session(rdb.scoped_session) as session:
+        rows = (session.query(trial.trial_id).join(beat, beat.trial_id == trial.trial_id)
+                .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING,
+                        beat.heartbeat < _database_now_minus(rdb.engine.dialect.name, int(grace_period_s)))
+                .order_by(trial.trial_id).all())
+    return [int(r[0]) for r in rows]
+
+
+def _database_now_minus(dialect: str, seconds: int) -> Any:
+    """The database's current time less ``seconds``, in the zone and form its heartbeats are written in
+    (the column's default ``CURRENT_TIMESTAMP``, and Optuna's ``now()`` on later beats)."""
+    if dialect == "postgresql":  # timestamp without time zone, as the column: the session's local time
+        return sqlalchemy.literal_column(f"LOCALTIMESTAMP - INTERVAL '{seconds} seconds'")
+    if dialect in ("mysql", "mariadb"):
+        return sqlalchemy.literal_column(f"NOW() - INTERVAL {seconds} SECOND")
+    if dialect == "sqlite":  # UTC text; a later beat's microseconds only sort it later within its second
+        return sqlalchemy.literal_column(f"datetime('now', '-{seconds} seconds')")
+    raise NotImplementedError(f"stale trials on {dialect}")
+
+
 def study_system_attrs_by_key(rdb: optuna.storages.RDBStorage, study_id: int, keys: list[str]) -> dict[str, Any]:
     """The study system attributes named in ``keys`` that exist, by the (study_id, key) unique index."""
     with _create_scoped_session(rdb.scoped_session) as session:
@@ -153,17 +183,20 @@ def study_system_attrs_by_key(rdb: optuna.storages.RDBStorage, study_id: int, ke
 
 
 def rewrite_study_system_attrs(rdb: optuna.storages.RDBStorage, study_id: int, keys: list[str],
-                               rewrite: Callable[[dict[str, Any], Callable[[list[str]], dict[str, Any]]], dict[str, Any]]) -> None:
+                               rewrite: Callable[[dict[str, Any], Callable[[list[str]], dict[str, Any]]], dict[str, Any]],
+                               new: bool = False) -> None:
     """Read the study system attributes among ``keys``, and write what ``rewrite(found, more)``
     returns, in one transaction (Optuna's own calls take one transaction per attribute, with a read
     each). ``more(other_keys)`` reads further keys in the same transaction: a read through the
     storage's own calls there would share this thread's session, end it, and lose the write.
 
     ``keys[0]`` is read first, and the others only when it exists: a note's version key, without
-    which it has no chunks either (a new trial's note, once per trial, reads one key, not all)."""
+    which it has no chunks either (a new trial's note, once per trial, reads one key, not all).
+    With ``new``, not even that: the caller expects none of them, and the insert fails with
+    sqlalchemy's ``IntegrityError``, nothing written, if ``keys[0]`` exists after all."""
     model = _rdb_models.StudySystemAttributeModel
     with _create_scoped_session(rdb.scoped_session) as session:
-        rows = _attr_rows(session, study_id, keys[:1])
+        rows = {} if new else _attr_rows(session, study_id, keys[:1])
         if rows:
             rows.update(_attr_rows(session, study_id, keys[1:]))
 

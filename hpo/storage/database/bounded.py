@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Iterable, TypeVar
 
+import sqlalchemy
+
 from hpo.storage.database.resilient import ResilientStorage
 from hpo.storage.optuna_private import (
     count_trials_by_state,
@@ -54,12 +56,17 @@ def study_attrs(storage: Any, study_id: int, keys: Iterable[str]) -> dict[str, A
     return _retried(rdb, "study_attrs", lambda: study_system_attrs_by_key(rdb, study_id, wanted))
 
 
-def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrite: Rewrite) -> None:
+def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrite: Rewrite, new: bool = False) -> None:
     """Write the study system attributes ``rewrite(found, more)`` returns, ``found`` being those among
     ``keys`` that exist, ``more(other_keys)`` a read of further keys: on a database in one
     transaction, which a retry runs whole again. The first key is read first and the others only
     when it exists (:func:`~hpo.storage.optuna_private.rewrite_study_system_attrs`): none of them
-    may exist without it."""
+    may exist without it.
+
+    ``new``: the caller expects the first key not to exist (a trial's note as the trial ends), so
+    on a database nothing is read: the write is an insert, and only if the key exists after all
+    (a note written in the dashboard meanwhile; a retried write whose first attempt landed) is it
+    read and rewritten as without ``new``."""
     wanted = list(dict.fromkeys(keys))
     rdb = rdb_of(storage)
     if rdb is None:
@@ -74,6 +81,11 @@ def rewrite_study_attrs(storage: Any, study_id: int, keys: Iterable[str], rewrit
         for key, value in rewrite(found, more).items():
             storage.set_study_system_attr(study_id, key, value)
         return
+    if new:
+        try:
+            return _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite, new=True))
+        except sqlalchemy.exc.IntegrityError:
+            pass  # there after all: read it
     _retried(rdb, "rewrite_study_attrs", lambda: rewrite_study_system_attrs(rdb, study_id, wanted, rewrite))
 
 

@@ -28,7 +28,8 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 import sqlalchemy
@@ -45,7 +46,7 @@ from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
 from hpo.storage.database.proxy_client import WORKER_READY_S, grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr
+from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr, stale_trial_ids
 
 Log = Callable[[str], None]
 
@@ -311,17 +312,22 @@ class ResilientStorage(optuna.storages.RDBStorage):
         self._retry_s = retry_s
         self._outage = Outage(retry_s, log, describe=self._describe)
         self._stale_checked: dict[int, float] = {}  # study id -> when this process last looked for stale trials
+        self._stamps = threading.local()  # the Stamp of the thread's worker loop (stamping)
+        self._beaten: set[int] = set()  # trials created with their first heartbeat, not yet beaten by the thread
         super().__init__(url, **kwargs)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
         del state["_outage"]  # a lock and a closure: a copy in another process waits as long, quietly
+        del state["_stamps"]  # a worker loop's, in this process
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._outage = Outage(self._retry_s, describe=self._describe)
         self._stale_checked = {}
+        self._stamps = threading.local()
+        self._beaten = set()
 
     def _describe(self, exc: BaseException) -> str:
         reason = scrub(str(driver_error(exc)), self.url).strip().splitlines()
@@ -330,32 +336,65 @@ class ResilientStorage(optuna.storages.RDBStorage):
     # --- the search for stale trials, throttled ---
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's search for the trials of dead workers, at most once per half heartbeat interval
-        per study in this process (none found in between). Optuna runs it at every trial start and
-        hpo's waiting loop at every poll: each reads every running trial with its heartbeat, which
-        for short trials or many waiting workers was a read per trial per worker. A trial is stale
-        only after a grace period of several intervals, so it is found as late as before, give or
-        take half an interval."""
+        """The trials of dead workers, at most once per half heartbeat interval per study in this
+        process (none found in between). Optuna runs it at every trial start and hpo's waiting loop
+        at every poll, which for short trials or many waiting workers was a search per trial per
+        worker. A trial is stale only after a grace period of several intervals, so it is found as
+        late as before, give or take half an interval. Each search is one query that returns the
+        stale trials alone (:func:`~hpo.storage.optuna_private.stale_trial_ids`; Optuna's reads every
+        running trial and its heartbeat)."""
         now = time.monotonic()
         last = self._stale_checked.get(study_id)
         if last is not None and now - last < (self.heartbeat_interval or 0) / 2:
             return []
         self._stale_checked[study_id] = now
-        return self._call("_get_stale_trial_ids",
-                          lambda: optuna.storages.RDBStorage._get_stale_trial_ids(self, study_id))
+        return self._call("_get_stale_trial_ids", lambda: stale_trial_ids(self, study_id, self._grace_period_s()))
+
+    def _grace_period_s(self) -> int:
+        """Optuna's rule: the grace period given, else two heartbeat intervals."""
+        assert self.heartbeat_interval is not None
+        return self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+
+    # --- a worker's trials, stamped at creation ---
+
+    @contextmanager
+    def stamping(self, user_attrs: dict[str, Any]) -> Iterator[None]:
+        """Within the block, each trial this thread creates from no template (``study.ask()``, as
+        ``study.optimize`` does) carries ``user_attrs`` and, with heartbeats on, its first heartbeat,
+        inserted in the transaction that creates it (:func:`trial_writes.create_trial`). Only a loop
+        that runs its trials through ``study.optimize``, whose heartbeat thread keeps beating, may
+        ask for it: a trial made by a bare ``study.ask()`` would otherwise be found stale once its
+        grace period passed."""
+        previous = getattr(self._stamps, "stamp", None)
+        self._stamps.stamp = trial_writes.Stamp(dict(user_attrs), self.heartbeat_interval is not None)
+        try:
+            yield
+        finally:
+            self._stamps.stamp = previous
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's heartbeat, but the first beat of a trial created with its heartbeat is that one."""
+        if trial_id in self._beaten:
+            self._beaten.discard(trial_id)
+            return
+        self._call("record_heartbeat", lambda: optuna.storages.RDBStorage.record_heartbeat(self, trial_id))
 
     # --- writes that are checked before they are tried again ---
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None,
                           token: str | None = None) -> FrozenTrial:
         token = token or trial_writes.new_token()
+        stamp = getattr(self._stamps, "stamp", None)
 
         def landed() -> Any:
             trial_id = trial_writes.created_trial(self, study_id, token)
             return _NOT_LANDED if trial_id is None else self.get_trial(trial_id)
 
-        return self._call("_create_new_trial", lambda: trial_writes.create_trial(self, study_id, template_trial, token),
-                          landed)
+        frozen = self._call("_create_new_trial",
+                            lambda: trial_writes.create_trial(self, study_id, template_trial, token, stamp), landed)
+        if stamp is not None and stamp.heartbeat and template_trial is None:
+            self._beaten.add(frozen._trial_id)
+        return frozen
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None,
                                token: str | None = None) -> bool:
@@ -449,4 +488,5 @@ def _make_retrying(name: str) -> Callable[..., Any]:
 
 
 for _name in RDB_RETRIABLE_METHODS:
-    setattr(ResilientStorage, _name, _make_retrying(_name))
+    if _name not in ResilientStorage.__dict__:  # record_heartbeat retries inside its own override
+        setattr(ResilientStorage, _name, _make_retrying(_name))

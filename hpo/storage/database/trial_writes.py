@@ -30,7 +30,9 @@ import copy
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
@@ -48,6 +50,16 @@ from hpo.storage.optuna_private import (
 models = rdb_models()
 
 WRITE_ATTR = "hpo:write"  # the token of the last state change (or the creation) of a trial
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What each trial a worker creates for itself carries from its first transaction on: user
+    attributes (the worker's name) and, when the worker runs Optuna's heartbeat thread, a first
+    heartbeat (the thread's own first beat then has nothing to add: :meth:`ResilientStorage.record_heartbeat`)."""
+
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    heartbeat: bool = False
 
 
 class _Lost(Exception):
@@ -106,17 +118,36 @@ def needs_token(state: TrialState) -> bool:
     return state not in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def create_trial(storage: RDBStorage, study_id: int, template: FrozenTrial | None, token: str) -> FrozenTrial:
+def create_trial(storage: RDBStorage, study_id: int, template: FrozenTrial | None, token: str,
+                 stamp: Stamp | None = None) -> FrozenTrial:
     """RDBStorage._create_new_trial, one attempt (Optuna's own retries after a lost reply would
-    create the trial twice), carrying ``token``."""
-    template = _with_token(template, token)
+    create the trial twice), carrying ``token``; a trial made from no template (``study.ask()``)
+    also carries ``stamp``'s user attributes and, with ``stamp.heartbeat``, its first heartbeat.
+
+    The token, the stamp and the heartbeat are inserted as rows of the new trial, in its
+    transaction: Optuna's attribute writes each re-read the trial to check that it may change, and
+    the worker's name and the first beat were transactions of their own (benchmarks/storage_cost.py:
+    8 of the 14 statements a trial cost hpo over plain Optuna)."""
+    stamp = stamp if template is None else None  # a re-run's template brings its own attributes
+    template = _without_token(template)
     with rdb_session(storage) as session:
         # The study's row lock serialises the numbering, as in Optuna.
         models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
         trial = new_trial_in(storage, study_id, template, session)
-        frozen = copy.deepcopy(template)
+        rows: list[object] = [models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=WRITE_ATTR,
+                                                               value_json=json.dumps(token))]
+        if stamp is not None:
+            rows += [models.TrialUserAttributeModel(trial_id=trial.trial_id, key=k, value_json=json.dumps(v))
+                     for k, v in stamp.user_attrs.items()]
+            if stamp.heartbeat:
+                rows.append(models.TrialHeartbeatModel(trial_id=trial.trial_id))  # the server's clock, as Optuna's beats
+        session.add_all(rows)
+        frozen = copy.deepcopy(template) if template is not None else _running_now()
         frozen.number = trial.number
         frozen.datetime_start = trial.datetime_start
+        frozen.system_attrs = {**frozen.system_attrs, WRITE_ATTR: token}
+        if stamp is not None:
+            frozen.user_attrs = {**frozen.user_attrs, **stamp.user_attrs}
         set_trial_id(frozen, trial.trial_id)
     return frozen
 
@@ -148,14 +179,19 @@ def state_of(storage: RDBStorage, trial_id: int) -> TrialState:
         return models.TrialModel.find_or_raise_by_id(trial_id, session).state
 
 
-def _with_token(template: FrozenTrial | None, token: str) -> FrozenTrial:
-    if template is None:  # what Optuna creates for study.ask(): a RUNNING trial, started now
-        template = FrozenTrial(
-            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
-            params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1,
-        )
-    else:
-        template = copy.copy(template)
-    # A re-run's template copies the failed trial's system attributes, its token included: ours replaces it.
-    template.system_attrs = {**template.system_attrs, WRITE_ATTR: token}
+def _without_token(template: FrozenTrial | None) -> FrozenTrial | None:
+    """``template`` without a token: a re-run's template copies the failed trial's system
+    attributes, its token included, and the new trial's own token is inserted beside them."""
+    if template is None or WRITE_ATTR not in template.system_attrs:
+        return template
+    template = copy.copy(template)
+    template.system_attrs = {k: v for k, v in template.system_attrs.items() if k != WRITE_ATTR}
     return template
+
+
+def _running_now() -> FrozenTrial:
+    """What Optuna creates for study.ask() (no template): a RUNNING trial with nothing in it yet."""
+    return FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+        params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1,
+    )
