@@ -188,8 +188,8 @@ def test_a_trial_asked_for_outside_a_worker_loop_has_no_heartbeat_to_go_stale(tm
 
 
 def test_a_rerun_claimed_by_a_worker_is_named_after_it(tmp_path) -> None:
-    """A queued re-run carries its dead predecessor's worker name (the retry copies the attributes);
-    the worker that claims it writes its own."""
+    """A queued trial that carries another worker's name (enqueued with a copy of a dead trial's
+    attributes; hpo's own retry copy no longer carries it) is named after the worker that claims it."""
     storage = open_storage(f"sqlite:///{tmp_path / 'rerun.db'}", grace_period=60)
     study = optuna.create_study(study_name="rerun", storage=storage)
     study.enqueue_trial({"x": 0.5}, user_attrs={"worker": "gone:1"})

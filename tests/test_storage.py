@@ -99,6 +99,30 @@ def test_a_jobs_worker_waits_for_the_server_its_command_just_opened(kind) -> Non
             storage.engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_worker_taking_the_creation_lock_waits_for_a_restarting_server(kind) -> None:
+    """Found by benchmarks/chaos.py on MariaDB: a --jobs worker that had opened the storage took the
+    study's creation lock as the server restarted, and died of the OperationalError with a traceback
+    (the lock's connection is its own, outside the storage's retries). Before the fix the lock raised."""
+    from hpo.storage.database.locks import storage_lock_of
+
+    with fresh_database(kind) as direct:
+        target = make_url(direct)
+        with CuttableProxy(target.host or "127.0.0.1", target.port) as proxy:
+            url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+            said: list[str] = []
+            storage = open_storage(url, log=said.append)
+            proxy.cut()
+            threading.Timer(3, proxy.restore).start()
+            with storage_lock_of(storage):
+                study = optuna.create_study(study_name="locked", storage=storage)
+            assert study.study_name == "locked"
+            # the lock's outage, then maybe the pool's connections found cut by create_study: each ridden out
+            assert said[0].startswith("storage unreachable") and said[1].startswith("storage reachable again"), said
+            assert all(line.startswith(("storage unreachable", "storage reachable again")) for line in said), said
+            storage.engine.dispose()
+
+
 def test_missing_driver_says_which_extra_to_install() -> None:
     with pytest.raises(HpoError, match=r"pip install 'hpo\[postgres\]'"):
         open_storage("postgresql+pg8000://me:topsecret@127.0.0.1/hpo")

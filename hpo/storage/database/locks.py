@@ -22,7 +22,7 @@ from __future__ import annotations
 import zlib
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
@@ -67,7 +67,7 @@ def _lock_key(name: str) -> int:
 
 @contextmanager
 def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
-                  storage: Any = None) -> Iterator[None]:
+                  storage: Any = None, ride_out: Callable[[Callable[[], Any]], Any] | None = None) -> Iterator[None]:
     """Hold a lock that every worker on this database shares, named ``name``.
 
     PostgreSQL: an advisory lock; MySQL/MariaDB: ``GET_LOCK`` (an HpoError when it is not had
@@ -77,6 +77,12 @@ def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
     through ``storage`` (or a connection of its own to the proxy), an HpoError when it is not had
     within ``timeout_s`` while its holder is alive; a worker of this machine that dies holding it is
     broken at once, one of another machine after its stale time (2 min).
+
+    ``ride_out``: runs the taking of a database's lock through an open storage's outage policy
+    (:func:`storage_lock_of`): a worker whose server restarts as it takes the lock waits for it
+    (benchmarks/chaos.py on MariaDB: a --jobs worker died there with a traceback). Taking it again
+    is safe: a lock whose connection broke went with its session. Without it (opening a storage)
+    a connection error is raised at once, to be judged by the opener.
     """
     if url.startswith("grpc://"):
         own = storage is None
@@ -109,9 +115,17 @@ def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
                                       connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    def take() -> tuple[sqlalchemy.Connection, Any]:
+        conn = engine.connect()
+        try:
+            return conn, conn.exec_driver_sql(acquire).scalar()
+        except BaseException:
+            conn.close()
+            raise
+
     try:
-        with engine.connect() as conn:
-            got = conn.exec_driver_sql(acquire).scalar()
+        conn, got = ride_out(take) if ride_out is not None else take()
+        with conn:
             if backend != "postgresql" and got != 1:
                 # 0: timed out; NULL: an error. Going on without the lock could create twice.
                 raise HpoError(
@@ -121,7 +135,10 @@ def creation_lock(url: str, name: str = CREATE, timeout_s: int = LOCK_TIMEOUT_S,
             try:
                 yield
             finally:
-                conn.exec_driver_sql(release)
+                try:
+                    conn.exec_driver_sql(release)
+                except sqlalchemy.exc.OperationalError:  # the connection broke (a restart): the lock went with it
+                    pass
     finally:
         engine.dispose()
 
@@ -132,4 +149,5 @@ def storage_lock_of(storage: Any, name: str = CREATE, timeout_s: int = LOCK_TIME
     A storage with neither (an in-memory one in tests) is private to this process: no lock.
     """
     url = getattr(storage, "url", None) or getattr(storage, "grpc_url", None)
-    return creation_lock(url, name, timeout_s, storage=storage) if url else nullcontext()
+    ride_out = getattr(storage, "ride_out", None)  # a ResilientStorage's outage policy
+    return creation_lock(url, name, timeout_s, storage=storage, ride_out=ride_out) if url else nullcontext()

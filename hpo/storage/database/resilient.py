@@ -470,6 +470,11 @@ class ResilientStorage(optuna.storages.RDBStorage):
         finally:
             _nesting.depth = 0
 
+    def ride_out(self, attempt: Callable[[], Any]) -> Any:
+        """``attempt()``, something other than a storage call on this database (taking its lock), tried
+        again after connection errors as the storage's own calls are."""
+        return self._call("ride_out", attempt)
+
     def _retrying(self, name: str, attempt: Callable[[], Any], landed: Callable[[], Any] | None) -> Any:
         return self._outage.call(attempt, is_transient, landed)
 
