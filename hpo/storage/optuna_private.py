@@ -57,12 +57,11 @@ from optuna.storages._rdb.storage import _create_scoped_session
 import sqlalchemy
 from sqlalchemy import func, inspect
 
-__all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index", "grpc_api",
-           "grpc_servicer", "grpc_trial_from_proto", "grpc_trial_proto", "grpc_trial_state_from_proto", "is_constraint_attr",
-           "new_trial_in", "rdb_models", "rdb_of", "rdb_session", "rewrite_study_system_attrs", "set_system_attr_in",
-           "set_trial_id", "set_trial_param", "set_value_in", "stale_trial_ids", "storage_of", "study_id", "study_system_attrs_by_key",
-           "trials_since", "use_grpc_channel",
-           "trial_id"]
+__all__ = ["BaseHeartbeat", "RDB_RETRIABLE_METHODS", "backend_of", "count_trials_by_state", "ensure_trial_state_index",
+           "grpc_api", "grpc_servicer", "grpc_trial_from_proto", "grpc_trial_proto", "grpc_trial_state_from_proto",
+           "is_constraint_attr", "new_trial_in", "rdb_models", "rdb_of", "rdb_session", "rewrite_study_system_attrs",
+           "set_system_attr_in", "set_trial_id", "set_trial_param", "set_value_in", "stale_trial_ids", "storage_of",
+           "study_id", "study_system_attrs_by_key", "trial_id", "trials_since", "use_grpc_channel"]
 
 # The RDBStorage methods that open a database session and may simply run again after a connection
 # error: reads, and writes that land the same however often they run (upserts of attributes,
