@@ -6,10 +6,17 @@ Every command is a thin shell over functions that are usable and tested without 
 
 from __future__ import annotations
 
+import signal
 import sys
 
 # Loading the command line imports torch, Optuna and SQLAlchemy: seconds on a busy machine. A Ctrl-C
 # in that time would end in Python's traceback of the import; it ends as one after start-up does.
+# Ctrl-C is held (blocked) until the imports are done: raised inside them, its KeyboardInterrupt
+# could land in an import lock's weakref callback, where Python prints "Exception ignored" and drops
+# it, and the command ran on with torch's start-up cut short (benchmarks/chaos.py on SQLite: the
+# next Ctrl-C, in loss.backward(), ended in SIGABRT). The kernel keeps it pending meanwhile; setting
+# the mask back raises it here. A --jobs worker comes in with it blocked already and keeps it so.
+_BEFORE = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
 try:
     import dataclasses
     import shlex
@@ -46,6 +53,9 @@ try:
     from hpo.training import lrfind
     from hpo.training.device import configure_threads
     from hpo.training.pretrain import ensure_encoder
+
+    if _BEFORE is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, _BEFORE)  # raises a Ctrl-C held meanwhile
 except KeyboardInterrupt:
     print("interrupted while hpo was starting: nothing was done", file=sys.stderr)
     sys.exit(130)
