@@ -160,6 +160,7 @@ def work(
                     budget.last = None
                 else:
                     finished, running = _counts(study)
+                _share_stale_search(study, running + 1)  # the others' trials and this worker
                 if finished >= budget.budget or (deadline is not None and time.monotonic() >= deadline):
                     break
                 if finished + running >= budget.budget:
@@ -392,6 +393,12 @@ def _stamped(study: optuna.Study, user_attrs: dict[str, Any]) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def _share_stale_search(study: optuna.Study, workers: int) -> None:
+    rdb = rdb_of(storage_of(study))
+    if isinstance(rdb, ResilientStorage):  # the proxy searches for its clients, once
+        rdb.share_stale_search(workers)
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

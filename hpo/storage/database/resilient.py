@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import random
 import sys
 import threading
 import time
@@ -311,7 +312,8 @@ class ResilientStorage(optuna.storages.RDBStorage):
     def __init__(self, url: str, *, retry_s: float = RETRY_S, log: Log = _quiet, **kwargs: Any) -> None:
         self._retry_s = retry_s
         self._outage = Outage(retry_s, log, describe=self._describe)
-        self._stale_checked: dict[int, float] = {}  # study id -> when this process last looked for stale trials
+        self._stale_checked: dict[int, float] = {}  # study id -> when this process may look for stale trials next
+        self._searchers = 1  # worker processes taking turns at that search (share_stale_search)
         self._stamps = threading.local()  # the Stamp of the thread's worker loop (stamping)
         self._beaten: set[int] = set()  # trials created with their first heartbeat, not yet beaten by the thread
         super().__init__(url, **kwargs)
@@ -326,6 +328,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
         super().__setstate__(state)
         self._outage = Outage(self._retry_s, describe=self._describe)
         self._stale_checked = {}
+        self._searchers = 1
         self._stamps = threading.local()
         self._beaten = set()
 
@@ -336,19 +339,39 @@ class ResilientStorage(optuna.storages.RDBStorage):
     # --- the search for stale trials, throttled ---
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """The trials of dead workers, at most once per half heartbeat interval per study in this
-        process (none found in between). Optuna runs it at every trial start and hpo's waiting loop
-        at every poll, which for short trials or many waiting workers was a search per trial per
-        worker. A trial is stale only after a grace period of several intervals, so it is found as
+        """The trials of dead workers, looked for at most once per half heartbeat interval per study
+        by all the workers together (none found in between). Optuna searches at every trial start and
+        hpo's waiting loop at every poll, which for short trials or many waiting workers was a search
+        per trial per worker; with a search per half interval per worker, 1,000 workers on 5-minute
+        trials would search 200 times a second, each reading the heartbeats of a thousand running
+        trials. A trial is stale only after a grace period of several intervals, so it is found as
         late as before, give or take half an interval. Each search is one query that returns the
         stale trials alone (:func:`~hpo.storage.optuna_private.stale_trial_ids`; Optuna's reads every
         running trial and its heartbeat)."""
         now = time.monotonic()
-        last = self._stale_checked.get(study_id)
-        if last is not None and now - last < (self.heartbeat_interval or 0) / 2:
+        if now < self._stale_checked.get(study_id, now):
             return []
-        self._stale_checked[study_id] = now
+        self._stale_checked[study_id] = now + self._stale_search_gap()
         return self._call("_get_stale_trial_ids", lambda: stale_trial_ids(self, study_id, self._grace_period_s()))
+
+    def share_stale_search(self, searchers: int) -> None:
+        """``searchers`` worker processes (this one among them) look for stale trials of the study in
+        turns: each waits ``searchers`` times as long between its searches, a random 0.5x to 1.5x of it
+        so that workers started together drift apart, and together they still search about once per
+        half heartbeat interval. Each worker tells it from the running trials it counts (a dead
+        worker's trial counts too: its searches are then a little more frequent, never fewer).
+
+        Example::
+
+            storage.share_stale_search(32)   # 32 trials running: this process searches every ~80 s
+        """
+        self._searchers = max(1, int(searchers))
+
+    def _stale_search_gap(self) -> float:
+        half = (self.heartbeat_interval or 0) / 2
+        if self._searchers == 1:
+            return half
+        return half * self._searchers * random.uniform(0.5, 1.5)
 
     def _grace_period_s(self) -> int:
         """Optuna's rule: the grace period given, else two heartbeat intervals."""
