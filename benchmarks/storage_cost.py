@@ -5,14 +5,16 @@ against hpo's workers, direct or through `hpo storage-proxy`.
 statement, the calls, the rows returned or written, the shared buffers touched (hit + read, 8 kB
 each: the bytes the server went through) and the execution time. This script takes a snapshot
 before and after a window of ``--measured`` finished trials and divides the difference by the
-trials that finished in it. The figures count the database's work, not this machine's speed: on 2
-shared cores a worker's wall time says little, a statement count says the same on any machine.
+mean of the trials started and finished in it (with many workers, trials in flight at its edges
+have only their start or their end in it). The figures count the database's work, not this
+machine's speed: on 2 shared cores a worker's wall time says little, a statement count says the
+same on any machine.
 
 Per cell (study size x workers x mode), in a database of its own choosing (``--storage``):
 
 * a study pre-filled with ``size`` finished trials: one trial run by the mode's own objective,
   then copied ``size - 1`` times in SQL (parameters, values, epochs, attributes, and for hpo the
-  trial's dashboard note), then ``ANALYZE`` (this server runs without autovacuum; a production one
+  trial's dashboard note), then ``VACUUM ANALYZE`` (this server runs without autovacuum; a production one
   has its statistics);
 * ``workers`` forked processes, each with its own storage, run a cheap objective (7 sampled
   floats, 3 "epochs" that each store the epochs so far as one attribute and report a value, an
@@ -164,7 +166,7 @@ def prefill(mode: str, url: str, engine: sqlalchemy.Engine, size: int) -> str:
             conn.exec_driver_sql(f"{TAG} ANALYZE TABLE trials, trial_params, trial_values, trial_user_attributes, "
                                  "trial_system_attributes, trial_intermediate_values, study_system_attributes, trial_heartbeats")
         else:
-            conn.exec_driver_sql(f"{TAG} ANALYZE")
+            conn.exec_driver_sql(f"{TAG} VACUUM ANALYZE")  # autovacuum is off here: its visibility map too
     return name
 
 
@@ -196,6 +198,7 @@ class Snapshot:
     finished: int
     per_query: dict[int, tuple[str, int, int, int, float]]  # queryid -> (text, calls, rows, blocks, ms)
     cpu_s: float = 0.0  # the workers' CPU time (user + system) so far
+    created: int = 0  # the study's trials, in any state
 
     def minus(self, before: "Snapshot") -> tuple[int, int, int, float]:
         calls = rows = blocks = 0
@@ -215,18 +218,20 @@ def snapshot(conn, name: str) -> Snapshot:
             "SELECT DIGEST, MIN(DIGEST_TEXT), SUM(COUNT_STAR), SUM(SUM_ROWS_SENT + SUM_ROWS_AFFECTED), "
             "SUM(SUM_ROWS_EXAMINED), SUM(SUM_TIMER_WAIT) / 1e9 FROM performance_schema.events_statements_summary_by_digest "
             "WHERE SCHEMA_NAME = %(db)s GROUP BY DIGEST", {"db": _database(conn)}).all()
-        finished = conn.exec_driver_sql(
-            f"SELECT count(*) FROM `{_database(conn)}`.trials t JOIN `{_database(conn)}`.studies s USING (study_id) "
-            "WHERE s.study_name = %(n)s AND t.state IN ('COMPLETE', 'PRUNED')", {"n": name}).scalar()
-        return Snapshot(int(finished), {r[0]: (r[1] or "", int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows})
+        finished, created = conn.exec_driver_sql(
+            f"SELECT SUM(CASE WHEN t.state IN ('COMPLETE', 'PRUNED') THEN 1 ELSE 0 END), count(*) FROM `{_database(conn)}`.trials t "
+            f"JOIN `{_database(conn)}`.studies s USING (study_id) WHERE s.study_name = %(n)s", {"n": name}).one()
+        return Snapshot(int(finished), {r[0]: (r[1] or "", int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows},
+                        created=int(created))
     rows = conn.exec_driver_sql(
         f"{TAG} SELECT queryid, min(query), sum(calls), sum(rows), sum(shared_blks_hit + shared_blks_read), "
         "sum(total_exec_time) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
         "WHERE datname = current_database()) AND query NOT LIKE '%%cost-monitor%%' GROUP BY queryid").all()
-    finished = conn.exec_driver_sql(
-        f"{TAG} SELECT count(*) FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = %(n)s "
-        "AND t.state IN ('COMPLETE', 'PRUNED')", {"n": name}).scalar()
-    return Snapshot(int(finished), {r[0]: (r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows})
+    finished, created = conn.exec_driver_sql(
+        f"{TAG} SELECT count(*) FILTER (WHERE t.state IN ('COMPLETE', 'PRUNED')), count(*) FROM trials t "
+        "JOIN studies s USING (study_id) WHERE s.study_name = %(n)s", {"n": name}).one()
+    return Snapshot(int(finished), {r[0]: (r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows},
+                    created=int(created))
 
 
 def connections(conn) -> int:
@@ -368,7 +373,10 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
         conn.exec_driver_sql(
             f"{TAG} UPDATE {_qualified(conn, 'trials')} SET state = 'FAIL' WHERE state = 'RUNNING' AND study_id = "
             f"(SELECT study_id FROM {_qualified(conn, 'studies')} WHERE study_name = %(n)s)", {"n": name})
-    n = s2.finished - s1.finished
+    # Per trial: the window's statements over the mean of the trials it started and those it finished.
+    # Trials in flight at its edges had their start (or their end) counted in it: with 32 workers and a
+    # window of 60 finished trials, dividing by the finished alone moved a cell by up to 20% between runs.
+    n = ((s2.finished - s1.finished) + (s2.created - s1.created)) / 2
     calls, rows, blocks, ms = s2.minus(s1)
     jc, jr, jb, _ = s1.minus(s0)
     # what the join leaves once the trials that ran in it are taken out at the steady rate
@@ -435,7 +443,7 @@ def main() -> None:
     third_means = ("rows examined (performance_schema; MariaDB counts no buffer pages)" if mysql
                    else "shared buffers hit+read x 8 kB")
     print(f"# per trial: statements (BEGIN/COMMIT included), rows returned or written, {third_means}, "
-          "server execution time (lock waits included), the workers' own CPU time (not the proxy's); over the window's finished trials. "
+          "server execution time (lock waits included), the workers' own CPU time (not the proxy's); over the mean of the trials the window started and finished. "
           "peak conns: the database's client connections, sampled every 50 ms (the monitor's left out). join/worker: what a worker's start costs on top "
           "(its first full read of the study), the window's per-trial rate taken out")
 
