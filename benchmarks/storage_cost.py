@@ -26,8 +26,8 @@ Per cell (study size x workers x mode), in a database of its own choosing (``--s
      ``hpo.search.workers.work`` (the budget loop) with the :class:`DashboardNotes` of
      ``run_worker`` (a note per trial as it ends, the study's note at most once a minute);
 * the window opens once every worker has finished a trial (its first read of the study, which
-  loads every trial once per process, is the "join" column, per worker) and closes
-  ``--measured`` trials later.
+  loads every trial once per process, is the "join" column, per worker) and as many trials more
+  have finished (the steady state), and closes ``--measured`` trials later.
 
 On MariaDB/MySQL (``--storage mysql+pymysql://...``) the counts come from ``performance_schema``'s
 statement digests: rows sent + affected, and rows examined where PostgreSQL's buffers stand.
@@ -354,6 +354,14 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
                 raise RuntimeError(f"{mode}, {workers} workers: a worker stopped before its first trial ended")
             time.sleep(0.05)
         pids = [p.pid for p in procs]
+        # Then as many trials again before the window opens: right after the join every worker has a
+        # trial in flight at once (started in the join, ended in the window), not the steady state.
+        warm = snapshot(conn, name).finished + workers
+        while snapshot(conn, name).finished < warm:
+            peak = max(peak, connections(conn))
+            if not any(p.is_alive() for p in procs):
+                raise RuntimeError(f"{mode}, {workers} workers: the workers stopped before the window opened")
+            time.sleep(0.05)
         s1 = snapshot(conn, name)
         s1.cpu_s = cpu_seconds(pids)
         while True:
