@@ -37,13 +37,15 @@ class Outage:
     """Retries calls through outages of one storage, and logs each outage once (thread-safe)."""
 
     def __init__(self, retry_s: float = RETRY_S, log: Log = quiet, describe: Callable[[BaseException], str] = repr,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, busy: Callable[[BaseException], bool] = lambda exc: False) -> None:
         self.retry_s = retry_s
         self.log = log
         self.describe = describe  # the error as one line for the log (no secrets: the caller scrubs)
         self.sleep = sleep
+        self.busy = busy  # a transient error of a storage that is there but had to refuse (a deadlock, a lock)
         self._lock = threading.Lock()
         self._since: float | None = None
+        self._was_busy = False
 
     def call(self, attempt: Callable[[], Any], transient: Callable[[BaseException], bool],
              landed: Callable[[], Any] | None = None) -> Any:
@@ -79,10 +81,14 @@ class Outage:
             if self._since is not None:
                 return
             self._since = time.monotonic()
-        self.log(f"storage unreachable ({self.describe(exc)}): retrying for up to {self.retry_s:.0f} s")
+            self._was_busy = self.busy(exc)
+        # A deadlock is the database answering: "unreachable" sent a MariaDB user looking for an outage
+        self.log(f"storage {'busy' if self._was_busy else 'unreachable'} ({self.describe(exc)}): "
+                 f"retrying for up to {self.retry_s:.0f} s")
 
     def ended(self) -> None:
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            self.log(f"storage reachable again after {time.monotonic() - since:.1f} s")
+            again = "went through on a retry" if self._was_busy else "reachable again"
+            self.log(f"storage {again} after {time.monotonic() - since:.1f} s")

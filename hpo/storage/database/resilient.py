@@ -285,6 +285,30 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# Deadlocks and lock waits: MySQL/MariaDB error codes, PostgreSQL SQLSTATEs.
+_MYSQL_CONFLICTS = (1205, 1213)  # lock wait timeout, deadlock
+_PG_CONFLICTS = ("40P01", "40001", "55P03")  # deadlock, serialization failure, lock not available
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for a transient error of a database that is there but refused this transaction for now
+    (a deadlock, a lock it could not get, SQLite's busy file): retried as an outage is, said as "busy"."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            if type(orig).__module__ == "sqlite3":
+                return any(word in str(orig).lower() for word in ("locked", "busy"))
+            if getattr(orig, "sqlstate", None) in _PG_CONFLICTS:
+                return True
+            args = getattr(orig, "args", ())
+            return bool(args) and args[0] in _MYSQL_CONFLICTS
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 # Writes whose first attempt may have committed when the connection broke (creating a study or a
 # trial, deleting a study, changing a trial's state) are never run blindly again: ResilientStorage
 # overrides each to check, after a connection error, whether the attempt landed.
@@ -311,7 +335,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
     def __init__(self, url: str, *, retry_s: float = RETRY_S, log: Log = _quiet, **kwargs: Any) -> None:
         self._retry_s = retry_s
-        self._outage = Outage(retry_s, log, describe=self._describe)
+        self._outage = Outage(retry_s, log, describe=self._describe, busy=is_conflict)
         self._stale_checked: dict[int, float] = {}  # study id -> when this process may look for stale trials next
         self._searchers = 1  # worker processes taking turns at that search (share_stale_search)
         self._stamps = threading.local()  # the Stamp of the thread's worker loop (stamping)
@@ -326,7 +350,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self._outage = Outage(self._retry_s, describe=self._describe)
+        self._outage = Outage(self._retry_s, describe=self._describe, busy=is_conflict)
         self._stale_checked = {}
         self._searchers = 1
         self._stamps = threading.local()
