@@ -269,20 +269,34 @@ def is_transient(exc: BaseException) -> bool:
     """True for errors that say "the database is not there right now", not "your request is wrong".
 
     Optuna wraps SQLAlchemy errors raised at commit in ``StorageInternalError``; the cause tells.
+    A driver's own error counts too: SQLAlchemy lets it through unwrapped from a few dialect
+    calls (setting a new connection's isolation level: chaos.py on MariaDB, a checkpoint's write
+    met a restart there and the trial failed with pymysql's "Lost connection").
     """
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return False
         if isinstance(seen, _TRANSIENT):
-            orig = getattr(seen, "orig", None)
-            if type(orig).__module__ == "sqlite3":
-                # SQLite reports "no such table" and friends as OperationalError too; only a busy
-                # or locked file goes away by waiting.
-                return any(word in str(orig).lower() for word in ("locked", "busy"))
-            return True
+            return _driver_transient(getattr(seen, "orig", None))
+        if _is_driver_error(seen):
+            return _driver_transient(seen)
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """A DB-API driver's connection-level error (PEP 249's OperationalError or InterfaceError)."""
+    return (type(exc).__module__.split(".")[0] in ("pymysql", "MySQLdb", "psycopg", "psycopg2", "sqlite3")
+            and any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__))
+
+
+def _driver_transient(orig: BaseException | None) -> bool:
+    if type(orig).__module__ == "sqlite3":
+        # SQLite reports "no such table" and friends as OperationalError too; only a busy or
+        # locked file goes away by waiting.
+        return any(word in str(orig).lower() for word in ("locked", "busy"))
+    return True
 
 
 # Deadlocks and lock waits: MySQL/MariaDB error codes, PostgreSQL SQLSTATEs.
