@@ -276,6 +276,36 @@ def test_workers_take_turns_at_the_search_for_stale_trials(tmp_path, monkeypatch
     assert len(searches) <= 60, len(searches)
 
 
+def test_a_signal_between_failing_a_dead_workers_trial_and_queueing_its_rerun_loses_neither(tmp_path) -> None:
+    """chaos.py on MariaDB (178a854): a command was SIGTERMed as it failed a killed worker's trial,
+    between Optuna's two writes (the FAIL, then the re-run's queueing), and the trial stayed FAIL
+    with no re-run. Here the signal comes at that moment (as the FAIL's write returns): the re-run
+    is queued all the same, and the interrupt still ends the step."""
+    from hpo.search import workers
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'stale.db'}", grace_period=2)
+    study = optuna.create_study(study_name="stale", storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna: heartbeats are meant for study.optimize
+        dead = study.ask()
+        dead.suggest_float("x", 0, 1)
+        storage.record_heartbeat(dead._trial_id)
+    time.sleep(3.5)  # past the grace period: its worker is taken for dead
+    set_state = storage.set_trial_state_values
+
+    def then_ctrl_c(*args: object, **kwargs: object) -> bool:  # the FAIL lands; the re-run is queued next
+        landed = set_state(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs in here
+        return landed
+
+    storage.set_trial_state_values = then_ctrl_c
+    with pytest.raises(KeyboardInterrupt), workers._interruptible() as stopping:
+        workers._fail_stale_trials(study, stopping)
+    states = sorted(t.state.name for t in study.get_trials(deepcopy=False))
+    assert states == ["FAIL", "WAITING"], states  # the dead trial failed, and its re-run queued
+
+
 def test_a_call_that_waits_too_long_for_a_pooled_connection_waits_again(tmp_path) -> None:
     """`hpo storage-proxy` serves 16 calls at once on a pool of 4 connections: when 64 workers joined
     at once (each reading the study), calls waited past the pool's timeout and the workers died of a

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import os
@@ -33,7 +34,6 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
@@ -67,7 +67,7 @@ from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.bounded import trial_counts
 from hpo.storage.database.resilient import GRACE_PERIOD_S, ResilientStorage, is_transient, open_storage, retry_callback
-from hpo.storage.optuna_private import rdb_of, storage_of, study_id
+from hpo.storage.optuna_private import BaseHeartbeat, rdb_of, storage_of, study_id
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
 from hpo.training.models import check_model
@@ -167,11 +167,12 @@ def work(
                     if not waiting:
                         log(f"{finished}/{budget.budget} finished, {running} running elsewhere: waiting for them to finish (or to die and be re-run)")
                         waiting = True
-                    _fail_stale_trials(study)
+                    _fail_stale_trials(study, stopping)
                     time.sleep(poll_s)
                     continue
                 waiting = False
                 current.clear()
+                _fail_stale_trials(study, stopping)  # Optuna's own, at the trial's start, then finds none
                 study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
         except KeyboardInterrupt:
             if current:
@@ -401,10 +402,25 @@ def _share_stale_search(study: optuna.Study, workers: int) -> None:
         rdb.share_stale_search(workers)
 
 
-def _fail_stale_trials(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def _fail_stale_trials(study: optuna.Study, stopping: threading.Event | None = None) -> None:
+    """Optuna's ``fail_stale_trials``, each dead worker's trial failed and its re-run queued in one
+    step that Ctrl-C or SIGTERM does not cut in two (:func:`_shielded`; the search itself may be
+    cut: it writes nothing). In Optuna's, a signal between the two writes left the trial FAIL with
+    no re-run: chaos.py on MariaDB (178a854), a command SIGTERMed as it failed a killed worker's trial."""
+    storage = storage_of(study)
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return
+    stale = storage._get_stale_trial_ids(study_id(study))
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in stale:
+        with _shielded(stopping):
+            try:
+                if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+                continue
+            if retry is not None:
+                retry(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def _requeue(study: optuna.Study, number: int) -> None:
@@ -476,7 +492,8 @@ def _interruptible() -> Iterator[threading.Event]:
         for sig in previous:  # not SIG_IGN: a signal already pending would then print "ignored due to race condition"
             signal.signal(sig, _ignore)
         stopping.set()
-        raise KeyboardInterrupt
+        if not _SHIELD.depth:  # else raised as the shielded step ends (_shielded)
+            raise KeyboardInterrupt
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
@@ -498,6 +515,31 @@ def _interruptible() -> Iterator[threading.Event]:
 
 def _ignore(signum: int, frame: Any) -> None:
     pass
+
+
+class _Shield(threading.local):
+    depth = 0
+
+
+_SHIELD = _Shield()
+
+
+@contextmanager
+def _shielded(stopping: threading.Event | None) -> Iterator[None]:
+    """A step that must not be cut in two by Ctrl-C or SIGTERM: inside :func:`_interruptible`, the
+    signal only sets ``stopping`` here, and its KeyboardInterrupt is raised once the step is done.
+
+    Failing a dead worker's trial and queueing its re-run are two writes (Optuna's
+    ``fail_stale_trials``): chaos.py on MariaDB (178a854) SIGTERMed a command between them, and the
+    trial stayed FAIL with no re-run, lost to the study.
+    """
+    _SHIELD.depth += 1
+    try:
+        yield
+    finally:
+        _SHIELD.depth -= 1
+    if stopping is not None and stopping.is_set() and not _SHIELD.depth:
+        raise KeyboardInterrupt
 
 
 @contextmanager
