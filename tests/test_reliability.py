@@ -300,10 +300,35 @@ def test_a_signal_between_failing_a_dead_workers_trial_and_queueing_its_rerun_lo
         return landed
 
     storage.set_trial_state_values = then_ctrl_c
-    with pytest.raises(KeyboardInterrupt), workers._interruptible() as stopping:
-        workers._fail_stale_trials(study, stopping)
+    with pytest.raises(KeyboardInterrupt), workers._interruptible():
+        workers._fail_stale_trials(study)
     states = sorted(t.state.name for t in study.get_trials(deepcopy=False))
     assert states == ["FAIL", "WAITING"], states  # the dead trial failed, and its re-run queued
+
+
+def test_a_signal_during_a_trials_finishing_write_ends_the_worker_after_it(tmp_path, monkeypatch) -> None:
+    """chaos.py on SQLite (8b6113a): a Ctrl-C landed in the write that finishes a trial (Optuna's
+    tell); Optuna's clean-up after it then failed with UnboundLocalError ('updated_state'), a
+    traceback and exit 1, the trial left RUNNING for another worker to find dead. The signal now
+    waits for the write: the trial is COMPLETE, and the worker stops at its loop's next turn."""
+    from hpo.search import workers
+    from hpo.storage.database import trial_writes
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'finish.db'}")
+    study = optuna.create_study(study_name="finish", storage=storage)
+    set_state = trial_writes.set_state
+
+    def ctrl_c_inside(storage_, trial_id, state, *rest):  # as the trial's COMPLETE is being written
+        if state == TrialState.COMPLETE:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs in here
+        return set_state(storage_, trial_id, state, *rest)
+
+    monkeypatch.setattr(trial_writes, "set_state", ctrl_c_inside)
+    with pytest.raises(KeyboardInterrupt):
+        workers.work(study, lambda trial: trial.suggest_float("x", 0, 1), budget=3)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert states == ["COMPLETE"], states
 
 
 def test_a_call_that_waits_too_long_for_a_pooled_connection_waits_again(tmp_path) -> None:

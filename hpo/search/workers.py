@@ -66,6 +66,7 @@ from hpo.storage.artifacts.retention import sweep_weights
 from hpo.storage.artifacts.stores import artifact_store
 from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.bounded import trial_counts
+from hpo.storage.database import shield
 from hpo.storage.database.resilient import GRACE_PERIOD_S, ResilientStorage, is_transient, open_storage, retry_callback
 from hpo.storage.optuna_private import BaseHeartbeat, rdb_of, storage_of, study_id
 from hpo.training.cores import CoreShare
@@ -167,12 +168,12 @@ def work(
                     if not waiting:
                         log(f"{finished}/{budget.budget} finished, {running} running elsewhere: waiting for them to finish (or to die and be re-run)")
                         waiting = True
-                    _fail_stale_trials(study, stopping)
+                    _fail_stale_trials(study)
                     time.sleep(poll_s)
                     continue
                 waiting = False
                 current.clear()
-                _fail_stale_trials(study, stopping)  # Optuna's own, at the trial's start, then finds none
+                _fail_stale_trials(study)  # Optuna's own, at the trial's start, then finds none
                 study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
         except KeyboardInterrupt:
             if current:
@@ -402,18 +403,19 @@ def _share_stale_search(study: optuna.Study, workers: int) -> None:
         rdb.share_stale_search(workers)
 
 
-def _fail_stale_trials(study: optuna.Study, stopping: threading.Event | None = None) -> None:
+def _fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's ``fail_stale_trials``, each dead worker's trial failed and its re-run queued in one
-    step that Ctrl-C or SIGTERM does not cut in two (:func:`_shielded`; the search itself may be
-    cut: it writes nothing). In Optuna's, a signal between the two writes left the trial FAIL with
-    no re-run: chaos.py on MariaDB (178a854), a command SIGTERMed as it failed a killed worker's trial."""
+    step that Ctrl-C or SIGTERM does not cut in two (:mod:`~hpo.storage.database.shield`; the
+    search itself may be cut: it writes nothing). In Optuna's, a signal between the two writes left
+    the trial FAIL with no re-run: chaos.py on MariaDB (178a854), a command SIGTERMed as it failed
+    a killed worker's trial."""
     storage = storage_of(study)
     if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
         return
     stale = storage._get_stale_trial_ids(study_id(study))
     retry = storage.get_heartbeat_stale_trial_callback()
     for trial_id in stale:
-        with _shielded(stopping):
+        with shield.shielded():
             try:
                 if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                     continue
@@ -492,8 +494,10 @@ def _interruptible() -> Iterator[threading.Event]:
         for sig in previous:  # not SIG_IGN: a signal already pending would then print "ignored due to race condition"
             signal.signal(sig, _ignore)
         stopping.set()
-        if not _SHIELD.depth:  # else raised as the shielded step ends (_shielded)
-            raise KeyboardInterrupt
+        if shield.active():  # raised as the step ends, or at the loop's next turn (shield.py)
+            shield.defer()
+            return
+        raise KeyboardInterrupt
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
@@ -511,35 +515,11 @@ def _interruptible() -> Iterator[threading.Event]:
         sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shield.clear()
 
 
 def _ignore(signum: int, frame: Any) -> None:
     pass
-
-
-class _Shield(threading.local):
-    depth = 0
-
-
-_SHIELD = _Shield()
-
-
-@contextmanager
-def _shielded(stopping: threading.Event | None) -> Iterator[None]:
-    """A step that must not be cut in two by Ctrl-C or SIGTERM: inside :func:`_interruptible`, the
-    signal only sets ``stopping`` here, and its KeyboardInterrupt is raised once the step is done.
-
-    Failing a dead worker's trial and queueing its re-run are two writes (Optuna's
-    ``fail_stale_trials``): chaos.py on MariaDB (178a854) SIGTERMed a command between them, and the
-    trial stayed FAIL with no re-run, lost to the study.
-    """
-    _SHIELD.depth += 1
-    try:
-        yield
-    finally:
-        _SHIELD.depth -= 1
-    if stopping is not None and stopping.is_set() and not _SHIELD.depth:
-        raise KeyboardInterrupt
 
 
 @contextmanager

@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError
 from hpo.record import RUN_ATTRS
-from hpo.storage.database import trial_writes
+from hpo.storage.database import shield, trial_writes
 from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
 from hpo.storage.database.proxy_client import WORKER_READY_S, grpc_address, open_grpc
@@ -459,6 +459,12 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None,
                                token: str | None = None) -> bool:
+        # A signal waits for the write (shield.py); a finish is Optuna's tell, which must not raise
+        # at all: the worker's loop raises at its next turn, the trial finished.
+        with shield.shielded(raise_after=not state.is_finished()):
+            return self._set_state(trial_id, state, values, token)
+
+    def _set_state(self, trial_id: int, state: TrialState, values: Sequence[float] | None, token: str | None) -> bool:
         if token is None and not trial_writes.needs_token(state):  # a finish of our own trial: its state says whether it landed
             return self._call(
                 "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, None),
