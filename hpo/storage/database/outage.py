@@ -37,7 +37,8 @@ class Outage:
     """Retries calls through outages of one storage, and logs each outage once (thread-safe)."""
 
     def __init__(self, retry_s: float = RETRY_S, log: Log = quiet, describe: Callable[[BaseException], str] = repr,
-                 sleep: Callable[[float], None] = time.sleep, busy: Callable[[BaseException], bool] = lambda exc: False) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 busy: Callable[[BaseException], bool] = lambda exc: False) -> None:
         self.retry_s = retry_s
         self.log = log
         self.describe = describe  # the error as one line for the log (no secrets: the caller scrubs)
