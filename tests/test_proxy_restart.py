@@ -226,3 +226,33 @@ def test_an_upload_stalled_mid_body_does_not_hold_up_the_other_workers(tmp_path)
         assert done and waited < 20, f"another worker's write waited {waited:.0f} s behind the stalled upload"
     finally:
         _kill(proxy)
+
+
+def test_a_signal_during_a_proxied_trials_finishing_write_ends_the_worker_after_it(tmp_path, monkeypatch) -> None:
+    """As for a direct worker (test_reliability.py): a Ctrl-C inside the call that finishes a trial
+    made Optuna's tell clean-up fail with UnboundLocalError and left the trial RUNNING. Through the
+    proxy the write is a gRPC call; the signal waits for it, the trial is COMPLETE."""
+    from optuna.storages._grpc.client import GrpcStorageProxy
+
+    from hpo.search import workers
+
+    db, port = tmp_path / "finish.db", free_port()
+    proxy = _proxy(db, port, tmp_path)
+    try:
+        storage = open_storage(f"grpc://127.0.0.1:{port}")
+        study = optuna.create_study(study_name="finish", storage=storage)
+        finish = GrpcStorageProxy.set_trial_state_values
+
+        def ctrl_c_inside(self: Any, trial_id: int, state: TrialState, values: Any = None) -> bool:
+            if state == TrialState.COMPLETE:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs in here
+            return finish(self, trial_id, state, values)
+
+        monkeypatch.setattr(GrpcStorageProxy, "set_trial_state_values", ctrl_c_inside)
+        with pytest.raises(KeyboardInterrupt):
+            workers.work(study, lambda trial: trial.suggest_float("x", 0, 1), budget=3)
+        monkeypatch.undo()
+        assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE]
+    finally:
+        _kill(proxy)

@@ -48,6 +48,7 @@ from optuna.storages._base import DEFAULT_STUDY_NAME_PREFIX
 from optuna.trial import FrozenTrial
 
 from hpo.errors import HpoError
+from hpo.storage.database import shield
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage
 from hpo.storage.database.proxy_auth import CA_VAR, ClientAuth, client_auth, refusal
 from hpo.storage.optuna_private import BaseHeartbeat, use_grpc_channel
@@ -222,7 +223,8 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
         return self._tokened(lambda: super(ProxiedStorage, self).create_new_trial(study_id, template_trial))
 
     def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
-        return self._tokened(lambda: super(ProxiedStorage, self).set_trial_state_values(trial_id, state, values))
+        with shield.shielded(raise_after=not state.is_finished()):  # a signal waits for it, as in ResilientStorage
+            return self._tokened(lambda: super(ProxiedStorage, self).set_trial_state_values(trial_id, state, values))
 
     def create_new_study(self, directions: Any, study_name: str | None = None) -> int:
         # Named here, so that a resend looks for the study the first attempt made (studies are
