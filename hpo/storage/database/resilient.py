@@ -273,29 +273,13 @@ def is_transient(exc: BaseException) -> bool:
     calls (setting a new connection's isolation level: chaos.py on MariaDB, a checkpoint's write
     met a restart there and the trial failed with pymysql's "Lost connection").
     """
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, _TRANSIENT):
-            return _driver_transient(getattr(seen, "orig", None))
-        if _is_driver_error(seen):
-            return _driver_transient(seen)
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _is_driver_error(exc: BaseException) -> bool:
-    """A DB-API driver's connection-level error (PEP 249's OperationalError or InterfaceError)."""
-    return (type(exc).__module__.split(".")[0] in ("pymysql", "MySQLdb", "psycopg", "psycopg2", "sqlite3")
-            and any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__))
-
-
-def _driver_transient(orig: BaseException | None) -> bool:
-    if type(orig).__module__ == "sqlite3":
+    found, driver = _database_error(exc)
+    if not found:
+        return False
+    if type(driver).__module__ == "sqlite3":
         # SQLite reports "no such table" and friends as OperationalError too; only a busy or
         # locked file goes away by waiting.
-        return any(word in str(orig).lower() for word in ("locked", "busy"))
+        return any(word in str(driver).lower() for word in ("locked", "busy"))
     return True
 
 
@@ -307,20 +291,30 @@ _PG_CONFLICTS = ("40P01", "40001", "55P03")  # deadlock, serialization failure, 
 def is_conflict(exc: BaseException) -> bool:
     """True for a transient error of a database that is there but refused this transaction for now
     (a deadlock, a lock it could not get, SQLite's busy file): retried as an outage is, said as "busy"."""
+    if not is_transient(exc):
+        return False
+    _, driver = _database_error(exc)
+    if type(driver).__module__ == "sqlite3":
+        return True  # transient on SQLite: its file was locked or busy
+    args = getattr(driver, "args", ())
+    return getattr(driver, "sqlstate", None) in _PG_CONFLICTS or (bool(args) and args[0] in _MYSQL_CONFLICTS)
+
+
+def _database_error(exc: BaseException) -> tuple[bool, BaseException | None]:
+    """(whether ``exc`` or one of its causes is a connection-level database error, the driver's own
+    exception in it): SQLAlchemy's (its ``orig``), or a DB-API driver's raised unwrapped (PEP 249's
+    OperationalError or InterfaceError)."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
-            return False
-        orig = getattr(seen, "orig", None)
-        if orig is not None:
-            if type(orig).__module__ == "sqlite3":
-                return any(word in str(orig).lower() for word in ("locked", "busy"))
-            if getattr(orig, "sqlstate", None) in _PG_CONFLICTS:
-                return True
-            args = getattr(orig, "args", ())
-            return bool(args) and args[0] in _MYSQL_CONFLICTS
+            break
+        if isinstance(seen, _TRANSIENT):
+            return True, getattr(seen, "orig", None)
+        if (type(seen).__module__.split(".")[0] in ("pymysql", "MySQLdb", "psycopg", "psycopg2", "sqlite3")
+                and any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(seen).__mro__)):
+            return True, seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return False, None
 
 
 # Writes whose first attempt may have committed when the connection broke (creating a study or a
