@@ -173,6 +173,28 @@ def test_a_workers_trial_is_created_with_its_name_and_first_heartbeat_in_one_tra
         assert trial.user_attrs == {"worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_rerun_claimed_by_a_worker_loop_beats_from_its_claim(kind, tmp_path) -> None:
+    """A queued re-run claimed in a worker loop gets its first heartbeat in the claim's transaction.
+    Before, its first beat came from Optuna's heartbeat thread after the claim: a worker killed in
+    between left the trial RUNNING with no heartbeat, which no stale-trial search looks at (the
+    chaos run through the proxy: trial 88). A losing claim writes no heartbeat."""
+    with study_database(kind, tmp_path) as url:
+        storage = open_storage(url, grace_period=1)
+        study = optuna.create_study(study_name="claimed", storage=storage)
+        study.enqueue_trial({"x": 0.5})
+        with storage.stamping({"worker": "here:1"}), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna: heartbeats are meant for study.optimize
+            trial = study.ask()  # claims the queued trial; then the worker dies: nothing beats
+            assert storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING) is False  # claimed already
+        with storage.engine.connect() as conn:
+            beats = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats")).scalars().all()
+        assert beats == [trial._trial_id]
+        time.sleep(2.5)  # past the grace period (SQLite's clock has whole seconds)
+        storage._stale_checked.clear()
+        assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+
 def test_a_trial_asked_for_outside_a_worker_loop_has_no_heartbeat_to_go_stale(tmp_path) -> None:
     """Only a worker loop, whose study.optimize keeps beating, stamps its trials: a bare study.ask()
     on a heartbeat storage gets no first heartbeat, so it is never failed as stale (as in Optuna)."""

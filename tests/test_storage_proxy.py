@@ -130,6 +130,38 @@ def test_a_restarted_proxy_gives_running_trials_a_grace_period_before_failing_th
     assert restarted.round() == 1
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() here
+def test_a_proxied_workers_trials_beat_from_the_proxys_first_transaction(tmp_path) -> None:
+    """Through the proxy, a worker loop's new trial carries its worker's name and first heartbeat
+    from the transaction that creates it, and a queued re-run it claims its first heartbeat from the
+    claim's: both are in the database before the worker's heartbeat thread beats at all. Before,
+    a proxied worker SIGKILLed between its trial's creation and that first beat left the trial
+    RUNNING with no heartbeat row, never reaped (benchmarks/results/chaos-proxy-postgres-a3620b7.txt)."""
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'stamped.db'}"
+    port = free_port()
+    proc, _ = _start_proxy(url, port, tmp_path, grace=60)
+    try:
+        proxied = open_storage(f"grpc://127.0.0.1:{port}", grace_period=60)
+        study = optuna.create_study(study_name="stamped", storage=proxied)
+        study.enqueue_trial({"x": 0.5})
+        with proxied.stamping({"worker": "here:1"}):
+            claimed = study.ask()  # the queued re-run
+            made = study.ask()  # a new trial
+        plain = study.ask()  # outside a worker loop: no heartbeat (it would go stale), no name
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        beats = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats ORDER BY trial_id")).scalars().all()
+        names = conn.execute(sqlalchemy.text("SELECT trial_id, value_json FROM trial_user_attributes")).all()
+    assert beats == [claimed._trial_id, made._trial_id]
+    assert names == [(made._trial_id, '"here:1"')]  # a re-run is named by the worker's own write (tracked)
+    assert plain._trial_id not in beats
+
+
 def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_install(tmp_path) -> None:
     """grpcio is an extra (hpo[proxy]), yet every hpo process imports the proxy module."""
     code = (

@@ -68,6 +68,7 @@ from hpo.storage.artifacts.usage import usage
 from hpo.storage.database.bounded import trial_counts
 from hpo.storage.database import shield
 from hpo.storage.database.resilient import GRACE_PERIOD_S, ResilientStorage, is_transient, open_storage, retry_callback
+from hpo.storage.database.proxy_client import ProxiedStorage
 from hpo.storage.optuna_private import BaseHeartbeat, rdb_of, storage_of, study_id
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
@@ -387,11 +388,16 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
 @contextmanager
 def _stamped(study: optuna.Study, user_attrs: dict[str, Any]) -> Iterator[None]:
     """The study's trials created in the block carry ``user_attrs`` (and their first heartbeat) from
-    their creation on, where the storage can do it (:meth:`ResilientStorage.stamping`); elsewhere
-    (the proxy's client, other storages) the block does nothing and ``tracked`` writes them."""
-    rdb = rdb_of(storage_of(study))
+    their creation on, and a re-run claimed in it its first heartbeat from the claim on, where the
+    storage can do it (:meth:`ResilientStorage.stamping`, :meth:`ProxiedStorage.stamping`);
+    elsewhere (other storages) the block does nothing and ``tracked`` writes them."""
+    storage = storage_of(study)
+    rdb = rdb_of(storage)
     if isinstance(rdb, ResilientStorage):
         with rdb.stamping(user_attrs):
+            yield
+    elif isinstance(storage, ProxiedStorage):
+        with storage.stamping(user_attrs):
             yield
     else:
         yield

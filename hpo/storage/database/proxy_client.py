@@ -40,12 +40,13 @@ import sys
 import threading
 import uuid
 import warnings
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs
 
 import optuna
 from optuna.storages._base import DEFAULT_STUDY_NAME_PREFIX
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
 from hpo.storage.database import shield
@@ -58,6 +59,9 @@ READY_TIMEOUT_S = 10.0  # how long a read-only command waits for the proxy to an
 WORKER_READY_S = RETRY_S  # how long a worker waits for it: a proxy restart is no reason to give up
 SAY_WAITING_S = 2.0  # a proxy that has not answered by then gets a line saying the worker waits
 WRITE_TOKEN_KEY = "hpo-write-token"  # gRPC metadata: the proxy answers a resent write with what the first did
+# gRPC metadata of a worker loop's new trial or claim: the user attributes (JSON) to create the
+# trial with, and its first heartbeat, in the proxy's transaction (ResilientStorage.stamping)
+STAMP_KEY = "hpo-stamp"
 # gRPC reconnects with exponential backoff up to 120 s by default: after a long outage a worker
 # would find its restarted proxy only minutes later. Capped, it looks again every few seconds.
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.initial_reconnect_backoff_ms", 500),
@@ -90,7 +94,7 @@ _CallDetails = collections.namedtuple(
     "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"))
 
 
-_write_token = threading.local()  # the token of the write this thread is sending, if any
+_write_token = threading.local()  # the token (and stamp) of the write this thread is sending, if any
 
 
 class _Credentials(_Interceptor):  # type: ignore[misc,valid-type]
@@ -103,6 +107,8 @@ class _Credentials(_Interceptor):  # type: ignore[misc,valid-type]
         extra = [header] if (header := self.auth.header()) is not None else []
         if (token := getattr(_write_token, "value", None)) is not None:
             extra.append((WRITE_TOKEN_KEY, token))
+        if (stamp := getattr(_write_token, "stamp", None)) is not None:
+            extra.append((STAMP_KEY, stamp))
         if extra:
             details = _CallDetails(details.method, details.timeout, [*(details.metadata or ()), *extra],
                                    details.credentials, getattr(details, "wait_for_ready", None),
@@ -169,6 +175,7 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
         self._heartbeat_interval = heartbeat_interval
         self._retry_s = retry_s
         self._outage = Outage(retry_s, log or _stderr, describe=_describe)
+        self._stamps = threading.local()  # the stamp (JSON) of the thread's worker loop (stamping)
         super().__init__(host=host, port=port)  # calls _setup
 
     def _open_channel(self) -> Any:
@@ -186,10 +193,12 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
         state = super().__getstate__()
         state.pop("_raw_channel", None)
         state.pop("_outage", None)  # a lock: a copy in another process makes its own
+        state.pop("_stamps", None)  # a worker loop's, in this process
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         state["_outage"] = Outage(state.get("_retry_s", RETRY_S), _stderr, describe=_describe)
+        state["_stamps"] = threading.local()
         super().__setstate__(state)
 
     def wait_server_ready(self, timeout: float | None = None) -> None:
@@ -211,20 +220,41 @@ class ProxiedStorage(_GrpcStorageProxy, BaseHeartbeat):  # type: ignore[misc,val
     def _retried(self, attempt: Callable[[], Any], landed: Callable[[], Any] | None = None) -> Any:
         return self._outage.call(attempt, is_unavailable, landed)
 
-    def _tokened(self, attempt: Callable[[], Any]) -> Any:
-        """``attempt()`` sent, and resent, with one write token: the proxy applies it once."""
+    def _tokened(self, attempt: Callable[[], Any], stamped: bool = False) -> Any:
+        """``attempt()`` sent, and resent, with one write token: the proxy applies it once.
+        ``stamped``: with the thread's stamp too, if it is in a :meth:`stamping` block."""
         _write_token.value = uuid.uuid4().hex
+        _write_token.stamp = getattr(self._stamps, "stamp", None) if stamped else None
         try:
             return self._retried(attempt)
         finally:
-            _write_token.value = None
+            _write_token.value = _write_token.stamp = None
+
+    @contextmanager
+    def stamping(self, user_attrs: dict[str, Any]) -> Iterator[None]:
+        """:meth:`ResilientStorage.stamping <hpo.storage.database.resilient.ResilientStorage.stamping>`
+        through the proxy: each trial this thread creates from no template carries ``user_attrs`` and
+        its first heartbeat from the proxy's transaction that creates it, and a queued trial it claims
+        its first heartbeat from the claim's. Without it a worker killed between the trial's creation
+        and its heartbeat thread's first beat (a few milliseconds, one call) left a RUNNING trial
+        with no heartbeat, which no reaper looks at. A proxy of an older hpo ignores the stamp (the
+        worker then writes its name itself)."""
+        previous = getattr(self._stamps, "stamp", None)
+        # the heartbeat only where Optuna's heartbeat thread keeps beating after it
+        self._stamps.stamp = json.dumps({"user_attrs": user_attrs, "heartbeat": self._heartbeat_interval is not None})
+        try:
+            yield
+        finally:
+            self._stamps.stamp = previous
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._tokened(lambda: super(ProxiedStorage, self).create_new_trial(study_id, template_trial))
+        return self._tokened(lambda: super(ProxiedStorage, self).create_new_trial(study_id, template_trial),
+                             stamped=template_trial is None)
 
     def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
         with shield.shielded(raise_after=not state.is_finished()):  # a signal waits for it, as in ResilientStorage
-            return self._tokened(lambda: super(ProxiedStorage, self).set_trial_state_values(trial_id, state, values))
+            return self._tokened(lambda: super(ProxiedStorage, self).set_trial_state_values(trial_id, state, values),
+                                 stamped=state == TrialState.RUNNING)
 
     def create_new_study(self, directions: Any, study_name: str | None = None) -> int:
         # Named here, so that a resend looks for the study the first attempt made (studies are

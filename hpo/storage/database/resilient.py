@@ -413,15 +413,17 @@ class ResilientStorage(optuna.storages.RDBStorage):
     # --- a worker's trials, stamped at creation ---
 
     @contextmanager
-    def stamping(self, user_attrs: dict[str, Any]) -> Iterator[None]:
+    def stamping(self, user_attrs: dict[str, Any], heartbeat: bool = True) -> Iterator[None]:
         """Within the block, each trial this thread creates from no template (``study.ask()``, as
         ``study.optimize`` does) carries ``user_attrs`` and, with heartbeats on, its first heartbeat,
-        inserted in the transaction that creates it (:func:`trial_writes.create_trial`). Only a loop
+        inserted in the transaction that creates it (:func:`trial_writes.create_trial`); a queued
+        trial it claims gets its first heartbeat in the claim's transaction. Only a loop
         that runs its trials through ``study.optimize``, whose heartbeat thread keeps beating, may
         ask for it: a trial made by a bare ``study.ask()`` would otherwise be found stale once its
-        grace period passed."""
+        grace period passed. ``heartbeat=False``: the user attributes only (the storage proxy's
+        client whose loop runs no heartbeat thread)."""
         previous = getattr(self._stamps, "stamp", None)
-        self._stamps.stamp = trial_writes.Stamp(dict(user_attrs), self.heartbeat_interval is not None)
+        self._stamps.stamp = trial_writes.Stamp(dict(user_attrs), heartbeat and self.heartbeat_interval is not None)
         try:
             yield
         finally:
@@ -459,6 +461,16 @@ class ResilientStorage(optuna.storages.RDBStorage):
             return self._set_state(trial_id, state, values, token)
 
     def _set_state(self, trial_id: int, state: TrialState, values: Sequence[float] | None, token: str | None) -> bool:
+        stamp = getattr(self._stamps, "stamp", None)
+        if state == TrialState.RUNNING and stamp is not None and stamp.heartbeat:  # a worker loop claims a re-run
+            claimed = self._write_state(trial_id, state, values, token, heartbeat=True)
+            if claimed:
+                self._beaten.add(trial_id)
+            return claimed
+        return self._write_state(trial_id, state, values, token)
+
+    def _write_state(self, trial_id: int, state: TrialState, values: Sequence[float] | None, token: str | None,
+                     heartbeat: bool = False) -> bool:
         if token is None and not trial_writes.needs_token(state):  # a finish of our own trial: its state says whether it landed
             return self._call(
                 "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, None),
@@ -466,7 +478,7 @@ class ResilientStorage(optuna.storages.RDBStorage):
             )
         token = token or trial_writes.new_token()
         return self._call(
-            "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, token),
+            "set_trial_state_values", lambda: trial_writes.set_state(self, trial_id, state, values, token, heartbeat),
             lambda: True if trial_writes.last_write(self, trial_id) == token else _NOT_LANDED,
         )
 

@@ -71,12 +71,14 @@ def new_token() -> str:
 
 
 def set_state(storage: RDBStorage, trial_id: int, state: TrialState, values: Sequence[float] | None,
-              token: str | None) -> bool:
+              token: str | None, heartbeat: bool = False) -> bool:
     """RDBStorage.set_trial_state_values, decided by the database: True when this call made the change.
 
     A claim (``RUNNING``) succeeds only from WAITING (False: another worker has it); a finish only
     from RUNNING or WAITING (``UpdateFinishedTrialError``: finished already, by someone else).
-    ``token=None`` writes no token (:func:`needs_token`).
+    ``token=None`` writes no token (:func:`needs_token`). ``heartbeat``: a claim that lands also
+    beats, in its transaction (a worker killed before its heartbeat thread's first beat left the
+    re-run RUNNING with no heartbeat, which no stale-trial search looks at).
     """
     allowed = (TrialState.WAITING,) if state == TrialState.RUNNING else (TrialState.RUNNING, TrialState.WAITING)
     changes: dict[str, object] = {"state": state}
@@ -100,10 +102,24 @@ def set_state(storage: RDBStorage, trial_id: int, state: TrialState, values: Seq
             ).rowcount
             if moved != 1:
                 raise _Lost  # rolls back the values and the token with it
+            if heartbeat and state == TrialState.RUNNING:
+                _beat_in(session, trial_id)  # after the update: a losing claimer never touches the row
     except _Lost:
         storage.check_trial_is_updatable(trial_id, state_of(storage, trial_id))  # finished: raises
         return False
     return True
+
+
+def _beat_in(session: Any, trial_id: int) -> None:
+    """The trial's heartbeat now, in ``session``'s transaction, by the database's clock (as Optuna's
+    ``record_heartbeat``: a row made, or its time moved on)."""
+    beat = models.TrialHeartbeatModel
+    moved = session.execute(
+        sa.update(beat).where(beat.trial_id == trial_id).values(heartbeat=sa.func.current_timestamp())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not moved:
+        session.add(beat(trial_id=trial_id))
 
 
 def needs_token(state: TrialState) -> bool:

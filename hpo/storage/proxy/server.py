@@ -71,6 +71,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -91,7 +92,7 @@ from hpo.storage import optuna_private
 from hpo.storage.artifacts.database_store import DatabaseStore
 from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, ServerTls, is_loopback, proxy_token, token_matches
 from hpo.storage.database.bounded import study_attrs
-from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, STUDY_ATTRS_SERVICE, WRITE_TOKEN_KEY, grpc_address
+from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, STAMP_KEY, STUDY_ATTRS_SERVICE, WRITE_TOKEN_KEY, grpc_address
 from hpo.storage.database.resilient import (
     GRACE_PERIOD_S,
     heartbeat_interval,
@@ -212,11 +213,22 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
             with self._tokens:
                 self._in_flight.pop(token).set()
 
+    def _stamped(self, context: Any) -> Any:
+        """The worker loop's stamp that came with a call (:data:`STAMP_KEY`), as the block to make
+        the call's trial in (:meth:`ResilientStorage.stamping`); a plain block without one."""
+        sent = dict(context.invocation_metadata() or ()).get(STAMP_KEY)
+        stamping = getattr(self._backend, "stamping", None)
+        if sent is None or stamping is None:
+            return contextlib.nullcontext()
+        stamp = json.loads(sent)
+        return stamping(dict(stamp.get("user_attrs") or {}), heartbeat=bool(stamp.get("heartbeat")))
+
     def CreateNewTrial(self, request: Any, context: Any) -> Any:
         template = None if request.template_trial_is_none else optuna_private.grpc_trial_from_proto(request.template_trial)
         try:
-            trial_id = self._once(context, lambda: self._backend.create_new_trial(request.study_id, template),
-                                  lambda token: self._backend.create_new_trial_once(request.study_id, template, token))
+            with self._stamped(context):
+                trial_id = self._once(context, lambda: self._backend.create_new_trial(request.study_id, template),
+                                      lambda token: self._backend.create_new_trial_once(request.study_id, template, token))
         except KeyError as exc:
             context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(exc))
         self._study_of_trial[trial_id] = request.study_id
@@ -259,9 +271,10 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         state = optuna_private.grpc_trial_state_from_proto(request.state)
         values = list(request.values) if request.values else None
         try:
-            updated = self._once(
-                context, lambda: self._backend.set_trial_state_values(request.trial_id, state, values),
-                lambda token: self._backend.set_trial_state_values_once(request.trial_id, state, values, token))
+            with self._stamped(context):
+                updated = self._once(
+                    context, lambda: self._backend.set_trial_state_values(request.trial_id, state, values),
+                    lambda token: self._backend.set_trial_state_values_once(request.trial_id, state, values, token))
         except KeyError as exc:
             context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(exc))
         except UpdateFinishedTrialError as exc:
