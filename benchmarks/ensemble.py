@@ -35,19 +35,21 @@ from hpo.errors import HpoError
 from hpo.data import split_reviews
 from hpo.export import Model, export_model, read_payload
 from hpo.record import TrialRecord
+from hpo.search.study import find_study, tally
 from hpo.search.workers import run_workers
 from hpo.spec import load_spec
+from hpo.training.device import resolve_device
 from hpo.storage.database.resilient import open_storage
 
 TOPS = (1, 3, 5)
 
 
 def member_probabilities(path: str, index: int, splits: list[list[str]]) -> list[torch.Tensor]:
-    """The ``index``-th member of a model file, alone, on each list of texts."""
+    """The ``index``-th member of a model file, alone, on each list of texts (on CUDA when there is one)."""
     torch.set_num_threads(1)
     payload = read_payload(path)
-    model = Model({**payload, "members": [payload["members"][index]]}, torch.device("cpu"))
-    return [model.probabilities(texts) for texts in splits]
+    model = Model({**payload, "members": [payload["members"][index]]}, resolve_device("auto"))
+    return [model.probabilities(texts).cpu() for texts in splits]
 
 
 def main() -> None:
@@ -61,11 +63,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="ensemble.txt", help="the result file's name in --out")
     args = parser.parse_args()
-    overrides = [*args.overrides, f"artifacts.keep_best={max(TOPS)}"]
+    overrides = [*(o for o in args.overrides if not o.startswith("artifacts.keep_best=")), f"artifacts.keep_best={max(TOPS)}"]
     try:
         spec = load_spec(args.study, overrides)
-        run_workers(spec, args.storage, args.trials, args.jobs, seed=args.seed, log=print)
-        study = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage))
+        study = find_study(spec, open_storage(args.storage))
+        if study is None or tally(study).finished < args.trials:  # a study with its trials is only read
+            run_workers(spec, args.storage, args.trials, args.jobs, seed=args.seed, log=print)
+            study = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage))
         folder = Path(tempfile.mkdtemp(prefix="ensemble-"))
         for k in TOPS:
             print(export_model(study, folder / f"top{k}.pt", top=k).describe())
@@ -88,18 +92,18 @@ def main() -> None:
                                                 tuple(m["trial"] for m in members[:k]), seconds * k / len(members)))
             print(f"{scored[-1].name}: {accs[0]:.4f} validation accuracy")
         records = [TrialRecord.from_trial(t) for t in study.trials]
-        tally = {s: sum(r.state == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        counts = {s: sum(r.state == s for r in records) for s in ("COMPLETE", "PRUNED", "FAIL")}
         notes = [
             "",
-            f"Study {spec.name!r}: {len(records)} trials ({', '.join(f'{v} {k.lower()}' for k, v in tally.items())}), "
+            f"Study {spec.name!r}: {len(records)} trials ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())}), "
             f"{spec.train.max_epochs} epochs at most, data.max_train = {spec.data.max_train or 'all'}, "
             f"data.max_len = {spec.data.max_len}; best, top-k: its best trials by validation accuracy "
             "(the ensembles average their members' probabilities).",
             "The models chose nothing on the test split; the ensembles' members were ranked on validation, so their "
             "validation accuracy is optimistic, their test accuracy is not.",
         ]
-        notes.append(f"The {len(members)} networks predicted both splits in {seconds:.0f} s, one process each "
-                     "(fit s of a model row: its share of that).")
+        notes.append(f"The {len(members)} networks predicted both splits in {seconds:.0f} s, one process each, on "
+                     f"{resolve_device('auto').type} (fit s of a model row: its share of that).")
         baselines.run(args.study, overrides, Path(args.out), {}, args.name,
                       ["benchmarks/ensemble.py", *sys.argv[1:]], notes, scored)
     except HpoError as exc:
