@@ -20,7 +20,7 @@ WORK=${WORK:-/tmp/gpu-imdb}
 mkdir -p "$WORK"
 DB=$WORK/gpu-imdb.db
 export HPO_CACHE_DIR=$WORK/cache
-trap 'cp "$DB" "$OUT/" 2>/dev/null' EXIT
+trap 'gzip -c "$DB" > "$OUT/gpu-imdb.db.gz" 2>/dev/null' EXIT  # study databases are not committed
 SETS=(--set artifacts.keep_best=5)
 if [ -n "${SMALL:-}" ]; then
     SETS+=(--set data.max_train=400 --set data.max_valid=200 --set data.max_test=200 --set model.embedding_dim=32
@@ -33,7 +33,7 @@ describe_machine 2>&1 | tee "$OUT/machine.txt"
 # After the study: the ensemble's exports and predictions, both baselines and the report (~100 s
 # on 16 cores); before its end the running trials finish (RESERVE, ~5 epochs with JOBS sharing the GPU).
 POST=${POST:-110}
-RESERVE=${RESERVE:-60}
+RESERVE=${RESERVE:-70}
 STUDY_TIME=$(( $(left) - POST - RESERVE ))
 stamp "optimize: $TRIALS trials, $JOBS worker processes, no new trial after ${STUDY_TIME} s"
 timeout -s INT $(( $(left) - POST )) python3 -m hpo.cli optimize --study imdb --trials "$TRIALS" --jobs "$JOBS" \
