@@ -18,10 +18,11 @@ source "$(dirname "$0")/gpu_common.sh"
 
 WORK=${WORK:-/tmp/gpu-imdb}
 mkdir -p "$WORK"
-DB=$WORK/gpu-imdb.db
+DB=$WORK/gpu-${NAME:-imdb}.db
 export HPO_CACHE_DIR=$WORK/cache
-trap 'gzip -c "$DB" > "$OUT/gpu-imdb.db.gz" 2>/dev/null' EXIT  # study databases are not committed
-SETS=(--set artifacts.keep_best=5)
+trap 'gzip -c "$DB" > "$OUT/$(basename "$DB").gz" 2>/dev/null' EXIT  # study databases are not committed
+NAME=${NAME:-imdb}
+SETS=(--set artifacts.keep_best=5 --set name=$NAME ${EXTRA_SETS:-})  # EXTRA_SETS: more "--set KEY=VALUE", space-separated
 if [ -n "${SMALL:-}" ]; then
     SETS+=(--set data.max_train=400 --set data.max_valid=200 --set data.max_test=200 --set model.embedding_dim=32
            --set model.hidden_size=32 --set train.max_epochs=2 --set data.max_len=200)
@@ -40,16 +41,16 @@ timeout -s INT $(( $(left) - POST )) python3 -m hpo.cli optimize --study imdb --
     --storage "sqlite:///$DB" --timeout "$STUDY_TIME" "${SETS[@]}" 2>&1 \
     | grep --line-buffered -v "epoch [0-9]*/[0-9]*: [0-9]*%" | tee "$OUT/optimize.log"
 
-FINISHED=$(python3 - "$DB" <<'EOF'
+FINISHED=$(python3 - "$DB" "$NAME" <<'EOF'
 import sys, optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-study = optuna.load_study(study_name="imdb", storage=f"sqlite:///{sys.argv[1]}")
+study = optuna.load_study(study_name=sys.argv[2], storage=f"sqlite:///{sys.argv[1]}")
 print(sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials))
 EOF
 )
 stamp "ensemble and baselines on the study's $FINISHED finished trials"
 python3 benchmarks/ensemble.py --study imdb "${SETS[@]}" --trials "$FINISHED" --storage "sqlite:///$DB" \
-    --out "$OUT" --name imdb-100-trials-ensemble.txt 2>&1 | tail -n 40
+    --out "$OUT" --name "$NAME-ensemble.txt" 2>&1 | tail -n 40
 stamp "report"
-hpo report --study imdb --storage "sqlite:///$DB" > "$OUT/report.txt" 2>&1
+hpo report --study "$NAME" --storage "sqlite:///$DB" > "$OUT/report.txt" 2>&1
 stamp "done"
