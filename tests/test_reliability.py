@@ -353,6 +353,98 @@ def test_a_signal_during_a_trials_finishing_write_ends_the_worker_after_it(tmp_p
     assert states == ["COMPLETE"], states
 
 
+def test_a_signal_while_optuna_reads_a_finished_trial_ends_the_worker_after_the_finish(tmp_path) -> None:
+    """chaos.py through the proxy (d22386f): a SIGTERM landed in the read that begins Optuna's tell,
+    after the objective returned and before the state's write (which was shielded); Optuna's clean-up
+    failed with UnboundLocalError ('updated_state'), a traceback and exit 1. The whole finish now
+    waits: the trial is COMPLETE, and the worker stops at its loop's next turn."""
+    from hpo.search import workers
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'tell.db'}")
+    study = optuna.create_study(study_name="tell", storage=storage)
+    returned: list[bool] = []
+    get_trial = study._storage.get_trial
+
+    def ctrl_c_in_the_tells_read(trial_id: int):
+        if returned and len(returned) == 1:
+            returned.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs in here
+        return get_trial(trial_id)
+
+    study._storage.get_trial = ctrl_c_in_the_tells_read
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        returned.append(True)
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        workers.work(study, objective, budget=3)
+    assert len(returned) == 2, "the signal was not sent in the tell's read"
+    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["COMPLETE"]
+
+
+class _Killed(BaseException):
+    """The process dying (SIGKILL) at this point: nothing after it runs, no handler sees it."""
+
+
+def _interrupted_trial_dies_at_its_fail(tmp_path, monkeypatch, after_write: bool) -> optuna.Study:
+    """A worker's trial is stopped by Ctrl-C mid-objective, and the worker dies as the trial's FAIL
+    is written (``after_write``: once it landed, else before)."""
+    from hpo.search import workers
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'killed.db'}", grace_period=2)
+    study = optuna.create_study(study_name="killed", storage=storage)
+    set_state = storage.set_trial_state_values
+
+    def dies_at_fail(trial_id, state, values=None, *rest):
+        if state == TrialState.FAIL and not after_write:
+            raise _Killed
+        landed = set_state(trial_id, state, values, *rest)
+        if state == TrialState.FAIL:
+            raise _Killed
+        return landed
+
+    monkeypatch.setattr(storage, "set_trial_state_values", dies_at_fail)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0, 1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # interrupted in here
+        return 0.0
+
+    # Optuna's clean-up after a tell that raised fails on its own (UnboundLocalError); a real
+    # SIGKILL runs nothing at all after that point, and writes nothing more, as here
+    with pytest.raises((_Killed, UnboundLocalError)):
+        workers.work(study, objective, budget=1)
+    monkeypatch.undo()
+    return study
+
+
+def test_a_worker_killed_right_after_its_stopped_trials_fail_leaves_a_rerun_queued(tmp_path, monkeypatch) -> None:
+    """chaos.py through the proxy (d22386f): a worker stopped by a signal wrote its trial's FAIL, then
+    was SIGKILLed before it queued the re-run (during a database restart, which made it wait): trial
+    90 stayed FAIL with no re-run. The re-run is now queued before the FAIL is written."""
+    study = _interrupted_trial_dies_at_its_fail(tmp_path, monkeypatch, after_write=True)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["retry_history"] == [0]
+
+
+def test_a_stopped_trial_whose_worker_died_before_its_fail_is_rerun_once(tmp_path, monkeypatch) -> None:
+    """The worker dies after queueing the re-run and before writing the FAIL: the trial stays
+    RUNNING until it is found stale, and failing it then queues no second re-run."""
+    from hpo.search import workers
+
+    study = _interrupted_trial_dies_at_its_fail(tmp_path, monkeypatch, after_write=False)
+    assert sorted(t.state.name for t in study.get_trials(deepcopy=False)) == ["RUNNING", "WAITING"]
+    time.sleep(3.5)  # past the grace period (SQLite's clock has whole seconds)
+    other = optuna.load_study(study_name="killed", storage=open_storage(study._storage._backend.url, grace_period=2))
+    workers._fail_stale_trials(other)
+    assert [t.state.name for t in other.get_trials(deepcopy=False)] == ["FAIL", "WAITING"]
+
+
 def test_a_call_that_waits_too_long_for_a_pooled_connection_waits_again(tmp_path) -> None:
     """`hpo storage-proxy` serves 16 calls at once on a pool of 4 connections: when 64 workers joined
     at once (each reading the study), calls waited past the pool's timeout and the workers died of a

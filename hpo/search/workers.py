@@ -70,6 +70,7 @@ from hpo.storage.database import shield
 from hpo.storage.database.resilient import GRACE_PERIOD_S, ResilientStorage, is_transient, open_storage, retry_callback
 from hpo.storage.database.proxy_client import ProxiedStorage
 from hpo.storage.optuna_private import BaseHeartbeat, rdb_of, storage_of, study_id
+from hpo.storage.optuna_private import trial_id as trial_id_of
 from hpo.training.cores import CoreShare
 from hpo.training.device import available_cores, configure_threads, resolve_device
 from hpo.training.models import check_model
@@ -144,11 +145,27 @@ def work(
     current: list[int] = []
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
+    finishing: list[bool] = []  # the shield of a trial's finish is held (tracked's end to study.optimize's)
+
     def tracked(trial: optuna.Trial) -> float:
         current[:] = [trial.number]
-        if trial.user_attrs.get(record.WORKER) != worker_id:  # a re-run claimed here, or a storage that cannot stamp
-            record.write_worker(trial, worker_id)  # which machine and process ran it, for the dashboard
-        return objective(trial)
+        try:
+            if trial.user_attrs.get(record.WORKER) != worker_id:  # a re-run claimed here, or a storage that cannot stamp
+                record.write_worker(trial, worker_id)  # which machine and process ran it, for the dashboard
+            return objective(trial)
+        except KeyboardInterrupt:
+            # The re-run is queued before Optuna writes this trial's FAIL: a worker SIGKILLed in
+            # between leaves the trial RUNNING, to be failed as stale (a re-run queued already is
+            # not queued again), where the other order lost the re-run (chaos-proxy-postgres, trial 90).
+            with shield.shielded(raise_after=False):
+                _queue_rerun(study, trial)
+            current.clear()
+            raise
+        finally:
+            # Optuna's tell reads the trial, then writes its state; a signal in the read made its
+            # clean-up fail with UnboundLocalError and a traceback. It waits for the loop's next turn.
+            shield.hold()
+            finishing.append(True)
 
     deadline = None if timeout is None else time.monotonic() + timeout
     waiting = False
@@ -175,7 +192,12 @@ def work(
                 waiting = False
                 current.clear()
                 _fail_stale_trials(study)  # Optuna's own, at the trial's start, then finds none
-                study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
+                try:
+                    study.optimize(tracked, n_trials=1, callbacks=[*callbacks, budget, progress], gc_after_trial=False)
+                finally:
+                    while finishing:
+                        finishing.pop()
+                        shield.release()
         except KeyboardInterrupt:
             if current:
                 _requeue(study, current[0])  # signals after the first are ignored: none cuts this short
@@ -437,6 +459,11 @@ def _requeue(study: optuna.Study, number: int) -> None:
         if trial.number == number:
             retry_callback()(study, trial)
             return
+
+
+def _queue_rerun(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Queue a copy of this worker's trial, still RUNNING, that a signal is stopping."""
+    retry_callback()(study, storage_of(study).get_trial(trial_id_of(trial)))
 
 
 class _OurInterrupt(logging.Filter):

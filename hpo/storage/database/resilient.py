@@ -47,7 +47,8 @@ from hpo.storage.database.locks import CONNECT_TIMEOUT_S, creation_lock
 from hpo.storage.database.outage import NOT_LANDED, RETRY_S, Outage, quiet as _quiet
 from hpo.storage.database.proxy_client import WORKER_READY_S, grpc_address, open_grpc
 from hpo.storage.database.urls import display_url, mask_url, scrub, sqlite_path
-from hpo.storage.optuna_private import RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr, stale_trial_ids
+from hpo.storage.optuna_private import (RDB_RETRIABLE_METHODS, ensure_trial_state_index, is_constraint_attr, rdb_of,
+                                        stale_trial_ids, storage_of, study_id)
 
 Log = Callable[[str], None]
 
@@ -81,13 +82,25 @@ def heartbeat_interval(grace_period: int) -> int:
 
 
 class _Retry(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry, minus the failed trial's constraints and what its run alone did (see :func:`retry_callback`)."""
+    """Optuna's retry, minus the failed trial's constraints and what its run alone did, and once per
+    trial (see :func:`retry_callback`)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if _rerun_queued(study, trial.number):
+            return
         own = copy.copy(trial)
         own.system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
         own.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
         super().__call__(study, own)
+
+
+def _rerun_queued(study: optuna.Study, number: int) -> bool:
+    storage = storage_of(study)
+    rdb = rdb_of(storage)
+    if rdb is not None:
+        return trial_writes.rerun_queued(rdb, study_id(study), number)
+    return any((t.system_attrs.get("retry_history") or [])[-1:] == [number]  # the proxy's client: rare, read all
+               for t in study.get_trials(deepcopy=False))
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -105,6 +118,10 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
     Nor what its predecessor's run alone did (:data:`hpo.record.RUN_ATTRS`: where it resumed, which
     worker ran it): a copy that started over, or was stopped before it loaded its checkpoint, said
     it had resumed where its predecessor had (benchmarks/chaos.py counted one as redoing 2 epochs).
+
+    And a trial gets one re-run: a worker that a signal stops queues its trial's re-run before it
+    writes the FAIL, so a worker killed in between leaves a RUNNING trial whose re-run is queued
+    already when it is found stale.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -47,6 +47,18 @@ def clear() -> None:
     _state.pending = False
 
 
+def hold() -> None:
+    """Begin a shielded step that does not fit in one ``with`` block (a trial's finish, from its
+    objective's end to the end of ``study.optimize``); :func:`release` ends it. A signal that came
+    during it is left to the caller (the worker's loop raises at its next turn)."""
+    _state.depth += 1
+
+
+def release() -> None:
+    """End the step :func:`hold` began."""
+    _state.depth -= 1
+
+
 @contextmanager
 def shielded(raise_after: bool = True) -> Iterator[None]:
     """A step a signal does not interrupt; with ``raise_after``, the KeyboardInterrupt of a signal

@@ -181,6 +181,20 @@ def created_trial(storage: RDBStorage, study_id: int, token: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def rerun_queued(storage: RDBStorage, study_id: int, number: int) -> bool:
+    """Whether a re-run of trial ``number`` has been queued (a trial whose ``retry_history`` ends with
+    it, as Optuna's retry callback writes it), read from the study's re-runs alone."""
+    attr = models.TrialSystemAttributeModel
+    with rdb_session(storage) as session:
+        histories = (
+            session.query(attr.value_json)
+            .join(models.TrialModel, models.TrialModel.trial_id == attr.trial_id)
+            .filter(models.TrialModel.study_id == study_id, attr.key == "retry_history")
+            .all()
+        )
+    return any(json.loads(value)[-1:] == [number] for (value,) in histories)
+
+
 def last_write(storage: RDBStorage, trial_id: int) -> str | None:
     """The token of the last state change of the trial (or of its creation)."""
     attr = models.TrialSystemAttributeModel
