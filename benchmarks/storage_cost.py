@@ -10,7 +10,9 @@ have only their start or their end in it). The figures count the database's work
 machine's speed: on 2 shared cores a worker's wall time says little, a statement count says the
 same on any machine.
 
-Per cell (study size x workers x mode), in a database of its own choosing (``--storage``):
+Per cell (study size x workers x mode), in a database of its own choosing (``--storage``), whose
+studies are deleted first (its tables truncated: each cell pays for its own study alone; with
+``--shared-database`` they stay, as in the runs before 2026-12-04):
 
 * a study pre-filled with ``size`` finished trials: one trial run by the mode's own objective,
   then copied ``size - 1`` times in SQL (parameters, values, epochs, attributes, and for hpo the
@@ -321,9 +323,36 @@ class Cost:
     peak_connections: int = 0
 
 
-def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: int, measured: int, top: int) -> Cost:
+# Optuna's tables, children first (MySQL truncates one at a time, foreign key checks off)
+STUDY_TABLES = ("trial_heartbeats", "trial_intermediate_values", "trial_values", "trial_system_attributes",
+                "trial_user_attributes", "trial_params", "trials", "study_system_attributes", "study_user_attributes",
+                "study_directions", "studies")
+
+
+def emptied(engine: sqlalchemy.Engine) -> None:
+    """Every study of the database gone, its tables and indexes new and empty: a cell then pays for its
+    own study alone. Cells sharing one database made each pay for the ones before it: the first plain
+    cell ran on empty tables, hpo's after it on plain's rows too (at 100 trials the same statements
+    read up to 2.3x the buffers on hpo's side, storage_cost-after-by-query.txt)."""
+    mysql = engine.dialect.name in ("mysql", "mariadb")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if not sqlalchemy.inspect(conn).has_table("studies"):
+            return
+        if mysql:
+            conn.exec_driver_sql(f"{TAG} SET FOREIGN_KEY_CHECKS = 0")
+            for table in STUDY_TABLES:
+                conn.exec_driver_sql(f"{TAG} TRUNCATE TABLE {table}")
+            conn.exec_driver_sql(f"{TAG} SET FOREIGN_KEY_CHECKS = 1")
+        else:
+            conn.exec_driver_sql(f"{TAG} TRUNCATE {', '.join(STUDY_TABLES)} RESTART IDENTITY CASCADE")
+
+
+def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: int, measured: int, top: int,
+            alone: bool = True) -> Cost:
     data = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)  # ``engine`` is the monitor's
     try:
+        if alone:
+            emptied(data)
         same_schema(mode, data)
         name = prefill(mode, url, data, size)
     finally:
@@ -415,6 +444,8 @@ def main() -> None:
                         help="plain (RDBStorage), hpo (open_storage), proxy (hpo's workers through `hpo storage-proxy`)")
     parser.add_argument("--measured", type=int, default=50, help="finished trials per window")
     parser.add_argument("--top", type=int, default=0, help="also print the N statements that read the most")
+    parser.add_argument("--shared-database", action="store_true",
+                        help="keep every cell's study (the runs before 2026-12-04): each cell then also pays for the earlier ones' rows")
     args = parser.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -434,10 +465,10 @@ def main() -> None:
         for workers in [int(w) for w in args.workers.split(",")]:
             for mode in args.modes.split(","):
                 try:
-                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
+                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
                 except sqlalchemy.exc.OperationalError as exc:  # a server restarted under the cell: once more
                     print(f"# {size} {workers} {mode}: measured again after {str(exc).splitlines()[0][:100]}", flush=True)
-                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top)
+                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
                 ratio = ""
                 if mode == "plain":
                     baseline[(size, workers)] = c
