@@ -501,17 +501,20 @@ class ResilientStorage(optuna.storages.RDBStorage):
 
     # --- writes resent by a client whose reply was lost (the storage proxy's workers) ---
 
-    def create_new_trial_once(self, study_id: int, template_trial: FrozenTrial | None, token: str) -> int:
-        """The id of the trial made with ``token``: made now, or by an earlier call with the same token."""
-        made = self._call("created_trial", lambda: trial_writes.created_trial(self, study_id, token))
+    def create_new_trial_once(self, study_id: int, template_trial: FrozenTrial | None, token: str,
+                              first: bool = False) -> int:
+        """The id of the trial made with ``token``: made now, or by an earlier call with the same token
+        (``first``: the client says no earlier call had it, so none is looked for)."""
+        made = None if first else self._call("created_trial", lambda: trial_writes.created_trial(self, study_id, token))
         if made is not None:
             return made
         return self._create_new_trial(study_id, template_trial, token)._trial_id
 
     def set_trial_state_values_once(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
-                                    token: str) -> bool:
-        """:meth:`set_trial_state_values` with ``token``; True at once if an earlier call with it made the change."""
-        if self._call("last_write", lambda: trial_writes.last_write(self, trial_id)) == token:
+                                    token: str, first: bool = False) -> bool:
+        """:meth:`set_trial_state_values` with ``token``; True at once if an earlier call with it made the
+        change (``first``: the client says no earlier call had it)."""
+        if not first and self._call("last_write", lambda: trial_writes.last_write(self, trial_id)) == token:
             return True
         return self.set_trial_state_values(trial_id, state, values, token)
 

@@ -92,7 +92,8 @@ from hpo.storage import optuna_private
 from hpo.storage.artifacts.database_store import DatabaseStore
 from hpo.storage.database.proxy_auth import TOKEN_FILE_VAR, TOKEN_VAR, ServerTls, is_loopback, proxy_token, token_matches
 from hpo.storage.database.bounded import study_attrs
-from hpo.storage.database.proxy_client import HEARTBEAT_ATTR, STAMP_KEY, STUDY_ATTRS_SERVICE, WRITE_TOKEN_KEY, grpc_address
+from hpo.storage.database.proxy_client import (FIRST_SEND_KEY, HEARTBEAT_ATTR, STAMP_KEY, STUDY_ATTRS_SERVICE, WRITE_TOKEN_KEY,
+                                              grpc_address)
 from hpo.storage.database.resilient import (
     GRACE_PERIOD_S,
     heartbeat_interval,
@@ -197,18 +198,21 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         A resend that arrives while its first call still runs (the client saw its connection
         reset, the proxy did not) waits for it, then finds its token written.
         """
-        token = dict(context.invocation_metadata() or ()).get(WRITE_TOKEN_KEY)
+        metadata = dict(context.invocation_metadata() or ())
+        token = metadata.get(WRITE_TOKEN_KEY)
         if token is None:
             return fresh()
+        if metadata.get(FIRST_SEND_KEY):  # a token never sent before: nothing to look for
+            return once(token, True)
         with self._tokens:
             running = self._in_flight.get(token)
             if running is None:
                 self._in_flight[token] = threading.Event()
         if running is not None:
             running.wait()
-            return once(token)
+            return once(token, False)
         try:
-            return once(token)
+            return once(token, False)
         finally:
             with self._tokens:
                 self._in_flight.pop(token).set()
@@ -228,7 +232,8 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         try:
             with self._stamped(context):
                 trial_id = self._once(context, lambda: self._backend.create_new_trial(request.study_id, template),
-                                      lambda token: self._backend.create_new_trial_once(request.study_id, template, token))
+                                      lambda token, first: self._backend.create_new_trial_once(request.study_id, template,
+                                                                                               token, first))
         except KeyError as exc:
             context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(exc))
         self._study_of_trial[trial_id] = request.study_id
@@ -274,7 +279,8 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
             with self._stamped(context):
                 updated = self._once(
                     context, lambda: self._backend.set_trial_state_values(request.trial_id, state, values),
-                    lambda token: self._backend.set_trial_state_values_once(request.trial_id, state, values, token))
+                    lambda token, first: self._backend.set_trial_state_values_once(request.trial_id, state, values,
+                                                                                   token, first))
         except KeyError as exc:
             context.abort(code=grpc.StatusCode.NOT_FOUND, details=str(exc))
         except UpdateFinishedTrialError as exc:
