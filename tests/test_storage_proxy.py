@@ -162,6 +162,51 @@ def test_a_proxied_workers_trials_beat_from_the_proxys_first_transaction(tmp_pat
     assert plain._trial_id not in beats
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # ask() here
+def test_a_proxy_too_busy_to_hear_heartbeats_fails_no_trial_until_it_could_again(tmp_path) -> None:
+    """benchmarks/storage_cost.py, 64 workers joining a 1,000-trial study through the proxy: every
+    thread of the proxy was busy serving their reads for a minute, the workers' heartbeats waited in
+    its queue, and the reaper failed 3 trials whose workers were alive (they died on "Cannot tell a
+    FAIL trial"). Silence now counts from the last moment all its threads were busy at the earliest."""
+    import threading
+
+    import grpc
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from hpo.storage.proxy.server import Backlog, Reaper
+
+    backlog = Backlog(threads=2)
+    assert backlog.quiet_for() == float("inf")
+    release = threading.Event()
+    handler = backlog.intercept_service(lambda details: grpc.unary_unary_rpc_method_handler(
+        lambda request, context: release.wait(10)), None)
+    calls = [threading.Thread(target=handler.unary_unary, args=(None, None)) for _ in range(2)]
+    for call in calls:
+        call.start()
+    time.sleep(0.2)
+    assert backlog.quiet_for() == 0.0  # both threads busy: a heartbeat would wait
+    release.set()
+    for call in calls:
+        call.join()
+    time.sleep(0.2)
+    assert 0.1 < backlog.quiet_for() < 5
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'busy.db'}", grace_period=2)
+    study = optuna.create_study(study_name="busy", storage=storage)
+    trial = study.ask({"x": FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)
+    quiet = [0.0]
+    reaper = Reaper(storage, 2, quiet_for=lambda: quiet[0])
+    assert reaper.round() == 0
+    time.sleep(3.5)  # silent past the grace period (SQLite's clock has whole seconds)...
+    quiet[0] = 1.0  # ...but the proxy was too busy to hear it until a second ago
+    assert reaper.round() == 0
+    assert study.get_trials(deepcopy=False)[0].state == TrialState.RUNNING
+    quiet[0] = 3.5  # free for longer than the grace period, and still nothing: dead
+    assert reaper.round() == 1
+
+
 def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_install(tmp_path) -> None:
     """grpcio is an extra (hpo[proxy]), yet every hpo process imports the proxy module."""
     code = (

@@ -24,8 +24,9 @@ stays RUNNING for ever. Two small additions make a proxied worker's death end as
   time; the loser sees ``UpdateFinishedTrialError`` and does nothing) and one copy with its
   parameters is queued, which the next free worker runs, resuming from its checkpoint.
 
-  A trial's silence counts from its last heartbeat, or from when this proxy first saw it
-  running, whichever is later: while the proxy was down (restarting, for minutes) no worker
+  A trial's silence counts from its last heartbeat, from when this proxy first saw it
+  running, or from the last moment all the proxy's threads were busy (heartbeats then wait in
+  its queue), whichever is latest: while the proxy was down (restarting, for minutes) no worker
   could beat, and a trial claimed again keeps its old heartbeat until its new worker's first
   beat. Counting from the heartbeat alone, a restarted proxy failed trials whose workers were
   still running them (they then died on "Cannot tell a FAIL trial").
@@ -166,6 +167,52 @@ class _TokenCheck(_ServerInterceptor):  # type: ignore[misc,valid-type]
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}: set ${TOKEN_VAR} or ${TOKEN_FILE_VAR} to the proxy's")
 
         return grpc.unary_unary_rpc_method_handler(refuse)  # every call of Optuna's protocol is unary
+
+
+class Backlog(_ServerInterceptor):  # type: ignore[misc,valid-type]
+    """Counts the calls the proxy is serving, so that its reaper knows when it could not hear heartbeats.
+
+    With every one of its ``threads`` busy (64 workers joining a 1,000-trial study at once, each
+    reading the whole study through it), a heartbeat waits in gRPC's queue like any call; the
+    reaper then took the queue's delay for silence and failed trials whose workers were alive
+    (benchmarks/storage_cost.py, 64 workers through the proxy: 3 trials failed a minute into the
+    cell, their workers died on "Cannot tell a FAIL trial"). :meth:`quiet_for` says for how long
+    every call could start at once; a trial's silence counts from then at the earliest.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._busy_until: float | None = None  # when all threads were last busy (monotonic)
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:  # every call of Optuna's protocol is unary
+            return handler
+        served = handler.unary_unary
+
+        def counted(request: Any, context: Any) -> Any:
+            with self._lock:
+                self._in_flight += 1
+                if self._in_flight >= self.threads:
+                    self._busy_until = time.monotonic()
+            try:
+                return served(request, context)
+            finally:
+                with self._lock:
+                    if self._in_flight >= self.threads:
+                        self._busy_until = time.monotonic()
+                    self._in_flight -= 1
+
+        return handler._replace(unary_unary=counted)
+
+    def quiet_for(self) -> float:
+        """Seconds since every thread was last busy: 0 while they are, infinity if they never were."""
+        with self._lock:
+            if self._in_flight >= self.threads:
+                return 0.0
+            return float("inf") if self._busy_until is None else time.monotonic() - self._busy_until
 
 
 KNOWN_TRIALS = 100_000  # trial ids whose study the proxy remembers (a few MB); the oldest are forgotten first
@@ -318,8 +365,9 @@ class Reaper:
     so a trial another reaper (or a direct worker) fails first is skipped, not re-run twice.
     """
 
-    def __init__(self, storage: Any, grace_period: int, log: Log = lambda m: None) -> None:
-        self.storage, self.grace_period, self.log = storage, grace_period, log
+    def __init__(self, storage: Any, grace_period: int, log: Log = lambda m: None,
+                 quiet_for: Callable[[], float] = lambda: float("inf")) -> None:
+        self.storage, self.grace_period, self.log, self.quiet_for = storage, grace_period, log, quiet_for
         self._first_seen: dict[int, datetime] = {}  # RUNNING trial id -> when this proxy first saw it (database clock)
 
     def silent(self) -> dict[int, list[int]]:
@@ -339,9 +387,11 @@ class Reaper:
         now = now.replace(tzinfo=None)  # PostgreSQL answers with a time zone, the column has none
         seen = {trial_id: self._first_seen.get(trial_id, now) for _, trial_id, _ in rows}
         self._first_seen = seen  # finished trials drop out
+        # While every thread of the proxy was busy, heartbeats waited in its queue: not silence.
+        heard = now - timedelta(seconds=min(self.quiet_for(), 10 * 365 * 86400))
         silent: dict[int, list[int]] = {}
         for study_id, trial_id, at in rows:
-            if now - max(at, seen[trial_id]) > timedelta(seconds=self.grace_period):
+            if now - max(at, seen[trial_id], heard) > timedelta(seconds=self.grace_period):
                 silent.setdefault(study_id, []).append(trial_id)
         return silent
 
@@ -394,8 +444,9 @@ def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: thre
         raise HpoError(f"--artifact-port {artifact_port} is the gRPC --port: choose another (workers look at {port + 1})")
     storage = open_storage(url, grace_period=grace_period, log=log)
     refusals = RefusalLog(log)
+    backlog = Backlog(THREADS)
     server = grpc.server(ThreadPoolExecutor(max_workers=THREADS),
-                         interceptors=[_TokenCheck(token, refusals)] if token is not None else None)
+                         interceptors=[backlog, *([_TokenCheck(token, refusals)] if token is not None else [])])
     _api_pb2_grpc.add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
     server.add_generic_rpc_handlers((study_attrs_handler(storage),))
     try:
@@ -420,7 +471,7 @@ def serve(url: str, host: str, port: int, log: Log = lambda m: None, ready: thre
     if ready is not None:
         ready.set()
     interval = heartbeat_interval(grace_period)
-    reaper = Reaper(storage, grace_period, log)
+    reaper = Reaper(storage, grace_period, log, backlog.quiet_for)
     try:
         while not stop.wait(interval):
             try:
