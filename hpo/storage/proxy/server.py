@@ -187,6 +187,7 @@ class Backlog(_ServerInterceptor):  # type: ignore[misc,valid-type]
         self._busy_until: float | None = None  # when all threads were last busy (monotonic)
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
+        """The call's handler, counted while it runs."""
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:  # every call of Optuna's protocol is unary
             return handler
