@@ -224,24 +224,32 @@ def test_without_grpcio_database_urls_still_open_and_grpc_urls_say_what_to_insta
     assert done.stdout.splitlines() == ["ResilientStorage", "grpc:// storage needs grpcio: pip install 'hpo[proxy]'"]
 
 
-def test_the_proxy_reads_what_a_worker_asks_for_and_remembers_distributions(tmp_path) -> None:
-    """Behind Optuna's servicer each parameter looked its study up in trial_params (a scan that
-    grows with the database); the proxy remembers each study's distributions, as a direct worker's
-    cache does, and still refuses an incompatible one."""
+def _servicer_in_process(db: Path):
+    """hpo's proxy servicer over a SQLite file, in this process (its statements can be listened to):
+    (its storage, the gRPC server, its port)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
-    import sqlalchemy
-    from optuna.storages import GrpcStorageProxy
 
     from hpo.storage import optuna_private
     from hpo.storage.proxy.server import _HeartbeatServicer
 
-    storage = open_storage(f"sqlite:///{tmp_path / 'proxied.db'}")
+    storage = open_storage(f"sqlite:///{db}")
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
     optuna_private.grpc_api()[1].add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return storage, server, port
+
+
+def test_the_proxy_reads_what_a_worker_asks_for_and_remembers_distributions(tmp_path) -> None:
+    """Behind Optuna's servicer each parameter looked its study up in trial_params (a scan that
+    grows with the database); the proxy remembers each study's distributions, as a direct worker's
+    cache does, and still refuses an incompatible one."""
+    import sqlalchemy
+    from optuna.storages import GrpcStorageProxy
+
+    storage, server, port = _servicer_in_process(tmp_path / "proxied.db")
     lookups: list[str] = []
     whole_study: list[str] = []
 
@@ -280,19 +288,9 @@ def test_the_proxy_looks_for_an_earlier_write_only_when_a_write_is_resent(tmp_pa
     (benchmarks/storage_cost.py, 64 workers through the proxy at 1,000 trials: 260 kB of the 10 MB
     a trial cost). A first send says so, and only a resend is looked for: it still gets what the
     first call did, once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import grpc
     import sqlalchemy
 
-    from hpo.storage import optuna_private
-    from hpo.storage.proxy.server import _HeartbeatServicer
-
-    storage = open_storage(f"sqlite:///{tmp_path / 'first.db'}")
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    optuna_private.grpc_api()[1].add_StorageServiceServicer_to_server(_HeartbeatServicer(storage), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    storage, server, port = _servicer_in_process(tmp_path / "first.db")
     lookups: list[str] = []
 
     def listen(conn, cursor, statement, *rest) -> None:
