@@ -312,6 +312,50 @@ def test_the_proxy_looks_for_an_earlier_write_only_when_a_write_is_resent(tmp_pa
         server.stop(None)
 
 
+def test_a_resend_that_arrives_while_the_first_send_runs_waits_for_it(tmp_path) -> None:
+    """The first send of a new trial skips the lookup of its token, but still registers it: a resend
+    arriving while the first send is still being written (the client saw its connection reset) waits
+    for it and gets its trial, and no second trial is made."""
+    import threading
+
+    from hpo.storage.database.proxy_client import FIRST_SEND_KEY, WRITE_TOKEN_KEY
+    from hpo.storage.proxy.server import _HeartbeatServicer
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'resend.db'}")
+    study = optuna.create_study(study_name="resend", storage=storage)
+    servicer = _HeartbeatServicer(storage)
+
+    class Context:
+        def __init__(self, *metadata: tuple[str, str]) -> None:
+            self.metadata = metadata
+
+        def invocation_metadata(self):
+            return self.metadata
+
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_first(token: str, first: bool) -> int:
+        writing.set()
+        release.wait(10)  # the first send is still being written...
+        return storage.create_new_trial_once(study._study_id, None, token, first)
+
+    made: list[int] = []
+    first = threading.Thread(target=lambda: made.append(servicer._once(
+        Context((WRITE_TOKEN_KEY, "t1"), (FIRST_SEND_KEY, "1")), lambda: None, slow_first)))
+    first.start()
+    assert writing.wait(10)
+    resend = threading.Thread(target=lambda: made.append(servicer._once(
+        Context((WRITE_TOKEN_KEY, "t1")), lambda: None,
+        lambda token, first: storage.create_new_trial_once(study._study_id, None, token, first))))
+    resend.start()  # ...when the client's resend arrives
+    time.sleep(0.3)
+    release.set()
+    first.join()
+    resend.join()
+    assert len(made) == 2 and made[0] == made[1]
+    assert len(study.get_trials(deepcopy=False)) == 1
+
+
 def test_a_note_through_the_proxy_reads_its_own_keys_not_every_note(tmp_path) -> None:
     """Optuna's protocol reads a study's system attributes only all at once, every trial's note
     among them; hpo's proxy answers a read by key, so a trial's note costs the same as direct."""

@@ -240,8 +240,9 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         self._study_of_trial: dict[int, int] = {}
         self._distributions: dict[tuple[int, str], Any] = {}  # (study id, parameter) -> its first distribution
 
-    def _once(self, context: Any, fresh: Callable[[], Any], once: Callable[[str], Any]) -> Any:
-        """``once(token)`` for a call that carries a write token, else ``fresh()``.
+    def _once(self, context: Any, fresh: Callable[[], Any], once: Callable[[str, bool], Any]) -> Any:
+        """``once(token, first)`` for a call that carries a write token, else ``fresh()``; ``first``:
+        the client says this is the token's first send (:data:`FIRST_SEND_KEY`).
 
         A resend that arrives while its first call still runs (the client saw its connection
         reset, the proxy did not) waits for it, then finds its token written.
@@ -250,8 +251,6 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
         token = metadata.get(WRITE_TOKEN_KEY)
         if token is None:
             return fresh()
-        if metadata.get(FIRST_SEND_KEY):  # a token never sent before: nothing to look for
-            return once(token, True)
         with self._tokens:
             running = self._in_flight.get(token)
             if running is None:
@@ -260,7 +259,9 @@ class _HeartbeatServicer(_Servicer):  # type: ignore[misc,valid-type]
             running.wait()
             return once(token, False)
         try:
-            return once(token, False)
+            # a first send's token was never sent before: no earlier call to look for (a resend
+            # arriving while it runs still waits for it, above)
+            return once(token, bool(metadata.get(FIRST_SEND_KEY)))
         finally:
             with self._tokens:
                 self._in_flight.pop(token).set()
