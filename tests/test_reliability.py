@@ -313,19 +313,32 @@ def test_a_signal_between_failing_a_dead_workers_trial_and_queueing_its_rerun_lo
         dead.suggest_float("x", 0, 1)
         storage.record_heartbeat(dead._trial_id)
     time.sleep(3.5)  # past the grace period: its worker is taken for dead
-    set_state = storage.set_trial_state_values
+    from hpo.storage.database import trial_writes
+    both = trial_writes.fail_and_requeue
+    sent: list[str] = []
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute",
+                            lambda conn, cursor, statement, *rest: sent.append(" ".join(statement.split())))
+    sqlalchemy.event.listen(storage.engine, "commit", lambda conn: sent.append("COMMIT"))
 
-    def then_ctrl_c(*args: object, **kwargs: object) -> bool:  # the FAIL lands; the re-run is queued next
-        landed = set_state(*args, **kwargs)
+    def then_ctrl_c(*args: object, **kwargs: object) -> bool:  # the FAIL and the re-run land; then a signal
+        landed = both(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.5)  # the handler runs in here
         return landed
 
-    storage.set_trial_state_values = then_ctrl_c
-    with pytest.raises(KeyboardInterrupt), workers._interruptible():
-        workers._fail_stale_trials(study)
+    trial_writes.fail_and_requeue = then_ctrl_c
+    try:
+        with pytest.raises(KeyboardInterrupt), workers._interruptible():
+            workers._fail_stale_trials(study)
+    finally:
+        trial_writes.fail_and_requeue = both
     states = sorted(t.state.name for t in study.get_trials(deepcopy=False))
     assert states == ["FAIL", "WAITING"], states  # the dead trial failed, and its re-run queued
+    # ...in one transaction: a process killed between two (SIGKILL, which no shield holds) lost the
+    # re-run (chaos.py through the proxy at 1a46669: trial 73, its reaper's proxy killed mid-round)
+    fail = next(i for i, st in enumerate(sent) if st.startswith("UPDATE trials SET state"))
+    rerun = next(i for i, st in enumerate(sent) if st.startswith("INSERT INTO trials "))
+    assert "COMMIT" not in sent[min(fail, rerun):max(fail, rerun)]
 
 
 def test_a_signal_during_a_trials_finishing_write_ends_the_worker_after_it(tmp_path, monkeypatch) -> None:

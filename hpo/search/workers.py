@@ -441,6 +441,11 @@ def _fail_stale_trials(study: optuna.Study) -> None:
     if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
         return
     stale = storage._get_stale_trial_ids(study_id(study))
+    rdb = rdb_of(storage)
+    if isinstance(rdb, ResilientStorage):  # both writes in one transaction: a SIGKILL cannot split them either
+        for trial_id in stale:
+            rdb.fail_and_requeue(study, trial_id)
+        return
     retry = storage.get_heartbeat_stale_trial_callback()
     for trial_id in stale:
         with shield.shielded():

@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import functools
 import random
 import sys
@@ -86,12 +85,24 @@ class _Retry(RetryHeartbeatStaleTrialCallback):
     trial (see :func:`retry_callback`)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        rerun = self.template(study, trial)
+        if rerun is not None:
+            study.add_trial(rerun)
+
+    def template(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+        """The WAITING copy Optuna's retry would add for ``trial``; None when its retries are used up
+        or its re-run is queued already."""
         if _rerun_queued(study, trial.number):
-            return
-        own = copy.copy(trial)
-        own.system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
-        own.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
-        super().__call__(study, own)
+            return None
+        system_attrs = {k: v for k, v in trial.system_attrs.items() if not is_constraint_attr(k)}
+        history = [*(system_attrs.get("retry_history") or []), trial.number]
+        system_attrs = {"failed_trial": trial.number, **system_attrs, "retry_history": history}
+        if self._max_retry is not None and self._max_retry < len(history):
+            return None
+        return optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}, system_attrs=system_attrs,
+        )
 
 
 def _rerun_queued(study: optuna.Study, number: int) -> bool:
@@ -517,6 +528,21 @@ class ResilientStorage(optuna.storages.RDBStorage):
         if not first and self._call("last_write", lambda: trial_writes.last_write(self, trial_id)) == token:
             return True
         return self.set_trial_state_values(trial_id, state, values, token)
+
+    def fail_and_requeue(self, study: optuna.Study, trial_id: int) -> FrozenTrial | None:
+        """A dead worker's trial failed and its re-run queued (:func:`retry_callback`'s copy) in one
+        transaction (:func:`trial_writes.fail_and_requeue`): the failed trial, or None when it
+        finished meanwhile (its worker was alive after all, or another reaper failed it first).
+        A signal waits for it (:mod:`~hpo.storage.database.shield`)."""
+        with shield.shielded():
+            dead = self._call("get_trial", lambda: optuna.storages.RDBStorage.get_trial(self, trial_id))
+            if dead.state != TrialState.RUNNING:
+                return None
+            rerun = retry_callback().template(study, dead)
+            token = trial_writes.new_token()
+            failed = self._call("fail_and_requeue", lambda: trial_writes.fail_and_requeue(self, dead, rerun, token),
+                                lambda: True if trial_writes.last_write(self, trial_id) == token else _NOT_LANDED)
+            return dead if failed else None
 
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         # Named here, not inside each attempt, so that a retry looks for the study the first attempt made.

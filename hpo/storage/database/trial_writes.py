@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -120,6 +121,36 @@ def _beat_in(session: Any, trial_id: int) -> None:
     ).rowcount
     if not moved:
         session.add(beat(trial_id=trial_id))
+
+
+def fail_and_requeue(storage: RDBStorage, dead: FrozenTrial, rerun: FrozenTrial | None, token: str) -> bool:
+    """A dead worker's RUNNING trial failed and, with ``rerun`` (a WAITING copy), its re-run queued,
+    in one transaction: True when this call failed it (False: finished meanwhile, nothing written).
+
+    As two transactions (Optuna's ``fail_stale_trials``, then its retry callback), a process killed
+    between them left the trial FAIL with no re-run (chaos.py through the proxy, 1a46669: the proxy,
+    SIGKILLed in its reaper's round, lost trial 73's re-run). ``token`` marks the failed trial, so a
+    retry after a lost reply can tell whether this landed (:func:`last_write`).
+    """
+    try:
+        with rdb_session(storage) as session:
+            study_id = models.TrialModel.find_or_raise_by_id(dead._trial_id, session).study_id
+            if rerun is not None:  # the study's row lock first, as create_trial takes it: it numbers the re-run
+                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            set_system_attr_in(storage, session, dead._trial_id, WRITE_ATTR, token)  # while it may still change
+            moved = session.execute(
+                sa.update(models.TrialModel)
+                .where(models.TrialModel.trial_id == dead._trial_id, models.TrialModel.state == TrialState.RUNNING)
+                .values(state=TrialState.FAIL, datetime_complete=datetime.now())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if moved != 1:
+                raise _Lost  # rolls the token back
+            if rerun is not None:
+                new_trial_in(storage, study_id, _without_token(rerun), session)
+    except (_Lost, UpdateFinishedTrialError):  # finished meanwhile (the token's write checks first)
+        return False
+    return True
 
 
 def needs_token(state: TrialState) -> bool:

@@ -21,7 +21,7 @@ stays RUNNING for ever. Two small additions make a proxied worker's death end as
   than its ``--grace-period`` and runs Optuna's ``fail_stale_trials`` on their studies, with the
   retry callback every hpo worker uses (:func:`~hpo.storage.database.resilient.retry_callback`): the trial
   is failed once (a row lock decides between the proxy and any direct worker reaping at the same
-  time; the loser sees ``UpdateFinishedTrialError`` and does nothing) and one copy with its
+  time; the loser changes nothing) and one copy with its
   parameters is queued, which the next free worker runs, resuming from its checkpoint.
 
   A trial's silence counts from its last heartbeat, from when this proxy first saw it
@@ -400,19 +400,14 @@ class Reaper:
     def round(self) -> int:
         """One look: how many trials it failed (each with a re-run queued)."""
         failed = 0
-        callback = self.storage.get_heartbeat_stale_trial_callback()
         for study_id, trial_ids in sorted(self.silent().items()):
             name = self.storage.get_study_name_from_id(study_id)
             study = optuna.Study(study_name=name, storage=self.storage, sampler=optuna.samplers.RandomSampler())
             for trial_id in sorted(trial_ids):
-                try:  # as Optuna's fail_stale_trials, for these trials only
-                    if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                        continue
-                except UpdateFinishedTrialError:
+                # failed and its re-run queued in one transaction: a proxy killed in its round loses neither
+                dead = self.storage.fail_and_requeue(study, trial_id)
+                if dead is None:
                     continue  # finished meanwhile: by its worker, or by another reaper
-                dead = self.storage.get_trial(trial_id)
-                if callback is not None:
-                    callback(study, dead)
                 self.log(f"storage proxy: study {name!r}, trial {dead.number}: no heartbeat for {self.grace_period} s; "
                          "failed, and a re-run with its parameters is queued")
                 failed += 1
