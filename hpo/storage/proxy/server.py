@@ -18,11 +18,12 @@ stays RUNNING for ever. Two small additions make a proxied worker's death end as
   attribute, so the beat lands in Optuna's ``trial_heartbeats`` table, where a direct worker's
   would: direct and proxied workers can share a study and fail each other's dead trials.
 * **The proxy reaps.** Every few seconds it looks for RUNNING trials whose heartbeat is older
-  than its ``--grace-period`` and runs Optuna's ``fail_stale_trials`` on their studies, with the
-  retry callback every hpo worker uses (:func:`~hpo.storage.database.resilient.retry_callback`): the trial
-  is failed once (a row lock decides between the proxy and any direct worker reaping at the same
-  time; the loser changes nothing) and one copy with its
-  parameters is queued, which the next free worker runs, resuming from its checkpoint.
+  than its ``--grace-period``, and fails each with its re-run queued in one transaction
+  (:meth:`~hpo.storage.database.resilient.ResilientStorage.fail_and_requeue`, the copy every hpo
+  worker's retry makes, :func:`~hpo.storage.database.resilient.retry_callback`): the trial is
+  failed once (a conditional update decides between the proxy and any direct worker reaping at
+  the same time; the loser changes nothing), and the copy with its parameters is run by the next
+  free worker, resuming from its checkpoint.
 
   A trial's silence counts from its last heartbeat, from when this proxy first saw it
   running, or from the last moment all the proxy's threads were busy (heartbeats then wait in
