@@ -67,3 +67,33 @@ def test_a_torn_checkpoint_falls_back_to_the_other_slot(small_spec, tmp_path) ->
     assert store.load().epoch == 1
     store.remove()
     assert store.load() is None and list(tmp_path.iterdir()) == []
+
+
+def test_a_slot_the_store_cannot_serve_for_a_moment_is_read_again_not_passed_over(small_spec, tmp_path, monkeypatch) -> None:
+    """chaos.py through the proxy (99711f7): a re-run read its checkpoint while the storage proxy
+    restarted; the newer slot's read failed, was taken for a missing slot, and the re-run resumed
+    from the older one and trained a finished epoch again. A read error that is not "not found" is
+    now read again."""
+    from hpo.training import checkpoints as module
+
+    monkeypatch.setattr(module.time, "sleep", lambda s: None)
+    spec = small_spec()
+    data = load_dataset(spec.data)
+    saved = []
+    cfg = dataclasses.replace(train_config(spec, VALUES), max_epochs=2)
+    train(build_model(spec, data.vocab_size, 0.2), data, cfg, on_checkpoint=lambda c: saved.append(copy.deepcopy(c)))
+    real = FileSystemArtifactStore(str(tmp_path))
+    store = TrialCheckpoints(real, "k")
+    store.save(saved[0])  # epoch 1 -> slot b
+    store.save(saved[1])  # epoch 2 -> slot a
+    failures = {"checkpoint-k-a.pt": 2}  # the newer slot, unreachable twice, as through a restarting proxy
+
+    class Restarting:
+        def open_reader(self, artifact_id: str):
+            if failures.get(artifact_id):
+                failures[artifact_id] -= 1
+                raise ConnectionResetError("the storage proxy went away mid-read")
+            return real.open_reader(artifact_id)
+
+    assert TrialCheckpoints(Restarting(), "k").load().epoch == 2
+    assert failures["checkpoint-k-a.pt"] == 0

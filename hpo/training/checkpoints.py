@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from typing import Any
 
 import torch
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
 from hpo.storage.artifacts.keys import SLOTS, checkpoint_id
 from hpo.training.loop import Checkpoint
+
+READ_RETRY_S = 300.0  # as long as a storage call waits out an outage (outage.RETRY_S)
 
 
 class TrialCheckpoints:
@@ -50,16 +54,39 @@ class TrialCheckpoints:
         self.store.write(checkpoint_id(self.key, SLOTS[checkpoint.epoch % 2]), buffer)
 
     def load(self) -> Checkpoint | None:
-        """The newest readable checkpoint, or None when there is none (the trial starts over)."""
+        """The newest readable checkpoint, or None when there is none (the trial starts over).
+
+        A slot that is missing, or whose bytes do not load (cut short by a kill), is passed over for
+        the other one. A slot the store cannot serve right now (a storage proxy restarting under
+        the read) is read again until it can, for up to :data:`READ_RETRY_S`: taken for missing, it
+        made a re-run resume from the older slot and train a finished epoch again (chaos.py through
+        the proxy at 99711f7, trial 40)."""
         found: list[Checkpoint] = []
         for slot in SLOTS:
+            data = self._read(checkpoint_id(self.key, slot))
+            if data is None:
+                continue
             try:
-                with self.store.open_reader(checkpoint_id(self.key, slot)) as f:
-                    data = f.read()
                 found.append(Checkpoint(**torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)))
-            except Exception:  # missing, or cut short by a kill: the other slot may do
+            except Exception:  # cut short by a kill: the other slot may do
                 continue
         return max(found, key=lambda c: c.epoch, default=None)
+
+    def _read(self, artifact_id: str) -> bytes | None:
+        """The slot's bytes; None when the store has no such slot."""
+        deadline, delay = time.monotonic() + READ_RETRY_S, 0.5
+        while True:
+            try:
+                with self.store.open_reader(artifact_id) as f:
+                    return f.read()
+            except (ArtifactNotFound, FileNotFoundError, KeyError):
+                return None
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise HpoError(f"checkpoint {artifact_id!r} could not be read for {READ_RETRY_S:.0f} s: "
+                                   f"{type(exc).__name__}: {exc}") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
 
     def remove(self) -> None:
         for slot in SLOTS:
