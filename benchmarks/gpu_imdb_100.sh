@@ -5,8 +5,8 @@
 # one split, with standard errors. On the 2-core CPU the study costs ~330 core-minutes; on the lent
 # GPU machine it runs as one prepared call:
 #
-#   OUT=/tmp/gpu-imdb bash benchmarks/gpu_imdb_100.sh               # the real run (a GPU; ~9 min)
-#   OUT=/tmp/gpu-imdb SMALL=1 bash benchmarks/gpu_imdb_100.sh       # a rehearsal on a CPU (~4 min)
+#   OUT=/tmp/gpu-imdb bash benchmarks/gpu_imdb_100.sh               # the real run (a GPU; 435 s on the H200, 2026-12-04)
+#   OUT=/tmp/gpu-imdb SMALL=1 bash benchmarks/gpu_imdb_100.sh       # a rehearsal on a CPU (57 s on 2 cores)
 #
 # BUDGET (seconds, default 560) bounds the whole run: the study stops starting trials early enough
 # for the running ones and the table to finish; a study cut short is reported as what it is (the
