@@ -220,3 +220,27 @@ def test_a_study_cannot_take_a_lock_s_name(small_spec) -> None:
 
     with pytest.raises(HpoError, match=r"names starting 'hpo-lock:' are hpo's locks"):
         open_study(small_spec("name='hpo-lock:x'"), optuna.storages.InMemoryStorage())
+
+
+def test_a_waiter_whose_time_runs_out_as_the_lock_changes_hands_waits_for_the_next_holder(proxy_url) -> None:
+    """The chaos run through the proxy (chaos-proxy-postgres.txt): a waiter's 120 s ran out just as
+    another station broke a killed worker's lock and took it; the waiter gave up ("... holds it and
+    is alive") though the queue had just moved. Its wait now starts again when the lock changes hands."""
+    storage = open_storage(proxy_url)
+    other = StorageLock(open_storage(proxy_url), "handover", log=lambda m: None)
+    waiter = StorageLock(storage, "handover", log=lambda m: None)
+    took = waiter._try_take
+
+    def beaten_to_it() -> bool:  # the lock was free, but another takes it first and holds it 1 s
+        waiter._try_take = took
+        other.acquire(timeout_s=10)
+        threading.Timer(1.0, other.release).start()
+        time.sleep(0.6)  # the waiter's timeout runs out meanwhile
+        return False
+
+    waiter._try_take = beaten_to_it
+    start = time.monotonic()
+    with waiter.held(timeout_s=0.5):  # past its timeout when it first finds the lock taken
+        assert time.monotonic() - start >= 1.0  # it got the lock after the other released it
+        assert other._token is None
+    assert _lock_studies(proxy_url) == []

@@ -17,6 +17,10 @@ API, so they cannot take the database's own locks (:func:`~hpo.storage.database.
 * **A waiter gives up only on a live holder.** At its timeout a waiter raises only if the token
   beat within the last ``stale_s / 3``; a silent holder is waited out until it is broken (the
   timeout used to equal ``stale_s``, so waiters gave up just before they would have broken it).
+  The timeout counts from the last time the lock changed hands (seen free, or held by a new
+  holder): a queue that moves is waited in, only a holder that keeps it is given up on. (A waiter
+  whose 120 s ran out just as another broke a killed worker's lock and took it used to give up,
+  benchmarks/results/chaos-proxy-postgres.txt.)
 * **Release and break are one compare-and-set**: finishing the token as COMPLETE with a random
   value of one's own. Finishing a trial locks its row and a finished trial cannot be finished
   again, so exactly one party's value is stored; that party, and only it, deletes the study.
@@ -155,7 +159,8 @@ class StorageLock:
     # --- acquire ---------------------------------------------------------------------------
 
     def acquire(self, timeout_s: float) -> None:
-        """Wait until this process holds the lock; an HpoError after ``timeout_s`` seconds."""
+        """Wait until this process holds the lock; an HpoError once one live holder has kept it
+        ``timeout_s`` seconds (counted from the last time the lock changed hands)."""
         deadline = time.monotonic() + timeout_s
         seen: _Seen | None = None
         since = time.monotonic()
@@ -176,6 +181,8 @@ class StorageLock:
             except Exception as exc:  # the proxy or the database is away: what we saw says nothing
                 error, since = exc, time.monotonic()
             now = time.monotonic()
+            if look is None or (seen is not None and look.study_id != seen.study_id):
+                deadline = now + timeout_s  # it changed hands: the queue moves, wait for the next holder afresh
             dead = look is not None and not (look.state is not None and look.state.is_finished()) \
                 and holder_is_dead(look.holder, look.holder_start)
             if look is not None and look != seen and not dead:
@@ -189,6 +196,7 @@ class StorageLock:
                 except Exception as exc:
                     error = exc
                 seen, since, delay, beating = None, time.monotonic(), MIN_POLL_S, False
+                deadline = since + timeout_s  # broken: it changes hands
                 continue
             elif look is None:
                 delay = MIN_POLL_S  # released just now, or changing hands: try again soon
