@@ -398,6 +398,37 @@ def test_a_signal_while_optuna_reads_a_finished_trial_ends_the_worker_after_the_
     assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["COMPLETE"]
 
 
+def test_a_trial_failed_by_its_own_error_is_not_rerun_when_a_signal_lands_in_its_finish(tmp_path) -> None:
+    """A trial whose objective raised is FAIL for a reason a re-run repeats: the signal that lands
+    while Optuna writes that FAIL stops the worker, and queues no re-run (the loop's fallback
+    re-queued any FAIL trial the worker was on when a signal reached it)."""
+    from hpo.search import workers
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'own.db'}")
+    study = optuna.create_study(study_name="own", storage=storage)
+    raised: list[bool] = []
+    get_trial = study._storage.get_trial
+
+    def ctrl_c_in_the_tells_read(trial_id: int):
+        if raised and len(raised) == 1:
+            raised.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs in here
+        return get_trial(trial_id)
+
+    study._storage.get_trial = ctrl_c_in_the_tells_read
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0, 1)
+        raised.append(True)
+        raise ValueError("the objective's own bug")
+
+    with pytest.raises((KeyboardInterrupt, ValueError)):
+        workers.work(study, objective, budget=3)
+    assert len(raised) == 2, "the signal was not sent in the tell's read"
+    assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL"]
+
+
 class _Killed(BaseException):
     """The process dying (SIGKILL) at this point: nothing after it runs, no handler sees it."""
 
