@@ -1065,3 +1065,34 @@ def test_a_worker_whose_interrupt_was_swallowed_stops_before_its_next_trial(obje
     assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.COMPLETE]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers are back as they were
     assert printed == []
+
+
+def test_a_trial_being_numbered_holds_up_other_creators_but_not_a_note_on_postgres(tmp_path) -> None:
+    """storage_cost.py, 32 workers at 100 trials: each trial's dashboard note (a row of the study's
+    attributes, whose foreign-key check locks the study's row FOR KEY SHARE) waited 202 ms behind
+    the trial creations' FOR UPDATE on that row. The creation's lock still makes every other
+    creator wait (Optuna's own FOR UPDATE included), and no longer a note."""
+    from contextlib import ExitStack
+
+    from db_servers import study_database
+    from hpo.storage.database import trial_writes
+    from hpo.storage.optuna_private import rdb_of
+
+    with ExitStack() as stack:
+        url = stack.enter_context(study_database("postgres", tmp_path))
+        storage = open_storage(url)
+        sid = optuna.create_study(study_name="numbering", storage=storage)._study_id
+        creating = stack.enter_context(sqlalchemy.orm.Session(rdb_of(storage).engine))
+        trial_writes.lock_study_row(creating, sid)  # a creator, mid-transaction
+        other = stack.enter_context(sqlalchemy.create_engine(url).connect())
+        other.exec_driver_sql("SET lock_timeout = '2s'")
+        other.exec_driver_sql("INSERT INTO study_system_attributes (study_id, key, value_json) "
+                              "VALUES (%(s)s, 'dashboard:1:note_ver', '1')", {"s": sid})  # at once
+        other.commit()
+        for lock in ("FOR NO KEY UPDATE", "FOR UPDATE"):  # another hpo creator; plain Optuna's
+            with pytest.raises(sqlalchemy.exc.OperationalError, match="lock timeout"):
+                other.exec_driver_sql(f"SELECT study_id FROM studies WHERE study_id = %(s)s {lock}", {"s": sid})
+            other.rollback()
+            other.exec_driver_sql("SET lock_timeout = '2s'")
+        with pytest.raises(KeyError):
+            trial_writes.lock_study_row(creating, sid + 1)

@@ -123,6 +123,24 @@ def _beat_in(session: Any, trial_id: int) -> None:
         session.add(beat(trial_id=trial_id))
 
 
+def lock_study_row(session: Any, study_id: int) -> None:
+    """The study's row locked until the transaction ends, to number a new trial (KeyError: no such study).
+
+    Optuna's ``SELECT ... FOR UPDATE`` also blocks every insert that references the study (a
+    foreign-key check takes ``FOR KEY SHARE`` on its row): each trial's dashboard note, a row of
+    the study's attributes, queued behind every trial creation. With 32 workers a note's insert
+    waited 202 ms per trial, 4 ms with 8 (benchmarks/storage_cost.py). PostgreSQL's ``FOR NO KEY
+    UPDATE`` serialises the creators as before (it conflicts with itself and with Optuna's
+    ``FOR UPDATE``) and lets those inserts through. MySQL and MariaDB have no such mode: ``FOR UPDATE``.
+    """
+    study = models.StudyModel
+    found = session.execute(
+        sa.select(study.study_id).where(study.study_id == study_id).with_for_update(key_share=True)
+    ).scalar()
+    if found is None:
+        raise KeyError(models.NOT_FOUND_MSG)  # as Optuna's find_or_raise_by_id
+
+
 def fail_and_requeue(storage: RDBStorage, dead: FrozenTrial, rerun: FrozenTrial | None, token: str) -> bool:
     """A dead worker's RUNNING trial failed and, with ``rerun`` (a WAITING copy), its re-run queued,
     in one transaction: True when this call failed it (False: finished meanwhile, nothing written).
@@ -136,7 +154,7 @@ def fail_and_requeue(storage: RDBStorage, dead: FrozenTrial, rerun: FrozenTrial 
         with rdb_session(storage) as session:
             study_id = models.TrialModel.find_or_raise_by_id(dead._trial_id, session).study_id
             if rerun is not None:  # the study's row lock first, as create_trial takes it: it numbers the re-run
-                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                lock_study_row(session, study_id)
             set_system_attr_in(storage, session, dead._trial_id, WRITE_ATTR, token)  # while it may still change
             moved = session.execute(
                 sa.update(models.TrialModel)
@@ -178,8 +196,7 @@ def create_trial(storage: RDBStorage, study_id: int, template: FrozenTrial | Non
     stamp = stamp if template is None else None  # a re-run's template brings its own attributes
     template = _without_token(template)
     with rdb_session(storage) as session:
-        # The study's row lock serialises the numbering, as in Optuna.
-        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        lock_study_row(session, study_id)  # serialises the numbering, as Optuna's lock does
         trial = new_trial_in(storage, study_id, template, session)
         rows: list[object] = [models.TrialSystemAttributeModel(trial_id=trial.trial_id, key=WRITE_ATTR,
                                                                value_json=json.dumps(token))]
