@@ -290,4 +290,9 @@ def load_best(model: torch.nn.Module, result: TrainResult) -> torch.nn.Module:
     best = copy.deepcopy(model)
     if result.best_state is not None:
         best.load_state_dict(result.best_state)
+    for module in best.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            # A deep copy's weights are separate tensors: cuDNN warns on every call and copies them
+            # into one chunk each time (seen on the lent GPU, benchmarks/ensemble.py). A no-op on CPU.
+            module.flatten_parameters()
     return best
