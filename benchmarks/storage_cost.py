@@ -24,6 +24,10 @@ studies are deleted first (its tables truncated: each cell pays for its own stud
   with the study;
    - plain: ``RDBStorage`` + ``study.optimize`` + ``MaxTrialsCallback`` on COMPLETE and PRUNED
      (the closest plain equivalent of hpo's global budget);
+   - plain-hb: the same with Optuna's own answer to a killed worker, as its docs give it for
+     several machines: ``RDBStorage(heartbeat_interval=10, grace_period=60,
+     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))`` (hpo's
+     interval and grace period): a heartbeat row per trial and a stale-trial search before each;
    - hpo: ``open_storage(grace_period=60)`` (heartbeats, stale-trial check, retrying writes) +
      ``hpo.search.workers.work`` (the budget loop) with the :class:`DashboardNotes` of
      ``run_worker`` (a note per trial as it ends, the study's note at most once a minute);
@@ -47,12 +51,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +73,7 @@ from hpo import record  # noqa: E402
 from hpo.record import EpochRecord, Outcome, TrialRecord  # noqa: E402
 from hpo.search.callbacks import DashboardNotes  # noqa: E402
 from hpo.search.workers import work  # noqa: E402
-from hpo.storage.database.resilient import open_storage  # noqa: E402
+from hpo.storage.database.resilient import heartbeat_interval, open_storage  # noqa: E402
 from hpo.storage.database.urls import mask_url  # noqa: E402
 from hpo.storage.optuna_private import TRIAL_STATE_INDEX  # noqa: E402
 
@@ -98,15 +105,31 @@ def objective(trial: optuna.Trial, notes: DashboardNotes | None = None) -> float
 # --- the study, pre-filled -------------------------------------------------------------------
 
 
+GRACE_S = 60
+
+
+def _plain(mode: str) -> bool:
+    return mode.startswith("plain")
+
+
 def _storage(mode: str, url: str):
     if mode in ("hpo", "proxy"):  # proxy: ``url`` is the proxy's grpc:// address
-        return open_storage(url, grace_period=60)
+        return open_storage(url, grace_period=GRACE_S)
+    if mode == "plain-hb":
+        with warnings.catch_warnings():  # "experimental": Optuna's heartbeat has been for years
+            warnings.simplefilter("ignore")
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9's names
+                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+            else:
+                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval(GRACE_S), grace_period=GRACE_S,
+                                              **retry)
     return optuna.storages.RDBStorage(url)
 
 
 def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
     first = [True]
-    notes = DashboardNotes(every_s=60.0) if mode != "plain" else None
+    notes = DashboardNotes(every_s=60.0) if not _plain(mode) else None
 
     ready_box = [ready]
 
@@ -119,7 +142,7 @@ def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
         first[0] = False
         return objective(trial, notes)
 
-    if mode != "plain":
+    if not _plain(mode):
         work(study, wrapped, budget, poll_s=0.05, callbacks=[notes])
     else:
         stop = optuna.study.MaxTrialsCallback(budget, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -129,7 +152,7 @@ def _run(mode: str, study: optuna.Study, budget: int, ready=None) -> None:
 def prefill(mode: str, url: str, engine: sqlalchemy.Engine, size: int) -> str:
     """A new study of ``size`` finished trials: one run by the mode's objective, the rest copied in SQL."""
     name = f"cost-{mode}-{size}-{uuid.uuid4().hex[:6]}"
-    storage = _storage("plain" if mode == "plain" else "hpo", url)
+    storage = _storage(mode if _plain(mode) else "hpo", url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler())
     _run(mode, study, 1)
@@ -183,7 +206,7 @@ def _columns(conn, table: str) -> list[str]:
 def same_schema(mode: str, engine: sqlalchemy.Engine) -> None:
     """Plain cells run without hpo's trial-state index (an earlier hpo cell made it): both sides with
     the schema each would have alone. hpo's workers make it again as they open the storage."""
-    if mode != "plain":
+    if not _plain(mode):
         return
     mysql = engine.dialect.name in ("mysql", "mariadb")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -319,7 +342,7 @@ class Cost:
     join_calls: float
     join_rows: float
     join_kbytes: float
-    top: list[tuple[str, float, float, float]]
+    top: list[tuple[str, float, float, float, float]]  # text, calls, rows, kB (or rows examined), ms: per trial
     peak_connections: int = 0
 
 
@@ -422,16 +445,55 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
     for qid, (text, c, r, b, t) in s2.per_query.items():
         _, c0, r0, b0, t0 = s1.per_query.get(qid, ("", 0, 0, 0, 0.0))
         if c > c0:
-            top_rows.append((" ".join(text.split())[:150], (c - c0) / n, (r - r0) / n, (b - b0) * _unit(engine) / n))
+            top_rows.append((_short(text), (c - c0) / n, (r - r0) / n, (b - b0) * _unit(engine) / n,
+                             (t - t0) / n))
     top_rows.sort(key=lambda x: -x[3])
     return Cost(n, calls / n, rows / n, blocks * _unit(engine) / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
                 (jc - joined * calls / n) / workers, (jr - joined * rows / n) / workers,
                 (jb * _unit(engine) - joined * blocks * _unit(engine) / n) / workers, top_rows[:top], peak)
 
 
+def _short(query: str) -> str:
+    """A statement's text in 150 characters that tell it apart: a long column list is elided (the
+    lookups of a trial by id and the cache's reads of new trials began alike)."""
+    text = " ".join(query.split())
+    text = re.sub(r"^SELECT (.{40,}?) FROM ", "SELECT ... FROM ", text)
+    return text[:150]
+
+
 def _unit(engine: sqlalchemy.Engine) -> float:
     """What one count of the third column is worth: 8 kB buffers on PostgreSQL; rows examined on MySQL."""
     return 1.0 if engine.dialect.name in ("mysql", "mariadb") else BLOCK / 1024
+
+
+def _ratios(mode: str, c: Cost, baselines: dict[str, Cost], unit: str) -> str:
+    if mode.startswith("plain"):
+        return ""
+    out = [f"x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} {unit} of {base}"
+           for base in ("plain", "plain-hb") if (b := baselines.get(base)) is not None]
+    return ("  " + "; ".join(out)) if out else ""
+
+
+def _print_row(size: int, workers: int, mode: str, c: Cost, baselines: dict[str, Cost], third: str, mysql: bool,
+               median_of: int = 0) -> None:
+    ratio = _ratios(mode, c, baselines, third.split("/")[0]) + (f"  [median of {median_of} runs]" if median_of else "")
+    print(f"{size:>6} {workers:>7}  {mode:<8}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
+          f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
+    if not median_of:
+        for text, calls, rows, kb, ms in c.top:
+            print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} {'examined' if mysql else 'kB'} {ms:7.2f} ms  {text}")
+
+
+def _median(costs: list[Cost]) -> Cost:
+    """Each column's median over the runs of one cell (the 8- and 32-worker cells' bytes moved by
+    up to 25% between runs on 2 shared cores)."""
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    return Cost(int(med([c.trials for c in costs])), med([c.calls for c in costs]), med([c.rows for c in costs]),
+                med([c.kbytes for c in costs]), med([c.ms for c in costs]), med([c.cpu_ms for c in costs]),
+                med([c.join_calls for c in costs]), med([c.join_rows for c in costs]), med([c.join_kbytes for c in costs]),
+                [], int(med([c.peak_connections for c in costs])))
 
 
 def main() -> None:
@@ -441,8 +503,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--workers", default="1,8,32")
     parser.add_argument("--modes", default="plain,hpo",
-                        help="plain (RDBStorage), hpo (open_storage), proxy (hpo's workers through `hpo storage-proxy`)")
+                        help="plain (RDBStorage), plain-hb (RDBStorage with Optuna's heartbeats and retry callback), "
+                             "hpo (open_storage), proxy (hpo's workers through `hpo storage-proxy`)")
     parser.add_argument("--measured", type=int, default=50, help="finished trials per window")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each cell's modes in turn this many times, then print each column's median")
     parser.add_argument("--top", type=int, default=0, help="also print the N statements that read the most")
     parser.add_argument("--shared-database", action="store_true",
                         help="keep every cell's study (the runs before 2026-12-04): each cell then also pays for the earlier ones' rows")
@@ -457,28 +522,25 @@ def main() -> None:
     print(f"# storage {mask_url(args.storage)} ({'MariaDB/MySQL' if mysql else 'PostgreSQL'} {version}), {os.cpu_count()} CPUs; optuna "
           f"{optuna.__version__}; objective: {EPOCHS} epochs of bookkeeping, no sleep; RandomSampler; "
           f"{args.measured} trials per window", flush=True)
-    print(f"{'size':>6} {'workers':>7}  {'mode':<6}{'stmts/trial':>12}{'rows/trial':>11}{third:>15}"
+    print(f"{'size':>6} {'workers':>7}  {'mode':<8}{'stmts/trial':>12}{'rows/trial':>11}{third:>15}"
           f"{'db ms/trial':>12}{'cpu ms/trial':>13}{'peak conns':>11}  | join/worker: {'stmts':>6}{'rows':>8}{third.split('/')[0]:>9}",
           flush=True)
-    baseline: dict[tuple[int, int], Cost] = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         for workers in [int(w) for w in args.workers.split(",")]:
-            for mode in args.modes.split(","):
-                try:
-                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
-                except sqlalchemy.exc.OperationalError as exc:  # a server restarted under the cell: once more
-                    print(f"# {size} {workers} {mode}: measured again after {str(exc).splitlines()[0][:100]}", flush=True)
-                    c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
-                ratio = ""
-                if mode == "plain":
-                    baseline[(size, workers)] = c
-                elif (size, workers) in baseline:
-                    b = baseline[(size, workers)]
-                    ratio = f"  x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} {third.split('/')[0]} of plain"
-                print(f"{size:>6} {workers:>7}  {mode:<6}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
-                      f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
-                for text, calls, rows, kb in c.top:
-                    print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} {'examined' if mysql else 'kB'}  {text}")
+            runs: dict[str, list[Cost]] = {}
+            for _ in range(args.repeat):  # the modes in turn: a drift of the machine hits them alike
+                for mode in args.modes.split(","):
+                    try:
+                        c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
+                    except sqlalchemy.exc.OperationalError as exc:  # a server restarted under the cell: once more
+                        print(f"# {size} {workers} {mode}: measured again after {str(exc).splitlines()[0][:100]}", flush=True)
+                        c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
+                    runs.setdefault(mode, []).append(c)
+                    _print_row(size, workers, mode, c, {m: r[-1] for m, r in runs.items()}, third, mysql)
+            if args.repeat > 1:
+                medians = {m: _median(r) for m, r in runs.items()}
+                for mode, c in medians.items():
+                    _print_row(size, workers, mode, c, medians, third, mysql, median_of=args.repeat)
     third_means = ("rows examined (performance_schema; MariaDB counts no buffer pages)" if mysql
                    else "shared buffers hit+read x 8 kB")
     print(f"# per trial: statements (BEGIN/COMMIT included), rows returned or written, {third_means}, "
