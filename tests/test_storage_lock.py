@@ -244,3 +244,18 @@ def test_a_waiter_whose_time_runs_out_as_the_lock_changes_hands_waits_for_the_ne
         assert time.monotonic() - start >= 1.0  # it got the lock after the other released it
         assert other._token is None
     assert _lock_studies(proxy_url) == []
+
+
+def test_a_waiter_on_a_storage_that_does_not_answer_gives_up_at_its_timeout() -> None:
+    """Nothing is seen changing hands while the storage is away: the wait is not started again."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GrpcStorageProxy is "experimental"
+        away = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=free_port())  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(HpoError, match="lock 'away' not had within 2 s, the storage does not answer"):
+        StorageLock(away, "away", where="grpc://127.0.0.1", log=lambda m: None).acquire(timeout_s=2)
+    assert time.monotonic() - start < 10

@@ -181,7 +181,7 @@ class StorageLock:
             except Exception as exc:  # the proxy or the database is away: what we saw says nothing
                 error, since = exc, time.monotonic()
             now = time.monotonic()
-            if look is None or (seen is not None and look.study_id != seen.study_id):
+            if error is None and (look is None or (seen is not None and look.study_id != seen.study_id)):
                 deadline = now + timeout_s  # it changed hands: the queue moves, wait for the next holder afresh
             dead = look is not None and not (look.state is not None and look.state.is_finished()) \
                 and holder_is_dead(look.holder, look.holder_start)
