@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -366,66 +367,57 @@ def test_a_signal_during_a_trials_finishing_write_ends_the_worker_after_it(tmp_p
     assert states == ["COMPLETE"], states
 
 
+def _ctrl_c_in_the_tells_read(tmp_path, ends: Callable[[float], float],
+                              raises: type[BaseException] | tuple[type[BaseException], ...]) -> tuple[optuna.Study, list[bool]]:
+    """A worker's study whose first trial's objective ends with ``ends(x)`` (a return or a raise),
+    and Ctrl-C lands in the read that begins Optuna's tell of it; the worker stops with ``raises``.
+    Returns the study and [True, True] once the signal was sent."""
+    from hpo.search import workers
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'tell.db'}")
+    study = optuna.create_study(study_name="tell", storage=storage)
+    ended: list[bool] = []
+    get_trial = study._storage.get_trial
+
+    def ctrl_c_in_the_read(trial_id: int):
+        if len(ended) == 1:
+            ended.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs in here
+        return get_trial(trial_id)
+
+    study._storage.get_trial = ctrl_c_in_the_read
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        ended.append(True)
+        return ends(x)
+
+    with pytest.raises(raises):
+        workers.work(study, objective, budget=3)
+    return study, ended
+
+
 def test_a_signal_while_optuna_reads_a_finished_trial_ends_the_worker_after_the_finish(tmp_path) -> None:
     """chaos.py through the proxy (d22386f): a SIGTERM landed in the read that begins Optuna's tell,
     after the objective returned and before the state's write (which was shielded); Optuna's clean-up
     failed with UnboundLocalError ('updated_state'), a traceback and exit 1. The whole finish now
     waits: the trial is COMPLETE, and the worker stops at its loop's next turn."""
-    from hpo.search import workers
-
-    storage = open_storage(f"sqlite:///{tmp_path / 'tell.db'}")
-    study = optuna.create_study(study_name="tell", storage=storage)
-    returned: list[bool] = []
-    get_trial = study._storage.get_trial
-
-    def ctrl_c_in_the_tells_read(trial_id: int):
-        if returned and len(returned) == 1:
-            returned.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)  # the handler runs in here
-        return get_trial(trial_id)
-
-    study._storage.get_trial = ctrl_c_in_the_tells_read
-
-    def objective(trial: optuna.Trial) -> float:
-        x = trial.suggest_float("x", 0, 1)
-        returned.append(True)
-        return x
-
-    with pytest.raises(KeyboardInterrupt):
-        workers.work(study, objective, budget=3)
-    assert len(returned) == 2, "the signal was not sent in the tell's read"
+    study, sent = _ctrl_c_in_the_tells_read(tmp_path, lambda x: x, KeyboardInterrupt)
+    assert len(sent) == 2, "the signal was not sent in the tell's read"
     assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["COMPLETE"]
 
 
+def _own_bug(x: float) -> float:
+    raise ValueError("the objective's own bug")
+
+
 def test_a_trial_failed_by_its_own_error_is_not_rerun_when_a_signal_lands_in_its_finish(tmp_path) -> None:
-    """A trial whose objective raised is FAIL for a reason a re-run repeats: the signal that lands
-    while Optuna writes that FAIL stops the worker, and queues no re-run (the loop's fallback
-    re-queued any FAIL trial the worker was on when a signal reached it)."""
-    from hpo.search import workers
-
-    storage = open_storage(f"sqlite:///{tmp_path / 'own.db'}")
-    study = optuna.create_study(study_name="own", storage=storage)
-    raised: list[bool] = []
-    get_trial = study._storage.get_trial
-
-    def ctrl_c_in_the_tells_read(trial_id: int):
-        if raised and len(raised) == 1:
-            raised.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)  # the handler runs in here
-        return get_trial(trial_id)
-
-    study._storage.get_trial = ctrl_c_in_the_tells_read
-
-    def objective(trial: optuna.Trial) -> float:
-        trial.suggest_float("x", 0, 1)
-        raised.append(True)
-        raise ValueError("the objective's own bug")
-
-    with pytest.raises((KeyboardInterrupt, ValueError)):
-        workers.work(study, objective, budget=3)
-    assert len(raised) == 2, "the signal was not sent in the tell's read"
+    """A trial whose objective raised is FAIL for a reason a re-run would repeat: the signal that
+    lands while Optuna writes that FAIL stops the worker and queues no re-run (the loop's own
+    re-queue acts only on a trial a signal stopped before the objective's guard began)."""
+    study, sent = _ctrl_c_in_the_tells_read(tmp_path, _own_bug, (KeyboardInterrupt, ValueError))
+    assert len(sent) == 2, "the signal was not sent in the tell's read"
     assert [t.state.name for t in study.get_trials(deepcopy=False)] == ["FAIL"]
 
 
