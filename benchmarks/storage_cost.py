@@ -496,6 +496,18 @@ def _median(costs: list[Cost]) -> Cost:
                 [], int(med([c.peak_connections for c in costs])))
 
 
+def _only_copy(engine: sqlalchemy.Engine, mysql: bool) -> sqlalchemy.Connection:
+    """A session lock on the server, held by the returned connection: a second copy of this script
+    on the same server empties the tables under the first one's window (a copy started by mistake
+    deadlocked on TRUNCATE with the running one, 2026-12-04 19:17). It stops instead, in one line."""
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    query = f"{TAG} SELECT GET_LOCK('hpo-storage-cost', 0)" if mysql else f"{TAG} SELECT pg_try_advisory_lock(26026)"
+    if not conn.exec_driver_sql(query).scalar():
+        conn.close()
+        sys.exit("storage_cost.py: another copy runs against this server (its lock is held): wait for it to end")
+    return conn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", default=os.environ.get("HPO_COST_STORAGE") or DEFAULT_URL,
@@ -518,6 +530,7 @@ def main() -> None:
     mysql = engine.dialect.name in ("mysql", "mariadb")
     with engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT VERSION()" if mysql else "SHOW server_version").scalar()
+    guard = _only_copy(engine, mysql)  # held until this process ends
     third = "examined/trial" if mysql else "kB/trial"
     print(f"# storage {mask_url(args.storage)} ({'MariaDB/MySQL' if mysql else 'PostgreSQL'} {version}), {os.cpu_count()} CPUs; optuna "
           f"{optuna.__version__}; objective: {EPOCHS} epochs of bookkeeping, no sleep; RandomSampler; "
@@ -547,6 +560,7 @@ def main() -> None:
           "server execution time (lock waits included), the workers' own CPU time (not the proxy's); over the mean of the trials the window started and finished. "
           "peak conns: the database's client connections, sampled every 50 ms (the monitor's left out). join/worker: what a worker's start costs on top "
           "(its first full read of the study), the window's per-trial rate taken out")
+    guard.close()
 
 
 if __name__ == "__main__":
