@@ -467,7 +467,7 @@ def _unit(engine: sqlalchemy.Engine) -> float:
 
 
 def _ratios(mode: str, c: Cost, baselines: dict[str, Cost], unit: str) -> str:
-    if mode.startswith("plain"):
+    if _plain(mode):
         return ""
     out = [f"x{c.calls / b.calls:.2f} stmts, x{c.kbytes / b.kbytes:.2f} {unit} of {base}"
            for base in ("plain", "plain-hb") if (b := baselines.get(base)) is not None]
@@ -487,9 +487,7 @@ def _print_row(size: int, workers: int, mode: str, c: Cost, baselines: dict[str,
 def _median(costs: list[Cost]) -> Cost:
     """Each column's median over the runs of one cell (the 8- and 32-worker cells' bytes moved by
     up to 25% between runs on 2 shared cores)."""
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
-
+    med = statistics.median
     return Cost(int(med([c.trials for c in costs])), med([c.calls for c in costs]), med([c.rows for c in costs]),
                 med([c.kbytes for c in costs]), med([c.ms for c in costs]), med([c.cpu_ms for c in costs]),
                 med([c.join_calls for c in costs]), med([c.join_rows for c in costs]), med([c.join_kbytes for c in costs]),
