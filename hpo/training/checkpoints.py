@@ -33,9 +33,10 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from hpo.errors import HpoError
 from hpo.storage.artifacts.keys import SLOTS, checkpoint_id
+from hpo.storage.database.outage import RETRY_S
 from hpo.training.loop import Checkpoint
 
-READ_RETRY_S = 300.0  # as long as a storage call waits out an outage (outage.RETRY_S)
+READ_RETRY_S = RETRY_S  # as long as a storage call waits out an outage
 
 
 class TrialCheckpoints:
