@@ -43,7 +43,7 @@ from hpo.data.cache import atomic_save
 from hpo.data.text import TOKENIZER_VERSION
 from hpo.errors import HpoError
 from hpo.record import StudyRecord, TrialRecord
-from hpo.spec import BUILTIN_FACTORY, Spec, spec_from_dict
+from hpo.spec import BUILTIN_FACTORY, CategoricalParam, FloatParam, IntParam, Spec, spec_from_dict, trial_model
 from hpo.spec.schema import factory_name
 from hpo.storage.artifacts.retention import kept_trials, top_trials
 from hpo.storage.artifacts.stores import artifact_location, open_location
@@ -172,9 +172,12 @@ class Model:
         builtin = factory_name(self.spec.model.factory) == BUILTIN_FACTORY
         # build_model seeds torch's global generator (training wants every trial to start alike);
         # a user who loads a model inside their own seeded code must not have their stream reset.
+        # The trial's shape: the spec's constants, then what the trial sampled (trial.params holds only that).
+        fixed = {k: v for k, v in self.spec.space.items() if not isinstance(v, (FloatParam, IntParam, CategoricalParam))}
+        shape = trial_model(self.spec.model, {**fixed, **member["params"]})
         with torch.random.fork_rng(devices=[]), (torch.device("meta") if builtin else contextlib.nullcontext()):
             net = build_model(self.spec, len(self.vocab), None if dropout is None else float(dropout),
-                              num_classes=len(self.classes))
+                              num_classes=len(self.classes), model=shape)
         try:
             net.load_state_dict(member["state_dict"], assign=builtin)
         except RuntimeError as exc:

@@ -278,3 +278,32 @@ def test_a_four_class_model_exports_and_reproduces_its_test_accuracy(tmp_path: P
     assert len(predicted[0].probabilities) == 4 and abs(sum(predicted[0].probabilities) - 1) < 1e-5
     recorded = record.TrialRecord.from_trial(study.best_trial).test_accuracy
     assert abs(accuracy(predicted, [model.classes[y] for _, y in test]) - recorded) <= 0.001
+
+
+def test_model_knobs_give_each_trial_its_shape_and_its_file_rebuilds_it(tmp_path: Path, data_cache_dir: str) -> None:
+    """[space] bidirectional (sampled) and hidden_size (fixed, unlike [model]'s): each trial trains its own
+    shape, and its exported file, read without the study, rebuilds that shape and reproduces its accuracy."""
+    spec = load_spec("imdb", [*SMALL, f"data.cache_dir={data_cache_dir!r}", "train.max_epochs=1", "name=shapes", "data.max_len=80",
+                              "train.telemetry_every=-1", "sampler.type=grid", "pruner.type=none",
+                              "space.bidirectional={type='categorical',choices=[false,true]}", "space.hidden_size=24",
+                              "space.embed_dropout=0.1", "space.lr_embedding=0.1", "space.lr_encoder=0.01",
+                              "space.lr_head=0.01", "space.clip_norm=1.0", "space.cycle_len=1", "space.dropout=0.2",
+                              "space.weight_decay=0.0001", "artifacts.keep_best=2"])
+    url = f"sqlite:///{tmp_path / 'shapes.db'}"
+    run_worker(spec, url, trials=2, seed=0)
+    study = optuna.load_study(study_name="shapes", storage=open_storage(url))
+    trials = {t.params["bidirectional"]: t for t in study.trials}
+    assert set(trials) == {False, True}
+    for bidirectional, trial in trials.items():
+        export_model(study, tmp_path / f"{bidirectional}.pt", trial=trial.number)
+    valid = split_reviews(spec.data)["valid"]
+    for part in tmp_path.glob("shapes*"):
+        shutil.move(str(part), str(tmp_path / f"moved-{part.name}"))
+    for bidirectional, trial in trials.items():
+        model = hpo.load_model(tmp_path / f"{bidirectional}.pt")
+        encoder = model.networks[0].encoder
+        assert encoder.bidirectional == bidirectional and encoder.layers[0][0].hidden_size == 24
+        assert len(encoder.layers[0]) == (2 if bidirectional else 1) and encoder.word_dropout.p == 0.1
+        predicted = model.predict([t for t, _ in valid])
+        recorded = record.TrialRecord.from_trial(trial).accuracy
+        assert abs(accuracy(predicted, [model.classes[y] for _, y in valid]) - recorded) <= 0.001

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hpo.spec import LAYER_GROUPS
-from hpo.training.models import LSTMClassifier, reverse_within_length
+from hpo.training.models import LSTMClassifier, reverse_within_length, set_dropout
 
 
 def test_layer_groups_partition_the_parameters():
@@ -45,3 +45,25 @@ def test_reverse_within_length_keeps_the_padding_in_place():
     out = reverse_within_length(x, torch.tensor([3, 5])).squeeze(-1)
     assert out.tolist() == [[3, 2, 1, 0, 0], [8, 7, 6, 5, 4]]
     assert torch.equal(reverse_within_length(out.unsqueeze(-1), torch.tensor([3, 5])), x)
+
+
+def test_word_dropout_drops_a_word_everywhere_in_the_batch_and_only_while_training():
+    torch.manual_seed(0)
+    model = LSTMClassifier(1000, 8, 12, embed_dropout=0.3)
+    drop = model.encoder.word_dropout
+    assert set_dropout(model, 0.0) == 2 and drop.p == 0.3  # the dropout knob leaves word dropout alone
+    tokens = torch.randint(1, 1000, (16, 50))
+    tokens[:, 0] = tokens[0, 1]  # one word in every review, and twice in the first
+    embedded = model.encoder.embedding(tokens)
+    out = drop(tokens, embedded, 1000)
+    zeroed = (out == 0).all(dim=-1)
+    for word in tokens.unique():
+        at = tokens == word
+        assert zeroed[at].all() or not zeroed[at].any()  # a word is dropped wherever it occurs, or nowhere
+    kept = ~zeroed
+    assert torch.allclose(out[kept], embedded[kept] / 0.7)  # what is kept is scaled up
+    words = tokens.unique()
+    dropped = sum(bool(zeroed[tokens == w].all()) for w in words) / len(words)
+    assert 0.2 < dropped < 0.4  # ~p of the batch's words (over ~550 words)
+    model.eval()
+    assert torch.equal(drop(tokens, embedded, 1000), embedded)

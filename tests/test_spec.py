@@ -4,7 +4,8 @@ import warnings
 import pytest
 
 from hpo.errors import HpoError
-from hpo.spec import DataSpec, DivergenceSpec, FloatParam, IntParam, ModelSpec, PrunerSpec, Spec, TrainSpec, apply_overrides, builtin_studies, group_lrs, load_spec, spec_from_dict
+from hpo.spec import (DataSpec, DivergenceSpec, FloatParam, IntParam, ModelSpec, PrunerSpec, Spec, TrainSpec, apply_overrides,
+                      builtin_studies, group_lrs, load_spec, spec_from_dict, trial_model)
 
 IMDB_TOML = importlib.resources.files("hpo.studies").joinpath("imdb.toml")
 
@@ -60,11 +61,21 @@ def test_spec_path_works_as_well_as_a_name(tmp_path):
         ("space.lr_head=abc", ["space.lr_head = 'abc' is not a number"]),
         ("pruner.n_warmup_steps=1", ["renamed", "pruner.warmup_epochs"]),
         ("pruner.type=sha", ["pruner.type", "successive_halving"]),
+        ("space.bidirectional=1", ["space.bidirectional = 1 is not true or false"]),
+        ("space.hidden_size={type='float',low=64.0,high=256.0}", ["space.hidden_size is a whole number", "type = 'int'"]),
+        ("space.num_layers=0", ["space.num_layers allows 0"]),
+        ("space.embed_dropout=1.0", ["space.embed_dropout allows 1.0", "[0, 1)"]),
+        ("model.embed_dropout=-0.1", ["model.embed_dropout", "[0, 1)"]),
+        ("space.num_layers={type='int',low=1,high=2} model.group_per_layer=true",
+         ["space.num_layers with model.group_per_layer", "different layer groups"]),
+        ("space.hidden_size=64 pretrain.epochs=1", ["space.hidden_size changes the encoder's shape", "pretrain.epochs = 0"]),
+        ("space.bidirectional=true model.factory='model_factories:bag'",
+         ["space.bidirectional varies the built-in LSTM's [model] keys", "model.options"]),
     ],
 )
 def test_invalid_specs_fail_with_one_line_naming_the_key(override, words):
     with pytest.raises(HpoError) as info:
-        load_spec("imdb", [override])
+        load_spec("imdb", override.split(" "))
     message = str(info.value)
     assert "\n" not in message
     for word in words:
@@ -178,3 +189,13 @@ def test_a_model_factory_defers_its_rates_to_the_built_model_and_round_trips():
     assert Spec(name="x", model=as_function, space=load_spec("imdb").space).to_dict()["model"]["factory"] == BUILTIN_FACTORY
     with pytest.raises(HpoError, match="model.factory"):
         ModelSpec(factory=lambda v, k, m: None)  # a name no other process could import
+
+
+def test_model_knobs_set_the_trials_model_keys_and_leave_the_rest():
+    spec = load_spec("imdb", ["space.bidirectional={type='categorical',choices=[false,true]}", "space.hidden_size=64",
+                              "space.embed_dropout={type='float',low=0.0,high=0.3}"])
+    assert spec.model.hidden_size == 128 and not spec.model.bidirectional  # [model]: what the study checks first
+    model = trial_model(spec.model, {"bidirectional": True, "hidden_size": 64, "embed_dropout": 0.2, "lr_head": 0.01})
+    assert (model.bidirectional, model.hidden_size, model.embed_dropout) == (True, 64, 0.2)
+    assert (model.embedding_dim, model.num_layers, model.factory) == (spec.model.embedding_dim, 1, spec.model.factory)
+    assert trial_model(spec.model, {"lr_head": 0.01}) is spec.model

@@ -172,7 +172,7 @@ class SpaceKnobs(Directive):
         rows = []
         lower = [name for name in table if name.startswith("lr_") and name not in ("lr_head", "lr_div")]
         for knob in table.values():
-            kind = "whole number" if knob.integer else "number"
+            kind = "true or false" if knob.boolean else "whole number" if knob.integer else "number"
             if knob.name in lower:
                 need = "required, unless space.lr_div is given"
             elif knob.name == "lr_div":

@@ -37,7 +37,7 @@ from hpo import record
 from hpo.data import Dataset
 from hpo.divergence import DivergenceMonitor
 from hpo.record import EpochRecord, Outcome, StudyRecord, TrialRecord, Verdict
-from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceEntry, Spec, lr_param
+from hpo.spec import CategoricalParam, FloatParam, IntParam, SpaceEntry, Spec, lr_param, trial_model
 from hpo.storage.artifacts.keys import checkpoint_key, trial_of_key, weights_id
 from hpo.storage.artifacts.retention import may_keep
 from hpo.storage.artifacts.stores import artifact_store, upload_bytes
@@ -139,7 +139,7 @@ class Objective:
         values = sample_params(trial, self.spec.space)
         dropout = float(values["dropout"]) if "dropout" in values else None  # a factory's model may keep its own
         model = build_model(self.spec, self.data.vocab_size, dropout, self.encoder, trial_seed(self.spec, values),
-                            num_classes=self.data.num_classes)
+                            num_classes=self.data.num_classes, model=trial_model(self.spec.model, values))
         cfg = train_config(self.spec, values, self.precision, groups=list(groups_of(model)))
         rerun_of = trial_of_key(record.checkpoint_of(trial))
         record.write_lr_groups(trial, cfg.lrs)

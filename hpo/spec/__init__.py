@@ -13,7 +13,7 @@ Example::
 """
 
 from hpo.spec.files import apply_overrides, builtin_studies, load_spec, spec_from_dict
-from hpo.spec.knobs import check_rates, group_lrs, is_rate, knobs, lr_param
+from hpo.spec.knobs import MODEL_KNOBS, check_rates, group_lrs, is_rate, knobs, lr_param, trial_model
 from hpo.spec.params import CategoricalParam, FloatParam, IntParam, Param, SpaceEntry
 from hpo.spec.schema import (
     BUILTIN_FACTORY,
@@ -32,8 +32,9 @@ from hpo.spec.schema import (
 )
 
 __all__ = [
-    "BUILTIN_FACTORY", "LAYER_GROUPS", "ArtifactsSpec", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam",
+    "BUILTIN_FACTORY", "LAYER_GROUPS", "MODEL_KNOBS", "ArtifactsSpec", "CategoricalParam", "DataSpec", "DivergenceSpec", "FloatParam", "IntParam",
     "ModelSpec", "Param", "PretrainSpec",
     "PrunerSpec", "SamplerSpec", "SpaceEntry", "Spec", "TrainSpec", "apply_overrides", "builtin_studies",
     "check_rates", "factory_name", "group_lrs", "is_rate", "knobs", "layer_groups", "load_spec", "lr_param", "spec_from_dict",
+    "trial_model",
 ]

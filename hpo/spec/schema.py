@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from hpo.errors import HpoError
-from hpo.spec.knobs import check_space
+from hpo.spec.knobs import check_model_knobs, check_space
 from hpo.spec.params import FloatParam, IntParam, SpaceEntry, entry_to_dict
 
 # Allowed values of string settings, by dotted key.
@@ -124,6 +124,7 @@ class ModelSpec:
     hidden_size: int = 128
     num_layers: int = 1
     bidirectional: bool = False
+    embed_dropout: float = 0.0  # word dropout (built-in LSTM): each word of a batch dropped everywhere in it at this rate
     group_per_layer: bool = False  # each LSTM layer its own layer group (encoder1, encoder2...)
     factory: str | Callable[..., Any] = BUILTIN_FACTORY
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -136,6 +137,7 @@ class ModelSpec:
                         f"= {name!r} is not 'package.module:function' (nor, from Python, a module-level function)"),
             "options": (isinstance(self.options, Mapping) and all(isinstance(k, str) for k in self.options),
                         "must be a table of your factory's settings"),
+            "embed_dropout": (0 <= self.embed_dropout < 1, "must be in [0, 1)"),
         })
         if self.builtin and self.options:
             raise HpoError(f"spec: model.options ({', '.join(self.options)}) are a model factory's settings; "
@@ -315,6 +317,7 @@ class Spec:
         if not isinstance(self.name, str) or not self.name:
             raise HpoError("spec: 'name' must be a non-empty string")
         check_space(self.space, self.model.groups)
+        check_model_knobs(self.space, self.model.builtin, self.model.group_per_layer, bool(self.pretrain.epochs))
         if self.pretrain.epochs and not self.model.builtin:
             raise HpoError("spec: pretrain.epochs pretrains the built-in LSTM's encoder; a model factory's model "
                            "trains from its own weights (pretrain.epochs = 0)")

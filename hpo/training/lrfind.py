@@ -41,6 +41,7 @@ from hpo.spec import (
     SpaceEntry,
     Spec,
     spec_from_dict,
+    trial_model,
 )
 from hpo.training.config import train_config, trial_seed
 from hpo.training.device import resolve_device
@@ -134,7 +135,7 @@ def range_test(spec: Spec, data: Any, group: str, steps: int = 200, lr_min: floa
     device = device or resolve_device(spec.train.device)
     dropout = float(values["dropout"]) if "dropout" in values else None
     model = build_model(spec, data.vocab_size, dropout, encoder, trial_seed(spec, values),
-                        num_classes=data.num_classes).to(device)
+                        num_classes=data.num_classes, model=trial_model(spec.model, values)).to(device)
     groups = groups_of(model)
     check_arguments(spec, [group], lr_min, lr_max, list(groups))
     cfg = train_config(spec, values, groups=list(groups))

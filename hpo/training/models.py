@@ -9,8 +9,8 @@ and its own rows in the stability report. :func:`check_model` builds the spec's 
 a study starts, so that a group without a knob, a knob without a group or a wrong output shape is
 one clear error, not a failed trial.
 
-The built-in factory is :func:`lstm`: :class:`Encoder` (embedding -> LSTM layers, dropout between
-them, optionally bidirectional) -> :class:`LSTMClassifier`: concat pooling over real tokens only
+The built-in factory is :func:`lstm`: :class:`Encoder` (embedding -> word dropout -> LSTM layers,
+dropout between them, optionally bidirectional) -> :class:`LSTMClassifier`: concat pooling over real tokens only
 (last state, max, mean) -> dropout -> linear head (one logit for two classes, else one per
 class). The language model of :mod:`hpo.training.pretrain` uses the same encoder, so its weights
 carry over to the classifier. Its layer groups (:func:`hpo.spec.layer_groups`) are ``embedding``,
@@ -60,6 +60,34 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return x.gather(1, index)
 
 
+class WordDropout(nn.Module):
+    """While training, drop each word of the vocabulary with probability ``p`` for one batch: every
+    occurrence of a dropped word in the batch embeds as zeros, the rest are scaled by 1 / (1 - p).
+
+    AWD-LSTM's embedding dropout, applied to the looked-up vectors (a mask over the vocabulary,
+    gathered per token) so the embedding's gradient stays as sparse as the batch. Not an
+    ``nn.Dropout``: the trial's ``dropout`` knob sets those, ``model.embed_dropout`` sets this one.
+
+    Example::
+
+        drop = WordDropout(0.1).train()
+        drop(tokens, embedding(tokens))     # the same words zeroed wherever they occur in the batch
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, tokens: torch.Tensor, embedded: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        if not self.training or not self.p:
+            return embedded
+        keep = embedded.new_empty(vocab_size).bernoulli_(1 - self.p) / (1 - self.p)
+        return embedded * keep[tokens].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Encoder(nn.Module):
     """Embedding and stacked LSTM layers; ``forward`` gives every position's top-layer output.
 
@@ -68,9 +96,10 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 100, hidden_size: int = 128, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0) -> None:
+                 bidirectional: bool = False, dropout: float = 0.0, embed_dropout: float = 0.0) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD)
+        self.word_dropout = WordDropout(embed_dropout)
         self.bidirectional = bidirectional
         directions = 2 if bidirectional else 1
         sizes = [embedding_dim] + [hidden_size * directions] * (num_layers - 1)
@@ -80,8 +109,12 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_size = hidden_size * directions
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.word_dropout(tokens, self.embedding(tokens), self.embedding.num_embeddings)
+        return self.dropout(x)
+
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(self.embedding(tokens))
+        x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             out, _ = layer[0](x)
             if self.bidirectional:
@@ -93,7 +126,7 @@ class Encoder(nn.Module):
     def stream(self, tokens: torch.Tensor, states: list | None = None) -> tuple[torch.Tensor, list]:
         """Forward direction only, carrying each layer's (h, c) from the previous window: the
         language model's truncated backpropagation through a long stream of text."""
-        x = self.dropout(self.embedding(tokens))
+        x = self.embed(tokens)
         new_states = []
         for i, layer in enumerate(self.layers):
             x, state = layer[0](x, None if states is None else states[i])
@@ -124,9 +157,10 @@ class LSTMClassifier(nn.Module):
         dropout: float = 0.0,
         group_per_layer: bool = False,
         num_classes: int = 2,
+        embed_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers, bidirectional, dropout)
+        self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers, bidirectional, dropout, embed_dropout)
         self.group_per_layer = group_per_layer
         self.dropout = nn.Dropout(dropout)
         # two classes: one logit (binary cross-entropy), else one per class (cross-entropy)
@@ -156,9 +190,9 @@ class LSTMClassifier(nn.Module):
 def lstm(vocab_size: int, num_classes: int, model: ModelSpec) -> LSTMClassifier:
     """The built-in model factory (``model.factory = "hpo.training.models:lstm"``, the default):
     the LSTM classifier of ``[model]``'s shape. Its dropout is the trial's ``dropout`` knob, set by
-    :func:`build_model` like any model's."""
+    :func:`build_model` like any model's; its word dropout is ``model.embed_dropout``."""
     return LSTMClassifier(vocab_size, model.embedding_dim, model.hidden_size, model.num_layers, model.bidirectional,
-                          0.0, model.group_per_layer, num_classes)
+                          0.0, model.group_per_layer, num_classes, model.embed_dropout)
 
 
 def resolve_factory(factory: str | ModelFactory) -> ModelFactory:
@@ -243,12 +277,13 @@ def set_dropout(model: nn.Module, p: float) -> int:
 
 
 def build_model(spec: Spec, vocab_size: int, dropout: float | None = None, encoder: Any = None,
-                seed: int | None = None, num_classes: int = 2) -> nn.Module:
+                seed: int | None = None, num_classes: int = 2, model: ModelSpec | None = None) -> nn.Module:
     """The spec's classifier from its model factory, seeded; from a pretrained encoder's weights
     when given (the head is new).
 
     ``dropout``: the trial's ``dropout`` knob, the rate of every ``nn.Dropout`` module of the model
-    (None: as the factory built them). ``encoder``: a
+    (None: as the factory built them). ``model``: the trial's ``[model]``, with its model knobs
+    (:func:`hpo.spec.trial_model`); None: the spec's. ``encoder``: a
     :class:`~hpo.training.pretrain.PretrainedEncoder` (its ``state``; the built-in LSTM only).
     Every trial of a seed starts from the same weights: less noise between trials.
     """
@@ -256,15 +291,15 @@ def build_model(spec: Spec, vocab_size: int, dropout: float | None = None, encod
         raise TypeError(f"build_model: num_classes = {num_classes!r} must be a whole number >= 2")
     torch.manual_seed(spec.train.seed if seed is None else seed)
     factory = resolve_factory(spec.model.factory)
-    model = factory(vocab_size, num_classes, spec.model)
-    if not isinstance(model, nn.Module):
-        raise HpoError(f"model.factory {factory_name(spec.model.factory)!r} returned a {type(model).__name__}, "
+    net = factory(vocab_size, num_classes, model or spec.model)
+    if not isinstance(net, nn.Module):
+        raise HpoError(f"model.factory {factory_name(spec.model.factory)!r} returned a {type(net).__name__}, "
                        "not a torch.nn.Module")
     if dropout is not None:
-        set_dropout(model, dropout)
+        set_dropout(net, dropout)
     if encoder is not None:
-        model.encoder.load_state_dict(encoder.state)
-    return model
+        net.encoder.load_state_dict(encoder.state)
+    return net
 
 
 def check_model(spec: Spec, vocab_size: int, num_classes: int = 2) -> tuple[str, ...]:
