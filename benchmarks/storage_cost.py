@@ -60,7 +60,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -224,6 +224,8 @@ class Snapshot:
     per_query: dict[int, tuple[str, int, int, int, float]]  # queryid -> (text, calls, rows, blocks, ms)
     cpu_s: float = 0.0  # the workers' CPU time (user + system) so far
     created: int = 0  # the study's trials, in any state
+    # PostgreSQL: table -> (inserts, updates, HOT updates, deletes, index scans' fetched tuples) so far
+    tables: dict[str, tuple[int, int, int, int, int]] = field(default_factory=dict)
 
     def minus(self, before: "Snapshot") -> tuple[int, int, int, float]:
         calls = rows = blocks = 0
@@ -255,8 +257,25 @@ def snapshot(conn, name: str) -> Snapshot:
     finished, created = conn.exec_driver_sql(
         f"{TAG} SELECT count(*) FILTER (WHERE t.state IN ('COMPLETE', 'PRUNED')), count(*) FROM trials t "
         "JOIN studies s USING (study_id) WHERE s.study_name = %(n)s", {"n": name}).one()
+    tables = conn.exec_driver_sql(
+        f"{TAG} SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, coalesce(idx_tup_fetch, 0) "
+        "FROM pg_stat_user_tables WHERE schemaname = current_schema()").all()
     return Snapshot(int(finished), {r[0]: (r[1], int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows},
-                    created=int(created))
+                    created=int(created), tables={r[0]: tuple(int(x) for x in r[1:]) for r in tables})
+
+
+def table_writes(after: Snapshot, before: Snapshot, n: float) -> list[tuple[str, float, float, float, float, float]]:
+    """Per table, per trial: inserts, updates, the share of those that were HOT (no new index
+    entries: PostgreSQL can do that only when no indexed column changes and the page has room),
+    deletes, and tuples fetched through its indexes. The server flushes these counters about once a
+    second per backend, so they trail the window by that much at each edge."""
+    out = []
+    for table, now in sorted(after.tables.items()):
+        then = before.tables.get(table, (0, 0, 0, 0, 0))
+        ins, upd, hot, dele, fetched = (a - b for a, b in zip(now, then))
+        if ins or upd or dele or fetched:
+            out.append((table, ins / n, upd / n, hot / upd if upd else float("nan"), dele / n, fetched / n))
+    return out
 
 
 def connections(conn) -> int:
@@ -344,6 +363,7 @@ class Cost:
     join_kbytes: float
     top: list[tuple[str, float, float, float, float]]  # text, calls, rows, kB (or rows examined), ms: per trial
     peak_connections: int = 0
+    tables: list[tuple[str, float, float, float, float, float]] = field(default_factory=list)  # table_writes
 
 
 # Optuna's tables, children first (MySQL truncates one at a time, foreign key checks off)
@@ -450,7 +470,8 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
     top_rows.sort(key=lambda x: -x[3])
     return Cost(n, calls / n, rows / n, blocks * _unit(engine) / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
                 (jc - joined * calls / n) / workers, (jr - joined * rows / n) / workers,
-                (jb * _unit(engine) - joined * blocks * _unit(engine) / n) / workers, top_rows[:top], peak)
+                (jb * _unit(engine) - joined * blocks * _unit(engine) / n) / workers, top_rows[:top], peak,
+                table_writes(s2, s1, n))
 
 
 def _short(query: str) -> str:
@@ -475,13 +496,17 @@ def _ratios(mode: str, c: Cost, baselines: dict[str, Cost], unit: str) -> str:
 
 
 def _print_row(size: int, workers: int, mode: str, c: Cost, baselines: dict[str, Cost], third: str, mysql: bool,
-               median_of: int = 0) -> None:
+               median_of: int = 0, show_tables: bool = False) -> None:
     ratio = _ratios(mode, c, baselines, third.split("/")[0]) + (f"  [median of {median_of} runs]" if median_of else "")
     print(f"{size:>6} {workers:>7}  {mode:<8}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
           f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
     if not median_of:
         for text, calls, rows, kb, ms in c.top:
             print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} {'examined' if mysql else 'kB'} {ms:7.2f} ms  {text}")
+        if c.tables and show_tables:
+            print("        per trial:  " + "; ".join(
+                f"{t} {ins:.1f} ins, {upd:.1f} upd ({hot:.0%} HOT), {fetched:.0f} idx fetches" + (f", {d:.1f} del" if d else "")
+                for t, ins, upd, hot, d, fetched in c.tables))
 
 
 def _median(costs: list[Cost]) -> Cost:
@@ -519,6 +544,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each cell's modes in turn this many times, then print each column's median")
     parser.add_argument("--top", type=int, default=0, help="also print the N statements that read the most")
+    parser.add_argument("--tables", action="store_true",
+                        help="also print each table's inserts, updates (and the share of HOT ones) and index fetches per trial")
     parser.add_argument("--shared-database", action="store_true",
                         help="keep every cell's study (the runs before 2026-12-04): each cell then also pays for the earlier ones' rows")
     args = parser.parse_args()
@@ -547,7 +574,8 @@ def main() -> None:
                         print(f"# {size} {workers} {mode}: measured again after {str(exc).splitlines()[0][:100]}", flush=True)
                         c = measure(mode, args.storage, engine, size, workers, args.measured, args.top, not args.shared_database)
                     runs.setdefault(mode, []).append(c)
-                    _print_row(size, workers, mode, c, {m: r[-1] for m, r in runs.items()}, third, mysql)
+                    _print_row(size, workers, mode, c, {m: r[-1] for m, r in runs.items()}, third, mysql,
+                               show_tables=args.tables)
             if args.repeat > 1:
                 medians = {m: _median(r) for m, r in runs.items()}
                 for mode, c in medians.items():
