@@ -113,7 +113,11 @@ def _plain(mode: str) -> bool:
 
 
 def _storage(mode: str, url: str):
-    if mode in ("hpo", "proxy"):  # proxy: ``url`` is the proxy's grpc:// address
+    if mode == "hpo-noindex":  # what-if: hpo without its (study_id, state) index on the trials table
+        from hpo.storage.database import resilient
+
+        resilient.ensure_trial_state_index = lambda rdb: False  # this worker process only
+    if mode in ("hpo", "hpo-noindex", "proxy"):  # proxy: ``url`` is the proxy's grpc:// address
         return open_storage(url, grace_period=GRACE_S)
     if mode == "plain-hb":
         with warnings.catch_warnings():  # "experimental": Optuna's heartbeat has been for years
@@ -205,8 +209,9 @@ def _columns(conn, table: str) -> list[str]:
 
 def same_schema(mode: str, engine: sqlalchemy.Engine) -> None:
     """Plain cells run without hpo's trial-state index (an earlier hpo cell made it): both sides with
-    the schema each would have alone. hpo's workers make it again as they open the storage."""
-    if not _plain(mode):
+    the schema each would have alone. hpo's workers make it again as they open the storage (not
+    those of hpo-noindex)."""
+    if not _plain(mode) and mode != "hpo-noindex":
         return
     mysql = engine.dialect.name in ("mysql", "mariadb")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -396,8 +401,8 @@ def measure(mode: str, url: str, engine: sqlalchemy.Engine, size: int, workers: 
     try:
         if alone:
             emptied(data)
-        same_schema(mode, data)
         name = prefill(mode, url, data, size)
+        same_schema(mode, data)  # after: prefill opens an hpo mode's storage as hpo does, index and all
     finally:
         data.dispose()
     proxy, worker_url = (start_proxy(url) if mode == "proxy" else (None, url))
@@ -539,7 +544,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,8,32")
     parser.add_argument("--modes", default="plain,hpo",
                         help="plain (RDBStorage), plain-hb (RDBStorage with Optuna's heartbeats and retry callback), "
-                             "hpo (open_storage), proxy (hpo's workers through `hpo storage-proxy`)")
+                             "hpo (open_storage), proxy (hpo's workers through `hpo storage-proxy`), "
+                             "hpo-noindex (hpo without its trial-state index: a what-if)")
     parser.add_argument("--measured", type=int, default=50, help="finished trials per window")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run each cell's modes in turn this many times, then print each column's median")
