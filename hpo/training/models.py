@@ -71,7 +71,7 @@ class WordDropout(nn.Module):
     Example::
 
         drop = WordDropout(0.1).train()
-        drop(tokens, embedding(tokens))     # the same words zeroed wherever they occur in the batch
+        drop(tokens, embedding(tokens), embedding.num_embeddings)   # a word zeroed wherever it occurs in the batch
     """
 
     def __init__(self, p: float = 0.0) -> None:
