@@ -349,9 +349,17 @@ def start_proxy(url: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("hpo storage-proxy did not start:\n" + log.read_text())
 
 
-def _worker(mode: str, url: str, name: str, budget: int, ready) -> None:
+def _worker(mode: str, url: str, name: str, budget: int, ready, opened, workers: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=_storage(mode, url), sampler=optuna.samplers.RandomSampler())
+    # No trial before every worker has its storage open: the first to open would otherwise run trials
+    # while the rest start, and a mode whose workers open slower (hpo's: 32 on 2 cores) would enter
+    # its window with a larger study (529 trials against plain-hb's 261 in a "100"-trial cell, each
+    # trial's numbering count reading them all).
+    with opened.get_lock():
+        opened.value += 1
+    while opened.value < workers:
+        time.sleep(0.01)
     _run(mode, study, budget, ready)
 
 
@@ -369,6 +377,8 @@ class Cost:
     top: list[tuple[str, float, float, float, float]]  # text, calls, rows, kB (or rows examined), ms: per trial
     peak_connections: int = 0
     tables: list[tuple[str, float, float, float, float, float]] = field(default_factory=list)  # table_writes
+    # the study's trials (any state) as the window opened and closed: Optuna's numbering count reads them all
+    window_sizes: tuple[int, int] = (0, 0)
 
 
 # Optuna's tables, children first (MySQL truncates one at a time, foreign key checks off)
@@ -418,11 +428,13 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
     budget = 10**9  # the workers run until the window closes, then they are killed: a slow starter cannot miss it
     ctx = multiprocessing.get_context("fork")  # hpo and Optuna are imported already; storages are opened after
     ready = ctx.Value("i", 0)
+    opened = ctx.Value("i", 0)
     engine.dispose()
     peak = 0
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         s0 = snapshot(conn, name)
-        procs = [ctx.Process(target=_worker, args=(mode, url, name, budget, ready), daemon=True) for _ in range(workers)]
+        procs = [ctx.Process(target=_worker, args=(mode, url, name, budget, ready, opened, workers), daemon=True)
+                 for _ in range(workers)]
         for p in procs:
             p.start()
         while ready.value < workers:
@@ -476,7 +488,7 @@ def _window(mode: str, url: str, engine: sqlalchemy.Engine, name: str, workers: 
     return Cost(n, calls / n, rows / n, blocks * _unit(engine) / n, ms / n, (s2.cpu_s - s1.cpu_s) * 1000 / n,
                 (jc - joined * calls / n) / workers, (jr - joined * rows / n) / workers,
                 (jb * _unit(engine) - joined * blocks * _unit(engine) / n) / workers, top_rows[:top], peak,
-                table_writes(s2, s1, n))
+                table_writes(s2, s1, n), (s1.created, s2.created))
 
 
 def _short(query: str) -> str:
@@ -505,6 +517,8 @@ def _print_row(size: int, workers: int, mode: str, c: Cost, baselines: dict[str,
     ratio = _ratios(mode, c, baselines, third.split("/")[0]) + (f"  [median of {median_of} runs]" if median_of else "")
     print(f"{size:>6} {workers:>7}  {mode:<8}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
           f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
+    if not median_of and show_tables:
+        print(f"        the study held {c.window_sizes[0]:,} trials as the window opened, {c.window_sizes[1]:,} as it closed")
     if not median_of:
         for text, calls, rows, kb, ms in c.top:
             print(f"        {calls:6.2f} calls {rows:8.1f} rows {kb:8.1f} {'examined' if mysql else 'kB'} {ms:7.2f} ms  {text}")
