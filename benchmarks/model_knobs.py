@@ -12,7 +12,8 @@ over ``seed``, no pruner), so each row is what `hpo optimize` records::
 
 It prints, per variant: seeds run, mean best validation accuracy with its standard deviation and
 standard error, the difference from ``base`` (same seeds, so paired: the mean of the per-seed
-differences and its standard error), the best epochs and the median seconds per epoch. A study
+differences and its standard error), the best epoch of each seed and the median seconds per
+epoch; then each run's curve. A study
 already in the storage is continued, not redone (the same command resumes an interrupted run).
 """
 
@@ -76,12 +77,22 @@ def table(storage: str, variants: list[str]) -> str:
         mean, sd = _mean_sd(accs)
         paired = [rs[s].accuracy - base[s].accuracy for s in rs if s in base]
         diff, dsd = _mean_sd(paired) if len(paired) > 1 else (float("nan"), float("nan"))
-        best_epochs = ",".join(str(max(r.epochs, key=lambda e: e.val_accuracy).epoch) for r in rs.values())
+        best_epochs = ",".join(str(max(rs[k].epochs, key=lambda e: e.val_accuracy).epoch) for k in sorted(rs))  # by seed
         seconds = statistics.median(e.seconds for r in rs.values() for e in r.epochs)
         versus = f"{diff:>+10.4f}{dsd / len(paired) ** 0.5:>8.4f}" if v != "base" and len(paired) > 1 else f"{'-':>10}{'-':>8}"
         lines.append(f"{v:<17}{len(accs):>6}{mean:>9.4f}{sd:>8.4f}{sd / len(accs) ** 0.5:>8.4f}{versus}"
                      f"{best_epochs:>13}{seconds:>9.0f}  "
                      f"{' '.join(VARIANTS[v]) or '[model] as the default study'}")
+    return "\n".join(lines)
+
+
+def seeds(storage: str, variants: list[str]) -> str:
+    lines = ["per seed: validation accuracy and loss after each epoch; train loss after the last"]
+    for v in variants:
+        for r in sorted(records(storage, v), key=lambda r: r.params.get("seed", -1)):
+            acc = " ".join(f"{e.val_accuracy:.4f}" for e in r.epochs)
+            loss = " ".join(f"{e.val_loss:.3f}" for e in r.epochs)
+            lines.append(f"  {v:<17} seed {r.params.get('seed')}  acc {acc}  loss {loss}  train {r.epochs[-1].train_loss:.3f}")
     return "\n".join(lines)
 
 
@@ -105,6 +116,7 @@ def main() -> None:
     print(f"# python benchmarks/model_knobs.py --storage {args.storage} --variants {args.variants} --seeds {args.seeds}")
     print(f"# fixed: {' '.join(POINT)}")
     print(table(args.storage, variants))
+    print(seeds(args.storage, variants))
 
 
 if __name__ == "__main__":
