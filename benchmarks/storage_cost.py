@@ -517,7 +517,7 @@ def _print_row(size: int, workers: int, mode: str, c: Cost, baselines: dict[str,
     ratio = _ratios(mode, c, baselines, third.split("/")[0]) + (f"  [median of {median_of} runs]" if median_of else "")
     print(f"{size:>6} {workers:>7}  {mode:<8}{c.calls:>12.1f}{c.rows:>11.1f}{c.kbytes:>15.1f}{c.ms:>12.2f}{c.cpu_ms:>13.0f}"
           f"{c.peak_connections:>11}  | {c.join_calls:>18.0f}{c.join_rows:>8.0f}{c.join_kbytes:>9.0f}{ratio}", flush=True)
-    if not median_of and show_tables:
+    if not median_of:
         print(f"        the study held {c.window_sizes[0]:,} trials as the window opened, {c.window_sizes[1]:,} as it closed")
     if not median_of:
         for text, calls, rows, kb, ms in c.top:
