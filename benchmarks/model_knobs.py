@@ -1,8 +1,8 @@
 """Which model knobs pay for the default LSTM: each variant trained at one good setting, over seeds, on full data.
 
 Issue 23 asks the default space for the knobs that matter to this model family "where measurement
-says they pay". A study that searches them costs a GPU's hour; this measures them on the CPU at
-one point instead: the best trial of the 100-trial GPU study (benchmarks/results/imdb-100-trials-gpu.txt,
+says they pay". A study that searches them costs about 330 core-minutes per 100 trials on this
+CPU; this measures them at one point instead: the best trial of the 100-trial GPU study (benchmarks/results/imdb-100-trials-gpu.txt,
 trial 80: lr_embedding 0.063, lr_encoder 1.8e-3, lr_head 1.6e-2, clip 0.9, cycle_len 3, dropout
 0.25, weight_decay 1.2e-5), one 3-epoch cosine cycle (its best epoch was 2), on all 19,924 training
 reviews, with every variant run for the same seeds. Each variant is an hpo study of its own (a grid
@@ -55,7 +55,10 @@ def overrides(variant: str, seeds: int) -> list[str]:
 
 
 def records(storage: str, variant: str) -> list[TrialRecord]:
-    study = optuna.load_study(study_name=f"kn-{variant}", storage=open_storage(storage))
+    try:
+        study = optuna.load_study(study_name=f"kn-{variant}", storage=open_storage(storage))
+    except KeyError:  # not run yet: an empty row
+        return []
     return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
 
 
