@@ -170,11 +170,11 @@ class Model:
         # (the weights replace it). A factory of yours is built as it builds itself (it may make
         # buffers that the weights do not hold).
         builtin = factory_name(self.spec.model.factory) == BUILTIN_FACTORY
-        # build_model seeds torch's global generator (training wants every trial to start alike);
-        # a user who loads a model inside their own seeded code must not have their stream reset.
         # The trial's shape: the spec's constants, then what the trial sampled (trial.params holds only that).
         fixed = {k: v for k, v in self.spec.space.items() if not isinstance(v, (FloatParam, IntParam, CategoricalParam))}
         shape = trial_model(self.spec.model, {**fixed, **member["params"]})
+        # build_model seeds torch's global generator (training wants every trial to start alike);
+        # a user who loads a model inside their own seeded code must not have their stream reset.
         with torch.random.fork_rng(devices=[]), (torch.device("meta") if builtin else contextlib.nullcontext()):
             net = build_model(self.spec, len(self.vocab), None if dropout is None else float(dropout),
                               num_classes=len(self.classes), model=shape)
